@@ -1,0 +1,46 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include "helios/model/config.h"
+#include "helios/model/weights.h"
+
+namespace helios::model {
+
+struct LoadOptions {
+  // Load only layers [0, max_layers); 0 (or >= num_hidden_layers) loads every layer. Tensors of
+  // deeper layers are never read from disk nor made resident.
+  int64_t max_layers = 0;
+  // Compute dtype of the resident tensors (stored F16/BF16/F32 are converted on load).
+  c10::ScalarType dtype = c10::kFloat;
+  c10::Device device = c10::kCPU;
+};
+
+struct LoadedModel {
+  std::filesystem::path dir;
+  ModelConfig config;
+  ModelWeights weights;  // weights.layers.size() == loaded depth
+};
+
+// Loads a model directory: config.json plus model.safetensors, or shards listed in
+// model.safetensors.index.json. Throws helios::Error naming the file and tensor for any
+// malformed input (missing/misshapen tensor, truncated file, offsets out of bounds, unknown
+// dtype, bad JSON).
+LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+struct SaveOptions {
+  c10::ScalarType dtype = c10::kFloat;  // F32, F16 or BF16 on disk
+  // When > 0, split into model-0000N-of-0000M.safetensors shards of at most this many bytes
+  // each (a tensor is never split) plus model.safetensors.index.json.
+  int64_t max_shard_bytes = 0;
+};
+
+// Writes config.json and the safetensors file(s). Creates `dir` if needed.
+void save_model(const std::filesystem::path& dir, const ModelConfig& config,
+                const ModelWeights& weights, const SaveOptions& options = {});
+
+}  // namespace helios::model
