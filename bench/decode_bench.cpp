@@ -1,0 +1,124 @@
+// Decode throughput of early-exit models: tokens/s at several batch sizes, early exit on and
+// off, for every model of a zoo. Prints a table and, with --json, one JSON object.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "helios/engine/generator.h"
+#include "helios/engine/model_instance.h"
+
+namespace {
+
+using helios::engine::ModelInstance;
+
+struct Measurement {
+  double tokens_per_second = 0.0;
+  double mean_exit_layer = 0.0;
+};
+
+// Prefills `batch` prompts cut from `text` at different lengths, then times `steps` greedy
+// decode steps of the whole batch.
+Measurement measure(const ModelInstance& instance, const std::vector<int32_t>& text, int64_t batch,
+                    int64_t steps, double threshold) {
+  const auto& transformer = instance.transformer();
+  const int64_t bos = instance.config().bos_token_id;
+  helios::kv::KvCache cache = helios::engine::make_cache_for(transformer, batch, 64 + steps + 2);
+  std::vector<helios::kv::SequenceKv> sequences(batch);
+  std::vector<helios::kv::SequenceKv*> pointers;
+  std::vector<int32_t> next(batch);
+  helios::model::ExitPolicy policy;
+  policy.threshold = threshold;
+  for (int64_t b = 0; b < batch; ++b) {
+    // Prompts of 16..63 tokens from different places in the text.
+    const int64_t length = 16 + (b * 13) % 48;
+    const int64_t start = (b * 997) % std::max<int64_t>(1, text.size() - length);
+    std::vector<int32_t> prompt{static_cast<int32_t>(bos)};
+    prompt.insert(prompt.end(), text.begin() + start, text.begin() + start + length);
+    cache.reserve(sequences[b], static_cast<int64_t>(prompt.size()) + steps + 1);
+    const auto out = transformer.prefill(cache, sequences[b], prompt, policy);
+    next[b] = static_cast<int32_t>(out.logits[0].argmax().item<int64_t>());
+    pointers.push_back(&sequences[b]);
+  }
+  double exit_sum = 0.0;
+  const auto started = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < steps; ++step) {
+    const auto out = transformer.decode(cache, pointers, next, policy);
+    const at::Tensor argmax = out.logits.argmax(-1);
+    for (int64_t b = 0; b < batch; ++b) {
+      next[b] = static_cast<int32_t>(argmax[b].item<int64_t>());
+      exit_sum += out.exits[b].exit_layer;
+    }
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const double tokens = static_cast<double>(batch * steps);
+  return Measurement{tokens / seconds, exit_sum / tokens};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"helios decode benchmark"};
+  std::filesystem::path zoo;
+  std::vector<std::filesystem::path> models;
+  std::filesystem::path text_file;
+  std::vector<int64_t> batches{1, 8, 32};
+  int64_t steps = 32;
+  double threshold = 0.9;
+  std::filesystem::path json_out;
+  app.add_option("--zoo", zoo, "Directory whose subdirectories are models");
+  app.add_option("--model", models, "Model directory (repeatable)");
+  app.add_option("--text", text_file, "Text the prompts are cut from")->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--batch", batches, "Batch sizes")->delimiter(',')->capture_default_str();
+  app.add_option("--steps", steps, "Decode steps timed per run")->capture_default_str();
+  app.add_option("--threshold", threshold, "Exit threshold with early exit on")
+      ->capture_default_str();
+  app.add_option("--json", json_out, "Also write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+  if (!zoo.empty()) {
+    for (const auto& entry : std::filesystem::directory_iterator(zoo)) {
+      if (std::filesystem::exists(entry.path() / "config.json")) models.push_back(entry.path());
+    }
+  }
+  std::sort(models.begin(), models.end());
+  if (models.empty()) {
+    fmt::print(stderr, "decode_bench: no models (give --zoo or --model)\n");
+    return 1;
+  }
+  std::ifstream in(text_file, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+
+  nlohmann::json results = nlohmann::json::array();
+  fmt::print("threads: {}\n", at::get_num_threads());
+  fmt::print("{:<16} {:>6} {:>16} {:>16} {:>10} {:>10}\n", "model", "batch", "EE off tok/s",
+             "EE on tok/s", "speed-up", "mean exit");
+  for (const auto& dir : models) {
+    const auto instance = ModelInstance::load(dir);
+    const std::vector<int32_t> ids = instance->tokenizer().encode(text.substr(0, 1 << 20));
+    for (const int64_t batch : batches) {
+      measure(*instance, ids, batch, 4, 2.0);  // warm-up: allocator and thread pool
+      const Measurement off = measure(*instance, ids, batch, steps, 2.0);
+      const Measurement on = measure(*instance, ids, batch, steps, threshold);
+      fmt::print("{:<16} {:>6} {:>16.1f} {:>16.1f} {:>9.2f}x {:>10.2f}\n",
+                 dir.filename().string(), batch, off.tokens_per_second, on.tokens_per_second,
+                 on.tokens_per_second / off.tokens_per_second, on.mean_exit_layer);
+      results.push_back({{"model", dir.filename().string()},
+                         {"batch", batch},
+                         {"layers", instance->config().num_hidden_layers},
+                         {"tokens_per_second_ee_off", off.tokens_per_second},
+                         {"tokens_per_second_ee_on", on.tokens_per_second},
+                         {"mean_exit_layer_ee_on", on.mean_exit_layer},
+                         {"threshold", threshold}});
+    }
+  }
+  if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << "\n";
+  return 0;
+}
