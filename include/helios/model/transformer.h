@@ -1,0 +1,93 @@
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "helios/kv/kv_cache.h"
+#include "helios/model/config.h"
+#include "helios/model/weights.h"
+#include "helios/ops/rotary.h"
+
+namespace helios::model {
+
+enum class ConfidenceMetric {
+  kMaxProb,  // max softmax probability of the exit head
+  kEntropy,  // 1 - H(p) / ln(vocab): 1 for a one-hot, 0 for uniform
+};
+
+// When a token may leave the network. threshold > 1 never exits early; threshold 0 always
+// exits at the first exit point.
+struct ExitPolicy {
+  double threshold = 0.9;
+  ConfidenceMetric metric = ConfidenceMetric::kMaxProb;
+};
+
+// How one token left the network.
+struct TokenExit {
+  int32_t exit_layer = 0;    // 1-based count of layers run
+  float confidence = 0.0f;   // at exit_layer, per the policy's metric
+  bool greedy_exit = false;  // forced out at the last loaded layer below the threshold
+};
+
+// One row per sequence: the exit head's logits at the row's exit layer, and the exit.
+struct StepOutput {
+  at::Tensor logits;  // [rows, vocab] float32
+  std::vector<TokenExit> exits;
+};
+
+// Llama decoder with early exit over the loaded depth of `weights`. Stateless apart from the
+// rotary tables: KV lives in the caller's KvCache, so one Transformer serves any batch.
+// Keeps references: `config` and `weights` must outlive it.
+class Transformer {
+ public:
+  Transformer(const ModelConfig& config, const ModelWeights& weights);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  int64_t loaded_layers() const { return weights_.loaded_layers(); }
+  // The layer counts at which a token may exit within the loaded depth: the configured exit
+  // layers up to the depth, plus the depth itself (the last loaded layer always exits).
+  const std::vector<int32_t>& exit_points() const { return exit_points_; }
+  kv::KvCacheShape kv_shape(int64_t block_size) const;
+
+  // Teacher-forced forward of windows that start at position 0, without a cache.
+  // tokens: int64 [batch, time]. Returns the hidden state after each exit point
+  // ([batch, time, hidden] each, aligned with exit_points()). Differentiable (the trainer uses it).
+  std::vector<at::Tensor> forward_exits(const at::Tensor& tokens) const;
+  // The exit head: final norm, then the LM head. hidden [..., hidden] -> logits [..., vocab].
+  at::Tensor exit_logits(const at::Tensor& hidden) const;
+  // Confidence of each row of `logits` [rows, vocab] under `metric`: float32 [rows].
+  static at::Tensor confidence(const at::Tensor& logits, ConfidenceMetric metric);
+
+  // Runs `tokens` at positions [sequence.length, sequence.length + T) through every loaded
+  // layer, writing their keys/values, and advances sequence.length. The caller has reserved
+  // the room. Output row 0: the last position's exit under `policy`.
+  StepOutput prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
+                     std::span<const int32_t> tokens, const ExitPolicy& policy) const;
+
+  // One new token per sequence, tokens[i] at position sequences[i]->length (room reserved).
+  // Rows leave at the first exit point whose confidence meets the policy; the keys/values of
+  // the layers a row skipped are computed from its exit hidden state (state propagation), so
+  // later tokens attend to complete caches. Advances every sequence's length by one.
+  StepOutput decode(kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
+                    std::span<const int32_t> tokens, const ExitPolicy& policy) const;
+
+ private:
+  // Attention + MLP of layer `layer` for rows with precomputed q/k/v inputs; see .cpp.
+  at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const at::Tensor& mask) const;
+  at::Tensor mlp(const LayerWeights& layer, const at::Tensor& h) const;
+  void fill_skipped_layers(kv::KvCache& cache, int64_t first_layer, const at::Tensor& hidden,
+                           const at::Tensor& positions, const at::Tensor& slots) const;
+
+  const ModelConfig& config_;
+  const ModelWeights& weights_;
+  ops::RotaryEmbedding rotary_;
+  std::vector<int32_t> exit_points_;
+  double attention_scale_;
+};
+
+}  // namespace helios::model

@@ -1,0 +1,27 @@
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace helios::ops {
+
+// Rotary position embedding as HF Llama computes it (rotate_half convention, default rope
+// type): inv_freq[i] = 1 / theta^(2i / head_dim), angle = position * inv_freq, and the cos/sin
+// tables are the angles repeated twice along the head dimension.
+class RotaryEmbedding {
+ public:
+  RotaryEmbedding(int64_t head_dim, double theta, int64_t max_positions, const at::Device& device);
+
+  // x: [N, heads, head_dim]; positions: int64 [N]. Returns the rotated x (same shape, dtype).
+  at::Tensor apply(const at::Tensor& x, const at::Tensor& positions) const;
+  int64_t max_positions() const { return max_positions_; }
+
+ private:
+  int64_t head_dim_;
+  int64_t max_positions_;
+  at::Tensor cos_;  // [max_positions, head_dim] float32
+  at::Tensor sin_;
+};
+
+}  // namespace helios::ops

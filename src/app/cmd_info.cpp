@@ -1,0 +1,46 @@
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "commands.h"
+#include "helios/engine/model_instance.h"
+#include "helios/kv/kv_cache.h"
+
+namespace helios::app {
+
+void add_info_command(CLI::App& app) {
+  auto dir = std::make_shared<std::filesystem::path>();
+  CLI::App* cmd = app.add_subcommand("info", "Describe a model directory");
+  cmd->add_option("--model", *dir, "Model directory")->required()->check(CLI::ExistingDirectory);
+  cmd->callback([dir] {
+    const auto instance = engine::ModelInstance::load(*dir);
+    const model::ModelConfig& c = instance->config();
+    const model::ModelWeights& w = instance->loaded().weights;
+    int64_t parameters = 0;
+    for (const auto& [name, tensor] : w.named_tensors(c.tie_word_embeddings)) {
+      parameters += tensor.numel();
+    }
+    const int64_t layer_bytes = [&] {
+      int64_t bytes = 0;
+      for (const at::Tensor& t : w.layers.front().tensors()) bytes += t.nbytes();
+      return bytes;
+    }();
+    const auto kv_shape = instance->transformer().kv_shape(16);
+    fmt::print("model:            {}\n", dir->string());
+    fmt::print("architecture:     {} ({} layers, hidden {}, intermediate {}, heads {}/{} kv)\n",
+               c.architecture, c.num_hidden_layers, c.hidden_size, c.intermediate_size,
+               c.num_attention_heads, c.num_key_value_heads);
+    fmt::print("parameters:       {}\n", parameters);
+    fmt::print("vocabulary:       {} ({} tokenizer), bos {}, eos {}\n", c.vocab_size,
+               c.tokenizer == model::TokenizerKind::kByte ? "byte" : "tokenizer.json",
+               c.bos_token_id, c.eos_token_id);
+    fmt::print("context:          {} positions, rope theta {}\n", c.max_position_embeddings,
+               c.rope_theta);
+    fmt::print("exit layers:      {}\n", fmt::join(c.exit_layers, ", "));
+    fmt::print("resident weights: {} bytes (float32), {} bytes per layer\n", w.resident_bytes(),
+               layer_bytes);
+    fmt::print("kv per token:     {} bytes at full depth\n",
+               kv::KvCache::bytes_per_token(kv_shape, at::kFloat));
+  });
+}
+
+}  // namespace helios::app

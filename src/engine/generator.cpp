@@ -1,0 +1,103 @@
+#include "helios/engine/generator.h"
+
+#include <ATen/ATen.h>
+
+#include "helios/common/error.h"
+
+namespace helios::engine {
+
+std::string_view finish_reason_name(FinishReason reason) {
+  return reason == FinishReason::kStop ? "stop" : "length";
+}
+
+kv::KvCache make_cache_for(const model::Transformer& transformer, int64_t sequences,
+                           int64_t max_length, int64_t block_size) {
+  const int64_t blocks_per_sequence = (max_length + block_size - 1) / block_size;
+  return kv::KvCache(transformer.kv_shape(block_size), sequences * blocks_per_sequence,
+                     transformer.weights().embed_tokens.scalar_type(),
+                     transformer.weights().embed_tokens.device());
+}
+
+namespace {
+
+struct Running {
+  size_t request = 0;
+  kv::SequenceKv kv;
+  Sampler sampler;
+  int32_t next_token = 0;
+  bool done = false;
+};
+
+// Samples from a step's logits row, records the token, and decides whether the sequence ends.
+void accept_token(Running& run, const GenerationRequest& request, const at::Tensor& logits,
+                  const model::TokenExit& exit, int32_t eos, GenerationResult& result) {
+  const int32_t token = run.sampler.sample(logits);
+  result.tokens.push_back(GeneratedToken{token, exit});
+  run.next_token = token;
+  if (request.stop_at_eos && token == eos) {
+    result.finish_reason = FinishReason::kStop;
+    run.done = true;
+  } else if (static_cast<int64_t>(result.tokens.size()) >= request.max_tokens) {
+    result.finish_reason = FinishReason::kLength;
+    run.done = true;
+  }
+}
+
+}  // namespace
+
+std::vector<GenerationResult> generate_batch(const model::Transformer& transformer,
+                                             kv::KvCache& cache,
+                                             std::span<const GenerationRequest> requests,
+                                             const model::ExitPolicy& policy) {
+  const int32_t eos = static_cast<int32_t>(transformer.config().eos_token_id);
+  std::vector<GenerationResult> results(requests.size());
+  std::vector<Running> running;
+  running.reserve(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GenerationRequest& request = requests[i];
+    if (request.prompt.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, "request " + std::to_string(i) + ": empty prompt");
+    }
+    request.sampling.validate();
+    running.push_back(Running{i, {}, Sampler(request.sampling), 0, false});
+    Running& run = running.back();
+    const int64_t longest = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
+    if (!cache.reserve(run.kv, longest)) {
+      for (Running& r : running) cache.release(r.kv);
+      throw Error(ErrorCode::kResourceExhausted,
+                  "KV cache too small for request " + std::to_string(i));
+    }
+    if (request.max_tokens <= 0) {
+      run.done = true;
+      continue;
+    }
+    const model::StepOutput step = transformer.prefill(cache, run.kv, request.prompt, policy);
+    accept_token(run, request, step.logits[0], step.exits[0], eos, results[i]);
+  }
+  while (true) {
+    std::vector<Running*> batch;
+    for (Running& run : running) {
+      if (run.done) {
+        cache.release(run.kv);
+      } else {
+        batch.push_back(&run);
+      }
+    }
+    if (batch.empty()) break;
+    std::vector<kv::SequenceKv*> sequences;
+    std::vector<int32_t> tokens;
+    for (Running* run : batch) {
+      sequences.push_back(&run->kv);
+      tokens.push_back(run->next_token);
+    }
+    const model::StepOutput step = transformer.decode(cache, sequences, tokens, policy);
+    for (size_t b = 0; b < batch.size(); ++b) {
+      Running& run = *batch[b];
+      accept_token(run, requests[run.request], step.logits[b], step.exits[b], eos,
+                   results[run.request]);
+    }
+  }
+  return results;
+}
+
+}  // namespace helios::engine

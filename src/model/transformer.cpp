@@ -1,0 +1,310 @@
+#include "helios/model/transformer.h"
+
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "helios/common/error.h"
+#include "helios/ops/rms_norm.h"
+
+namespace helios::model {
+namespace {
+
+constexpr float kMasked = -std::numeric_limits<float>::infinity();
+
+at::Tensor long_tensor(const std::vector<int64_t>& values, const at::Device& device) {
+  return at::tensor(values, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+// q/k/v projections of one layer for flattened rows: x [N, hidden] ->
+// q [N, heads, hd], k/v [N, kv_heads, hd], rotary applied to q and k.
+struct Qkv {
+  at::Tensor q, k, v;
+};
+
+}  // namespace
+
+Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights)
+    : config_(config),
+      weights_(weights),
+      rotary_(config.head_dim(), config.rope_theta, config.max_position_embeddings,
+              weights.embed_tokens.device()),
+      attention_scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim()))) {
+  const int32_t depth = static_cast<int32_t>(weights.loaded_layers());
+  if (depth <= 0) throw Error(ErrorCode::kFailedPrecondition, "model has no loaded layers");
+  for (const int exit_layer : config.exit_layers) {
+    if (exit_layer < depth) exit_points_.push_back(exit_layer);
+  }
+  exit_points_.push_back(depth);
+}
+
+kv::KvCacheShape Transformer::kv_shape(int64_t block_size) const {
+  return kv::KvCacheShape{loaded_layers(), config_.num_key_value_heads, config_.head_dim(),
+                          block_size};
+}
+
+at::Tensor Transformer::exit_logits(const at::Tensor& hidden) const {
+  return at::linear(ops::rms_norm(hidden, weights_.final_norm, config_.rms_norm_eps),
+                    weights_.lm_head);
+}
+
+at::Tensor Transformer::confidence(const at::Tensor& logits, ConfidenceMetric metric) {
+  const at::Tensor log_probs = at::log_softmax(logits.to(at::kFloat), -1);
+  if (metric == ConfidenceMetric::kMaxProb) return std::get<0>(log_probs.max(-1)).exp();
+  const at::Tensor entropy = -(log_probs.exp() * log_probs).sum(-1);
+  return 1.0 - entropy / std::log(static_cast<double>(logits.size(-1)));
+}
+
+// q [B, Tq, H, hd], k/v [B, Tk, KVH, hd], mask additive, broadcastable to [B, 1, 1, Tq, Tk].
+// Query heads are grouped by the kv head they share (HF repeat_kv order), so no K/V copy is
+// made per query head.
+at::Tensor Transformer::attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& mask) const {
+  const int64_t batch = q.size(0), tq = q.size(1), heads = q.size(2), hd = q.size(3);
+  const int64_t kv_heads = k.size(2), tk = k.size(1), group = heads / kv_heads;
+  const at::Tensor qh =
+      q.reshape({batch, tq, kv_heads, group, hd}).permute({0, 2, 3, 1, 4}).reshape(
+          {batch, kv_heads, group * tq, hd});
+  const at::Tensor kh = k.permute({0, 2, 3, 1});  // [B, KVH, hd, Tk]
+  const at::Tensor vh = v.permute({0, 2, 1, 3});  // [B, KVH, Tk, hd]
+  at::Tensor scores = at::matmul(qh, kh).mul_(attention_scale_);
+  scores = scores.view({batch, kv_heads, group, tq, tk}) + mask;
+  const at::Tensor probs = at::softmax(scores, -1).view({batch, kv_heads, group * tq, tk});
+  return at::matmul(probs, vh)
+      .view({batch, kv_heads, group, tq, hd})
+      .permute({0, 3, 1, 2, 4})
+      .reshape({batch, tq, heads * hd});
+}
+
+at::Tensor Transformer::mlp(const LayerWeights& layer, const at::Tensor& h) const {
+  const at::Tensor x = ops::rms_norm(h, layer.post_norm, config_.rms_norm_eps);
+  return at::linear(at::silu(at::linear(x, layer.gate_proj)) * at::linear(x, layer.up_proj),
+                    layer.down_proj);
+}
+
+namespace {
+
+Qkv project_qkv(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
+                const LayerWeights& layer, const at::Tensor& h, const at::Tensor& positions) {
+  const int64_t rows = h.size(0), hd = config.head_dim();
+  const at::Tensor x = ops::rms_norm(h, layer.input_norm, config.rms_norm_eps);
+  Qkv out;
+  out.q = rotary.apply(at::linear(x, layer.q_proj).view({rows, config.num_attention_heads, hd}),
+                       positions);
+  out.k = rotary.apply(at::linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd}),
+                       positions);
+  out.v = at::linear(x, layer.v_proj).view({rows, config.num_key_value_heads, hd});
+  return out;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) const {
+  const int64_t batch = tokens.size(0), time = tokens.size(1);
+  const auto device = weights_.embed_tokens.device();
+  if (time > rotary_.max_positions()) {
+    throw Error(ErrorCode::kOutOfRange, "window of " + std::to_string(time) +
+                                            " tokens exceeds max_position_embeddings");
+  }
+  const at::Tensor positions =
+      at::arange(time, at::TensorOptions().dtype(at::kLong).device(device)).repeat({batch});
+  const at::Tensor causal =
+      at::full({time, time}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device))
+          .triu(1);
+  at::Tensor h = at::embedding(weights_.embed_tokens, tokens.to(device)).view({batch * time, -1});
+  std::vector<at::Tensor> exits;
+  size_t next_exit = 0;
+  for (int64_t l = 0; l < loaded_layers(); ++l) {
+    const LayerWeights& layer = weights_.layers[l];
+    const Qkv qkv = project_qkv(config_, rotary_, layer, h, positions);
+    const at::Tensor attended =
+        attention(qkv.q.view({batch, time, config_.num_attention_heads, -1}),
+                  qkv.k.view({batch, time, config_.num_key_value_heads, -1}),
+                  qkv.v.view({batch, time, config_.num_key_value_heads, -1}), causal);
+    h = h + at::linear(attended.view({batch * time, -1}), layer.o_proj);
+    h = h + mlp(layer, h);
+    if (next_exit < exit_points_.size() && l + 1 == exit_points_[next_exit]) {
+      exits.push_back(h.view({batch, time, -1}));
+      ++next_exit;
+    }
+  }
+  return exits;
+}
+
+void Transformer::fill_skipped_layers(kv::KvCache& cache, int64_t first_layer,
+                                      const at::Tensor& hidden, const at::Tensor& positions,
+                                      const at::Tensor& slots) const {
+  for (int64_t l = first_layer; l < loaded_layers(); ++l) {
+    const LayerWeights& layer = weights_.layers[l];
+    const at::Tensor x = ops::rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
+    const int64_t rows = hidden.size(0), hd = config_.head_dim();
+    const at::Tensor k = rotary_.apply(
+        at::linear(x, layer.k_proj).view({rows, config_.num_key_value_heads, hd}), positions);
+    const at::Tensor v = at::linear(x, layer.v_proj).view({rows, config_.num_key_value_heads, hd});
+    cache.keys(l).index_copy_(0, slots, k);
+    cache.values(l).index_copy_(0, slots, v);
+  }
+}
+
+StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
+                                std::span<const int32_t> tokens, const ExitPolicy& policy) const {
+  c10::InferenceMode inference;
+  const auto device = weights_.embed_tokens.device();
+  const int64_t start = sequence.length, count = static_cast<int64_t>(tokens.size());
+  const int64_t total = start + count;
+  if (count == 0) throw Error(ErrorCode::kInvalidArgument, "prefill: no tokens");
+  if (total > rotary_.max_positions()) {
+    throw Error(ErrorCode::kOutOfRange, "sequence of " + std::to_string(total) +
+                                            " tokens exceeds max_position_embeddings " +
+                                            std::to_string(rotary_.max_positions()));
+  }
+  std::vector<int64_t> ids(tokens.begin(), tokens.end());
+  const at::Tensor positions =
+      at::arange(start, total, at::TensorOptions().dtype(at::kLong).device(device));
+  const at::Tensor new_slots = cache.slots(sequence, start, total);
+  const at::Tensor all_slots = cache.slots(sequence, 0, total);
+  // Query i (position start + i) sees keys [0, start + i].
+  const at::Tensor mask =
+      at::full({count, total}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device))
+          .triu(start + 1);
+
+  at::Tensor h = at::embedding(weights_.embed_tokens, long_tensor(ids, device));
+  std::vector<at::Tensor> last_hidden;
+  size_t next_exit = 0;
+  for (int64_t l = 0; l < loaded_layers(); ++l) {
+    const LayerWeights& layer = weights_.layers[l];
+    const Qkv qkv = project_qkv(config_, rotary_, layer, h, positions);
+    cache.keys(l).index_copy_(0, new_slots, qkv.k);
+    cache.values(l).index_copy_(0, new_slots, qkv.v);
+    const at::Tensor keys = cache.keys(l).index_select(0, all_slots).unsqueeze(0);
+    const at::Tensor values = cache.values(l).index_select(0, all_slots).unsqueeze(0);
+    const at::Tensor attended = attention(qkv.q.unsqueeze(0), keys, values, mask);
+    h = h + at::linear(attended.squeeze(0), layer.o_proj);
+    h = h + mlp(layer, h);
+    if (next_exit < exit_points_.size() && l + 1 == exit_points_[next_exit]) {
+      last_hidden.push_back(h.narrow(0, count - 1, 1));
+      ++next_exit;
+    }
+  }
+  sequence.length = total;
+
+  // The last position leaves at the first exit point that is confident enough. Every layer
+  // ran (the prompt's keys/values are needed at full loaded depth), so this only labels it.
+  StepOutput out;
+  for (size_t e = 0; e < last_hidden.size(); ++e) {
+    const at::Tensor logits = exit_logits(last_hidden[e]).to(at::kFloat);
+    const float conf = confidence(logits, policy.metric).item<float>();
+    const bool last = e + 1 == last_hidden.size();
+    if (conf >= policy.threshold || last) {
+      out.logits = logits.cpu();
+      out.exits.push_back(TokenExit{exit_points_[e], conf, last && conf < policy.threshold});
+      break;
+    }
+  }
+  return out;
+}
+
+StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
+                               std::span<const int32_t> tokens, const ExitPolicy& policy) const {
+  c10::InferenceMode inference;
+  const auto device = weights_.embed_tokens.device();
+  const int64_t batch = static_cast<int64_t>(sequences.size());
+  if (batch == 0 || static_cast<int64_t>(tokens.size()) != batch) {
+    throw Error(ErrorCode::kInvalidArgument, "decode: one token per sequence required");
+  }
+
+  // Per-row positions, the slot each new token is written to, and a padded gather index of
+  // every slot each row attends to (padding points at a valid slot and is masked out).
+  int64_t longest = 0;
+  for (const kv::SequenceKv* sequence : sequences) longest = std::max(longest, sequence->length + 1);
+  if (longest > rotary_.max_positions()) {
+    throw Error(ErrorCode::kOutOfRange, "decode: sequence exceeds max_position_embeddings");
+  }
+  std::vector<int64_t> positions(batch), new_slots, gather;
+  new_slots.reserve(batch);
+  gather.reserve(batch * longest);
+  std::vector<float> mask_values(batch * longest, kMasked);
+  for (int64_t b = 0; b < batch; ++b) {
+    const kv::SequenceKv& sequence = *sequences[b];
+    positions[b] = sequence.length;
+    cache.slots_into(sequence, sequence.length, sequence.length + 1, new_slots);
+    const size_t row_start = gather.size();
+    cache.slots_into(sequence, 0, sequence.length + 1, gather);
+    std::fill(mask_values.begin() + b * longest,
+              mask_values.begin() + b * longest + sequence.length + 1, 0.0f);
+    const int64_t pad_slot = gather[row_start];
+    gather.resize(row_start + longest, pad_slot);
+  }
+  at::Tensor row_positions = long_tensor(positions, device);
+  at::Tensor row_slots = long_tensor(new_slots, device);
+  at::Tensor row_gather = long_tensor(gather, device).view({batch, longest});
+  at::Tensor row_mask = at::tensor(mask_values, at::TensorOptions().dtype(at::kFloat))
+                            .to(device)
+                            .view({batch, 1, 1, 1, longest});
+  std::vector<int64_t> ids(tokens.begin(), tokens.end());
+  at::Tensor h = at::embedding(weights_.embed_tokens, long_tensor(ids, device));
+
+  StepOutput out;
+  out.logits = at::empty({batch, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+  out.exits.resize(batch);
+  std::vector<int64_t> active(batch);  // active row -> batch row
+  for (int64_t b = 0; b < batch; ++b) active[b] = b;
+  size_t next_exit = 0;
+  for (int64_t l = 0; l < loaded_layers() && !active.empty(); ++l) {
+    const LayerWeights& layer = weights_.layers[l];
+    const int64_t rows = static_cast<int64_t>(active.size());
+    const Qkv qkv = project_qkv(config_, rotary_, layer, h, row_positions);
+    cache.keys(l).index_copy_(0, row_slots, qkv.k);
+    cache.values(l).index_copy_(0, row_slots, qkv.v);
+    const at::Tensor flat_gather = row_gather.reshape({-1});
+    const at::Tensor keys = cache.keys(l).index_select(0, flat_gather).view(
+        {rows, longest, config_.num_key_value_heads, -1});
+    const at::Tensor values = cache.values(l).index_select(0, flat_gather).view(
+        {rows, longest, config_.num_key_value_heads, -1});
+    const at::Tensor attended = attention(qkv.q.unsqueeze(1), keys, values, row_mask);
+    h = h + at::linear(attended.squeeze(1), layer.o_proj);
+    h = h + mlp(layer, h);
+
+    if (next_exit >= exit_points_.size() || l + 1 != exit_points_[next_exit]) continue;
+    ++next_exit;
+    const bool last = l + 1 == loaded_layers();
+    const at::Tensor logits = exit_logits(h).to(at::kFloat);
+    const at::Tensor conf = confidence(logits, policy.metric).cpu();
+    const float* conf_data = conf.data_ptr<float>();
+    std::vector<int64_t> leaving, staying;  // indices into the active rows
+    for (int64_t a = 0; a < rows; ++a) {
+      const bool confident = conf_data[a] >= policy.threshold;
+      (confident || last ? leaving : staying).push_back(a);
+    }
+    if (leaving.empty()) continue;
+    const at::Tensor leaving_index = long_tensor(leaving, device);
+    const at::Tensor leaving_logits = logits.index_select(0, leaving_index).cpu();
+    for (size_t i = 0; i < leaving.size(); ++i) {
+      const int64_t row = active[leaving[i]];
+      const float c = conf_data[leaving[i]];
+      out.logits[row].copy_(leaving_logits[i]);
+      out.exits[row] = TokenExit{static_cast<int32_t>(l + 1), c, c < policy.threshold};
+    }
+    if (last) break;
+    fill_skipped_layers(cache, l + 1, h.index_select(0, leaving_index),
+                        row_positions.index_select(0, leaving_index),
+                        row_slots.index_select(0, leaving_index));
+    if (staying.empty()) break;
+    const at::Tensor staying_index = long_tensor(staying, device);
+    h = h.index_select(0, staying_index);
+    row_positions = row_positions.index_select(0, staying_index);
+    row_slots = row_slots.index_select(0, staying_index);
+    row_gather = row_gather.index_select(0, staying_index);
+    row_mask = row_mask.index_select(0, staying_index);
+    std::vector<int64_t> still_active;
+    still_active.reserve(staying.size());
+    for (const int64_t a : staying) still_active.push_back(active[a]);
+    active.swap(still_active);
+  }
+  for (kv::SequenceKv* sequence : sequences) sequence->length += 1;
+  return out;
+}
+
+}  // namespace helios::model
