@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what helios needs to build and run on Debian 12, then prepares the training data.
+# Idempotent: packages already present are not reinstalled, data already prepared is kept.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev libopenblas0-pthread   # openblas: ~30x faster matmul than the reference BLAS
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libre2-dev libcpp-httplib-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  gnuplot-nox npm
+)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    # npm may come from elsewhere (a Node.js install); it is only needed as a command.
+    if [[ "$package" == npm ]] && command -v npm >/dev/null; then continue; fi
+    missing+=("$package")
+  fi
+done
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+else
+  echo "setup: all packages present"
+fi
+
+"$ROOT/scripts/prepare_data.sh" --out "$ROOT/data"
