@@ -1,0 +1,160 @@
+#include <gtest/gtest.h>
+
+#include "helios/engine/generator.h"
+#include "helios/model/transformer.h"
+#include "test_model.h"
+
+namespace helios {
+namespace {
+
+std::vector<engine::GenerationRequest> requests_of(const std::vector<std::vector<int32_t>>& prompts,
+                                                   int64_t max_tokens) {
+  std::vector<engine::GenerationRequest> out;
+  for (const auto& prompt : prompts) {
+    engine::GenerationRequest r;
+    r.prompt = prompt;
+    r.max_tokens = max_tokens;
+    r.stop_at_eos = false;
+    out.push_back(r);
+  }
+  return out;
+}
+
+// Greedy generation by re-running the plain full-depth forward over the whole sequence for
+// every token: no cache, no early exit.
+std::vector<int32_t> plain_greedy(const model::Transformer& transformer,
+                                  std::vector<int32_t> sequence, int64_t max_tokens) {
+  std::vector<int32_t> generated;
+  for (int64_t i = 0; i < max_tokens; ++i) {
+    std::vector<int64_t> ids(sequence.begin(), sequence.end());
+    const auto hidden = transformer.forward_exits(at::tensor(ids).unsqueeze(0));
+    const at::Tensor logits = transformer.exit_logits(hidden.back())[0][-1];
+    const int32_t next = static_cast<int32_t>(logits.argmax().item<int64_t>());
+    generated.push_back(next);
+    sequence.push_back(next);
+  }
+  return generated;
+}
+
+class EarlyExitTest : public ::testing::Test {
+ protected:
+  model::ModelConfig config_ = testing::tiny_config(4);
+  model::ModelWeights weights_ = testing::peaked_weights(config_);
+  model::Transformer transformer_{config_, weights_};
+  std::vector<std::vector<int32_t>> prompts_{
+      {1, 4, 9, 16, 25}, {1, 3}, {1, 10, 20, 30, 40, 45, 12, 7, 33}, {1, 8, 8, 8, 8, 8, 8}};
+};
+
+TEST_F(EarlyExitTest, ThresholdAboveOneMatchesPlainFullDepthGreedy) {
+  kv::KvCache cache = engine::make_cache_for(transformer_, 4, 64, 4);
+  const auto requests = requests_of(prompts_, 24);
+  const auto results = engine::generate_batch(transformer_, cache, requests, {1.01});
+  for (size_t i = 0; i < prompts_.size(); ++i) {
+    std::vector<int32_t> tokens;
+    for (const auto& token : results[i].tokens) {
+      tokens.push_back(token.id);
+      EXPECT_EQ(token.exit.exit_layer, 4) << "no token may exit early above threshold 1";
+    }
+    EXPECT_EQ(tokens, plain_greedy(transformer_, prompts_[i], 24)) << "prompt " << i;
+  }
+}
+
+TEST_F(EarlyExitTest, ThresholdZeroExitsEveryTokenAtTheFirstExitLayer) {
+  model::ModelConfig config = config_;
+  config.exit_layers = {2, 4};
+  const model::Transformer transformer(config, weights_);
+  kv::KvCache cache = engine::make_cache_for(transformer, 4, 64, 4);
+  const auto results = engine::generate_batch(transformer, cache, requests_of(prompts_, 16), {0.0});
+  for (const auto& result : results) {
+    ASSERT_EQ(result.tokens.size(), 16u);
+    for (const auto& token : result.tokens) {
+      EXPECT_EQ(token.exit.exit_layer, 2);
+      EXPECT_FALSE(token.exit.greedy_exit);
+    }
+  }
+}
+
+TEST_F(EarlyExitTest, BatchedDecodeOfDifferentLengthsEqualsDecodingEachAlone) {
+  // A threshold in the middle of the confidence range, so the batch mixes exit layers.
+  const model::ExitPolicy policy{0.5};
+  kv::KvCache batch_cache = engine::make_cache_for(transformer_, 4, 64, 4);
+  const auto requests = requests_of(prompts_, 20);
+  const auto batched = engine::generate_batch(transformer_, batch_cache, requests, policy);
+  std::set<int32_t> layers_seen;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    kv::KvCache alone_cache = engine::make_cache_for(transformer_, 1, 64, 4);
+    const auto alone = engine::generate_batch(
+        transformer_, alone_cache, std::span<const engine::GenerationRequest>(&requests[i], 1),
+        policy);
+    ASSERT_EQ(batched[i].tokens.size(), alone[0].tokens.size());
+    for (size_t t = 0; t < alone[0].tokens.size(); ++t) {
+      const auto& a = batched[i].tokens[t];
+      const auto& b = alone[0].tokens[t];
+      EXPECT_EQ(a.id, b.id) << "request " << i << " token " << t;
+      EXPECT_EQ(a.exit.exit_layer, b.exit.exit_layer) << "request " << i << " token " << t;
+      EXPECT_NEAR(a.exit.confidence, b.exit.confidence, 1e-4);
+      layers_seen.insert(a.exit.exit_layer);
+    }
+  }
+  EXPECT_GE(layers_seen.size(), 2u) << "the test should exercise mixed exit layers";
+  EXPECT_EQ(batch_cache.pool().used_blocks(), 0) << "finished sequences free their blocks";
+}
+
+TEST_F(EarlyExitTest, SkippedLayersGetKeysAndValuesFromTheExitState) {
+  // With threshold 0 every decoded token exits after layer 1. Layer 1's output does not
+  // depend on exits (its attention reads layer-0 keys, always computed), so the plain
+  // forward gives the exit hidden state to check the filled cache against.
+  model::ModelConfig config = config_;
+  const model::Transformer transformer(config, weights_);
+  kv::KvCache cache = engine::make_cache_for(transformer, 1, 32, 4);
+  const std::vector<int32_t> prompt{1, 6, 11};
+  std::vector<int32_t> sequence_tokens = prompt;
+  kv::SequenceKv sequence;
+  ASSERT_TRUE(cache.reserve(sequence, 8));
+  auto out = transformer.prefill(cache, sequence, prompt, {0.0});
+  for (int step = 0; step < 4; ++step) {
+    const int32_t next = static_cast<int32_t>(out.logits[0].argmax().item<int64_t>());
+    sequence_tokens.push_back(next);
+    kv::SequenceKv* seqs[] = {&sequence};
+    out = transformer.decode(cache, seqs, std::span<const int32_t>(&next, 1), {0.0});
+    EXPECT_EQ(out.exits[0].exit_layer, 1);
+  }
+  std::vector<int64_t> ids(sequence_tokens.begin(), sequence_tokens.end());
+  const at::Tensor h1 = transformer.forward_exits(at::tensor(ids).unsqueeze(0))[0][0];
+  const at::Tensor slots = cache.slots(sequence, 0, sequence.length);
+  for (int64_t l = 1; l < 4; ++l) {
+    const auto& layer = weights_.layers[l];
+    for (int64_t t = static_cast<int64_t>(prompt.size()); t < sequence.length; ++t) {
+      // Position t holds a decoded token's input, which exited at layer 1 on the step after.
+      const at::Tensor x = h1[t] * at::rsqrt(h1[t].pow(2).mean() + config.rms_norm_eps) *
+                           layer.input_norm;
+      const at::Tensor v = at::matmul(layer.v_proj, x).view({config.num_key_value_heads, -1});
+      const at::Tensor cached_v = cache.values(l)[slots[t].item<int64_t>()];
+      EXPECT_TRUE(at::allclose(cached_v, v, 1e-4, 1e-4)) << "layer " << l << " position " << t;
+    }
+  }
+}
+
+TEST(Confidence, MaxProbAndEntropyMetrics) {
+  const at::Tensor peaked = at::tensor({100.0f, 0.0f, 0.0f, 0.0f}).unsqueeze(0);
+  const at::Tensor uniform = at::zeros({1, 4});
+  using model::ConfidenceMetric;
+  using model::Transformer;
+  EXPECT_NEAR(Transformer::confidence(peaked, ConfidenceMetric::kMaxProb).item<float>(), 1.0, 1e-5);
+  EXPECT_NEAR(Transformer::confidence(uniform, ConfidenceMetric::kMaxProb).item<float>(), 0.25,
+              1e-6);
+  EXPECT_NEAR(Transformer::confidence(peaked, ConfidenceMetric::kEntropy).item<float>(), 1.0, 1e-4);
+  EXPECT_NEAR(Transformer::confidence(uniform, ConfidenceMetric::kEntropy).item<float>(), 0.0, 1e-5);
+}
+
+TEST(ExitPoints, ConfiguredExitsWithinLoadedDepthPlusTheDepth) {
+  auto config = testing::tiny_config(6);
+  config.exit_layers = {2, 4, 6};
+  auto weights = model::init_weights(config, 1);
+  weights.layers.resize(3);  // as a load with max_layers = 3 would leave it
+  const model::Transformer transformer(config, weights);
+  EXPECT_EQ(transformer.exit_points(), (std::vector<int32_t>{2, 3}));
+}
+
+}  // namespace
+}  // namespace helios
