@@ -24,6 +24,7 @@ struct LoadedModel {
   std::filesystem::path dir;
   ModelConfig config;
   ModelWeights weights;  // weights.layers.size() == loaded depth
+  int64_t bytes_read = 0;  // tensor bytes copied out of the safetensors file(s), as stored
 };
 
 // Loads a model directory: config.json plus model.safetensors, or shards listed in

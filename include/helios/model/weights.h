@@ -24,7 +24,18 @@ struct LayerWeights {
   at::Tensor down_proj;   // model.layers.N.mlp.down_proj.weight            [hidden, inter]
 
   std::vector<at::Tensor> tensors() const;
+  // The same nine tensors, writable, in tensors() order (for loaders filling a layer).
+  std::vector<at::Tensor*> mutable_tensors();
 };
+
+// The HF name and expected shape of one tensor.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// Specs of the nine tensors of layer `layer` (0-based), in LayerWeights::tensors() order.
+std::vector<TensorSpec> layer_tensor_specs(const ModelConfig& config, int64_t layer);
 
 // The resident weights of a model loaded to some depth: layers.size() is the loaded depth.
 // With tie_word_embeddings, lm_head aliases embed_tokens (counted once in resident_bytes).
