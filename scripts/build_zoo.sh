@@ -29,15 +29,15 @@ fi
 # name | domain | shape and schedule flags
 if ((MICRO)); then
   RECIPES=(
-    "prose-micro|prose|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 150 --batch 8 --seq-len 96 --lr 4e-3 --warmup 15"
-    "code-micro|code|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 150 --batch 8 --seq-len 96 --lr 4e-3 --warmup 15"
-    "mix-micro|mix|--hidden 96 --intermediate 256 --layers 5 --heads 4 --kv-heads 2 --context 256 --steps 150 --batch 8 --seq-len 96 --lr 4e-3 --warmup 15"
+    "prose-micro|prose|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 330 --batch 16 --seq-len 128 --lr 6e-3 --warmup 20"
+    "code-micro|code|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 330 --batch 16 --seq-len 128 --lr 6e-3 --warmup 20"
+    "mix-micro|mix|--hidden 96 --intermediate 256 --layers 5 --heads 4 --kv-heads 2 --context 256 --steps 220 --batch 16 --seq-len 128 --lr 5e-3 --warmup 20"
   )
 else
   RECIPES=(
-    "prose-s|prose|--hidden 128 --intermediate 384 --layers 6 --heads 4 --kv-heads 2 --context 512 --steps 900 --batch 16 --seq-len 128 --lr 3e-3 --warmup 50 --eval-every 300"
-    "code-m|code|--hidden 160 --intermediate 448 --layers 8 --heads 4 --kv-heads 2 --context 512 --steps 900 --batch 16 --seq-len 128 --lr 3e-3 --warmup 50 --eval-every 300"
-    "mix-l|mix|--hidden 192 --intermediate 512 --layers 10 --heads 6 --kv-heads 2 --context 512 --steps 900 --batch 16 --seq-len 128 --lr 2.5e-3 --warmup 50 --eval-every 300"
+    "prose-s|prose|--hidden 128 --intermediate 384 --layers 6 --heads 4 --kv-heads 2 --context 512 --steps 850 --batch 16 --seq-len 128 --lr 4e-3 --warmup 40 --eval-every 425"
+    "code-m|code|--hidden 128 --intermediate 384 --layers 8 --heads 4 --kv-heads 2 --context 512 --steps 650 --batch 16 --seq-len 128 --lr 4e-3 --warmup 40 --eval-every 325"
+    "mix-l|mix|--hidden 160 --intermediate 448 --layers 10 --heads 4 --kv-heads 2 --context 512 --steps 450 --batch 16 --seq-len 128 --lr 3e-3 --warmup 30 --eval-every 225"
   )
 fi
 

@@ -1,0 +1,85 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "helios/engine/model_instance.h"
+#include "helios/train/trainer.h"
+
+namespace helios::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Real text that exists on every machine that builds helios: the C++ standard headers.
+fs::path write_text(const fs::path& dir, const std::string& name,
+                    const std::vector<std::string>& headers) {
+  std::string text;
+  for (const auto& header : headers) {
+    for (const auto& root : fs::directory_iterator("/usr/include/c++")) {
+      std::ifstream in(root.path() / header);
+      if (in) {
+        text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        break;
+      }
+    }
+  }
+  const fs::path path = dir / name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(ExitLossWeights, RiseWithDepthAndSumToOne) {
+  const auto w = exit_loss_weights({1, 2, 4});
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_LT(w[0], w[1]);
+  EXPECT_LT(w[1], w[2]);
+  EXPECT_NEAR(w[0] + w[1] + w[2], 1.0, 1e-12);
+}
+
+TEST(Trainer, LowersHeldOutLossAtEveryExitAndWritesALoadableModel) {
+  const fs::path dir = fs::temp_directory_path() / "helios_trainer_test";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  TrainOptions options;
+  options.train_text = write_text(dir, "train.txt", {"vector", "string", "map", "memory"});
+  options.valid_text = write_text(dir, "valid.txt", {"deque", "set"});
+  options.out_dir = dir / "model";
+  model::ModelConfig& c = options.config;
+  c.hidden_size = 48;
+  c.intermediate_size = 96;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.vocab_size = 258;
+  c.max_position_embeddings = 128;
+  c.tie_word_embeddings = true;
+  c.bos_token_id = 256;
+  c.eos_token_id = 257;
+  c.tokenizer = model::TokenizerKind::kByte;
+  c.exit_layers = {1, 2, 3};
+  options.steps = 60;
+  options.batch_size = 8;
+  options.seq_len = 64;
+  options.warmup_steps = 5;
+  options.learning_rate = 5e-3;
+  options.eval_windows = 16;
+  options.progress = false;
+
+  const TrainReport report = train_model(options);
+  ASSERT_EQ(report.final_valid_nll.size(), 3u);
+  for (size_t e = 0; e < 3; ++e) {
+    EXPECT_LT(report.final_valid_nll[e], report.initial_valid_nll[e] - 0.5)
+        << "exit " << report.exit_layers[e];
+  }
+  EXPECT_LT(report.final_valid_nll.back(), report.final_valid_nll.front() + 0.05)
+      << "the deepest exit should be at least as good as the first";
+
+  const auto instance = engine::ModelInstance::load(options.out_dir);
+  EXPECT_EQ(instance->config().num_hidden_layers, 3);
+  EXPECT_TRUE(fs::exists(options.out_dir / "training.json"));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace helios::train
