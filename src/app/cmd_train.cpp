@@ -53,6 +53,8 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--eval-windows", options->eval_windows, "Held-out windows")
       ->capture_default_str();
+  cmd->add_option("--checkpoint-every", options->checkpoint_every,
+                  "Save the model every N steps (0: only at the end)")->capture_default_str();
   cmd->add_option("--seed", options->seed, "Random seed")->capture_default_str();
   cmd->add_option("--threads", options->threads, "Compute threads (0: all cores)")
       ->capture_default_str();

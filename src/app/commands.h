@@ -10,5 +10,6 @@ void add_train_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_perplexity_command(CLI::App& app);
 void add_info_command(CLI::App& app);
+void add_zoo_command(CLI::App& app);
 
 }  // namespace helios::app

@@ -15,10 +15,19 @@ int main(int argc, char** argv) {
   helios::app::add_generate_command(app);
   helios::app::add_perplexity_command(app);
   helios::app::add_info_command(app);
+  helios::app::add_zoo_command(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, like every other helios error; --help has the details.
+    fmt::print(stderr, "helios: error: {}\n", e.what());
+    return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
   } catch (const helios::Error& e) {
     fmt::print(stderr, "helios: error: {}\n", e.what());
     return 1;

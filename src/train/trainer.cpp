@@ -201,6 +201,13 @@ TrainReport train_model(const TrainOptions& options) {
     report.tokens_seen += options.batch_size * options.seq_len;
     progress.update(step + 1, report.tokens_seen, losses.front().item<double>(),
                     losses[losses.size() / 2].item<double>(), losses.back().item<double>());
+    if (options.checkpoint_every > 0 && (step + 1) % options.checkpoint_every == 0 &&
+        step + 1 < options.steps) {
+      at::NoGradGuard no_grad;
+      model::save_model(options.out_dir, options.config, weights);
+      progress.note(fmt::format("step {}: checkpoint saved to {}", step + 1,
+                                options.out_dir.string()));
+    }
     if (options.eval_every > 0 && (step + 1) % options.eval_every == 0 &&
         step + 1 < options.steps) {
       const std::vector<double> nll = evaluate(transformer, valid_windows);
