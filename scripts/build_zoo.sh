@@ -35,9 +35,9 @@ if ((MICRO)); then
   )
 else
   RECIPES=(
-    "prose-s|prose|--hidden 128 --intermediate 384 --layers 6 --heads 4 --kv-heads 2 --context 512 --steps 850 --batch 16 --seq-len 128 --lr 4e-3 --warmup 40 --eval-every 425"
-    "code-m|code|--hidden 128 --intermediate 384 --layers 8 --heads 4 --kv-heads 2 --context 512 --steps 650 --batch 16 --seq-len 128 --lr 4e-3 --warmup 40 --eval-every 325"
-    "mix-l|mix|--hidden 160 --intermediate 448 --layers 10 --heads 4 --kv-heads 2 --context 512 --steps 450 --batch 16 --seq-len 128 --lr 3e-3 --warmup 30 --eval-every 225"
+    "prose-s|prose|--hidden 128 --intermediate 384 --layers 6 --heads 4 --kv-heads 2 --context 512 --steps 650 --batch 32 --seq-len 128 --lr 4e-3 --warmup 30 --eval-every 325"
+    "code-m|code|--hidden 128 --intermediate 384 --layers 8 --heads 4 --kv-heads 2 --context 512 --steps 560 --batch 32 --seq-len 128 --lr 4e-3 --warmup 30 --eval-every 280"
+    "mix-l|mix|--hidden 160 --intermediate 448 --layers 10 --heads 4 --kv-heads 2 --context 512 --steps 410 --batch 32 --seq-len 128 --lr 3e-3 --warmup 30 --eval-every 205"
   )
 fi
 
