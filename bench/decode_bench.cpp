@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "helios/common/files.h"
 #include "helios/engine/generator.h"
 #include "helios/engine/model_instance.h"
 
@@ -94,8 +95,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "decode_bench: no models (give --zoo or --model)\n");
     return 1;
   }
-  std::ifstream in(text_file, std::ios::binary);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string text = helios::read_file(text_file);
 
   nlohmann::json results = nlohmann::json::array();
   fmt::print("threads: {}\n", at::get_num_threads());

@@ -1,10 +1,9 @@
-#include <fstream>
-
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "helios/common/error.h"
+#include "helios/common/files.h"
 #include "helios/engine/model_instance.h"
 #include "helios/model/perplexity.h"
 
@@ -22,9 +21,7 @@ struct PerplexityArgs {
 };
 
 void run_perplexity(const PerplexityArgs& args) {
-  std::ifstream in(args.text_file, std::ios::binary);
-  if (!in) throw Error(ErrorCode::kNotFound, args.text_file.string() + ": cannot open");
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string text = read_file(args.text_file);
   if (text.empty()) throw Error(ErrorCode::kInvalidArgument, args.text_file.string() + ": empty");
 
   model::LoadOptions load;

@@ -1,10 +1,9 @@
-#include <fstream>
-
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "helios/common/error.h"
+#include "helios/common/files.h"
 #include "helios/engine/model_instance.h"
 #include "helios/model/perplexity.h"
 
@@ -21,12 +20,6 @@ struct ZooArgs {
   bool json = false;
 };
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorCode::kNotFound, path.string() + ": cannot open");
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 std::string join(const std::vector<std::string>& parts, const char* separator) {
   std::string out;
   for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
@@ -36,12 +29,12 @@ std::string join(const std::vector<std::string>& parts, const char* separator) {
 // One model of the zoo, scored on the held-out test split of the domain it was trained on
 // (the first word of its recipe.txt, written by scripts/build_zoo.sh).
 nlohmann::json describe(const fs::path& dir, const ZooArgs& args) {
-  const std::string recipe = read_text(dir / "recipe.txt");
+  const std::string recipe = read_file(dir / "recipe.txt");
   const std::string domain = recipe.substr(0, recipe.find(' '));
-  const nlohmann::json training = nlohmann::json::parse(read_text(dir / "training.json"));
+  const nlohmann::json training = nlohmann::json::parse(read_file(dir / "training.json"));
   const auto instance = engine::ModelInstance::load(dir);
   std::vector<int32_t> ids =
-      instance->tokenizer().encode(read_text(args.data_dir / domain / "test.txt"));
+      instance->tokenizer().encode(read_file(args.data_dir / domain / "test.txt"));
   if (args.max_text_tokens > 0 && static_cast<int64_t>(ids.size()) > args.max_text_tokens) {
     ids.resize(args.max_text_tokens);
   }

@@ -15,6 +15,7 @@
 #include <torch/optim/adamw.h>
 
 #include "helios/common/error.h"
+#include "helios/common/files.h"
 #include "helios/model/checkpoint.h"
 #include "helios/model/transformer.h"
 #include "helios/model/weights.h"
@@ -25,10 +26,7 @@ namespace helios::train {
 namespace {
 
 at::Tensor read_tokens(const std::filesystem::path& path, const tokenizer::Tokenizer& tokenizer) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorCode::kNotFound, path.string() + ": cannot open training text");
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::vector<int32_t> ids = tokenizer.encode(text);
+  const std::vector<int32_t> ids = tokenizer.encode(read_file(path));
   if (ids.size() < 2) throw Error(ErrorCode::kInvalidArgument, path.string() + ": text too short");
   return at::tensor(ids, at::TensorOptions().dtype(at::kInt)).to(at::kLong);
 }

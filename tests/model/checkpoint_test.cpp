@@ -1,3 +1,4 @@
+#include "common/scratch_dir.h"
 #include "helios/model/checkpoint.h"
 
 #include <unistd.h>
@@ -22,24 +23,10 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// A fresh directory per test, removed afterwards.
-class ScratchDir {
+// Each test's files live in a fresh directory.
+class ScratchDir : public testing::ScratchDir {
  public:
-  ScratchDir() {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  inline static std::atomic<int> counter_{0};
-  fs::path path_ =
-      fs::path(::testing::TempDir()) /
-      ("helios_checkpoint_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
+  ScratchDir() : testing::ScratchDir("helios_checkpoint") {}
 };
 
 ModelConfig tiny_config(bool tied) {

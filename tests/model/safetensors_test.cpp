@@ -1,3 +1,4 @@
+#include "common/scratch_dir.h"
 #include "helios/model/safetensors.h"
 
 #include <unistd.h>
@@ -18,23 +19,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class ScratchDir {
+// Each test's files live in a fresh directory.
+class ScratchDir : public testing::ScratchDir {
  public:
-  ScratchDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::path(::testing::TempDir()) /
-            ("helios_safetensors_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
+  ScratchDir() : testing::ScratchDir("helios_safetensors") {}
 };
 
 // Writes a file byte for byte: u64 header length, header text, data. `declared_length` lets a

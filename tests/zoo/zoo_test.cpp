@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "helios/common/files.h"
 #include "helios/engine/generator.h"
 #include "helios/engine/model_instance.h"
 #include "helios/model/perplexity.h"
@@ -15,11 +16,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr double kThreshold = 0.8;
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
 
 // `count` prompts of `bytes` bytes spread evenly over a held-out test split.
 std::vector<std::string> prompts_from(const std::string& domain, int count, size_t bytes) {
