@@ -5,6 +5,8 @@
 #   --data DIR   prepared data (default: data/, made by scripts/prepare_data.sh)
 #   --helios BIN the helios binary (default: build/helios)
 # A model is retrained only when its recipe changed (recipe.txt in its directory).
+# Models train on windows as long as their context: RoPE positions never seen in training
+# (past seq_len) degrade perplexity sharply.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MICRO=0
@@ -29,15 +31,15 @@ fi
 # name | domain | shape and schedule flags
 if ((MICRO)); then
   RECIPES=(
-    "prose-micro|prose|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 330 --batch 16 --seq-len 128 --lr 6e-3 --warmup 20"
-    "code-micro|code|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 330 --batch 16 --seq-len 128 --lr 6e-3 --warmup 20"
-    "mix-micro|mix|--hidden 96 --intermediate 256 --layers 5 --heads 4 --kv-heads 2 --context 256 --steps 220 --batch 16 --seq-len 128 --lr 5e-3 --warmup 20"
+    "prose-micro|prose|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 270 --batch 8 --seq-len 256 --lr 6e-3 --warmup 20"
+    "code-micro|code|--hidden 64 --intermediate 192 --layers 4 --heads 4 --kv-heads 2 --context 256 --steps 270 --batch 8 --seq-len 256 --lr 6e-3 --warmup 20"
+    "mix-micro|mix|--hidden 96 --intermediate 256 --layers 5 --heads 4 --kv-heads 2 --context 256 --steps 180 --batch 8 --seq-len 256 --lr 5e-3 --warmup 20"
   )
 else
   RECIPES=(
-    "prose-s|prose|--hidden 128 --intermediate 384 --layers 6 --heads 4 --kv-heads 2 --context 512 --steps 650 --batch 32 --seq-len 128 --lr 4e-3 --warmup 30 --eval-every 325"
-    "code-m|code|--hidden 128 --intermediate 384 --layers 8 --heads 4 --kv-heads 2 --context 512 --steps 560 --batch 32 --seq-len 128 --lr 4e-3 --warmup 30 --eval-every 280"
-    "mix-l|mix|--hidden 160 --intermediate 448 --layers 10 --heads 4 --kv-heads 2 --context 512 --steps 410 --batch 32 --seq-len 128 --lr 3e-3 --warmup 30 --eval-every 205"
+    "prose-s|prose|--hidden 128 --intermediate 384 --layers 6 --heads 4 --kv-heads 2 --context 256 --steps 480 --batch 16 --seq-len 256 --lr 4e-3 --warmup 30 --eval-every 240"
+    "code-m|code|--hidden 128 --intermediate 384 --layers 8 --heads 4 --kv-heads 2 --context 256 --steps 420 --batch 16 --seq-len 256 --lr 4e-3 --warmup 30 --eval-every 210"
+    "mix-l|mix|--hidden 160 --intermediate 448 --layers 10 --heads 4 --kv-heads 2 --context 256 --steps 285 --batch 16 --seq-len 256 --lr 3e-3 --warmup 30 --eval-every 145"
   )
 fi
 
