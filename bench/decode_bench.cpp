@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
   std::filesystem::path text_file;
   std::vector<int64_t> batches{1, 8, 32};
   int64_t steps = 32;
-  double threshold = 0.9;
+  double threshold = helios::model::kDefaultExitThreshold;
   std::filesystem::path json_out;
   app.add_option("--zoo", zoo, "Directory whose subdirectories are models");
   app.add_option("--model", models, "Model directory (repeatable)");

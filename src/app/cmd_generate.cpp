@@ -16,7 +16,7 @@ struct GenerateArgs {
   std::string prompt;
   int64_t max_tokens = 64;
   int64_t max_layers = 0;
-  double threshold = 0.9;
+  double threshold = model::kDefaultExitThreshold;
   std::string metric = "maxprob";
   engine::SamplingParams sampling;
   bool details = true;

@@ -13,7 +13,7 @@ namespace {
 struct PerplexityArgs {
   std::filesystem::path model_dir;
   std::filesystem::path text_file;
-  double threshold = 0.9;
+  double threshold = model::kDefaultExitThreshold;
   int64_t max_layers = 0;
   int64_t window = 0;
   int64_t max_text_tokens = 0;

@@ -15,7 +15,7 @@ namespace fs = std::filesystem;
 struct ZooArgs {
   fs::path zoo_dir;
   fs::path data_dir = "data";
-  double threshold = 0.9;
+  double threshold = model::kDefaultExitThreshold;
   int64_t max_text_tokens = 100000;
   bool json = false;
 };

@@ -15,7 +15,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr double kThreshold = 0.8;
+constexpr double kThreshold = model::kDefaultExitThreshold;
 
 // `count` prompts of `bytes` bytes spread evenly over a held-out test split.
 std::vector<std::string> prompts_from(const std::string& domain, int count, size_t bytes) {
@@ -76,8 +76,8 @@ class MicroZooTest : public ::testing::Test {
     const fs::path zoo(HELIOS_MICRO_ZOO_DIR);
     prose_model_ = engine::ModelInstance::load(zoo / "prose-micro").release();
     code_model_ = engine::ModelInstance::load(zoo / "code-micro").release();
-    const auto prose = prompts_from("prose", 12, 160);
-    const auto code = prompts_from("code", 12, 160);
+    const auto prose = prompts_from("prose", 24, 192);
+    const auto code = prompts_from("code", 24, 192);
     prose_on_prose_ = measure(*prose_model_, prose);
     code_on_prose_ = measure(*prose_model_, code);
     prose_on_code_ = measure(*code_model_, prose);

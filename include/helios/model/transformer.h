@@ -18,10 +18,15 @@ enum class ConfidenceMetric {
   kEntropy,  // 1 - H(p) / ln(vocab): 1 for a one-hot, 0 for uniform
 };
 
+// The default exit confidence threshold. Byte-level models spread probability over more
+// plausible continuations than subword models, so their useful thresholds sit lower than the
+// 0.8-0.9 common for subword LayerSkip models; see the zoo table in the README.
+inline constexpr double kDefaultExitThreshold = 0.5;
+
 // When a token may leave the network. threshold > 1 never exits early; threshold 0 always
 // exits at the first exit point.
 struct ExitPolicy {
-  double threshold = 0.9;
+  double threshold = kDefaultExitThreshold;
   ConfidenceMetric metric = ConfidenceMetric::kMaxProb;
 };
 
