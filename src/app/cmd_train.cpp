@@ -56,7 +56,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--checkpoint-every", options->checkpoint_every,
                   "Save the model every N steps (0: only at the end)")->capture_default_str();
   cmd->add_option("--seed", options->seed, "Random seed")->capture_default_str();
-  cmd->add_option("--threads", options->threads, "Compute threads (0: all cores)")
+  cmd->add_option("--threads", options->threads, "ATen intra-op threads (0: library default; matmuls use the BLAS threads)")
       ->capture_default_str();
   cmd->add_flag("!--no-progress", options->progress, "Hide the progress bar");
 
