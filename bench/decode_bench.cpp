@@ -1,15 +1,15 @@
 // Decode throughput of early-exit models: tokens/s at several batch sizes, early exit on and
 // off, for every model of a zoo. Prints a table and, with --json, one JSON object.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "helios/common/files.h"
@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
   std::filesystem::path json_out;
   app.add_option("--zoo", zoo, "Directory whose subdirectories are models");
   app.add_option("--model", models, "Model directory (repeatable)");
-  app.add_option("--text", text_file, "Text the prompts are cut from")->required()
+  app.add_option("--text", text_file, "Text the prompts are cut from")
+      ->required()
       ->check(CLI::ExistingFile);
   app.add_option("--batch", batches, "Batch sizes")->delimiter(',')->capture_default_str();
   app.add_option("--steps", steps, "Decode steps timed per run")->capture_default_str();
@@ -119,8 +120,8 @@ int main(int argc, char** argv) {
         if (a.tokens_per_second > off.tokens_per_second) off = a;
         if (b.tokens_per_second > on.tokens_per_second) on = b;
       }
-      fmt::print("{:<16} {:>6} {:>16.1f} {:>16.1f} {:>9.2f}x {:>10.2f}\n",
-                 dir.filename().string(), batch, off.tokens_per_second, on.tokens_per_second,
+      fmt::print("{:<16} {:>6} {:>16.1f} {:>16.1f} {:>9.2f}x {:>10.2f}\n", dir.filename().string(),
+                 batch, off.tokens_per_second, on.tokens_per_second,
                  on.tokens_per_second / off.tokens_per_second, on.mean_exit_layer);
       results.push_back({{"model", dir.filename().string()},
                          {"batch", batch},

@@ -1,7 +1,7 @@
+#include <fmt/format.h>
+
 #include <chrono>
 #include <map>
-
-#include <fmt/format.h>
 
 #include "commands.h"
 #include "helios/common/error.h"
@@ -90,10 +90,10 @@ void run_generate(const GenerateArgs& args) {
     greedy += token.exit.greedy_exit ? 1 : 0;
   }
   const double n = static_cast<double>(result.tokens.size());
-  fmt::print("\nsummary: {} tokens in {:.3f} s ({:.1f} tokens/s), finish: {}, loaded layers {}/{}\n",
-             result.tokens.size(), seconds, n / seconds,
-             engine::finish_reason_name(result.finish_reason), transformer.loaded_layers(),
-             instance->config().num_hidden_layers);
+  fmt::print(
+      "\nsummary: {} tokens in {:.3f} s ({:.1f} tokens/s), finish: {}, loaded layers {}/{}\n",
+      result.tokens.size(), seconds, n / seconds, engine::finish_reason_name(result.finish_reason),
+      transformer.loaded_layers(), instance->config().num_hidden_layers);
   fmt::print("mean exit layer {:.2f}, greedy exits {} ({:.1f}%), threshold {}\n", exit_sum / n,
              greedy, 100.0 * greedy / n, args.threshold);
   for (const auto& [layer, count] : histogram) {
@@ -106,7 +106,8 @@ void run_generate(const GenerateArgs& args) {
 void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text with early exit");
-  cmd->add_option("--model", args->model_dir, "Model directory")->required()
+  cmd->add_option("--model", args->model_dir, "Model directory")
+      ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--prompt", args->prompt, "Prompt text")->required();
   cmd->add_option("--max-tokens", args->max_tokens, "Tokens to generate")->capture_default_str();
@@ -115,9 +116,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--threshold", args->threshold, "Exit confidence threshold")
       ->capture_default_str();
   cmd->add_option("--metric", args->metric, "Confidence metric")
-      ->check(CLI::IsMember({"maxprob", "entropy"}))->capture_default_str();
-  cmd->add_option("--temperature", args->sampling.temperature, "0: greedy")
+      ->check(CLI::IsMember({"maxprob", "entropy"}))
       ->capture_default_str();
+  cmd->add_option("--temperature", args->sampling.temperature, "0: greedy")->capture_default_str();
   cmd->add_option("--top-p", args->sampling.top_p, "Nucleus mass")->capture_default_str();
   cmd->add_option("--top-k", args->sampling.top_k, "Top-k cut (0: none)")->capture_default_str();
   cmd->add_option("--seed", args->sampling.seed, "Sampling seed")->capture_default_str();

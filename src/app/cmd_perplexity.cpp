@@ -1,4 +1,5 @@
 #include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -49,10 +50,10 @@ void run_perplexity(const PerplexityArgs& args) {
              args.threshold);
   fmt::print("{:>6} {:>12} {:>16}\n", "exit", "perplexity", "tokens exiting");
   for (size_t e = 0; e < report.exit_layers.size(); ++e) {
-    fmt::print("{:>6} {:>12.3f} {:>9} ({:5.1f}%)\n", report.exit_layers[e], report.perplexity[e],
-               report.exit_histogram[e],
-               100.0 * static_cast<double>(report.exit_histogram[e]) /
-                   static_cast<double>(report.tokens));
+    fmt::print(
+        "{:>6} {:>12.3f} {:>9} ({:5.1f}%)\n", report.exit_layers[e], report.perplexity[e],
+        report.exit_histogram[e],
+        100.0 * static_cast<double>(report.exit_histogram[e]) / static_cast<double>(report.tokens));
   }
 }
 
@@ -60,9 +61,9 @@ void run_perplexity(const PerplexityArgs& args) {
 
 void add_perplexity_command(CLI::App& app) {
   auto args = std::make_shared<PerplexityArgs>();
-  CLI::App* cmd =
-      app.add_subcommand("perplexity", "Perplexity of a text at every exit layer");
-  cmd->add_option("--model", args->model_dir, "Model directory")->required()
+  CLI::App* cmd = app.add_subcommand("perplexity", "Perplexity of a text at every exit layer");
+  cmd->add_option("--model", args->model_dir, "Model directory")
+      ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--text", args->text_file, "Text file")->required()->check(CLI::ExistingFile);
   cmd->add_option("--threshold", args->threshold, "Exit threshold for the histogram")

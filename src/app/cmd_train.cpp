@@ -20,9 +20,11 @@ void add_train_command(CLI::App& app) {
   c.tie_word_embeddings = true;
 
   CLI::App* cmd = app.add_subcommand("train", "Train an early-exit model from scratch on text");
-  cmd->add_option("--train", options->train_text, "Training text file")->required()
+  cmd->add_option("--train", options->train_text, "Training text file")
+      ->required()
       ->check(CLI::ExistingFile);
-  cmd->add_option("--valid", options->valid_text, "Held-out text file")->required()
+  cmd->add_option("--valid", options->valid_text, "Held-out text file")
+      ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--out", options->out_dir, "Output model directory")->required();
   cmd->add_option("--tokenizer-json", options->tokenizer_json,
@@ -54,9 +56,11 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--eval-windows", options->eval_windows, "Held-out windows")
       ->capture_default_str();
   cmd->add_option("--checkpoint-every", options->checkpoint_every,
-                  "Save the model every N steps (0: only at the end)")->capture_default_str();
+                  "Save the model every N steps (0: only at the end)")
+      ->capture_default_str();
   cmd->add_option("--seed", options->seed, "Random seed")->capture_default_str();
-  cmd->add_option("--threads", options->threads, "ATen intra-op threads (0: library default; matmuls use the BLAS threads)")
+  cmd->add_option("--threads", options->threads,
+                  "ATen intra-op threads (0: library default; matmuls use the BLAS threads)")
       ->capture_default_str();
   cmd->add_flag("!--no-progress", options->progress, "Hide the progress bar");
 

@@ -1,4 +1,5 @@
 #include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -71,9 +72,10 @@ void run_zoo(const ZooArgs& args) {
     fmt::print("{}\n", models.dump(2));
     return;
   }
-  fmt::print("| model | domain | parameters | layers x hidden | train time | test perplexity "
-             "at exit 1..L | tokens exiting at exit 1..L (threshold {}) |\n",
-             args.threshold);
+  fmt::print(
+      "| model | domain | parameters | layers x hidden | train time | test perplexity "
+      "at exit 1..L | tokens exiting at exit 1..L (threshold {}) |\n",
+      args.threshold);
   fmt::print("|---|---|---|---|---|---|---|\n");
   for (const auto& m : models) {
     std::vector<std::string> ppl, share;
@@ -82,8 +84,8 @@ void run_zoo(const ZooArgs& args) {
     fmt::print("| {} | {} | {:.2f} M | {} x {} | {:.0f} s | {} | {} |\n",
                m["model"].get<std::string>(), m["domain"].get<std::string>(),
                m["parameters"].get<double>() / 1e6, m["layers"].get<int64_t>(),
-               m["hidden_size"].get<int64_t>(), m["train_seconds"].get<double>(),
-               join(ppl, " / "), join(share, " / "));
+               m["hidden_size"].get<int64_t>(), m["train_seconds"].get<double>(), join(ppl, " / "),
+               join(share, " / "));
   }
 }
 
@@ -94,11 +96,13 @@ void add_zoo_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "zoo", "Table of a model zoo: size, training time, held-out perplexity and exits per layer");
   cmd->add_option("--dir", args->zoo_dir, "Zoo directory (made by scripts/build_zoo.sh)")
-      ->required()->check(CLI::ExistingDirectory);
+      ->required()
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--data", args->data_dir, "Prepared data directory")->capture_default_str();
   cmd->add_option("--threshold", args->threshold, "Exit threshold")->capture_default_str();
   cmd->add_option("--max-text-tokens", args->max_text_tokens,
-                  "Score the first N tokens of each test split (0: all)")->capture_default_str();
+                  "Score the first N tokens of each test split (0: all)")
+      ->capture_default_str();
   cmd->add_flag("--json", args->json, "Print JSON instead of a Markdown table");
   cmd->callback([args] { run_zoo(*args); });
 }

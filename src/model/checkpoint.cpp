@@ -1,14 +1,14 @@
 #include "helios/model/checkpoint.h"
 
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "helios/common/error.h"
 #include "helios/model/safetensors.h"
@@ -146,12 +146,9 @@ std::vector<TensorSpec> model_tensor_specs(const ModelConfig& config, int64_t la
 
 std::string torch_dtype_name(c10::ScalarType dtype) {
   switch (dtype) {
-    case c10::kHalf:
-      return "float16";
-    case c10::kBFloat16:
-      return "bfloat16";
-    default:
-      return "float32";
+    case c10::kHalf: return "float16";
+    case c10::kBFloat16: return "bfloat16";
+    default: return "float32";
   }
 }
 

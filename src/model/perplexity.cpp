@@ -1,10 +1,10 @@
 #include "helios/model/perplexity.h"
 
-#include <algorithm>
-#include <cmath>
-
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include "helios/common/error.h"
 
@@ -55,8 +55,8 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
     for (size_t e = 0; e < exits; ++e) {
       const at::Tensor logits =
           transformer.exit_logits(hidden[e]).to(at::kFloat).view({count * length, -1});
-      const at::Tensor nll = at::nll_loss(at::log_softmax(logits, -1), flat_targets, {},
-                                          at::Reduction::None);
+      const at::Tensor nll =
+          at::nll_loss(at::log_softmax(logits, -1), flat_targets, {}, at::Reduction::None);
       nll_sum[e] += nll.masked_select(valid.view({-1})).sum().item<double>();
       if (e + 1 < exits) {
         const at::Tensor confident =

@@ -1,5 +1,6 @@
 #include "helios/model/safetensors.h"
 
+#include <ATen/ATen.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -10,11 +11,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string_view>
-
-#include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 
 #include "helios/common/error.h"
 
@@ -310,12 +309,9 @@ at::Tensor SafetensorsFile::load(const std::string& name, c10::ScalarType dtype)
 
 std::string safetensors_dtype_name(c10::ScalarType dtype) {
   switch (dtype) {
-    case c10::kFloat:
-      return "F32";
-    case c10::kHalf:
-      return "F16";
-    case c10::kBFloat16:
-      return "BF16";
+    case c10::kFloat: return "F32";
+    case c10::kHalf: return "F16";
+    case c10::kBFloat16: return "BF16";
     default:
       throw Error(ErrorCode::kInvalidArgument, "safetensors: unsupported dtype " +
                                                    std::string(c10::toString(dtype)) +

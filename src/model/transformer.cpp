@@ -1,10 +1,10 @@
 #include "helios/model/transformer.h"
 
-#include <cmath>
-#include <limits>
-
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <limits>
 
 #include "helios/common/error.h"
 #include "helios/ops/rms_norm.h"
@@ -64,9 +64,9 @@ at::Tensor Transformer::attention(const at::Tensor& q, const at::Tensor& k, cons
                                   const at::Tensor& mask) const {
   const int64_t batch = q.size(0), tq = q.size(1), heads = q.size(2), hd = q.size(3);
   const int64_t kv_heads = k.size(2), tk = k.size(1), group = heads / kv_heads;
-  const at::Tensor qh =
-      q.reshape({batch, tq, kv_heads, group, hd}).permute({0, 2, 3, 1, 4}).reshape(
-          {batch, kv_heads, group * tq, hd});
+  const at::Tensor qh = q.reshape({batch, tq, kv_heads, group, hd})
+                            .permute({0, 2, 3, 1, 4})
+                            .reshape({batch, kv_heads, group * tq, hd});
   const at::Tensor kh = k.permute({0, 2, 3, 1});  // [B, KVH, hd, Tk]
   const at::Tensor vh = v.permute({0, 2, 1, 3});  // [B, KVH, Tk, hd]
   at::Tensor scores = at::matmul(qh, kh).mul_(attention_scale_);
@@ -105,14 +105,13 @@ std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) con
   const int64_t batch = tokens.size(0), time = tokens.size(1);
   const auto device = weights_.embed_tokens.device();
   if (time > rotary_.max_positions()) {
-    throw Error(ErrorCode::kOutOfRange, "window of " + std::to_string(time) +
-                                            " tokens exceeds max_position_embeddings");
+    throw Error(ErrorCode::kOutOfRange,
+                "window of " + std::to_string(time) + " tokens exceeds max_position_embeddings");
   }
   const at::Tensor positions =
       at::arange(time, at::TensorOptions().dtype(at::kLong).device(device)).repeat({batch});
   const at::Tensor causal =
-      at::full({time, time}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device))
-          .triu(1);
+      at::full({time, time}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device)).triu(1);
   at::Tensor h = at::embedding(weights_.embed_tokens, tokens.to(device)).view({batch * time, -1});
   std::vector<at::Tensor> exits;
   size_t next_exit = 0;
@@ -218,7 +217,8 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
   // Per-row positions, the slot each new token is written to, and a padded gather index of
   // every slot each row attends to (padding points at a valid slot and is masked out).
   int64_t longest = 0;
-  for (const kv::SequenceKv* sequence : sequences) longest = std::max(longest, sequence->length + 1);
+  for (const kv::SequenceKv* sequence : sequences)
+    longest = std::max(longest, sequence->length + 1);
   if (longest > rotary_.max_positions()) {
     throw Error(ErrorCode::kOutOfRange, "decode: sequence exceeds max_position_embeddings");
   }
@@ -259,10 +259,12 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
     cache.keys(l).index_copy_(0, row_slots, qkv.k);
     cache.values(l).index_copy_(0, row_slots, qkv.v);
     const at::Tensor flat_gather = row_gather.reshape({-1});
-    const at::Tensor keys = cache.keys(l).index_select(0, flat_gather).view(
-        {rows, longest, config_.num_key_value_heads, -1});
-    const at::Tensor values = cache.values(l).index_select(0, flat_gather).view(
-        {rows, longest, config_.num_key_value_heads, -1});
+    const at::Tensor keys = cache.keys(l)
+                                .index_select(0, flat_gather)
+                                .view({rows, longest, config_.num_key_value_heads, -1});
+    const at::Tensor values = cache.values(l)
+                                  .index_select(0, flat_gather)
+                                  .view({rows, longest, config_.num_key_value_heads, -1});
     const at::Tensor attended = attention(qkv.q.unsqueeze(1), keys, values, row_mask);
     h = h + at::linear(attended.squeeze(1), layer.o_proj);
     h = h + mlp(layer, h);

@@ -1,9 +1,9 @@
 #include "helios/model/weights.h"
 
-#include <unordered_set>
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+
+#include <unordered_set>
 
 #include "helios/common/error.h"
 

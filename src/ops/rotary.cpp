@@ -9,8 +9,9 @@ RotaryEmbedding::RotaryEmbedding(int64_t head_dim, double theta, int64_t max_pos
     : head_dim_(head_dim), max_positions_(max_positions) {
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   // Same float32 arithmetic as the HF reference so angles agree bit for bit on CPU.
-  const at::Tensor exponents = at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong))
-                                   .to(at::kFloat) / static_cast<double>(head_dim);
+  const at::Tensor exponents =
+      at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
+      static_cast<double>(head_dim);
   const at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(theta, f32), exponents);
   const at::Tensor positions = at::arange(max_positions, f32);
   const at::Tensor freqs = at::outer(positions, inv_freq);

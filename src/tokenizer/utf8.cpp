@@ -22,16 +22,11 @@ size_t lead_length(uint8_t b) {
 // out overlong forms, surrogates and code points above U+10FFFF.
 bool valid_second(uint8_t lead, uint8_t b) {
   switch (lead) {
-    case 0xE0:
-      return b >= 0xA0 && b <= 0xBF;
-    case 0xED:
-      return b >= 0x80 && b <= 0x9F;
-    case 0xF0:
-      return b >= 0x90 && b <= 0xBF;
-    case 0xF4:
-      return b >= 0x80 && b <= 0x8F;
-    default:
-      return is_continuation(b);
+    case 0xE0: return b >= 0xA0 && b <= 0xBF;
+    case 0xED: return b >= 0x80 && b <= 0x9F;
+    case 0xF0: return b >= 0x90 && b <= 0xBF;
+    case 0xF4: return b >= 0x80 && b <= 0x8F;
+    default: return is_continuation(b);
   }
 }
 

@@ -1,10 +1,9 @@
 #include "helios/train/progress.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdio>
-
-#include <fmt/format.h>
 
 namespace helios::train {
 namespace {
@@ -37,8 +36,8 @@ void ProgressBar::update(int64_t step, int64_t tokens, double loss_first, double
       "[{}{}] {}/{} | {:.0f} tok/s | loss {:.3f} / {:.3f} / {:.3f} (first/mid/last exit) | "
       "ETA {}",
       std::string(filled, '='), std::string(kWidth - filled, ' '), step, total_,
-      elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0.0, loss_first, loss_middle,
-      loss_last, format_duration(eta));
+      elapsed > 0 ? static_cast<double>(tokens) / elapsed : 0.0, loss_first, loss_middle, loss_last,
+      format_duration(eta));
   if (tty_) {
     fmt::print(stderr, "\r{}\x1b[K", last_line_);
     std::fflush(stderr);

@@ -1,18 +1,18 @@
 #include "helios/train/trainer.h"
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+#include <torch/optim/adamw.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <numbers>
 #include <unordered_set>
-
-#include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
-#include <torch/optim/adamw.h>
 
 #include "helios/common/error.h"
 #include "helios/common/files.h"
@@ -72,8 +72,9 @@ double learning_rate_at(const TrainOptions& options, int64_t step) {
     return options.learning_rate * static_cast<double>(step + 1) /
            static_cast<double>(options.warmup_steps);
   }
-  const double progress = static_cast<double>(step - options.warmup_steps) /
-                          static_cast<double>(std::max<int64_t>(1, options.steps - options.warmup_steps));
+  const double progress =
+      static_cast<double>(step - options.warmup_steps) /
+      static_cast<double>(std::max<int64_t>(1, options.steps - options.warmup_steps));
   const double cosine = 0.5 * (1.0 + std::cos(std::numbers::pi * std::min(1.0, progress)));
   const double floor = options.learning_rate * options.min_lr_ratio;
   return floor + (options.learning_rate - floor) * cosine;
@@ -166,10 +167,9 @@ TrainReport train_model(const TrainOptions& options) {
   const at::Tensor valid_windows = gather_windows(valid_tokens, valid_starts, options.seq_len);
   report.initial_valid_nll = evaluate(transformer, valid_windows);
 
-  torch::optim::AdamW optimizer(
-      params, torch::optim::AdamWOptions(options.learning_rate)
-                  .betas({0.9, 0.95})
-                  .weight_decay(options.weight_decay));
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.learning_rate)
+                                            .betas({0.9, 0.95})
+                                            .weight_decay(options.weight_decay));
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   const int64_t train_span = train_tokens.size(0) - options.seq_len - 1;
   ProgressBar progress(options.steps, options.progress);
@@ -203,8 +203,8 @@ TrainReport train_model(const TrainOptions& options) {
         step + 1 < options.steps) {
       at::NoGradGuard no_grad;
       model::save_model(options.out_dir, options.config, weights);
-      progress.note(fmt::format("step {}: checkpoint saved to {}", step + 1,
-                                options.out_dir.string()));
+      progress.note(
+          fmt::format("step {}: checkpoint saved to {}", step + 1, options.out_dir.string()));
     }
     if (options.eval_every > 0 && (step + 1) % options.eval_every == 0 &&
         step + 1 < options.steps) {

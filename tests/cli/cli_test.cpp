@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 namespace {
@@ -20,13 +19,15 @@ struct RunResult {
 };
 
 RunResult run(const std::string& args) {
-  const fs::path err_file = fs::temp_directory_path() / ("helios_cli_err_" + std::to_string(getpid()));
+  const fs::path err_file =
+      fs::temp_directory_path() / ("helios_cli_err_" + std::to_string(getpid()));
   const std::string command = std::string(HELIOS_BINARY) + " " + args + " 2>" + err_file.string();
   RunResult result;
   FILE* pipe = popen(command.c_str(), "r");
   std::array<char, 4096> buffer{};
   size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    result.out.append(buffer.data(), n);
   const int status = pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   std::ifstream in(err_file);
@@ -35,7 +36,9 @@ RunResult run(const std::string& args) {
   return result;
 }
 
-int lines(const std::string& text) { return static_cast<int>(std::count(text.begin(), text.end(), '\n')); }
+int lines(const std::string& text) {
+  return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+}
 
 const std::string kModel = std::string(HELIOS_MICRO_ZOO_DIR) + "/prose-micro";
 
@@ -61,7 +64,8 @@ TEST(Cli, PerplexityJsonHasOneValuePerExitLayer) {
                           " --threshold 0.5 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto json = nlohmann::json::parse(r.out);
-  ASSERT_TRUE(json.contains("exit_layers") && json.contains("perplexity") && json.contains("tokens"));
+  ASSERT_TRUE(json.contains("exit_layers") && json.contains("perplexity") &&
+              json.contains("tokens"));
   EXPECT_EQ(json["exit_layers"].size(), json["perplexity"].size());
   EXPECT_EQ(json["exit_layers"], nlohmann::json({1, 2, 3, 4}));
   EXPECT_EQ(json["tokens"].get<int64_t>(), 64);  // one per byte of the text

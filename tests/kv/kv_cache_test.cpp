@@ -1,8 +1,7 @@
-#include <gtest/gtest.h>
+#include "helios/kv/kv_cache.h"
 
 #include <ATen/ATen.h>
-
-#include "helios/kv/kv_cache.h"
+#include <gtest/gtest.h>
 
 namespace helios::kv {
 namespace {

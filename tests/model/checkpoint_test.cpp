@@ -1,19 +1,18 @@
-#include "common/scratch_dir.h"
 #include "helios/model/checkpoint.h"
 
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-
+#include "common/scratch_dir.h"
 #include "helios/common/error.h"
 #include "helios/model/safetensors.h"
 

@@ -1,6 +1,6 @@
-#include "common/scratch_dir.h"
 #include "helios/model/config.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -8,8 +8,7 @@
 #include <fstream>
 #include <string>
 
-#include <gtest/gtest.h>
-
+#include "common/scratch_dir.h"
 #include "helios/common/error.h"
 
 namespace helios::model {

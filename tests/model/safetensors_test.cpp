@@ -1,6 +1,7 @@
-#include "common/scratch_dir.h"
 #include "helios/model/safetensors.h"
 
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,9 +10,7 @@
 #include <fstream>
 #include <string>
 
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
-
+#include "common/scratch_dir.h"
 #include "helios/common/error.h"
 
 namespace helios::model {

@@ -1,10 +1,11 @@
+#include "helios/train/trainer.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "helios/engine/model_instance.h"
-#include "helios/train/trainer.h"
 
 namespace helios::train {
 namespace {

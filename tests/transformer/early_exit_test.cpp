@@ -83,9 +83,9 @@ TEST_F(EarlyExitTest, BatchedDecodeOfDifferentLengthsEqualsDecodingEachAlone) {
   std::set<int32_t> layers_seen;
   for (size_t i = 0; i < requests.size(); ++i) {
     kv::KvCache alone_cache = engine::make_cache_for(transformer_, 1, 64, 4);
-    const auto alone = engine::generate_batch(
-        transformer_, alone_cache, std::span<const engine::GenerationRequest>(&requests[i], 1),
-        policy);
+    const auto alone =
+        engine::generate_batch(transformer_, alone_cache,
+                               std::span<const engine::GenerationRequest>(&requests[i], 1), policy);
     ASSERT_EQ(batched[i].tokens.size(), alone[0].tokens.size());
     for (size_t t = 0; t < alone[0].tokens.size(); ++t) {
       const auto& a = batched[i].tokens[t];
@@ -126,8 +126,8 @@ TEST_F(EarlyExitTest, SkippedLayersGetKeysAndValuesFromTheExitState) {
     const auto& layer = weights_.layers[l];
     for (int64_t t = static_cast<int64_t>(prompt.size()); t < sequence.length; ++t) {
       // Position t holds a decoded token's input, which exited at layer 1 on the step after.
-      const at::Tensor x = h1[t] * at::rsqrt(h1[t].pow(2).mean() + config.rms_norm_eps) *
-                           layer.input_norm;
+      const at::Tensor x =
+          h1[t] * at::rsqrt(h1[t].pow(2).mean() + config.rms_norm_eps) * layer.input_norm;
       const at::Tensor v = at::matmul(layer.v_proj, x).view({config.num_key_value_heads, -1});
       const at::Tensor cached_v = cache.values(l)[slots[t].item<int64_t>()];
       EXPECT_TRUE(at::allclose(cached_v, v, 1e-4, 1e-4)) << "layer " << l << " position " << t;
@@ -144,7 +144,8 @@ TEST(Confidence, MaxProbAndEntropyMetrics) {
   EXPECT_NEAR(Transformer::confidence(uniform, ConfidenceMetric::kMaxProb).item<float>(), 0.25,
               1e-6);
   EXPECT_NEAR(Transformer::confidence(peaked, ConfidenceMetric::kEntropy).item<float>(), 1.0, 1e-4);
-  EXPECT_NEAR(Transformer::confidence(uniform, ConfidenceMetric::kEntropy).item<float>(), 0.0, 1e-5);
+  EXPECT_NEAR(Transformer::confidence(uniform, ConfidenceMetric::kEntropy).item<float>(), 0.0,
+              1e-5);
 }
 
 TEST(ExitPoints, ConfiguredExitsWithinLoadedDepthPlusTheDepth) {

@@ -33,7 +33,8 @@ struct DomainStats {
   double final_perplexity = 0.0;
 };
 
-DomainStats measure(const engine::ModelInstance& instance, const std::vector<std::string>& prompts) {
+DomainStats measure(const engine::ModelInstance& instance,
+                    const std::vector<std::string>& prompts) {
   const auto& transformer = instance.transformer();
   const model::ExitPolicy policy{kThreshold};
   DomainStats stats;
@@ -56,8 +57,8 @@ DomainStats measure(const engine::ModelInstance& instance, const std::vector<std
   }
   stats.teacher_forced_mean_exit = exit_sum / static_cast<double>(positions);
   stats.final_perplexity = std::exp(nll_sum / static_cast<double>(positions));
-  kv::KvCache cache = engine::make_cache_for(transformer, static_cast<int64_t>(requests.size()),
-                                             256);
+  kv::KvCache cache =
+      engine::make_cache_for(transformer, static_cast<int64_t>(requests.size()), 256);
   double generated_sum = 0.0;
   int64_t generated = 0;
   for (const auto& result : engine::generate_batch(transformer, cache, requests, policy)) {
@@ -101,16 +102,18 @@ TEST_F(MicroZooTest, EachModelPredictsItsOwnDomainBetter) {
 }
 
 TEST_F(MicroZooTest, ProsePromptsExitEarlierOnTheProseModel) {
-  std::printf("prose model: mean exit on prose %.3f (generated %.3f), on code %.3f (generated %.3f)\n",
-              prose_on_prose_.teacher_forced_mean_exit, prose_on_prose_.generated_mean_exit,
-              code_on_prose_.teacher_forced_mean_exit, code_on_prose_.generated_mean_exit);
+  std::printf(
+      "prose model: mean exit on prose %.3f (generated %.3f), on code %.3f (generated %.3f)\n",
+      prose_on_prose_.teacher_forced_mean_exit, prose_on_prose_.generated_mean_exit,
+      code_on_prose_.teacher_forced_mean_exit, code_on_prose_.generated_mean_exit);
   EXPECT_LT(prose_on_prose_.teacher_forced_mean_exit, code_on_prose_.teacher_forced_mean_exit);
 }
 
 TEST_F(MicroZooTest, CodePromptsExitEarlierOnTheCodeModel) {
-  std::printf("code model: mean exit on code %.3f (generated %.3f), on prose %.3f (generated %.3f)\n",
-              code_on_code_.teacher_forced_mean_exit, code_on_code_.generated_mean_exit,
-              prose_on_code_.teacher_forced_mean_exit, prose_on_code_.generated_mean_exit);
+  std::printf(
+      "code model: mean exit on code %.3f (generated %.3f), on prose %.3f (generated %.3f)\n",
+      code_on_code_.teacher_forced_mean_exit, code_on_code_.generated_mean_exit,
+      prose_on_code_.teacher_forced_mean_exit, prose_on_code_.generated_mean_exit);
   EXPECT_LT(code_on_code_.teacher_forced_mean_exit, prose_on_code_.teacher_forced_mean_exit);
 }
 

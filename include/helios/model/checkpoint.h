@@ -1,10 +1,10 @@
 #pragma once
 
-#include <cstdint>
-#include <filesystem>
-
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <filesystem>
 
 #include "helios/model/config.h"
 #include "helios/model/weights.h"
@@ -23,7 +23,7 @@ struct LoadOptions {
 struct LoadedModel {
   std::filesystem::path dir;
   ModelConfig config;
-  ModelWeights weights;  // weights.layers.size() == loaded depth
+  ModelWeights weights;    // weights.layers.size() == loaded depth
   int64_t bytes_read = 0;  // tensor bytes copied out of the safetensors file(s), as stored
 };
 

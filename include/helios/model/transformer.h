@@ -1,10 +1,10 @@
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <span>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "helios/kv/kv_cache.h"
 #include "helios/model/config.h"
@@ -70,8 +70,8 @@ class Transformer {
   // Runs `tokens` at positions [sequence.length, sequence.length + T) through every loaded
   // layer, writing their keys/values, and advances sequence.length. The caller has reserved
   // the room. Output row 0: the last position's exit under `policy`.
-  StepOutput prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
-                     std::span<const int32_t> tokens, const ExitPolicy& policy) const;
+  StepOutput prefill(kv::KvCache& cache, kv::SequenceKv& sequence, std::span<const int32_t> tokens,
+                     const ExitPolicy& policy) const;
 
   // One new token per sequence, tokens[i] at position sequences[i]->length (room reserved).
   // Rows leave at the first exit point whose confidence meets the policy; the keys/values of

@@ -1,11 +1,11 @@
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "helios/model/config.h"
 
@@ -42,8 +42,8 @@ std::vector<TensorSpec> layer_tensor_specs(const ModelConfig& config, int64_t la
 struct ModelWeights {
   at::Tensor embed_tokens;  // model.embed_tokens.weight [vocab, hidden]
   std::vector<LayerWeights> layers;
-  at::Tensor final_norm;    // model.norm.weight [hidden]
-  at::Tensor lm_head;       // lm_head.weight [vocab, hidden]
+  at::Tensor final_norm;  // model.norm.weight [hidden]
+  at::Tensor lm_head;     // lm_head.weight [vocab, hidden]
 
   int64_t loaded_layers() const { return static_cast<int64_t>(layers.size()); }
   // Bytes held by distinct tensor storages (tied tensors counted once).

@@ -26,10 +26,10 @@ struct TrainOptions {
   double weight_decay = 0.1;
   double grad_clip = 1.0;
   uint64_t seed = 1234;
-  int64_t eval_every = 0;    // 0: only before and after training
-  int64_t eval_windows = 64;  // held-out windows of seq_len tokens
+  int64_t eval_every = 0;        // 0: only before and after training
+  int64_t eval_windows = 64;     // held-out windows of seq_len tokens
   int64_t checkpoint_every = 0;  // > 0: also save the model to out_dir every N steps
-  int64_t threads = 0;        // ATen intra-op threads; 0: library default
+  int64_t threads = 0;           // ATen intra-op threads; 0: library default
   bool progress = true;
 };
 
