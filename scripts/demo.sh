@@ -18,5 +18,6 @@ for dir in "$ROOT"/zoo/*/; do
   echo
   echo "=== $name ==="
   "$HELIOS" info --model "$dir"
-  "$HELIOS" generate --model "$dir" --prompt "${PROMPTS[$domain]:-The}" --max-tokens 48
+  "$HELIOS" generate --model "$dir" --prompt "${PROMPTS[$domain]:-The}" --max-tokens 48 \
+    --temperature 0.7 --top-p 0.9 --seed 1
 done
