@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 
+#include "common/expect_error.h"
 #include "common/scratch_dir.h"
 #include "helios/common/error.h"
 #include "helios/model/safetensors.h"
@@ -50,19 +51,7 @@ int64_t layer_elements(const ModelConfig& c) {
   return 2 * h /* norms */ + 2 * q * h /* q, o */ + 2 * kv * h /* k, v */ + 3 * i * h /* mlp */;
 }
 
-template <typename Action>
-void expect_error(Action action, ErrorCode code, const std::vector<std::string>& needles) {
-  try {
-    action();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    for (const std::string& needle : needles) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-          << "message \"" << e.what() << "\" lacks \"" << needle << "\"";
-    }
-  }
-}
+using testing::expect_error;
 
 void expect_weights_equal(const ModelWeights& a, const ModelWeights& b, bool tied,
                           double tolerance = 0) {

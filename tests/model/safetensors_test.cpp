@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/expect_error.h"
 #include "common/scratch_dir.h"
 #include "helios/common/error.h"
 
@@ -40,20 +41,7 @@ std::string float_bytes(std::initializer_list<float> values) {
   return out;
 }
 
-// Asserts that `action` throws helios::Error of `code` whose message holds every needle.
-template <typename Action>
-void expect_error(Action action, ErrorCode code, const std::vector<std::string>& needles) {
-  try {
-    action();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    for (const std::string& needle : needles) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-          << "message \"" << e.what() << "\" lacks \"" << needle << "\"";
-    }
-  }
-}
+using testing::expect_error;
 
 void expect_open_fails(const fs::path& path, const std::vector<std::string>& needles) {
   std::vector<std::string> all = needles;
