@@ -110,17 +110,27 @@ void add_generate_command(CLI::App& app) {
       ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--prompt", args->prompt, "Prompt text")->required();
-  cmd->add_option("--max-tokens", args->max_tokens, "Tokens to generate")->capture_default_str();
-  cmd->add_option("--max-layers", args->max_layers, "Load only this many layers (0: all)")
+  cmd->add_option("--max-tokens", args->max_tokens, "Tokens to generate")
+      ->check(at_least(1))
       ->capture_default_str();
-  cmd->add_option("--threshold", args->threshold, "Exit confidence threshold")
+  cmd->add_option("--max-layers", args->max_layers, "Load only this many layers (0: all)")
+      ->check(at_least(0))
+      ->capture_default_str();
+  cmd->add_option("--threshold", args->threshold, "Exit confidence threshold (> 1: no early exit)")
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--metric", args->metric, "Confidence metric")
       ->check(CLI::IsMember({"maxprob", "entropy"}))
       ->capture_default_str();
-  cmd->add_option("--temperature", args->sampling.temperature, "0: greedy")->capture_default_str();
-  cmd->add_option("--top-p", args->sampling.top_p, "Nucleus mass")->capture_default_str();
-  cmd->add_option("--top-k", args->sampling.top_k, "Top-k cut (0: none)")->capture_default_str();
+  cmd->add_option("--temperature", args->sampling.temperature, "0: greedy")
+      ->check(at_least(0))
+      ->capture_default_str();
+  cmd->add_option("--top-p", args->sampling.top_p, "Nucleus mass, in (0, 1]")
+      ->check(number_where([](double p) { return p > 0.0 && p <= 1.0; }, "in (0, 1]"))
+      ->capture_default_str();
+  cmd->add_option("--top-k", args->sampling.top_k, "Top-k cut (0: none)")
+      ->check(at_least(0))
+      ->capture_default_str();
   cmd->add_option("--seed", args->sampling.seed, "Sampling seed")->capture_default_str();
   cmd->add_flag("!--no-details", args->details, "Print only the text");
   cmd->callback([args] { run_generate(*args); });

@@ -67,8 +67,10 @@ void add_perplexity_command(CLI::App& app) {
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--text", args->text_file, "Text file")->required()->check(CLI::ExistingFile);
   cmd->add_option("--threshold", args->threshold, "Exit threshold for the histogram")
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--max-layers", args->max_layers, "Load only this many layers (0: all)")
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--window", args->window, "Tokens per window (0: model context)")
       ->capture_default_str();

@@ -1,8 +1,27 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
 
 namespace helios::app {
+
+// A numeric flag check whose failure reads "--flag: must be <requirement>, got <value>".
+inline CLI::Validator number_where(std::function<bool(double)> accept, std::string requirement) {
+  return CLI::Validator(
+      [accept, requirement](std::string& value) -> std::string {
+        double number = 0.0;
+        if (!CLI::detail::lexical_cast(value, number) || !accept(number)) {
+          return "must be " + requirement + ", got " + value;
+        }
+        return {};
+      },
+      requirement);
+}
+inline CLI::Validator at_least(double minimum) {
+  return number_where([minimum](double x) { return x >= minimum; },
+                      ">= " + CLI::detail::to_string(minimum));
+}
 
 // Each registers a subcommand on `app`; the callback runs it and throws helios::Error on
 // failure (main prints one line and exits non-zero).

@@ -49,6 +49,7 @@ std::vector<GenerationResult> generate_batch(const model::Transformer& transform
                                              kv::KvCache& cache,
                                              std::span<const GenerationRequest> requests,
                                              const model::ExitPolicy& policy) {
+  policy.validate();
   const int32_t eos = static_cast<int32_t>(transformer.config().eos_token_id);
   std::vector<GenerationResult> results(requests.size());
   std::vector<Running> running;

@@ -14,6 +14,7 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
                                    const ExitPolicy& policy, int64_t window,
                                    int64_t batch_windows) {
   c10::InferenceMode inference;
+  policy.validate();
   const ModelConfig& config = transformer.config();
   if (text.empty()) throw Error(ErrorCode::kInvalidArgument, "perplexity: empty text");
   // A window holds BOS plus up to `span` text tokens; BOS predicts the first of them.

@@ -26,6 +26,14 @@ struct Qkv {
 
 }  // namespace
 
+void ExitPolicy::validate() const {
+  if (!(threshold >= 0.0)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "threshold must be >= 0 (above 1 disables early exit), got " +
+                    std::to_string(threshold));
+  }
+}
+
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights)
     : config_(config),
       weights_(weights),

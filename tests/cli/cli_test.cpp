@@ -80,6 +80,22 @@ TEST(Cli, GeneratePrintsTextExitsAndSummary) {
   EXPECT_NE(r.out.find("mean exit layer"), std::string::npos);
 }
 
+TEST(Cli, BadFlagValuesNameTheFlag) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--threshold -1", "--threshold: must be >= 0, got -1"},
+      {"--top-p 1.5", "--top-p: must be in (0, 1], got 1.5"},
+      {"--top-p 0", "--top-p: must be in (0, 1], got 0"},
+      {"--max-tokens 0", "--max-tokens: must be >= 1, got 0"},
+      {"--temperature -0.5", "--temperature: must be >= 0, got -0.5"},
+      {"--max-layers -2", "--max-layers: must be >= 0, got -2"},
+  };
+  for (const auto& [flag, message] : cases) {
+    const RunResult r = run("generate --model " + kModel + " --prompt x " + flag);
+    EXPECT_NE(r.exit_code, 0) << flag;
+    EXPECT_EQ(r.err, "helios: error: " + message + "\n") << flag;
+  }
+}
+
 TEST(Cli, ErrorsAreOneLineOnStderrWithNonZeroExit) {
   const std::vector<std::string> bad = {
       "perplexity --model /nonexistent --text /etc/hostname",

@@ -28,6 +28,9 @@ inline constexpr double kDefaultExitThreshold = 0.5;
 struct ExitPolicy {
   double threshold = kDefaultExitThreshold;
   ConfidenceMetric metric = ConfidenceMetric::kMaxProb;
+
+  // Throws helios::Error(kInvalidArgument) naming the field when threshold is negative or NaN.
+  void validate() const;
 };
 
 // How one token left the network.
