@@ -28,9 +28,9 @@ struct Qkv {
 
 void ExitPolicy::validate() const {
   if (!(threshold >= 0.0)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "threshold must be >= 0 (above 1 disables early exit), got " +
-                    std::to_string(threshold));
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        "threshold must be >= 0 (above 1 disables early exit), got " + std::to_string(threshold));
   }
 }
 
@@ -155,8 +155,50 @@ void Transformer::fill_skipped_layers(kv::KvCache& cache, int64_t first_layer,
   }
 }
 
+void ExitScores::add(const ExitScores& other) {
+  nll_sum.resize(std::max(nll_sum.size(), other.nll_sum.size()), 0.0);
+  exit_histogram.resize(std::max(exit_histogram.size(), other.exit_histogram.size()), 0);
+  for (size_t e = 0; e < other.nll_sum.size(); ++e) nll_sum[e] += other.nll_sum[e];
+  for (size_t e = 0; e < other.exit_histogram.size(); ++e) {
+    exit_histogram[e] += other.exit_histogram[e];
+  }
+  tokens += other.tokens;
+}
+
+double ExitScores::perplexity(size_t exit_index) const {
+  return std::exp(nll_sum.at(exit_index) / static_cast<double>(std::max<int64_t>(tokens, 1)));
+}
+
+ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
+                                    const at::Tensor& targets, const ExitPolicy& policy) const {
+  const size_t exits = hidden.size();
+  const int64_t last = static_cast<int64_t>(exits) - 1;
+  const at::Tensor valid = targets.ge(0);
+  const at::Tensor safe_targets = targets.clamp_min(0);
+  ExitScores scores;
+  scores.nll_sum.assign(exits, 0.0);
+  // Positions not yet confident carry `last`: the last loaded layer is where they leave.
+  at::Tensor first_exit = at::full({targets.size(0)}, last, targets.options());
+  for (size_t e = 0; e < exits; ++e) {
+    const at::Tensor logits = exit_logits(hidden[e]).to(at::kFloat);
+    const at::Tensor nll =
+        at::nll_loss(at::log_softmax(logits, -1), safe_targets, {}, at::Reduction::None);
+    scores.nll_sum[e] = nll.masked_select(valid).sum().item<double>();
+    if (static_cast<int64_t>(e) < last) {
+      const at::Tensor confident = confidence(logits, policy.metric).ge(policy.threshold);
+      first_exit.masked_fill_(confident.logical_and(first_exit.eq(last)), static_cast<int64_t>(e));
+    }
+  }
+  const at::Tensor counts =
+      at::bincount(first_exit.masked_select(valid).cpu(), {}, static_cast<int64_t>(exits));
+  for (size_t e = 0; e < exits; ++e) scores.exit_histogram.push_back(counts[e].item<int64_t>());
+  scores.tokens = valid.sum().item<int64_t>();
+  return scores;
+}
+
 StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
-                                std::span<const int32_t> tokens, const ExitPolicy& policy) const {
+                                std::span<const int32_t> tokens, const ExitPolicy& policy,
+                                bool score_prompt) const {
   c10::InferenceMode inference;
   const auto device = weights_.embed_tokens.device();
   const int64_t start = sequence.length, count = static_cast<int64_t>(tokens.size());
@@ -178,7 +220,7 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
           .triu(start + 1);
 
   at::Tensor h = at::embedding(weights_.embed_tokens, long_tensor(ids, device));
-  std::vector<at::Tensor> last_hidden;
+  std::vector<at::Tensor> last_hidden, all_hidden;
   size_t next_exit = 0;
   for (int64_t l = 0; l < loaded_layers(); ++l) {
     const LayerWeights& layer = weights_.layers[l];
@@ -192,6 +234,7 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
     h = h + mlp(layer, h);
     if (next_exit < exit_points_.size() && l + 1 == exit_points_[next_exit]) {
       last_hidden.push_back(h.narrow(0, count - 1, 1));
+      if (score_prompt) all_hidden.push_back(h);
       ++next_exit;
     }
   }
@@ -200,6 +243,12 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
   // The last position leaves at the first exit point that is confident enough. Every layer
   // ran (the prompt's keys/values are needed at full loaded depth), so this only labels it.
   StepOutput out;
+  if (score_prompt) {
+    // Position i predicts prompt token i + 1; the last position's target is not known yet.
+    std::vector<int64_t> targets(ids.begin() + 1, ids.end());
+    targets.push_back(-1);
+    out.prompt_scores = score_exits(all_hidden, long_tensor(targets, device), policy);
+  }
   for (size_t e = 0; e < last_hidden.size(); ++e) {
     const at::Tensor logits = exit_logits(last_hidden[e]).to(at::kFloat);
     const float conf = confidence(logits, policy.metric).item<float>();

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "helios/engine/generator.h"
+#include "helios/model/perplexity.h"
 #include "helios/model/transformer.h"
 #include "test_model.h"
 
@@ -155,6 +156,38 @@ TEST(ExitPoints, ConfiguredExitsWithinLoadedDepthPlusTheDepth) {
   weights.layers.resize(3);  // as a load with max_layers = 3 would leave it
   const model::Transformer transformer(config, weights);
   EXPECT_EQ(transformer.exit_points(), (std::vector<int32_t>{2, 3}));
+}
+
+}  // namespace
+}  // namespace helios
+
+namespace helios {
+namespace {
+
+TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
+  const auto config = testing::tiny_config(4);
+  const auto weights = testing::peaked_weights(config);
+  const model::Transformer transformer(config, weights);
+  const std::vector<int32_t> text{5, 9, 14, 3, 3, 27, 41, 8, 19, 22, 6, 30};
+  std::vector<int32_t> prompt{static_cast<int32_t>(config.bos_token_id)};
+  prompt.insert(prompt.end(), text.begin(), text.end());
+  const model::ExitPolicy policy{0.5};
+
+  kv::KvCache cache = engine::make_cache_for(transformer, 1, 32, 4);
+  kv::SequenceKv sequence;
+  ASSERT_TRUE(cache.reserve(sequence, static_cast<int64_t>(prompt.size())));
+  const auto out = transformer.prefill(cache, sequence, prompt, policy, /*score_prompt=*/true);
+  const model::ExitScores& scores = out.prompt_scores;
+  const model::ExitPerplexity reference = model::evaluate_perplexity(transformer, text, policy);
+
+  ASSERT_EQ(scores.tokens, static_cast<int64_t>(text.size()));
+  EXPECT_EQ(scores.exit_histogram, reference.exit_histogram);
+  for (size_t e = 0; e < reference.exit_layers.size(); ++e) {
+    EXPECT_NEAR(scores.perplexity(e), reference.perplexity[e], 1e-3 * reference.perplexity[e]);
+  }
+  int64_t early = 0;
+  for (size_t e = 0; e + 1 < scores.exit_histogram.size(); ++e) early += scores.exit_histogram[e];
+  EXPECT_GT(early, 0) << "the policy should let some prompt positions exit early";
 }
 
 }  // namespace

@@ -41,9 +41,24 @@ struct TokenExit {
 };
 
 // One row per sequence: the exit head's logits at the row's exit layer, and the exit.
+// Teacher-forced telemetry of positions with known next tokens, one entry per exit point:
+// the summed next-token loss if every position left there, and where each position's first
+// confident exit (under the policy) falls. Sums, so that scores of many texts add up.
+struct ExitScores {
+  std::vector<double> nll_sum;          // nats
+  std::vector<int64_t> exit_histogram;  // positions whose first confident exit is this point
+  int64_t tokens = 0;                   // scored positions
+
+  void add(const ExitScores& other);
+  double perplexity(size_t exit_index) const;
+};
+
 struct StepOutput {
   at::Tensor logits;  // [rows, vocab] float32
   std::vector<TokenExit> exits;
+  // prefill with score_prompt: every prompt position that has a next prompt token, scored at
+  // every exit point (the prefill runs all loaded layers anyway, so this costs only the heads).
+  ExitScores prompt_scores;
 };
 
 // Llama decoder with early exit over the loaded depth of `weights`. Stateless apart from the
@@ -69,12 +84,16 @@ class Transformer {
   at::Tensor exit_logits(const at::Tensor& hidden) const;
   // Confidence of each row of `logits` [rows, vocab] under `metric`: float32 [rows].
   static at::Tensor confidence(const at::Tensor& logits, ConfidenceMetric metric);
+  // Scores hidden states: hidden[e] is [N, hidden] at exit point e, targets int64 [N] with -1
+  // where a position has no next token to predict.
+  ExitScores score_exits(const std::vector<at::Tensor>& hidden, const at::Tensor& targets,
+                         const ExitPolicy& policy) const;
 
   // Runs `tokens` at positions [sequence.length, sequence.length + T) through every loaded
   // layer, writing their keys/values, and advances sequence.length. The caller has reserved
   // the room. Output row 0: the last position's exit under `policy`.
   StepOutput prefill(kv::KvCache& cache, kv::SequenceKv& sequence, std::span<const int32_t> tokens,
-                     const ExitPolicy& policy) const;
+                     const ExitPolicy& policy, bool score_prompt = false) const;
 
   // One new token per sequence, tokens[i] at position sequences[i]->length (room reserved).
   // Rows leave at the first exit point whose confidence meets the policy; the keys/values of
