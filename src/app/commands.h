@@ -30,5 +30,6 @@ void add_generate_command(CLI::App& app);
 void add_perplexity_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_zoo_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
 
 }  // namespace helios::app

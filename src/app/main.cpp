@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   helios::app::add_perplexity_command(app);
   helios::app::add_info_command(app);
   helios::app::add_zoo_command(app);
+  helios::app::add_convert_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

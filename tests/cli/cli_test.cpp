@@ -54,7 +54,7 @@ TEST(Cli, VersionAndHelp) {
   EXPECT_NE(version.out.find("helios "), std::string::npos);
   const RunResult help = run("--help");
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* command : {"train", "generate", "perplexity", "info"}) {
+  for (const char* command : {"train", "generate", "perplexity", "info", "zoo", "convert"}) {
     EXPECT_NE(help.out.find(command), std::string::npos) << command;
   }
 }
@@ -78,6 +78,22 @@ TEST(Cli, GeneratePrintsTextExitsAndSummary) {
   EXPECT_EQ(r.out.rfind("The jury", 0), 0u);
   EXPECT_NE(r.out.find("summary: 12 tokens"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("mean exit layer"), std::string::npos);
+}
+
+TEST(Cli, ConvertToShardedBf16KeepsPerplexity) {
+  const fs::path out = fs::temp_directory_path() / ("helios_cli_bf16_" + std::to_string(getpid()));
+  fs::remove_all(out);
+  const RunResult convert = run("convert --model " + kModel + " --out " + out.string() +
+                                " --dtype bf16 --max-shard-bytes 200000");
+  ASSERT_EQ(convert.exit_code, 0) << convert.err;
+  EXPECT_TRUE(fs::exists(out / "model.safetensors.index.json"));
+  const std::string text = " --text " + sample_text().string() + " --json";
+  const auto original = nlohmann::json::parse(run("perplexity --model " + kModel + text).out);
+  const auto converted =
+      nlohmann::json::parse(run("perplexity --model " + out.string() + text).out);
+  const double a = original["perplexity"].back(), b = converted["perplexity"].back();
+  EXPECT_NEAR(b, a, 0.02 * a) << "bf16 rounding of the weights moves perplexity by under 2%";
+  fs::remove_all(out);
 }
 
 TEST(Cli, BadFlagValuesNameTheFlag) {

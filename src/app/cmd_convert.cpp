@@ -1,0 +1,67 @@
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "helios/common/error.h"
+#include "helios/model/checkpoint.h"
+
+namespace helios::app {
+namespace {
+
+struct ConvertArgs {
+  std::filesystem::path model_dir;
+  std::filesystem::path out_dir;
+  std::string dtype = "f32";
+  int64_t max_shard_bytes = 0;
+};
+
+c10::ScalarType parse_dtype(const std::string& name) {
+  if (name == "f32") return c10::kFloat;
+  if (name == "f16") return c10::kHalf;
+  if (name == "bf16") return c10::kBFloat16;
+  throw Error(ErrorCode::kInvalidArgument, "--dtype must be f32, f16 or bf16, got " + name);
+}
+
+// Rewrites a checkpoint in another dtype and/or shard layout. The tokenizer file, if any,
+// travels with it.
+void run_convert(const ConvertArgs& args) {
+  if (std::filesystem::exists(args.out_dir) &&
+      std::filesystem::equivalent(args.model_dir, args.out_dir)) {
+    throw Error(ErrorCode::kInvalidArgument, "--out must differ from --model");
+  }
+  const c10::ScalarType dtype = parse_dtype(args.dtype);
+  model::LoadOptions load;
+  load.dtype = dtype;  // f16/bf16 values round-trip exactly through their own dtype
+  const model::LoadedModel loaded = model::load_model(args.model_dir, load);
+  model::SaveOptions save;
+  save.dtype = dtype;
+  save.max_shard_bytes = args.max_shard_bytes;
+  model::save_model(args.out_dir, loaded.config, loaded.weights, save);
+  const auto tokenizer = args.model_dir / "tokenizer.json";
+  if (std::filesystem::exists(tokenizer)) {
+    std::filesystem::copy_file(tokenizer, args.out_dir / "tokenizer.json",
+                               std::filesystem::copy_options::overwrite_existing);
+  }
+  fmt::print("{} -> {} ({}, {} bytes of weights)\n", args.model_dir.string(), args.out_dir.string(),
+             args.dtype, loaded.weights.resident_bytes());
+}
+
+}  // namespace
+
+void add_convert_command(CLI::App& app) {
+  auto args = std::make_shared<ConvertArgs>();
+  CLI::App* cmd = app.add_subcommand("convert", "Rewrite a model in another dtype or shard layout");
+  cmd->add_option("--model", args->model_dir, "Model directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--out", args->out_dir, "Output model directory")->required();
+  cmd->add_option("--dtype", args->dtype, "Stored dtype")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}))
+      ->capture_default_str();
+  cmd->add_option("--max-shard-bytes", args->max_shard_bytes,
+                  "Split into shards of at most this many bytes (0: one file)")
+      ->check(at_least(0))
+      ->capture_default_str();
+  cmd->callback([args] { run_convert(*args); });
+}
+
+}  // namespace helios::app
