@@ -15,7 +15,7 @@ void add_train_command(CLI::App& app) {
   c.num_hidden_layers = 6;
   c.num_attention_heads = 4;
   c.num_key_value_heads = 2;
-  c.max_position_embeddings = 512;
+  c.max_position_embeddings = 256;
   c.rms_norm_eps = 1e-5;
   c.tie_word_embeddings = true;
 
@@ -46,7 +46,8 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--steps", options->steps, "Optimizer steps")->capture_default_str();
   cmd->add_option("--batch", options->batch_size, "Windows per step")->capture_default_str();
-  cmd->add_option("--seq-len", options->seq_len, "Tokens per window")->capture_default_str();
+  cmd->add_option("--seq-len", options->seq_len, "Tokens per window (0: the context)")
+      ->capture_default_str();
   cmd->add_option("--lr", options->learning_rate, "Peak learning rate")->capture_default_str();
   cmd->add_option("--warmup", options->warmup_steps, "Warm-up steps")->capture_default_str();
   cmd->add_option("--weight-decay", options->weight_decay, "AdamW weight decay")

@@ -19,7 +19,7 @@ struct TrainOptions {
 
   int64_t steps = 1000;
   int64_t batch_size = 16;
-  int64_t seq_len = 128;  // tokens per training window
+  int64_t seq_len = 0;  // tokens per training window; 0: the model's context
   double learning_rate = 3e-3;
   double min_lr_ratio = 0.1;  // cosine decays to learning_rate * min_lr_ratio
   int64_t warmup_steps = 50;
