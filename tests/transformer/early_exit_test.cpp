@@ -192,3 +192,43 @@ TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
 
 }  // namespace
 }  // namespace helios
+
+namespace helios {
+namespace {
+
+TEST(SeededSampling, SameTokensAloneOrInABatch) {
+  const auto config = testing::tiny_config(4);
+  const auto weights = testing::peaked_weights(config);
+  const model::Transformer transformer(config, weights);
+  std::vector<engine::GenerationRequest> requests;
+  for (int i = 0; i < 3; ++i) {
+    engine::GenerationRequest r;
+    r.prompt = {1, 4 + i, 9, 2 * i + 3};
+    r.max_tokens = 16;
+    r.stop_at_eos = false;
+    r.sampling.temperature = 0.9f;
+    r.sampling.top_p = 0.95f;
+    r.sampling.seed = 100 + static_cast<uint64_t>(i);
+    requests.push_back(r);
+  }
+  const model::ExitPolicy policy{0.5};
+  kv::KvCache cache = engine::make_cache_for(transformer, 3, 32, 4);
+  const auto batched = engine::generate_batch(transformer, cache, requests, policy);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    kv::KvCache alone_cache = engine::make_cache_for(transformer, 1, 32, 4);
+    const auto alone =
+        engine::generate_batch(transformer, alone_cache,
+                               std::span<const engine::GenerationRequest>(&requests[i], 1), policy);
+    std::vector<int32_t> a, b;
+    for (const auto& t : batched[i].tokens) a.push_back(t.id);
+    for (const auto& t : alone[0].tokens) b.push_back(t.id);
+    EXPECT_EQ(a, b) << "request " << i;
+  }
+  std::vector<int32_t> first, second;
+  for (const auto& t : batched[0].tokens) first.push_back(t.id);
+  for (const auto& t : batched[1].tokens) second.push_back(t.id);
+  EXPECT_NE(first, second) << "different seeds and prompts should not collapse to one output";
+}
+
+}  // namespace
+}  // namespace helios
