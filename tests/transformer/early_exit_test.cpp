@@ -158,11 +158,6 @@ TEST(ExitPoints, ConfiguredExitsWithinLoadedDepthPlusTheDepth) {
   EXPECT_EQ(transformer.exit_points(), (std::vector<int32_t>{2, 3}));
 }
 
-}  // namespace
-}  // namespace helios
-
-namespace helios {
-namespace {
 
 TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
   const auto config = testing::tiny_config(4);
@@ -190,11 +185,6 @@ TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
   EXPECT_GT(early, 0) << "the policy should let some prompt positions exit early";
 }
 
-}  // namespace
-}  // namespace helios
-
-namespace helios {
-namespace {
 
 TEST(SeededSampling, SameTokensAloneOrInABatch) {
   const auto config = testing::tiny_config(4);
