@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "helios/common/error.h"
 #include "helios/ops/rms_norm.h"
@@ -18,8 +19,11 @@ at::Tensor long_tensor(const std::vector<int64_t>& values, const at::Device& dev
   return at::tensor(values, at::TensorOptions().dtype(at::kLong)).to(device);
 }
 
-// q/k/v projections of one layer for flattened rows: x [N, hidden] ->
-// q [N, heads, hd], k/v [N, kv_heads, hd], rotary applied to q and k.
+// Projections of one layer for flattened rows h [N, hidden]: q [N, heads, hd] and k/v
+// [N, kv_heads, hd], rotary applied to q and k.
+struct Kv {
+  at::Tensor k, v;
+};
 struct Qkv {
   at::Tensor q, k, v;
 };
@@ -94,17 +98,24 @@ at::Tensor Transformer::mlp(const LayerWeights& layer, const at::Tensor& h) cons
 
 namespace {
 
+// Keys and values of `layer` from its normalised input x. Shared by the layer's own forward
+// and by the fill of layers an exited token skipped, so both write identical cache entries.
+Kv project_kv(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
+              const LayerWeights& layer, const at::Tensor& x, const at::Tensor& positions) {
+  const int64_t rows = x.size(0), hd = config.head_dim();
+  return Kv{rotary.apply(at::linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd}),
+                         positions),
+            at::linear(x, layer.v_proj).view({rows, config.num_key_value_heads, hd})};
+}
+
 Qkv project_qkv(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
                 const LayerWeights& layer, const at::Tensor& h, const at::Tensor& positions) {
   const int64_t rows = h.size(0), hd = config.head_dim();
   const at::Tensor x = ops::rms_norm(h, layer.input_norm, config.rms_norm_eps);
-  Qkv out;
-  out.q = rotary.apply(at::linear(x, layer.q_proj).view({rows, config.num_attention_heads, hd}),
-                       positions);
-  out.k = rotary.apply(at::linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd}),
-                       positions);
-  out.v = at::linear(x, layer.v_proj).view({rows, config.num_key_value_heads, hd});
-  return out;
+  Kv kv = project_kv(config, rotary, layer, x, positions);
+  return Qkv{rotary.apply(at::linear(x, layer.q_proj).view({rows, config.num_attention_heads, hd}),
+                          positions),
+             std::move(kv.k), std::move(kv.v)};
 }
 
 }  // namespace
@@ -146,12 +157,9 @@ void Transformer::fill_skipped_layers(kv::KvCache& cache, int64_t first_layer,
   for (int64_t l = first_layer; l < loaded_layers(); ++l) {
     const LayerWeights& layer = weights_.layers[l];
     const at::Tensor x = ops::rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
-    const int64_t rows = hidden.size(0), hd = config_.head_dim();
-    const at::Tensor k = rotary_.apply(
-        at::linear(x, layer.k_proj).view({rows, config_.num_key_value_heads, hd}), positions);
-    const at::Tensor v = at::linear(x, layer.v_proj).view({rows, config_.num_key_value_heads, hd});
-    cache.keys(l).index_copy_(0, slots, k);
-    cache.values(l).index_copy_(0, slots, v);
+    const Kv kv = project_kv(config_, rotary_, layer, x, positions);
+    cache.keys(l).index_copy_(0, slots, kv.k);
+    cache.values(l).index_copy_(0, slots, kv.v);
   }
 }
 

@@ -103,7 +103,8 @@ class Transformer {
                     std::span<const int32_t> tokens, const ExitPolicy& policy) const;
 
  private:
-  // Attention + MLP of layer `layer` for rows with precomputed q/k/v inputs; see .cpp.
+  // Grouped-query attention of q over k/v under an additive mask (shapes in the .cpp), and
+  // the post-attention norm + SwiGLU block of a layer.
   at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& mask) const;
   at::Tensor mlp(const LayerWeights& layer, const at::Tensor& h) const;
