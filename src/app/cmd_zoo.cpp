@@ -1,4 +1,5 @@
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
 
@@ -20,12 +21,6 @@ struct ZooArgs {
   int64_t max_text_tokens = 100000;
   bool json = false;
 };
-
-std::string join(const std::vector<std::string>& parts, const char* separator) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
-  return out;
-}
 
 // One model of the zoo, scored on the held-out test split of the domain it was trained on
 // (the first word of its recipe.txt, written by scripts/build_zoo.sh).
@@ -84,8 +79,8 @@ void run_zoo(const ZooArgs& args) {
     fmt::print("| {} | {} | {:.2f} M | {} x {} | {:.0f} s | {} | {} |\n",
                m["model"].get<std::string>(), m["domain"].get<std::string>(),
                m["parameters"].get<double>() / 1e6, m["layers"].get<int64_t>(),
-               m["hidden_size"].get<int64_t>(), m["train_seconds"].get<double>(), join(ppl, " / "),
-               join(share, " / "));
+               m["hidden_size"].get<int64_t>(), m["train_seconds"].get<double>(),
+               fmt::join(ppl, " / "), fmt::join(share, " / "));
   }
 }
 

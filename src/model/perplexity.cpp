@@ -4,7 +4,6 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "helios/common/error.h"
 
@@ -51,7 +50,7 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
   out.tokens = scores.tokens;
   for (size_t e = 0; e < out.exit_layers.size(); ++e) {
     out.mean_nll.push_back(scores.nll_sum[e] / static_cast<double>(scores.tokens));
-    out.perplexity.push_back(std::exp(out.mean_nll.back()));
+    out.perplexity.push_back(scores.perplexity(e));
   }
   return out;
 }
