@@ -8,6 +8,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/scratch_dir.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -81,8 +83,8 @@ TEST(Cli, GeneratePrintsTextExitsAndSummary) {
 }
 
 TEST(Cli, ConvertToShardedBf16KeepsPerplexity) {
-  const fs::path out = fs::temp_directory_path() / ("helios_cli_bf16_" + std::to_string(getpid()));
-  fs::remove_all(out);
+  const helios::testing::ScratchDir scratch("helios_cli_bf16");
+  const fs::path out = scratch.path() / "model";
   const RunResult convert = run("convert --model " + kModel + " --out " + out.string() +
                                 " --dtype bf16 --max-shard-bytes 200000");
   ASSERT_EQ(convert.exit_code, 0) << convert.err;
@@ -93,7 +95,6 @@ TEST(Cli, ConvertToShardedBf16KeepsPerplexity) {
       nlohmann::json::parse(run("perplexity --model " + out.string() + text).out);
   const double a = original["perplexity"].back(), b = converted["perplexity"].back();
   EXPECT_NEAR(b, a, 0.02 * a) << "bf16 rounding of the weights moves perplexity by under 2%";
-  fs::remove_all(out);
 }
 
 TEST(Cli, BadFlagValuesNameTheFlag) {

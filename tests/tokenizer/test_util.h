@@ -1,13 +1,11 @@
 #pragma once
 
-#include <unistd.h>
-
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
+#include "common/scratch_dir.h"
+#include "helios/common/files.h"
 #include "helios/model/config.h"
 
 namespace helios::tokenizer::testing {
@@ -16,12 +14,7 @@ inline std::filesystem::path data_dir() {
   return std::filesystem::path(HELIOS_TEST_DATA_DIR) / "tokenizer";
 }
 
-inline std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
+using helios::read_file;
 
 // The fixture: train_bpe on corpus.txt, 300 tokens, "<s>" = 0 and "</s>" = 1, bytes 2-257.
 inline std::filesystem::path fixture_path() {
@@ -42,13 +35,10 @@ inline model::ModelConfig fixture_config() {
   return config;
 }
 
-// A fresh empty directory under the system temp dir, unique to this process and `name`.
-inline std::filesystem::path temp_dir(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("helios_tokenizer_" + std::to_string(::getpid()) + "_" + name);
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+// A fresh directory for one test's files, removed when it goes out of scope.
+class ScratchDir : public helios::testing::ScratchDir {
+ public:
+  ScratchDir() : helios::testing::ScratchDir("helios_tokenizer") {}
+};
 
 }  // namespace helios::tokenizer::testing

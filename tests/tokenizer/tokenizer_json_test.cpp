@@ -26,7 +26,8 @@ void write(const std::filesystem::path& path, const std::string& text) {
 void expect_error(const std::string& name, const std::string& text, ErrorCode code,
                   const std::string& field, const model::ModelConfig& config = fixture_config()) {
   SCOPED_TRACE(name);
-  const auto dir = testing::temp_dir(name);
+  const testing::ScratchDir scratch;
+  const auto& dir = scratch.path();
   write(dir / "tokenizer.json", text);
   try {
     load_tokenizer(dir, config);
@@ -37,7 +38,6 @@ void expect_error(const std::string& name, const std::string& text, ErrorCode co
     EXPECT_NE(message.find((dir / "tokenizer.json").string()), std::string::npos) << message;
     EXPECT_NE(message.find(field), std::string::npos) << "wanted " << field << " in " << message;
   }
-  std::filesystem::remove_all(dir);
 }
 
 void expect_error(const std::string& name, const std::function<void(json&)>& edit, ErrorCode code,
@@ -48,16 +48,17 @@ void expect_error(const std::string& name, const std::function<void(json&)>& edi
 }
 
 TEST(LoadTokenizer, LoadsTheFixture) {
-  const auto dir = testing::temp_dir("load_ok");
+  const testing::ScratchDir scratch;
+  const auto& dir = scratch.path();
   std::filesystem::copy_file(testing::fixture_path(), dir / "tokenizer.json");
   const auto tokenizer = load_tokenizer(dir, fixture_config());
   ASSERT_NE(dynamic_cast<const BpeTokenizer*>(tokenizer.get()), nullptr);
   EXPECT_EQ(tokenizer->decode(tokenizer->encode("the fox")), "the fox");
-  std::filesystem::remove_all(dir);
 }
 
 TEST(LoadTokenizer, MissingFile) {
-  const auto dir = testing::temp_dir("missing");
+  const testing::ScratchDir scratch;
+  const auto& dir = scratch.path();
   try {
     load_tokenizer(dir, fixture_config());
     ADD_FAILURE() << "no error";
@@ -65,7 +66,6 @@ TEST(LoadTokenizer, MissingFile) {
     EXPECT_EQ(e.code(), ErrorCode::kNotFound);
     EXPECT_NE(std::string(e.what()).find((dir / "tokenizer.json").string()), std::string::npos);
   }
-  std::filesystem::remove_all(dir);
 }
 
 TEST(LoadTokenizer, NotJson) {

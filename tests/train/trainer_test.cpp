@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/scratch_dir.h"
 #include "helios/engine/model_instance.h"
 
 namespace helios::train {
@@ -69,9 +70,8 @@ TrainOptions small_run(const fs::path& dir) {
 }
 
 TEST(Trainer, LowersHeldOutLossAtEveryExitAndWritesALoadableModel) {
-  const fs::path dir = fs::temp_directory_path() / "helios_trainer_test";
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  const helios::testing::ScratchDir scratch("helios_trainer_test");
+  const fs::path& dir = scratch.path();
   TrainOptions options = small_run(dir);
   const TrainReport report = train_model(options);
   ASSERT_EQ(report.final_valid_nll.size(), 3u);
@@ -85,7 +85,6 @@ TEST(Trainer, LowersHeldOutLossAtEveryExitAndWritesALoadableModel) {
   const auto instance = engine::ModelInstance::load(options.out_dir);
   EXPECT_EQ(instance->config().num_hidden_layers, 3);
   EXPECT_TRUE(fs::exists(options.out_dir / "training.json"));
-  fs::remove_all(dir);
 }
 
 }  // namespace
@@ -95,9 +94,8 @@ namespace helios::train {
 namespace {
 
 TEST(Trainer, SameSeedTrainsTheSameModel) {
-  const fs::path dir = fs::temp_directory_path() / "helios_trainer_seed_test";
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  const helios::testing::ScratchDir scratch("helios_trainer_seed_test");
+  const fs::path& dir = scratch.path();
   TrainOptions options = small_run(dir);
   options.steps = 8;
   const TrainReport first = train_model(options);
@@ -106,7 +104,6 @@ TEST(Trainer, SameSeedTrainsTheSameModel) {
   options.seed += 1;
   const TrainReport other = train_model(options);
   EXPECT_NE(first.final_valid_nll, other.final_valid_nll);
-  fs::remove_all(dir);
 }
 
 }  // namespace
