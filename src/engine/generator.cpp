@@ -28,9 +28,11 @@ struct Running {
   bool done = false;
 };
 
-// Samples from a step's logits row, records the token, and decides whether the sequence ends.
+// Samples from a step's logits row, records the token, and decides whether the sequence ends;
+// a finished sequence gives its blocks back at once.
 void accept_token(Running& run, const GenerationRequest& request, const at::Tensor& logits,
-                  const model::TokenExit& exit, int32_t eos, GenerationResult& result) {
+                  const model::TokenExit& exit, int32_t eos, kv::KvCache& cache,
+                  GenerationResult& result) {
   const int32_t token = run.sampler.sample(logits);
   result.tokens.push_back(GeneratedToken{token, exit});
   run.next_token = token;
@@ -41,6 +43,55 @@ void accept_token(Running& run, const GenerationRequest& request, const at::Tens
     result.finish_reason = FinishReason::kLength;
     run.done = true;
   }
+  if (run.done) cache.release(run.kv);
+}
+
+std::vector<GenerationResult> generate_all(const model::Transformer& transformer,
+                                           kv::KvCache& cache,
+                                           std::span<const GenerationRequest> requests,
+                                           const model::ExitPolicy& policy,
+                                           std::vector<Running>& running) {
+  const int32_t eos = static_cast<int32_t>(transformer.config().eos_token_id);
+  std::vector<GenerationResult> results(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GenerationRequest& request = requests[i];
+    if (request.prompt.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, "request " + std::to_string(i) + ": empty prompt");
+    }
+    request.sampling.validate();
+    running.push_back(Running{i, {}, Sampler(request.sampling), 0, false});
+    Running& run = running.back();
+    if (request.max_tokens <= 0) {
+      run.done = true;
+      continue;
+    }
+    const int64_t longest = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
+    if (!cache.reserve(run.kv, longest)) {
+      throw Error(ErrorCode::kResourceExhausted,
+                  "KV cache too small for request " + std::to_string(i));
+    }
+    const model::StepOutput step = transformer.prefill(cache, run.kv, request.prompt, policy);
+    accept_token(run, request, step.logits[0], step.exits[0], eos, cache, results[i]);
+  }
+  while (true) {
+    std::vector<Running*> batch;
+    std::vector<kv::SequenceKv*> sequences;
+    std::vector<int32_t> tokens;
+    for (Running& run : running) {
+      if (run.done) continue;
+      batch.push_back(&run);
+      sequences.push_back(&run.kv);
+      tokens.push_back(run.next_token);
+    }
+    if (batch.empty()) break;
+    const model::StepOutput step = transformer.decode(cache, sequences, tokens, policy);
+    for (size_t b = 0; b < batch.size(); ++b) {
+      Running& run = *batch[b];
+      accept_token(run, requests[run.request], step.logits[b], step.exits[b], eos, cache,
+                   results[run.request]);
+    }
+  }
+  return results;
 }
 
 }  // namespace
@@ -50,55 +101,16 @@ std::vector<GenerationResult> generate_batch(const model::Transformer& transform
                                              std::span<const GenerationRequest> requests,
                                              const model::ExitPolicy& policy) {
   policy.validate();
-  const int32_t eos = static_cast<int32_t>(transformer.config().eos_token_id);
-  std::vector<GenerationResult> results(requests.size());
   std::vector<Running> running;
   running.reserve(requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const GenerationRequest& request = requests[i];
-    if (request.prompt.empty()) {
-      throw Error(ErrorCode::kInvalidArgument, "request " + std::to_string(i) + ": empty prompt");
-    }
-    request.sampling.validate();
-    running.push_back(Running{i, {}, Sampler(request.sampling), 0, false});
-    Running& run = running.back();
-    const int64_t longest = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
-    if (!cache.reserve(run.kv, longest)) {
-      for (Running& r : running) cache.release(r.kv);
-      throw Error(ErrorCode::kResourceExhausted,
-                  "KV cache too small for request " + std::to_string(i));
-    }
-    if (request.max_tokens <= 0) {
-      run.done = true;
-      continue;
-    }
-    const model::StepOutput step = transformer.prefill(cache, run.kv, request.prompt, policy);
-    accept_token(run, request, step.logits[0], step.exits[0], eos, results[i]);
+  try {
+    return generate_all(transformer, cache, requests, policy, running);
+  } catch (...) {
+    // Whatever failed (a bad request, a full cache, a sequence past the context), the blocks
+    // already taken go back to the pool.
+    for (Running& run : running) cache.release(run.kv);
+    throw;
   }
-  while (true) {
-    std::vector<Running*> batch;
-    for (Running& run : running) {
-      if (run.done) {
-        cache.release(run.kv);
-      } else {
-        batch.push_back(&run);
-      }
-    }
-    if (batch.empty()) break;
-    std::vector<kv::SequenceKv*> sequences;
-    std::vector<int32_t> tokens;
-    for (Running* run : batch) {
-      sequences.push_back(&run->kv);
-      tokens.push_back(run->next_token);
-    }
-    const model::StepOutput step = transformer.decode(cache, sequences, tokens, policy);
-    for (size_t b = 0; b < batch.size(); ++b) {
-      Running& run = *batch[b];
-      accept_token(run, requests[run.request], step.logits[b], step.exits[b], eos,
-                   results[run.request]);
-    }
-  }
-  return results;
 }
 
 }  // namespace helios::engine

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "helios/common/error.h"
 #include "helios/engine/generator.h"
 #include "helios/model/perplexity.h"
 #include "helios/model/transformer.h"
@@ -158,7 +159,6 @@ TEST(ExitPoints, ConfiguredExitsWithinLoadedDepthPlusTheDepth) {
   EXPECT_EQ(transformer.exit_points(), (std::vector<int32_t>{2, 3}));
 }
 
-
 TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
   const auto config = testing::tiny_config(4);
   const auto weights = testing::peaked_weights(config);
@@ -185,6 +185,25 @@ TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
   EXPECT_GT(early, 0) << "the policy should let some prompt positions exit early";
 }
 
+TEST(GenerateBatch, AFailingRequestGivesBackEveryBlockTaken) {
+  const auto config = testing::tiny_config(2);
+  const auto weights = model::init_weights(config, 5);
+  const model::Transformer transformer(config, weights);
+  kv::KvCache cache = engine::make_cache_for(transformer, 3, 32, 4);
+  std::vector<engine::GenerationRequest> requests(3);
+  for (auto& request : requests) request.max_tokens = 8;
+  requests[0].prompt = {1, 2, 3};
+  requests[1].prompt = {1, 7};
+  requests[2].prompt = {};  // invalid: rejected after the first two have their blocks
+  try {
+    engine::generate_batch(transformer, cache, requests, {});
+    ADD_FAILURE() << "an empty prompt must be rejected";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("request 2: empty prompt"), std::string::npos);
+  }
+  EXPECT_EQ(cache.pool().used_blocks(), 0);
+}
 
 TEST(SeededSampling, SameTokensAloneOrInABatch) {
   const auto config = testing::tiny_config(4);
