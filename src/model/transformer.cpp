@@ -220,8 +220,8 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
   std::vector<int64_t> ids(tokens.begin(), tokens.end());
   const at::Tensor positions =
       at::arange(start, total, at::TensorOptions().dtype(at::kLong).device(device));
-  const at::Tensor new_slots = cache.slots(sequence, start, total);
   const at::Tensor all_slots = cache.slots(sequence, 0, total);
+  const at::Tensor new_slots = all_slots.narrow(0, start, count);
   // Query i (position start + i) sees keys [0, start + i].
   const at::Tensor mask =
       at::full({count, total}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device))
@@ -294,9 +294,9 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
   for (int64_t b = 0; b < batch; ++b) {
     const kv::SequenceKv& sequence = *sequences[b];
     positions[b] = sequence.length;
-    cache.slots_into(sequence, sequence.length, sequence.length + 1, new_slots);
     const size_t row_start = gather.size();
     cache.slots_into(sequence, 0, sequence.length + 1, gather);
+    new_slots.push_back(gather.back());  // the new token's position is the row's last
     std::fill(mask_values.begin() + b * longest,
               mask_values.begin() + b * longest + sequence.length + 1, 0.0f);
     const int64_t pad_slot = gather[row_start];
