@@ -10,6 +10,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev libre2-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  prometheus                          # promtool, and a real server for the scrape test
   gnuplot-nox npm
 )
 
