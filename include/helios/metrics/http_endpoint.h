@@ -1,0 +1,49 @@
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace httplib {
+class Server;
+}
+
+namespace helios::metrics {
+
+// The daemon's HTTP side: GET /metrics (text/plain; version=0.0.4), /healthz, /readyz. HEAD
+// works on each; other paths get 404. A handler that throws gives a 500 with its message.
+class HttpEndpoint {
+ public:
+  struct Handlers {
+    std::function<std::string()> metrics;  // body of /metrics
+    std::function<bool()> live;            // /healthz: 200 "ok\n" when true, else 503
+    // /readyz: "" -> 200 "ready\n"; else 503 with the reason (a newline is added if missing).
+    std::function<std::string()> not_ready;
+  };
+
+  explicit HttpEndpoint(Handlers handlers);
+  ~HttpEndpoint();  // stops
+  HttpEndpoint(const HttpEndpoint&) = delete;
+  HttpEndpoint& operator=(const HttpEndpoint&) = delete;
+
+  // Binds host:port (port 0 picks a free one) and serves on background threads; returns the
+  // bound port. Bind failure -> Error kUnavailable naming host:port; already started -> Error
+  // kFailedPrecondition. After stop() it may be started again.
+  int start(const std::string& host, int port);
+  void stop();  // idempotent; waits for the serving thread
+
+  int port() const { return port_; }  // the bound port, 0 when not serving
+
+ private:
+  Handlers handlers_;
+  std::mutex mutex_;  // serializes start() and stop()
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  std::atomic<int> port_{0};
+  std::atomic<bool> listen_exited_{false};
+};
+
+}  // namespace helios::metrics

@@ -1,0 +1,136 @@
+#include "helios/metrics/http_endpoint.h"
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <utility>
+
+#include "helios/common/error.h"
+
+namespace helios::metrics {
+namespace {
+
+// Scrapes and probes are rare and cheap; a few threads keep one slow scrape from stalling a
+// probe without spending a thread per core on a 2-core box.
+constexpr size_t kServerThreads = 3;
+
+constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
+constexpr const char* kTextContentType = "text/plain; charset=utf-8";
+
+// Runs `fn`, turning anything it throws into a 500 carrying the message, so a broken collect
+// hook shows up in the scrape rather than taking the daemon down.
+template <typename Fn>
+httplib::Server::Handler guarded(std::string path, Fn fn) {
+  return [path = std::move(path), fn = std::move(fn)](const httplib::Request&,
+                                                      httplib::Response& res) {
+    std::string message;
+    try {
+      fn(res);
+      return;
+    } catch (const std::bad_function_call&) {
+      message = "no handler configured";
+    } catch (const std::exception& e) {
+      message = e.what();
+    } catch (...) {
+      message = "unknown error";
+    }
+    spdlog::warn("{}: {}", path, message);
+    res.status = 500;
+    res.set_content(path + ": " + message + "\n", kTextContentType);
+  };
+}
+
+}  // namespace
+
+HttpEndpoint::HttpEndpoint(Handlers handlers) : handlers_(std::move(handlers)) {}
+
+HttpEndpoint::~HttpEndpoint() {
+  stop();
+}
+
+int HttpEndpoint::start(const std::string& host, int port) {
+  std::lock_guard lock(mutex_);
+  if (server_) {
+    throw Error(ErrorCode::kFailedPrecondition,
+                "metrics endpoint already serving on port " + std::to_string(port_.load()));
+  }
+  if (port < 0 || port > 65535) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "metrics endpoint: port " + std::to_string(port) + " is out of range");
+  }
+  auto server = std::make_unique<httplib::Server>();
+  server->new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
+  // httplib's default sets SO_REUSEPORT, which lets a second daemon bind the same port and
+  // silently take half the scrapes. SO_REUSEADDR alone still allows a restart while old
+  // connections sit in TIME_WAIT.
+  server->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  // A keep-alive connection holds a pool thread, and stop() waits for it, until it idles out;
+  // scrapes come seconds apart, so a long keep-alive buys nothing.
+  server->set_keep_alive_timeout(1);
+
+  server->Get("/metrics", guarded("/metrics", [this](httplib::Response& res) {
+                res.set_content(handlers_.metrics(), kMetricsContentType);
+              }));
+  server->Get("/healthz", guarded("/healthz", [this](httplib::Response& res) {
+                if (handlers_.live()) {
+                  res.set_content("ok\n", kTextContentType);
+                } else {
+                  res.status = 503;
+                  res.set_content("not live\n", kTextContentType);
+                }
+              }));
+  server->Get("/readyz", guarded("/readyz", [this](httplib::Response& res) {
+                std::string reason = handlers_.not_ready();
+                if (reason.empty()) {
+                  res.set_content("ready\n", kTextContentType);
+                } else {
+                  if (reason.back() != '\n') reason += '\n';
+                  res.status = 503;
+                  res.set_content(reason, kTextContentType);
+                }
+              }));
+  // Runs for every status >= 400; fills in a body only where a handler left none (the 404s).
+  server->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (res.body.empty()) {
+      res.set_content(std::to_string(res.status) + " " + req.path + "\n", kTextContentType);
+    }
+  });
+
+  const int bound =
+      port == 0 ? server->bind_to_any_port(host) : (server->bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) {
+    throw Error(ErrorCode::kUnavailable,
+                "metrics endpoint: cannot bind " + host + ":" + std::to_string(port));
+  }
+
+  listen_exited_ = false;
+  httplib::Server* raw = server.get();
+  thread_ = std::thread([this, raw] {
+    raw->listen_after_bind();
+    listen_exited_ = true;
+  });
+  // httplib's stop() does nothing until the listen loop has marked itself running; waiting for
+  // that here means a stop() right after start() cannot be lost and leave join() hanging.
+  while (!raw->is_running() && !listen_exited_) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  server_ = std::move(server);
+  port_ = bound;
+  return bound;
+}
+
+void HttpEndpoint::stop() {
+  std::lock_guard lock(mutex_);
+  if (server_) server_->stop();
+  // Waits for in-flight requests too: the listen loop shuts its thread pool down on the way out.
+  if (thread_.joinable()) thread_.join();
+  server_.reset();
+  port_ = 0;
+}
+
+}  // namespace helios::metrics
