@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -206,12 +207,22 @@ ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
 
 StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
                                 std::span<const int32_t> tokens, const ExitPolicy& policy,
-                                bool score_prompt) const {
+                                bool score_prompt, std::span<const int32_t> exit_layers) const {
   c10::InferenceMode inference;
   const auto device = weights_.embed_tokens.device();
   const int64_t start = sequence.length, count = static_cast<int64_t>(tokens.size());
   const int64_t total = start + count;
   if (count == 0) throw Error(ErrorCode::kInvalidArgument, "prefill: no tokens");
+  const bool replay = !exit_layers.empty();
+  if (replay && static_cast<int64_t>(exit_layers.size()) != count) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "prefill: exit_layers has " + std::to_string(exit_layers.size()) + " entries for " +
+                    std::to_string(count) + " tokens");
+  }
+  if (replay && score_prompt) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "prefill: score_prompt cannot be combined with exit_layers");
+  }
   if (total > rotary_.max_positions()) {
     throw Error(ErrorCode::kOutOfRange, "sequence of " + std::to_string(total) +
                                             " tokens exceeds max_position_embeddings " +
@@ -227,19 +238,43 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
       at::full({count, total}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device))
           .triu(start + 1);
 
+  // Replay: the number of layers each token runs. Layer l is skipped by the rows whose count
+  // is <= l; from there on their hidden state is frozen, so the keys/values this loop projects
+  // from it are those decode's fill_skipped_layers wrote. Without exit_layers, every row runs
+  // every layer (shallowest = deepest = depth) and none of this is touched.
+  const int64_t depth = loaded_layers();
+  int64_t shallowest = depth, deepest = depth, last_exit = depth;
+  at::Tensor replay_exits;  // int64 [count, 1]
+  if (replay) {
+    std::vector<int64_t> runs(count);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t e = exit_layers[i];
+      runs[i] = e <= 0 || e >= depth ? depth : e;
+    }
+    shallowest = *std::min_element(runs.begin(), runs.end());
+    deepest = *std::max_element(runs.begin(), runs.end());
+    last_exit = runs.back();
+    replay_exits = long_tensor(runs, device).unsqueeze(1);
+  }
+
   at::Tensor h = at::embedding(weights_.embed_tokens, long_tensor(ids, device));
   std::vector<at::Tensor> last_hidden, all_hidden;
   size_t next_exit = 0;
-  for (int64_t l = 0; l < loaded_layers(); ++l) {
+  for (int64_t l = 0; l < depth; ++l) {
     const LayerWeights& layer = weights_.layers[l];
     const Qkv qkv = project_qkv(config_, rotary_, layer, h, positions);
     cache.keys(l).index_copy_(0, new_slots, qkv.k);
     cache.values(l).index_copy_(0, new_slots, qkv.v);
+    // Every row is frozen (replay only, so the last row's exit state is final): its keys and
+    // values are all that is left to write.
+    if (l >= deepest) continue;
     const at::Tensor keys = cache.keys(l).index_select(0, all_slots).unsqueeze(0);
     const at::Tensor values = cache.values(l).index_select(0, all_slots).unsqueeze(0);
     const at::Tensor attended = attention(qkv.q.unsqueeze(0), keys, values, mask);
+    const at::Tensor input = h;
     h = h + at::linear(attended.squeeze(0), layer.o_proj);
     h = h + mlp(layer, h);
+    if (l >= shallowest) h = at::where(replay_exits.le(l), input, h);
     if (next_exit < exit_points_.size() && l + 1 == exit_points_[next_exit]) {
       last_hidden.push_back(h.narrow(0, count - 1, 1));
       if (score_prompt) all_hidden.push_back(h);
@@ -248,9 +283,18 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
   }
   sequence.length = total;
 
+  StepOutput out;
+  if (last_exit < depth) {
+    // A replayed last token that left early: its hidden state has been frozen at its exit
+    // since layer last_exit, and it left there by record, not by the policy.
+    const at::Tensor logits = exit_logits(h.narrow(0, count - 1, 1)).to(at::kFloat);
+    const float conf = confidence(logits, policy.metric).item<float>();
+    out.logits = logits.cpu();
+    out.exits.push_back(TokenExit{static_cast<int32_t>(last_exit), conf, false});
+    return out;
+  }
   // The last position leaves at the first exit point that is confident enough. Every layer
   // ran (the prompt's keys/values are needed at full loaded depth), so this only labels it.
-  StepOutput out;
   if (score_prompt) {
     // Position i predicts prompt token i + 1; the last position's target is not known yet.
     std::vector<int64_t> targets(ids.begin() + 1, ids.end());

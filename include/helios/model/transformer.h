@@ -91,9 +91,23 @@ class Transformer {
 
   // Runs `tokens` at positions [sequence.length, sequence.length + T) through every loaded
   // layer, writing their keys/values, and advances sequence.length. The caller has reserved
-  // the room. Output row 0: the last position's exit under `policy`.
+  // the room. Consecutive chunks give the same cache as one call. Output row 0: the last
+  // position's exit under `policy`.
+  //
+  // exit_layers (replay, to recompute the cache of a preempted sequence): empty, or one entry
+  // per token, the TokenExit::exit_layer the token left at when it was decoded; an entry <= 0
+  // or >= loaded_layers() means full depth (prompt tokens). A token with exit e runs layers
+  // [0, e) normally; its hidden state is then frozen, and every deeper layer's keys/values are
+  // the projections of that frozen state, exactly what decode writes for the layers a token
+  // skipped. So replaying the generated tokens with their recorded exits reproduces the cache
+  // decode built. When the last token has an early exit e, the output is the exit head's
+  // logits at e and TokenExit{e, confidence, greedy_exit = false} (it left there by record,
+  // whatever the policy); otherwise the output is as without exit_layers.
+  // Throws Error(kInvalidArgument) when exit_layers is non-empty and its size differs from
+  // tokens', or when it is combined with score_prompt.
   StepOutput prefill(kv::KvCache& cache, kv::SequenceKv& sequence, std::span<const int32_t> tokens,
-                     const ExitPolicy& policy, bool score_prompt = false) const;
+                     const ExitPolicy& policy, bool score_prompt = false,
+                     std::span<const int32_t> exit_layers = {}) const;
 
   // One new token per sequence, tokens[i] at position sequences[i]->length (room reserved).
   // Rows leave at the first exit point whose confidence meets the policy; the keys/values of
