@@ -31,5 +31,7 @@ void add_perplexity_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_zoo_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
+void add_client_command(CLI::App& app);
 
 }  // namespace helios::app

@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   helios::app::add_info_command(app);
   helios::app::add_zoo_command(app);
   helios::app::add_convert_command(app);
+  helios::app::add_serve_command(app);
+  helios::app::add_client_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

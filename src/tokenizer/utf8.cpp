@@ -91,3 +91,23 @@ size_t incomplete_utf8_tail(std::string_view text) {
 }
 
 }  // namespace helios::tokenizer
+
+namespace helios::tokenizer {
+
+std::string replace_invalid_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t pos = 0; pos < text.size();) {
+    const size_t length = utf8_sequence_length(text, pos);
+    if (length == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER, one per ill-formed byte
+      ++pos;
+    } else {
+      out.append(text.substr(pos, length));
+      pos += length;
+    }
+  }
+  return out;
+}
+
+}  // namespace helios::tokenizer

@@ -23,4 +23,8 @@ size_t decode_utf8(std::string_view text, size_t pos, char32_t* cp);
 // bytes that may still become a character when more bytes arrive (0-3).
 size_t incomplete_utf8_tail(std::string_view text);
 
+// `text` with every byte that is not part of a well-formed sequence replaced by U+FFFD, so it
+// can go where valid UTF-8 is required (protobuf string fields).
+std::string replace_invalid_utf8(std::string_view text);
+
 }  // namespace helios::tokenizer

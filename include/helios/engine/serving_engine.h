@@ -1,0 +1,143 @@
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "helios/engine/model_instance.h"
+#include "helios/engine/request.h"
+#include "helios/kv/kv_cache.h"
+#include "helios/metrics/registry.h"
+
+namespace helios::engine {
+
+struct SchedulerLimits {
+  int64_t max_running = 64;        // sequences in the batch (prefilling or decoding)
+  int64_t max_batch_tokens = 512;  // tokens one step may run: decodes + prefill chunks
+  int64_t max_queued = 256;        // requests waiting for admission
+};
+
+// Histogram buckets of the engine's latency and batch metrics (upper bounds, base units).
+struct MetricBuckets {
+  std::vector<double> time_to_first_token = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  std::vector<double> inter_token = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1};
+  std::vector<double> request = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  std::vector<double> queue = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30};
+  std::vector<double> batch_size = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+};
+
+struct EngineOptions {
+  std::string model_name;
+  MetricBuckets buckets;
+  SchedulerLimits limits;
+  int64_t kv_block_size = 16;
+  int64_t kv_blocks = 0;  // pool size; see kv_blocks_for_budget
+  model::ExitPolicy exit_policy;
+};
+
+// KV blocks left by a memory budget once the model's resident weights are paid for; the
+// bytes per token follow the loaded depth, so a shallower load leaves more blocks. Throws
+// Error(kInvalidArgument) naming `field` when the budget does not hold the weights plus one
+// sequence of the full context.
+int64_t kv_blocks_for_budget(const ModelInstance& model, int64_t budget_bytes, int64_t block_size,
+                             std::string_view field);
+
+// Counters the engine keeps for status pages; read from any thread.
+struct EngineStats {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t kv_cache_bytes = 0;
+  int64_t steps = 0;
+  int64_t preemptions = 0;
+  int64_t finished = 0;
+};
+
+// The continuous-batching engine. One thread owns the model, the KV cache and the batch. Each
+// step it drops cancelled and expired requests, reserves a slot for every decoding sequence
+// (preempting the newest sequence when the pool is full), admits prefill chunks of waiting
+// requests within the step's token budget, runs the prefills and one batched decode, and
+// streams the sampled tokens back through each request's channel. A preempted sequence gives
+// up its blocks and is later recomputed with its recorded exit layers, so it resumes exactly
+// where it stopped.
+class ServingEngine {
+ public:
+  ServingEngine(const ModelInstance& model, EngineOptions options,
+                metrics::Registry* registry = nullptr);
+  ~ServingEngine();
+  ServingEngine(const ServingEngine&) = delete;
+  ServingEngine& operator=(const ServingEngine&) = delete;
+
+  void start();
+  // Queues a request. Throws Error(kResourceExhausted) when max_queued requests wait already,
+  // Error(kUnavailable) once close() was called, Error(kFailedPrecondition) when a request
+  // with the same id is in flight.
+  void submit(std::shared_ptr<Request> request);
+  // Wakes the engine thread (after a request was cancelled from outside).
+  void wake();
+  // Refuses further submissions; requests in flight carry on.
+  void close();
+  // Cancels every request in flight (they finish kCancelled at the next step).
+  void cancel_all();
+  // Stops the thread; requests still in flight finish kCancelled.
+  void stop();
+
+  int64_t in_flight() const { return in_flight_.load(); }
+  EngineStats stats() const;
+  const EngineOptions& options() const { return options_; }
+  const ModelInstance& model() const { return model_; }
+
+ private:
+  struct Sequence;
+  struct Metrics;
+
+  void run();
+  void step();
+  void ingest();
+  void reap();
+  bool schedule_decodes(std::vector<Sequence*>& decodes, int64_t& budget);
+  void schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>& prefills, int64_t& budget);
+  bool reserve_or_preempt(Sequence& sequence, int64_t new_length);
+  void preempt(Sequence& victim);
+  void run_prefill(Sequence& sequence, int64_t chunk);
+  void run_decode(const std::vector<Sequence*>& decodes);
+  void accept_token(Sequence& sequence, const at::Tensor& logits, const model::TokenExit& exit);
+  void finish(Sequence& sequence, Finish reason, std::string error = {});
+  void remove_finished();
+  void publish_stats();
+
+  const ModelInstance& model_;
+  EngineOptions options_;
+  kv::KvCache cache_;
+  std::unique_ptr<Metrics> metrics_;
+
+  // Shared with front-end threads.
+  mutable std::mutex mutex_;
+  std::condition_variable wakeup_;
+  std::deque<std::shared_ptr<Request>> incoming_;
+  std::unordered_set<std::string> ids_in_flight_;
+  bool closed_ = false;
+  bool stopping_ = false;
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<int64_t> running_count_{0};
+  std::atomic<bool> cancel_all_{false};
+  EngineStats stats_;  // guarded by mutex_
+
+  // Engine thread only.
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
+  int64_t steps_ = 0, preemptions_ = 0, finished_ = 0;
+  double forward_seconds_ = 0.0;  // of the current step: prefill and decode calls only
+  std::thread thread_;
+};
+
+}  // namespace helios::engine

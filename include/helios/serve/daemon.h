@@ -1,0 +1,70 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "helios/serve/server_config.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace helios::engine {
+class ModelInstance;
+class ServingEngine;
+}  // namespace helios::engine
+
+namespace helios::metrics {
+class Registry;
+class HttpEndpoint;
+}  // namespace helios::metrics
+
+namespace helios::serve {
+
+enum class ServerState { kLoading, kServing, kDraining, kStopped };
+
+// The helios daemon: the HTTP endpoint, the gRPC server (Inference, Admin, health,
+// reflection) and the serving engine, with their lifecycle. start() brings everything up and
+// returns once the model serves; shutdown() drains: health goes NOT_SERVING, new calls get
+// UNAVAILABLE, requests in flight finish (or are cancelled when the drain timeout passes),
+// then the servers stop.
+class Daemon {
+ public:
+  explicit Daemon(ServerConfig config);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  void start();
+  // Drains and stops; returns when everything has stopped. A second call while the first is
+  // draining cancels what is still in flight at once.
+  void shutdown();
+
+  int grpc_port() const { return grpc_port_; }
+  int http_port() const { return http_port_; }
+  ServerState state() const { return state_.load(); }
+
+ private:
+  void load_model();
+
+  ServerConfig config_;
+  std::atomic<ServerState> state_{ServerState::kLoading};
+  std::chrono::steady_clock::time_point started_;
+  std::unique_ptr<metrics::Registry> registry_;
+  std::unique_ptr<metrics::HttpEndpoint> http_;
+  std::unique_ptr<engine::ModelInstance> model_;
+  std::unique_ptr<engine::ServingEngine> engine_;
+  std::shared_ptr<void> services_;  // the gRPC services and the context they share
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  int http_port_ = 0;
+  std::mutex shutdown_mutex_;
+  std::atomic<bool> force_{false};
+  bool shut_down_ = false;
+};
+
+}  // namespace helios::serve

@@ -1,0 +1,104 @@
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "commands.h"
+#include "helios/common/error.h"
+#include "helios/serve/daemon.h"
+
+namespace helios::app {
+namespace {
+
+// SIGTERM/SIGINT reach the daemon through a pipe: the handler only writes a byte (which is
+// async-signal-safe), and an ordinary thread acts on it.
+int signal_pipe[2] = {-1, -1};
+
+extern "C" void on_signal(int) {
+  const int saved = errno;
+  const char byte = 1;
+  [[maybe_unused]] const ssize_t n = ::write(signal_pipe[1], &byte, 1);
+  errno = saved;
+}
+
+void install_signal_handlers() {
+  if (::pipe2(signal_pipe, O_CLOEXEC) != 0) {
+    throw Error(ErrorCode::kInternal, "serve: cannot create the signal pipe");
+  }
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  ::sigaction(SIGTERM, &action, nullptr);
+  ::sigaction(SIGINT, &action, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+}
+
+void wait_for_signal() {
+  char byte = 0;
+  while (::read(signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+  }
+}
+
+// Written once the daemon serves, atomically (rename), so a supervisor or a test that polls
+// for the file never reads half of it.
+void write_ports_file(const std::filesystem::path& path, const serve::Daemon& daemon) {
+  const nlohmann::json ports = {
+      {"grpc_port", daemon.grpc_port()}, {"http_port", daemon.http_port()}, {"pid", ::getpid()}};
+  const std::filesystem::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream out(temporary);
+    out << ports.dump() << "\n";
+    if (!out) throw Error(ErrorCode::kInvalidArgument, "--ports-file: cannot write " + path.string());
+  }
+  std::filesystem::rename(temporary, path);
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "serve", "Run the inference daemon (gRPC API, /metrics, /healthz, /readyz)");
+  struct Options {
+    std::string config;
+    std::string ports_file;
+    std::string log_level;
+  };
+  auto options = std::make_shared<Options>();
+  cmd->add_option("--config", options->config, "Server config (JSON); see the README")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--ports-file", options->ports_file,
+                  "Write {grpc_port, http_port, pid} as JSON here once serving");
+  cmd->add_option("--log-level", options->log_level, "Overrides logging.level")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  cmd->callback([options] {
+    serve::ServerConfig config = serve::ServerConfig::from_file(options->config);
+    if (!options->log_level.empty()) config.log_level = options->log_level;
+    spdlog::set_level(spdlog::level::from_str(config.log_level));
+    install_signal_handlers();
+
+    // Shared with the thread that watches for a second signal, which may outlive this scope.
+    auto daemon = std::make_shared<serve::Daemon>(config);
+    daemon->start();
+    if (!options->ports_file.empty()) write_ports_file(options->ports_file, *daemon);
+
+    wait_for_signal();
+    spdlog::info("shutdown requested: draining (a second signal cancels what is in flight)");
+    std::thread([daemon] {
+      while (true) {
+        wait_for_signal();
+        daemon->shutdown();
+      }
+    }).detach();
+    daemon->shutdown();
+  });
+}
+
+}  // namespace helios::app

@@ -1,0 +1,194 @@
+#include "helios/serve/daemon.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <thread>
+
+#include "helios/common/error.h"
+#include "helios/engine/model_instance.h"
+#include "helios/engine/serving_engine.h"
+#include "helios/metrics/http_endpoint.h"
+#include "helios/metrics/registry.h"
+#include "services.h"
+
+namespace helios::serve {
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+at::ScalarType parse_dtype(const std::string& dtype) {
+  if (dtype == "float16") return at::kHalf;
+  if (dtype == "bfloat16") return at::kBFloat16;
+  return at::kFloat;
+}
+
+// The services are owned here rather than by Daemon's members so that services.h (and the
+// generated gRPC headers) stay out of daemon.h.
+struct Services {
+  ServingContext context;
+  InferenceService inference{context};
+  AdminService admin{context};
+};
+
+}  // namespace
+
+Daemon::Daemon(ServerConfig config) : config_(std::move(config)) {}
+
+Daemon::~Daemon() {
+  try {
+    shutdown();
+  } catch (const std::exception& e) {
+    spdlog::error("shutdown: {}", e.what());
+  }
+}
+
+void Daemon::start() {
+  started_ = std::chrono::steady_clock::now();
+  registry_ = std::make_unique<metrics::Registry>();
+  auto services = std::make_shared<Services>();
+  services->context.config = &config_;
+  services->context.state = &state_;
+  services->context.started = started_;
+  services->context.rejected = &registry_->counter(
+      "helios_requests_rejected_total",
+      "Inference calls refused before admission, by gRPC status code.", {"code"});
+  services_ = services;
+
+  if (config_.http_port >= 0) {
+    http_ = std::make_unique<metrics::HttpEndpoint>(metrics::HttpEndpoint::Handlers{
+        .metrics = [this] { return registry_->render(); },
+        .live = [this] { return state_.load() != ServerState::kStopped; },
+        .not_ready =
+            [this]() -> std::string {
+          switch (state_.load()) {
+            case ServerState::kServing: return "";
+            case ServerState::kLoading: return "loading the model";
+            case ServerState::kDraining: return "draining for shutdown";
+            case ServerState::kStopped: return "stopped";
+          }
+          return "unknown state";
+        }});
+    http_port_ = http_->start(config_.http_host, static_cast<int>(config_.http_port));
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config_.grpc_address, grpc::InsecureServerCredentials(), &grpc_port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config_.grpc_max_message_bytes));
+  builder.RegisterService(&services->inference);
+  builder.RegisterService(&services->admin);
+  server_ = builder.BuildAndStart();
+  if (!server_ || grpc_port_ == 0) {
+    throw Error(ErrorCode::kUnavailable,
+                "grpc.address: cannot listen on " + config_.grpc_address);
+  }
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(false);
+  spdlog::info("listening: gRPC on port {}, HTTP on {}", grpc_port_,
+               http_ ? config_.http_host + ":" + std::to_string(http_port_) : "(disabled)");
+
+  load_model();
+
+  state_.store(ServerState::kServing);
+  health->SetServingStatus(true);
+  spdlog::info("serving");
+}
+
+void Daemon::load_model() {
+  const auto t0 = std::chrono::steady_clock::now();
+  model::LoadOptions options;
+  options.max_layers = config_.max_layers;
+  options.dtype = parse_dtype(config_.dtype);
+  options.device = at::Device(config_.device);
+  model_ = engine::ModelInstance::load(config_.model_path, options);
+  const std::string name = config_.model_name.empty()
+                               ? config_.model_path.lexically_normal().filename().string()
+                               : config_.model_name;
+
+  engine::EngineOptions engine_options;
+  engine_options.model_name = name.empty() ? "model" : name;
+  engine_options.limits = config_.limits;
+  engine_options.kv_block_size = config_.kv_block_size;
+  engine_options.kv_blocks = engine::kv_blocks_for_budget(
+      *model_, config_.memory_budget_bytes, config_.kv_block_size, "memory.budget_mib");
+  engine_options.exit_policy = config_.exit_policy;
+  engine_options.buckets = config_.buckets;
+  engine_ = std::make_unique<engine::ServingEngine>(*model_, engine_options, registry_.get());
+  engine_->start();
+
+  auto& context = std::static_pointer_cast<Services>(services_)->context;
+  const int64_t context_length = model_->config().max_position_embeddings;
+  context.max_prompt_tokens = config_.max_prompt_tokens > 0
+                                  ? std::min(config_.max_prompt_tokens, context_length)
+                                  : context_length;
+  context.max_output_tokens = config_.max_output_tokens > 0 ? config_.max_output_tokens
+                                                             : context_length;
+  context.engine.store(engine_.get());
+
+  const engine::EngineStats stats = engine_->stats();
+  spdlog::info(
+      "model {} from {}: {}/{} layers, {:.1f} MiB weights ({} {}), loaded in {:.2f} s; KV cache "
+      "{} blocks x {} tokens ({:.1f} MiB) in a {:.0f} MiB budget",
+      engine_options.model_name, config_.model_path.string(),
+      model_->transformer().loaded_layers(), model_->config().num_hidden_layers,
+      model_->loaded().weights.resident_bytes() / kMiB, config_.dtype, config_.device,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+      stats.kv_blocks_total, config_.kv_block_size, stats.kv_cache_bytes / kMiB,
+      config_.memory_budget_bytes / kMiB);
+}
+
+void Daemon::shutdown() {
+  if (state_.load() == ServerState::kDraining) {
+    // Asked again while draining: stop waiting for the requests in flight.
+    force_.store(true);
+  }
+  std::lock_guard lock(shutdown_mutex_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  state_.store(ServerState::kDraining);
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (engine_) {
+    engine_->close();
+    const auto drain_until =
+        t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                 std::chrono::duration<double>(config_.drain_timeout_seconds));
+    spdlog::info("draining {} requests in flight (timeout {} s)", engine_->in_flight(),
+                 config_.drain_timeout_seconds);
+    while (engine_->in_flight() > 0 && std::chrono::steady_clock::now() < drain_until &&
+           !force_.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (engine_->in_flight() > 0) {
+      spdlog::warn("drain timeout: cancelling {} requests", engine_->in_flight());
+      engine_->cancel_all();
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (engine_->in_flight() > 0 && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
+  }
+  // Lets the reactors write their last messages. gRPC's own Shutdown(deadline) would wait out
+  // the whole deadline while any client keeps a connection open, so wait for our calls here
+  // and then shut down at once (cancelling only watches and the like).
+  if (services_) {
+    const auto& context = std::static_pointer_cast<Services>(services_)->context;
+    const auto calls_until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (context.open_calls.load() > 0 && std::chrono::steady_clock::now() < calls_until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  if (server_) server_->Shutdown(std::chrono::system_clock::now());
+  if (engine_) engine_->stop();
+  state_.store(ServerState::kStopped);
+  if (http_) http_->stop();
+  if (server_) server_->Wait();
+  spdlog::info("stopped after {:.2f} s of draining",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+}  // namespace helios::serve

@@ -1,0 +1,253 @@
+#include "helios/serve/server_config.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <set>
+
+#include "helios/common/error.h"
+#include "helios/common/files.h"
+#include "helios/metrics/registry.h"
+
+namespace helios::serve {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void fail(const std::string& key, const std::string& what) {
+  throw Error(ErrorCode::kInvalidArgument, key + ": " + what);
+}
+
+// One object of the config ("scheduler", ...): typed getters that name the full key in their
+// errors, and a check that no key is left unread.
+class Section {
+ public:
+  Section(const json& root, std::string name) : name_(std::move(name)) {
+    const auto it = root.find(name_);
+    if (it == root.end() || it->is_null()) return;
+    if (!it->is_object()) fail(name_, "must be an object");
+    object_ = &*it;
+  }
+
+  const json* find(const std::string& key) {
+    read_.insert(key);
+    if (object_ == nullptr) return nullptr;
+    const auto it = object_->find(key);
+    return it == object_->end() || it->is_null() ? nullptr : &*it;
+  }
+  std::string path(const std::string& key) const { return name_ + "." + key; }
+
+  void integer(const std::string& key, int64_t& out, int64_t min, int64_t max) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (!(v->is_number_integer() || v->is_number_unsigned())) fail(path(key), "must be an integer");
+    const int64_t value = v->get<int64_t>();
+    if (value < min || value > max) {
+      fail(path(key), "must be in [" + std::to_string(min) + ", " + std::to_string(max) +
+                          "], got " + std::to_string(value));
+    }
+    out = value;
+  }
+  void number(const std::string& key, double& out, double min, double max) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (!v->is_number() || !std::isfinite(v->get<double>())) fail(path(key), "must be a number");
+    const double value = v->get<double>();
+    if (value < min || value > max) {
+      fail(path(key), "must be in [" + fmt::format("{}", min) + ", " + fmt::format("{}", max) +
+                          "], got " + fmt::format("{}", value));
+    }
+    out = value;
+  }
+  void string(const std::string& key, std::string& out) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (!v->is_string()) fail(path(key), "must be a string");
+    out = v->get<std::string>();
+  }
+  void one_of(const std::string& key, std::string& out, const std::set<std::string>& allowed) {
+    string(key, out);
+    if (!allowed.contains(out)) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      fail(path(key), "must be one of " + list + ", got \"" + out + "\"");
+    }
+  }
+  void buckets(const std::string& key, std::vector<double>& out) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (!v->is_array()) fail(path(key), "must be a list of numbers");
+    std::vector<double> bounds;
+    for (const json& b : *v) {
+      if (!b.is_number()) fail(path(key), "must be a list of numbers");
+      bounds.push_back(b.get<double>());
+    }
+    metrics::validate_buckets(bounds, path(key));
+    out = std::move(bounds);
+  }
+  void check_unknown() const {
+    if (object_ == nullptr) return;
+    for (const auto& [key, value] : object_->items()) {
+      if (!read_.contains(key)) fail(path(key), "unknown key");
+    }
+  }
+
+ private:
+  std::string name_;
+  const json* object_ = nullptr;
+  std::set<std::string> read_;
+};
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+}  // namespace
+
+ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::path& base_dir) {
+  if (!root.is_object()) fail("config", "must be a JSON object");
+  static const std::set<std::string> kSections = {"grpc",      "http",       "model",
+                                                  "memory",    "scheduler",  "early_exit",
+                                                  "shutdown",  "metrics",    "logging"};
+  for (const auto& [key, value] : root.items()) {
+    if (!kSections.contains(key)) fail(key, "unknown section");
+  }
+  ServerConfig c;
+
+  Section grpc(root, "grpc");
+  grpc.string("address", c.grpc_address);
+  grpc.integer("max_message_bytes", c.grpc_max_message_bytes, 1024, int64_t{1} << 30);
+  grpc.check_unknown();
+
+  Section http(root, "http");
+  http.string("host", c.http_host);
+  http.integer("port", c.http_port, -1, 65535);
+  http.check_unknown();
+
+  Section model(root, "model");
+  std::string path;
+  model.string("path", path);
+  if (!path.empty()) {
+    c.model_path = std::filesystem::path(path).is_absolute() ? std::filesystem::path(path)
+                                                             : base_dir / path;
+  }
+  model.string("name", c.model_name);
+  model.integer("max_layers", c.max_layers, 0, 4096);
+  model.one_of("dtype", c.dtype, {"float32", "float16", "bfloat16"});
+  model.string("device", c.device);
+  model.check_unknown();
+
+  Section memory(root, "memory");
+  double budget_mib = static_cast<double>(c.memory_budget_bytes) / kMiB;
+  memory.number("budget_mib", budget_mib, 1.0, 1 << 24);
+  c.memory_budget_bytes = static_cast<int64_t>(budget_mib * kMiB);
+  memory.integer("kv_block_size", c.kv_block_size, 1, 1024);
+  memory.check_unknown();
+
+  Section scheduler(root, "scheduler");
+  scheduler.integer("max_running_requests", c.limits.max_running, 1, 4096);
+  scheduler.integer("max_batch_tokens", c.limits.max_batch_tokens, 1, 1 << 20);
+  scheduler.integer("max_queued_requests", c.limits.max_queued, 0, 1 << 20);
+  scheduler.integer("max_prompt_tokens", c.max_prompt_tokens, 0, 1 << 24);
+  scheduler.integer("max_output_tokens", c.max_output_tokens, 0, 1 << 24);
+  scheduler.integer("max_stop_strings", c.max_stop_strings, 0, 64);
+  scheduler.integer("max_stop_bytes", c.max_stop_bytes, 1, 1024);
+  scheduler.check_unknown();
+
+  Section exit(root, "early_exit");
+  exit.number("threshold", c.exit_policy.threshold, 0.0, 1e9);
+  std::string metric = "max_prob";
+  exit.one_of("metric", metric, {"max_prob", "entropy"});
+  c.exit_policy.metric =
+      metric == "entropy" ? model::ConfidenceMetric::kEntropy : model::ConfidenceMetric::kMaxProb;
+  exit.check_unknown();
+
+  Section shutdown(root, "shutdown");
+  shutdown.number("drain_timeout_seconds", c.drain_timeout_seconds, 0.0, 86400.0);
+  shutdown.check_unknown();
+
+  Section metrics(root, "metrics");
+  metrics.buckets("time_to_first_token_buckets_seconds", c.buckets.time_to_first_token);
+  metrics.buckets("inter_token_latency_buckets_seconds", c.buckets.inter_token);
+  metrics.buckets("request_duration_buckets_seconds", c.buckets.request);
+  metrics.buckets("queue_time_buckets_seconds", c.buckets.queue);
+  metrics.buckets("batch_size_buckets", c.buckets.batch_size);
+  metrics.check_unknown();
+
+  Section logging(root, "logging");
+  logging.one_of("level", c.log_level, {"trace", "debug", "info", "warn", "error"});
+  logging.check_unknown();
+
+  c.validate();
+  return c;
+}
+
+ServerConfig ServerConfig::from_file(const std::filesystem::path& path) {
+  const std::string text = read_file(path);
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error(ErrorCode::kInvalidArgument, path.string() + ": not valid JSON: " + e.what());
+  }
+  try {
+    return from_json(root, path.parent_path());
+  } catch (const Error& e) {
+    throw Error(e.code(), path.string() + ": " + e.what());
+  }
+}
+
+void ServerConfig::validate() const {
+  if (model_path.empty()) fail("model.path", "is required");
+  const auto colon = grpc_address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == grpc_address.size()) {
+    fail("grpc.address", "must be host:port, got \"" + grpc_address + "\"");
+  }
+  if (http_host.empty()) fail("http.host", "must not be empty");
+  if (device != "cpu" && device.rfind("cuda", 0) != 0) {
+    fail("model.device", "must be cpu, cuda or cuda:N, got \"" + device + "\"");
+  }
+  if (limits.max_batch_tokens < limits.max_running) {
+    // Every running sequence decodes one token per step; a smaller budget would starve some.
+    fail("scheduler.max_batch_tokens",
+         "must be at least scheduler.max_running_requests (" +
+             std::to_string(limits.max_running) + ")");
+  }
+}
+
+nlohmann::json ServerConfig::to_json() const {
+  return json{
+      {"grpc", {{"address", grpc_address}, {"max_message_bytes", grpc_max_message_bytes}}},
+      {"http", {{"host", http_host}, {"port", http_port}}},
+      {"model",
+       {{"path", model_path.string()},
+        {"name", model_name},
+        {"max_layers", max_layers},
+        {"dtype", dtype},
+        {"device", device}}},
+      {"memory",
+       {{"budget_mib", static_cast<double>(memory_budget_bytes) / kMiB},
+        {"kv_block_size", kv_block_size}}},
+      {"scheduler",
+       {{"max_running_requests", limits.max_running},
+        {"max_batch_tokens", limits.max_batch_tokens},
+        {"max_queued_requests", limits.max_queued},
+        {"max_prompt_tokens", max_prompt_tokens},
+        {"max_output_tokens", max_output_tokens},
+        {"max_stop_strings", max_stop_strings},
+        {"max_stop_bytes", max_stop_bytes}}},
+      {"early_exit",
+       {{"threshold", exit_policy.threshold},
+        {"metric", exit_policy.metric == model::ConfidenceMetric::kEntropy ? "entropy"
+                                                                            : "max_prob"}}},
+      {"shutdown", {{"drain_timeout_seconds", drain_timeout_seconds}}},
+      {"metrics",
+       {{"time_to_first_token_buckets_seconds", buckets.time_to_first_token},
+        {"inter_token_latency_buckets_seconds", buckets.inter_token},
+        {"request_duration_buckets_seconds", buckets.request},
+        {"queue_time_buckets_seconds", buckets.queue},
+        {"batch_size_buckets", buckets.batch_size}}},
+      {"logging", {{"level", log_level}}},
+  };
+}
+
+}  // namespace helios::serve

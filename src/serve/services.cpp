@@ -1,0 +1,540 @@
+#include "services.h"
+
+#include <google/protobuf/unknown_field_set.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <random>
+
+#include "helios/common/error.h"
+#include "helios/tokenizer/utf8.h"
+
+namespace helios::serve {
+namespace {
+
+using engine::Finish;
+
+// Request ids the server assigns: a random per-process prefix and a counter, so ids from two
+// runs of the daemon do not collide in logs.
+std::string next_request_id() {
+  static const std::string prefix = [] {
+    std::random_device device;
+    return fmt::format("{:08x}", device());
+  }();
+  static std::atomic<uint64_t> counter{0};
+  return fmt::format("req-{}-{}", prefix, counter.fetch_add(1) + 1);
+}
+
+// Byte offset of the first ill-formed UTF-8 sequence, or npos.
+size_t invalid_utf8_at(std::string_view text) {
+  for (size_t pos = 0; pos < text.size();) {
+    const size_t length = tokenizer::utf8_sequence_length(text, pos);
+    if (length == 0) return pos;
+    pos += length;
+  }
+  return std::string_view::npos;
+}
+
+[[noreturn]] void invalid(const std::string& message) {
+  throw Error(ErrorCode::kInvalidArgument, message);
+}
+
+v1::FinishReason to_proto(Finish finish) {
+  switch (finish) {
+    case Finish::kStop: return v1::STOP;
+    case Finish::kLength: return v1::LENGTH;
+    case Finish::kCancelled:
+    case Finish::kDeadline: return v1::CANCELLED;
+    case Finish::kError: return v1::ERROR;
+    case Finish::kNone: break;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+void fill_usage(const engine::Usage& usage, v1::Usage* out) {
+  out->set_prompt_tokens(static_cast<uint32_t>(usage.prompt_tokens));
+  out->set_completion_tokens(static_cast<uint32_t>(usage.completion_tokens));
+  out->set_model(usage.model);
+  out->set_time_to_first_token_ms(usage.time_to_first_token_ms);
+  out->set_mean_exit_layer(usage.mean_exit_layer);
+  out->set_queue_time_ms(usage.queue_time_ms);
+  out->set_total_time_ms(usage.total_time_ms);
+  out->set_preemptions(static_cast<uint32_t>(usage.preemptions));
+}
+
+void fill_tokens(const std::vector<engine::TokenDetail>& tokens,
+                 google::protobuf::RepeatedPtrField<v1::TokenDetail>* out) {
+  for (const engine::TokenDetail& token : tokens) {
+    v1::TokenDetail* detail = out->Add();
+    detail->set_token_id(token.id);
+    detail->set_exit_layer(static_cast<uint32_t>(token.exit.exit_layer));
+    detail->set_confidence(token.exit.confidence);
+    detail->set_greedy_exit(token.exit.greedy_exit);
+  }
+}
+
+// How a finished request ends on the wire. Completions (stop, length) end OK. A request the
+// client cancelled ends CANCELLED; one cut off by its deadline, DEADLINE_EXCEEDED; one the
+// server cancelled while shutting down, UNAVAILABLE (after a last message, so the client
+// still gets the text and usage); an engine failure, INTERNAL after an ERROR message.
+struct Ending {
+  grpc::Status status;
+  bool final_message = true;
+};
+
+Ending ending_for(const engine::Update& update, bool client_cancelled) {
+  switch (update.finish) {
+    case Finish::kStop:
+    case Finish::kLength: return {grpc::Status::OK, true};
+    case Finish::kDeadline:
+      return {grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded"), false};
+    case Finish::kCancelled:
+      if (client_cancelled) {
+        return {grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"), false};
+      }
+      return {grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           "the server shut down before the request finished"),
+              true};
+    case Finish::kError:
+      return {grpc::Status(grpc::StatusCode::INTERNAL, "engine error: " + update.error), true};
+    case Finish::kNone: break;
+  }
+  return {grpc::Status(grpc::StatusCode::INTERNAL, "request ended without a reason"), false};
+}
+
+// Shared by both RPC shapes: listens on a request's channel, cancels the request when the call
+// goes away, and keeps itself alive (self_) until gRPC is done with it. Reactions and engine
+// notifications may come from different threads at once, and gRPC may run a reaction inline
+// from Finish(), hence the recursive mutex.
+template <typename Base>
+class ChannelReactor : public Base,
+                       public engine::ResponseChannel::Listener,
+                       public std::enable_shared_from_this<ChannelReactor<Base>> {
+ public:
+  ChannelReactor(std::shared_ptr<engine::Request> request, engine::ServingEngine* engine,
+                 std::atomic<int64_t>& open_calls)
+      : request_(std::move(request)), engine_(engine), open_calls_(open_calls) {
+    open_calls_.fetch_add(1);
+  }
+
+  void begin() {
+    self_ = this->shared_from_this();
+    request_->channel().set_listener(this->weak_from_this());
+  }
+
+  void on_update() override {
+    std::lock_guard lock(mutex_);
+    pump();
+  }
+
+  void OnCancel() override {
+    {
+      std::lock_guard lock(mutex_);
+      client_cancelled_ = true;
+    }
+    request_->cancel();
+    engine_->wake();
+  }
+
+  void OnDone() override {
+    std::shared_ptr<ChannelReactor> keep;
+    {
+      std::lock_guard lock(mutex_);
+      done_ = true;
+      keep.swap(self_);
+    }
+    open_calls_.fetch_sub(1);
+    // `keep` releases this reactor on return unless the engine still holds it mid-notify.
+  }
+
+ protected:
+  // Called with mutex_ held whenever something may have changed.
+  virtual void pump() = 0;
+
+  std::recursive_mutex mutex_;
+  std::shared_ptr<engine::Request> request_;
+  engine::ServingEngine* engine_;
+  std::atomic<int64_t>& open_calls_;
+  std::shared_ptr<ChannelReactor> self_;
+  bool client_cancelled_ = false;
+  bool finish_called_ = false;
+  bool done_ = false;
+};
+
+void serialize(const google::protobuf::Message& message, grpc::ByteBuffer* out) {
+  grpc::Slice slice(message.SerializeAsString());
+  *out = grpc::ByteBuffer(&slice, 1);
+}
+
+class GenerateReactor final : public ChannelReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>> {
+ public:
+  using ChannelReactor::ChannelReactor;
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    writing_ = false;
+    if (!ok) {
+      // The client is gone: stop generating for it.
+      broken_ = true;
+      request_->cancel();
+      engine_->wake();
+    }
+    pump();
+  }
+
+ private:
+  void pump() override {
+    if (done_ || finish_called_ || writing_) return;
+    engine::Update update;
+    if (!request_->channel().take(update)) return;
+    if (!update.finished()) {
+      if (broken_ || (update.text.empty() && update.tokens.empty())) return;
+      fill(update);
+      writing_ = true;
+      StartWrite(&buffer_);
+      return;
+    }
+    const Ending ending = ending_for(update, client_cancelled_ || broken_);
+    finish_called_ = true;
+    if (ending.final_message && !broken_) {
+      fill(update);
+      message_.set_finish_reason(to_proto(update.finish));
+      fill_usage(update.usage, message_.mutable_usage());
+      if (update.finish == Finish::kError) message_.set_error(update.error);
+      serialize(message_, &buffer_);
+      StartWriteAndFinish(&buffer_, grpc::WriteOptions(), ending.status);
+    } else {
+      Finish(ending.status);
+    }
+  }
+
+  void fill(engine::Update& update) {
+    message_.Clear();
+    message_.set_request_id(request_->spec().id);
+    message_.set_text(std::move(update.text));
+    fill_tokens(update.tokens, message_.mutable_tokens());
+    serialize(message_, &buffer_);
+  }
+
+  v1::GenerateResponse message_;
+  grpc::ByteBuffer buffer_;
+  bool writing_ = false;
+  bool broken_ = false;
+};
+
+class CompleteReactor final : public ChannelReactor<grpc::ServerUnaryReactor> {
+ public:
+  CompleteReactor(std::shared_ptr<engine::Request> request, engine::ServingEngine* engine,
+                  std::atomic<int64_t>& open_calls, grpc::ByteBuffer* response)
+      : ChannelReactor(std::move(request), engine, open_calls), response_(response) {
+    message_.set_request_id(request_->spec().id);
+  }
+
+ private:
+  void pump() override {
+    if (done_ || finish_called_) return;
+    engine::Update update;
+    if (!request_->channel().take(update)) return;
+    message_.mutable_text()->append(update.text);
+    fill_tokens(update.tokens, message_.mutable_tokens());
+    if (!update.finished()) return;
+    const Ending ending = ending_for(update, client_cancelled_);
+    message_.set_finish_reason(to_proto(update.finish));
+    fill_usage(update.usage, message_.mutable_usage());
+    if (update.finish == Finish::kError) message_.set_error(update.error);
+    if (ending.status.ok()) serialize(message_, response_);
+    finish_called_ = true;
+    Finish(ending.status);
+  }
+
+  v1::CompleteResponse message_;
+  grpc::ByteBuffer* response_;
+};
+
+template <typename Response>
+class FailedWriteReactor final : public grpc::ServerWriteReactor<Response> {
+ public:
+  explicit FailedWriteReactor(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+void fill_model_info(const engine::ModelInstance& model, const ServerConfig& config,
+                     const std::string& name, v1::ModelInfo* out) {
+  const model::ModelConfig& mc = model.config();
+  out->set_name(name);
+  out->set_path(model.loaded().dir.string());
+  out->set_total_layers(static_cast<uint32_t>(mc.num_hidden_layers));
+  out->set_loaded_layers(static_cast<uint32_t>(model.transformer().loaded_layers()));
+  for (const int32_t layer : model.transformer().exit_points()) {
+    out->add_exit_layers(static_cast<uint32_t>(layer));
+  }
+  out->set_resident_weight_bytes(static_cast<uint64_t>(model.loaded().weights.resident_bytes()));
+  out->set_context_length(static_cast<uint32_t>(mc.max_position_embeddings));
+  out->set_vocab_size(static_cast<uint32_t>(mc.vocab_size));
+  out->set_dtype(config.dtype);
+  out->set_device(config.device);
+  out->set_serving(true);
+}
+
+}  // namespace
+
+grpc::Status to_status(const Error& error) {
+  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
+  switch (error.code()) {
+    case ErrorCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
+    case ErrorCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
+    case ErrorCode::kDataLoss: code = grpc::StatusCode::DATA_LOSS; break;
+    case ErrorCode::kOutOfRange: code = grpc::StatusCode::OUT_OF_RANGE; break;
+    case ErrorCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
+    case ErrorCode::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
+    case ErrorCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
+    case ErrorCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
+  }
+  return grpc::Status(code, error.what());
+}
+
+engine::RequestSpec build_request_spec(const v1::GenerateRequest& request,
+                                       const ServingContext& context,
+                                       const engine::ModelInstance& model,
+                                       std::chrono::system_clock::time_point deadline) {
+  const ServerConfig& config = *context.config;
+  engine::RequestSpec spec;
+
+  if (request.request_id().size() > 128) invalid("request_id: longer than 128 bytes");
+  if (invalid_utf8_at(request.request_id()) != std::string_view::npos) {
+    invalid("request_id: not valid UTF-8");
+  }
+  spec.id = request.request_id().empty() ? next_request_id() : request.request_id();
+
+  const std::string& prompt = request.prompt();
+  if (prompt.empty()) invalid("prompt: must not be empty");
+  if (const size_t at = invalid_utf8_at(prompt); at != std::string_view::npos) {
+    invalid(fmt::format("prompt: not valid UTF-8 (ill-formed sequence at byte {})", at));
+  }
+
+  if (request.max_tokens() == 0) invalid("max_tokens: must be at least 1");
+  if (request.max_tokens() > context.max_output_tokens) {
+    invalid(fmt::format("max_tokens: {} exceeds the limit of {}", request.max_tokens(),
+                        context.max_output_tokens));
+  }
+  spec.max_tokens = request.max_tokens();
+
+  const float temperature = request.temperature();
+  if (!std::isfinite(temperature) || temperature < 0.0f) {
+    invalid(fmt::format("temperature: must be a finite number >= 0, got {}", temperature));
+  }
+  spec.sampling.temperature = temperature;
+  if (request.has_top_p()) {
+    const float top_p = request.top_p();
+    if (!(top_p > 0.0f && top_p <= 1.0f)) {
+      invalid(fmt::format("top_p: must be in (0, 1], got {}", top_p));
+    }
+    spec.sampling.top_p = top_p;
+  }
+  if (request.top_k() > static_cast<uint32_t>(std::numeric_limits<int32_t>::max())) {
+    invalid("top_k: too large");
+  }
+  spec.sampling.top_k = static_cast<int32_t>(request.top_k());
+  spec.sampling.seed = request.seed();
+
+  if (request.stop_size() > config.max_stop_strings) {
+    invalid(fmt::format("stop: {} strings exceed the limit of {}", request.stop_size(),
+                        config.max_stop_strings));
+  }
+  for (int i = 0; i < request.stop_size(); ++i) {
+    const std::string& stop = request.stop(i);
+    if (stop.empty()) invalid(fmt::format("stop[{}]: must not be empty", i));
+    if (static_cast<int64_t>(stop.size()) > config.max_stop_bytes) {
+      invalid(fmt::format("stop[{}]: {} bytes exceed the limit of {}", i, stop.size(),
+                          config.max_stop_bytes));
+    }
+    if (invalid_utf8_at(stop) != std::string_view::npos) {
+      invalid(fmt::format("stop[{}]: not valid UTF-8", i));
+    }
+    spec.stop.push_back(stop);
+  }
+  spec.token_details = request.include_token_details();
+
+  // Tokenize last: the cheap checks above reject bad requests before any real work.
+  spec.prompt.push_back(model.tokenizer().bos_id());
+  const std::vector<int32_t> ids = model.tokenizer().encode(prompt);
+  spec.prompt.insert(spec.prompt.end(), ids.begin(), ids.end());
+  const int64_t prompt_tokens = static_cast<int64_t>(spec.prompt.size());
+  const int64_t context_length = model.config().max_position_embeddings;
+  if (prompt_tokens > context.max_prompt_tokens) {
+    invalid(fmt::format("prompt: {} tokens (with BOS) exceed the limit of {}", prompt_tokens,
+                        context.max_prompt_tokens));
+  }
+  if (prompt_tokens >= context_length) {
+    invalid(fmt::format("prompt: {} tokens (with BOS) leave no room to generate within the "
+                        "model's context of {} tokens",
+                        prompt_tokens, context_length));
+  }
+
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    const auto remaining = deadline - std::chrono::system_clock::now();
+    spec.deadline = engine::Clock::now() +
+                    std::chrono::duration_cast<engine::Clock::duration>(remaining);
+  }
+  return spec;
+}
+
+grpc::Status parse_generate_request(const grpc::ByteBuffer& buffer, v1::GenerateRequest& out) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request: unreadable message");
+  }
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  google::protobuf::UnknownFieldSet fields;
+  if (!fields.ParseFromString(bytes)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "request: not a serialized helios.v1.GenerateRequest");
+  }
+  // Everything but the string fields goes through the regular parser; the string fields are
+  // set directly, bytes as sent, for validation to judge.
+  const google::protobuf::Descriptor* descriptor = out.GetDescriptor();
+  const google::protobuf::Reflection* reflection = out.GetReflection();
+  google::protobuf::UnknownFieldSet rest;
+  std::vector<std::pair<const google::protobuf::FieldDescriptor*, const std::string*>> strings;
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const google::protobuf::UnknownField& field = fields.field(i);
+    const google::protobuf::FieldDescriptor* fd = descriptor->FindFieldByNumber(field.number());
+    if (fd != nullptr && fd->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
+      if (field.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            fd->name() + ": wrong wire type for a string");
+      }
+      strings.emplace_back(fd, &field.length_delimited());
+    } else {
+      rest.AddField(field);
+    }
+  }
+  std::string rest_bytes;
+  if (!rest.SerializeToString(&rest_bytes) || !out.ParseFromString(rest_bytes)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "request: not a serialized helios.v1.GenerateRequest");
+  }
+  for (const auto& [fd, value] : strings) {
+    if (fd->is_repeated()) {
+      reflection->AddString(&out, fd, *value);
+    } else {
+      reflection->SetString(&out, fd, *value);
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::admit(grpc::CallbackServerContext* call,
+                                     const grpc::ByteBuffer& bytes,
+                                     std::shared_ptr<engine::Request>& out) {
+  v1::GenerateRequest request;
+  grpc::Status status = parse_generate_request(bytes, request);
+  switch (context_.state->load()) {
+    case ServerState::kLoading:
+      status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
+      break;
+    case ServerState::kDraining:
+    case ServerState::kStopped:
+      status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+      break;
+    case ServerState::kServing: {
+      if (!status.ok()) break;
+      engine::ServingEngine* engine = context_.engine.load();
+      try {
+        out = std::make_shared<engine::Request>(
+            build_request_spec(request, context_, engine->model(), call->deadline()));
+        engine->submit(out);
+      } catch (const Error& e) {
+        status = to_status(e);
+      } catch (const std::exception& e) {
+        status = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+      }
+      break;
+    }
+  }
+  if (!status.ok()) {
+    out.reset();
+    if (context_.rejected != nullptr) {
+      context_.rejected->labels({std::to_string(static_cast<int>(status.error_code()))}).inc();
+    }
+    spdlog::debug("request rejected: {} ({})", status.error_message(),
+                  static_cast<int>(status.error_code()));
+  }
+  return status;
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
+    grpc::CallbackServerContext* call, const grpc::ByteBuffer* request) {
+  std::shared_ptr<engine::Request> admitted;
+  const grpc::Status status = admit(call, *request, admitted);
+  if (!status.ok()) return new FailedWriteReactor<grpc::ByteBuffer>(status);
+  auto reactor =
+      std::make_shared<GenerateReactor>(admitted, context_.engine.load(), context_.open_calls);
+  reactor->begin();
+  return reactor.get();
+}
+
+grpc::ServerUnaryReactor* InferenceService::Complete(grpc::CallbackServerContext* call,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  std::shared_ptr<engine::Request> admitted;
+  const grpc::Status status = admit(call, *request, admitted);
+  if (!status.ok()) {
+    grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+    reactor->Finish(status);
+    return reactor;
+  }
+  auto reactor = std::make_shared<CompleteReactor>(admitted, context_.engine.load(),
+                                                   context_.open_calls, response);
+  reactor->begin();
+  return reactor.get();
+}
+
+grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* call,
+                                                  const v1::GetStatusRequest*,
+                                                  v1::GetStatusResponse* response) {
+  const ServerState state = context_.state->load();
+  response->set_version(HELIOS_VERSION);
+  switch (state) {
+    case ServerState::kLoading: response->set_state(v1::SERVER_STATE_LOADING); break;
+    case ServerState::kServing: response->set_state(v1::SERVER_STATE_SERVING); break;
+    case ServerState::kDraining:
+    case ServerState::kStopped: response->set_state(v1::SERVER_STATE_DRAINING); break;
+  }
+  response->set_uptime_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - context_.started).count());
+  response->set_memory_budget_bytes(static_cast<uint64_t>(context_.config->memory_budget_bytes));
+  response->set_exit_threshold(context_.config->exit_policy.threshold);
+  response->set_kv_block_size(static_cast<uint32_t>(context_.config->kv_block_size));
+  if (engine::ServingEngine* engine = context_.engine.load()) {
+    const engine::EngineStats stats = engine->stats();
+    response->set_running_requests(static_cast<uint32_t>(stats.running));
+    response->set_waiting_requests(static_cast<uint32_t>(stats.waiting));
+    response->set_kv_blocks_total(static_cast<uint64_t>(stats.kv_blocks_total));
+    response->set_kv_blocks_used(static_cast<uint64_t>(stats.kv_blocks_used));
+    response->set_kv_cache_bytes(static_cast<uint64_t>(stats.kv_cache_bytes));
+    response->set_requests_finished(static_cast<uint64_t>(stats.finished));
+    response->set_steps(static_cast<uint64_t>(stats.steps));
+    response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
+    fill_model_info(engine->model(), *context_.config, engine->options().model_name,
+                    response->mutable_model());
+  }
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::ListModels(grpc::CallbackServerContext* call,
+                                                   const v1::ListModelsRequest*,
+                                                   v1::ListModelsResponse* response) {
+  if (engine::ServingEngine* engine = context_.engine.load()) {
+    fill_model_info(engine->model(), *context_.config, engine->options().model_name,
+                    response->add_models());
+  }
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace helios::serve

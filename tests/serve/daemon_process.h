@@ -1,0 +1,196 @@
+#pragma once
+
+#include <gtest/gtest.h>
+#include <grpcpp/grpcpp.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/scratch_dir.h"
+#include "helios/common/files.h"
+#include "helios/v1/admin.grpc.pb.h"
+#include "helios/v1/inference.grpc.pb.h"
+
+extern char** environ;
+
+namespace helios::testing {
+
+inline const std::string kMicroZoo = HELIOS_MICRO_ZOO_DIR;
+
+// A config for a daemon on loopback with ports picked by the kernel; `overrides` is merged
+// into it section by section.
+inline nlohmann::json daemon_config(const std::string& model, const nlohmann::json& overrides = {}) {
+  nlohmann::json config = {
+      {"grpc", {{"address", "127.0.0.1:0"}}},
+      {"http", {{"host", "127.0.0.1"}, {"port", 0}}},
+      {"model", {{"path", kMicroZoo + "/" + model}}},
+      {"memory", {{"budget_mib", 64}}},
+      {"logging", {{"level", "info"}}},
+  };
+  for (const auto& [section, values] : overrides.items()) {
+    for (const auto& [key, value] : values.items()) config[section][key] = value;
+  }
+  return config;
+}
+
+// The real `helios serve` binary as a child process, talked to as any client would.
+class DaemonProcess {
+ public:
+  explicit DaemonProcess(const nlohmann::json& config) {
+    const auto config_path = dir_.path() / "server.json";
+    std::ofstream(config_path) << config.dump(2);
+    ports_path_ = dir_.path() / "ports.json";
+    log_path_ = dir_.path() / "daemon.log";
+    std::vector<std::string> args = {HELIOS_BINARY, "serve", "--config", config_path.string(),
+                                     "--ports-file", ports_path_.string()};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    const int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) throw std::runtime_error("cannot start " + args[0]);
+  }
+
+  ~DaemonProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Waits until the daemon wrote its ports file (it serves from then on).
+  bool wait_ready(std::chrono::seconds timeout = std::chrono::seconds(60)) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      if (std::filesystem::exists(ports_path_)) {
+        const auto ports = nlohmann::json::parse(helios::read_file(ports_path_));
+        grpc_port_ = ports.at("grpc_port").get<int>();
+        http_port_ = ports.at("http_port").get<int>();
+        return true;
+      }
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        ADD_FAILURE() << "daemon exited during start-up:\n" << log();
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "daemon not ready after " << timeout.count() << " s:\n" << log();
+    return false;
+  }
+
+  // Sends `signal` and waits for the exit; returns the exit code (or -1 on a crash/timeout).
+  int stop(int signal = SIGTERM, std::chrono::seconds timeout = std::chrono::seconds(60)) {
+    if (pid_ <= 0) return -1;
+    ::kill(pid_, signal);
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < until) {
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return -1;
+  }
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  int http_port() const { return http_port_; }
+  std::string log() const {
+    return std::filesystem::exists(log_path_) ? helios::read_file(log_path_) : "";
+  }
+  std::shared_ptr<grpc::Channel> channel() const {
+    return grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+  }
+  std::unique_ptr<v1::Inference::Stub> inference() const { return v1::Inference::NewStub(channel()); }
+  std::unique_ptr<v1::Admin::Stub> admin() const { return v1::Admin::NewStub(channel()); }
+
+  v1::GetStatusResponse status() const {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::GetStatusResponse response;
+    const grpc::Status s = admin()->GetStatus(&context, v1::GetStatusRequest(), &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return response;
+  }
+
+ private:
+  ScratchDir dir_{"daemon"};
+  std::filesystem::path ports_path_, log_path_;
+  pid_t pid_ = -1;
+  int grpc_port_ = 0, http_port_ = 0;
+};
+
+// The result of one streamed Generate call.
+struct StreamResult {
+  grpc::Status status;
+  std::string text;
+  int messages = 0;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  v1::Usage usage;
+  std::vector<int32_t> token_ids;
+};
+
+inline StreamResult generate(v1::Inference::Stub& stub, const v1::GenerateRequest& request,
+                             std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  StreamResult result;
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+    ++result.messages;
+    result.text += response.text();
+    for (const auto& t : response.tokens()) result.token_ids.push_back(t.token_id());
+    if (response.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+      result.finish = response.finish_reason();
+      result.usage = response.usage();
+    }
+  }
+  result.status = reader->Finish();
+  return result;
+}
+
+inline v1::GenerateRequest greedy_request(const std::string& prompt, uint32_t max_tokens) {
+  v1::GenerateRequest request;
+  request.set_prompt(prompt);
+  request.set_max_tokens(max_tokens);
+  request.set_include_token_details(true);
+  return request;
+}
+
+// Distinct prompts cut from the held-out prose text.
+inline std::vector<std::string> test_prompts(size_t count, size_t bytes = 60) {
+  const std::string text = helios::read_file(std::string(HELIOS_DATA_DIR) + "/prose/test.txt");
+  std::vector<std::string> prompts;
+  size_t pos = 0;
+  while (prompts.size() < count && pos + bytes < text.size()) {
+    std::string prompt = text.substr(pos, bytes);
+    for (char& c : prompt) {
+      if (static_cast<unsigned char>(c) >= 0x80) c = ' ';  // keep the cut valid UTF-8
+    }
+    prompts.push_back(prompt);
+    pos += 997;
+  }
+  return prompts;
+}
+
+}  // namespace helios::testing
