@@ -100,7 +100,7 @@ struct ServingEngine::Metrics {
                       .get();
     running = &r.gauge("helios_requests_running", "Sequences in the batch.").get();
     waiting = &r.gauge("helios_requests_waiting", "Requests waiting for admission.").get();
-    blocks_total = &r.gauge("helios_kv_blocks_total", "KV cache blocks in the pool.").get();
+    blocks_total = &r.gauge("helios_kv_blocks_capacity", "KV cache blocks in the pool.").get();
     blocks_used = &r.gauge("helios_kv_blocks_used", "KV cache blocks held by sequences.").get();
     usage = &r.gauge("helios_kv_usage_ratio", "Share of KV cache blocks in use (0-1).").get();
     prompt_tokens = &r.counter("helios_prompt_tokens_total", "Prompt tokens admitted.").get();

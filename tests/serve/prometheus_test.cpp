@@ -1,0 +1,141 @@
+// /metrics of the real daemon, as Prometheus' own tools see it: promtool's parser and linter,
+// and a real Prometheus server scraping it on loopback.
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdlib>
+#include <future>
+
+#include "serve/daemon_process.h"
+
+namespace helios::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Runs `command` through the shell; returns its exit code, with its output in `output`.
+int run_shell(const std::string& command, std::string& output) {
+  ScratchDir dir("shell");
+  const auto out = dir.path() / "out.txt";
+  const int status = std::system((command + " > '" + out.string() + "' 2>&1").c_str());
+  output = helios::read_file(out);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// A port that was free a moment ago (Prometheus cannot be told to pick one and report it).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// Some traffic so that every family has samples: streams, a cancel, a rejected request.
+void exercise(const DaemonProcess& daemon) {
+  auto stub = daemon.inference();
+  std::vector<std::future<StreamResult>> streams;
+  for (const std::string& prompt : test_prompts(8)) {
+    streams.push_back(std::async(std::launch::async, [&stub, prompt] {
+      return generate(*stub, greedy_request(prompt, 16));
+    }));
+  }
+  for (auto& s : streams) ASSERT_TRUE(s.get().status.ok());
+  EXPECT_EQ(generate(*stub, greedy_request("", 4)).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+std::string scrape(const DaemonProcess& daemon, const std::string& path = "/metrics") {
+  httplib::Client client("127.0.0.1", daemon.http_port());
+  const auto response = client.Get(path.c_str());
+  if (!response) return "";
+  return response->body;
+}
+
+TEST(Metrics, PromtoolAcceptsTheDaemonsMetrics) {
+  DaemonProcess daemon(daemon_config("prose-micro"));
+  ASSERT_TRUE(daemon.wait_ready());
+  exercise(daemon);
+  const std::string text = scrape(daemon);
+  for (const char* family :
+       {"helios_time_to_first_token_seconds_bucket", "helios_inter_token_latency_seconds_bucket",
+        "helios_request_duration_seconds_bucket", "helios_queue_time_seconds_bucket",
+        "helios_requests_running", "helios_requests_waiting", "helios_kv_blocks_capacity",
+        "helios_kv_blocks_used", "helios_kv_usage_ratio", "helios_batch_size_bucket",
+        "helios_prompt_tokens_total", "helios_generation_tokens_total",
+        "helios_requests_finished_total{reason=\"length\"} 8", "helios_token_exits_total{",
+        "helios_greedy_exits_total{", "helios_resident_weight_bytes{model=\"prose-micro\"}",
+        "helios_loaded_layers{model=\"prose-micro\"} 4", "helios_requests_rejected_total{"}) {
+    EXPECT_NE(text.find(family), std::string::npos) << family << " missing from:\n" << text;
+  }
+  ScratchDir dir("promtool");
+  const auto file = dir.path() / "metrics.txt";
+  std::ofstream(file) << text;
+  std::string output;
+  EXPECT_EQ(run_shell("promtool check metrics < '" + file.string() + "'", output), 0) << output;
+  EXPECT_EQ(output, "") << "promtool lint findings";
+
+  httplib::Client client("127.0.0.1", daemon.http_port());
+  EXPECT_EQ(client.Get("/healthz")->status, 200);
+  EXPECT_EQ(client.Get("/readyz")->status, 200);
+  EXPECT_EQ(daemon.stop(), 0) << daemon.log();
+}
+
+TEST(Metrics, PrometheusScrapesTheDaemon) {
+  ASSERT_EQ(std::system("command -v prometheus > /dev/null"), 0)
+      << "prometheus not found (Debian package prometheus)";
+  DaemonProcess daemon(daemon_config("prose-micro"));
+  ASSERT_TRUE(daemon.wait_ready());
+  exercise(daemon);
+
+  ScratchDir dir("prometheus");
+  const int port = free_port();
+  const auto config = dir.path() / "prometheus.yml";
+  std::ofstream(config) << "global:\n  scrape_interval: 1s\n"
+                        << "scrape_configs:\n  - job_name: helios\n    static_configs:\n"
+                        << "      - targets: ['127.0.0.1:" << daemon.http_port() << "']\n";
+  const auto log = dir.path() / "prometheus.log";
+  const std::string command = "prometheus --config.file='" + config.string() +
+                              "' --storage.tsdb.path='" + (dir.path() / "data").string() +
+                              "' --web.listen-address=127.0.0.1:" + std::to_string(port) +
+                              " > '" + log.string() + "' 2>&1 & echo $!";
+  std::string pid_text;
+  ASSERT_EQ(run_shell(command, pid_text), 0);
+  const int prometheus_pid = std::stoi(pid_text);
+
+  // Ask Prometheus (not helios) for a helios metric until a scrape has landed.
+  httplib::Client client("127.0.0.1", port);
+  std::string body;
+  bool found = false;
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (!found && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(250ms);
+    const auto response =
+        client.Get("/api/v1/query?query=helios_generation_tokens_total%7Bjob%3D%22helios%22%7D");
+    if (!response || response->status != 200) continue;
+    body = response->body;
+    const auto json = nlohmann::json::parse(body, nullptr, false);
+    if (json.is_discarded() || json.value("status", "") != "success") continue;
+    const auto& result = json["data"]["result"];
+    if (result.empty()) continue;
+    found = true;
+    EXPECT_EQ(result[0]["metric"]["__name__"], "helios_generation_tokens_total");
+    EXPECT_EQ(std::stod(result[0]["value"][1].get<std::string>()), 8 * 16);
+  }
+  // The target is healthy from Prometheus' side too.
+  const auto targets = client.Get("/api/v1/targets");
+  ::kill(prometheus_pid, SIGTERM);
+  EXPECT_TRUE(found) << "last answer: " << body << "\nprometheus log:\n"
+                     << (std::filesystem::exists(log) ? helios::read_file(log) : "");
+  ASSERT_TRUE(targets);
+  EXPECT_NE(targets->body.find("\"health\":\"up\""), std::string::npos) << targets->body;
+  EXPECT_EQ(daemon.stop(), 0) << daemon.log();
+}
+
+}  // namespace
+}  // namespace helios::testing
