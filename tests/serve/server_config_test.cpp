@@ -1,0 +1,75 @@
+#include "helios/serve/server_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "common/expect_error.h"
+#include "common/scratch_dir.h"
+
+namespace helios::serve {
+namespace {
+
+using helios::testing::expect_error;
+using nlohmann::json;
+
+TEST(ServerConfig, DefaultsAndRelativeModelPath) {
+  const ServerConfig c = ServerConfig::from_json(json{{"model", {{"path", "zoo/m"}}}}, "/etc/h");
+  EXPECT_EQ(c.model_path, std::filesystem::path("/etc/h/zoo/m"));
+  EXPECT_EQ(c.grpc_address, "127.0.0.1:50051");
+  EXPECT_EQ(c.http_port, 9464);
+  EXPECT_EQ(c.limits.max_running, 64);
+  EXPECT_EQ(c.memory_budget_bytes, int64_t{256} << 20);
+  // to_json round-trips.
+  const ServerConfig again = ServerConfig::from_json(c.to_json(), "/elsewhere");
+  EXPECT_EQ(again.to_json(), c.to_json());
+}
+
+TEST(ServerConfig, TheShippedConfigParses) {
+  const ServerConfig c =
+      ServerConfig::from_file(std::string(HELIOS_SOURCE_DIR) + "/configs/server.json");
+  EXPECT_EQ(c.model_path.filename(), "mix-l");
+}
+
+TEST(ServerConfig, ErrorsNameTheKey) {
+  const json model = {{"path", "m"}};
+  struct Case {
+    json config;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {json{{"model", model}, {"schedular", json::object()}}, "schedular: unknown section"},
+      {json{{"model", model}, {"scheduler", {{"max_batch_token", 8}}}},
+       "scheduler.max_batch_token: unknown key"},
+      {json{{"model", model}, {"scheduler", {{"max_running_requests", 0}}}},
+       "scheduler.max_running_requests"},
+      {json{{"model", model}, {"scheduler", {{"max_running_requests", 64}, {"max_batch_tokens", 8}}}},
+       "scheduler.max_batch_tokens"},
+      {json{{"model", model}, {"memory", {{"budget_mib", "lots"}}}}, "memory.budget_mib"},
+      {json{{"model", {{"dtype", "int4"}, {"path", "m"}}}}, "model.dtype"},
+      {json{{"model", model}, {"grpc", {{"address", "localhost"}}}}, "grpc.address"},
+      {json{{"model", model}, {"metrics", {{"queue_time_buckets_seconds", {1, 0.5}}}}},
+       "metrics.queue_time_buckets_seconds"},
+      {json{{"early_exit", {{"threshold", 0.5}}}}, "model.path: is required"},
+      {json{{"model", model}, {"early_exit", {{"metric", "vibes"}}}}, "early_exit.metric"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.config.dump());
+    expect_error([&] { ServerConfig::from_json(c.config, "."); }, ErrorCode::kInvalidArgument,
+                 {c.needle});
+  }
+}
+
+TEST(ServerConfig, FileErrorsNameTheFile) {
+  helios::testing::ScratchDir dir("config");
+  const auto path = dir.path() / "bad.json";
+  std::ofstream(path) << "{ not json";
+  expect_error([&] { ServerConfig::from_file(path); }, ErrorCode::kInvalidArgument,
+               {path.string(), "not valid JSON"});
+  std::ofstream(path) << R"({"model": {"path": "m", "max_layers": -1}})";
+  expect_error([&] { ServerConfig::from_file(path); }, ErrorCode::kInvalidArgument,
+               {path.string(), "model.max_layers"});
+}
+
+}  // namespace
+}  // namespace helios::serve
