@@ -70,8 +70,9 @@ TEST(Serve, SixtyFourConcurrentStreamsMatchOneAtATime) {
   ASSERT_EQ(prompts.size(), 64u);
   constexpr uint32_t kTokens = 24;
   const std::vector<std::string> expected = sequential_texts(daemon, prompts, kTokens);
+  const uint64_t steps_before = daemon.status().steps();
   const std::vector<StreamResult> results = concurrent_streams(daemon, prompts, kTokens);
-  std::set<uint32_t> exit_layers;
+  const uint64_t steps = daemon.status().steps() - steps_before;
   for (size_t i = 0; i < prompts.size(); ++i) {
     SCOPED_TRACE("prompt " + std::to_string(i));
     ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
@@ -81,9 +82,9 @@ TEST(Serve, SixtyFourConcurrentStreamsMatchOneAtATime) {
     EXPECT_EQ(results[i].token_ids.size(), kTokens);
     EXPECT_GE(results[i].messages, 2);  // streamed, not one blob
   }
-  // The batch really was shared: the engine ran far fewer steps than tokens produced.
-  const v1::GetStatusResponse status = daemon.status();
-  EXPECT_LT(status.steps(), 64u * kTokens + 64u * kTokens / 2);
+  // The batch really was shared: one at a time took 64 x 24 steps; batched, the 64 streams
+  // need about 24 decode steps plus prefill steps, more if their arrivals straggle.
+  EXPECT_LT(steps, 400u);
   EXPECT_TRUE(wait_idle(daemon));
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
 }
