@@ -1,0 +1,167 @@
+// The continuous-batching engine on its own (no gRPC): batching, chunked prefill and
+// preemption must not change what a request produces.
+#include "helios/engine/serving_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "common/expect_error.h"
+#include "helios/common/files.h"
+
+namespace helios::engine {
+namespace {
+
+using namespace std::chrono_literals;
+
+const ModelInstance& micro_model() {
+  static const auto model =
+      ModelInstance::load(std::string(HELIOS_MICRO_ZOO_DIR) + "/prose-micro");
+  return *model;
+}
+
+std::vector<std::string> prompts(size_t count) {
+  const std::string text = read_file(std::string(HELIOS_DATA_DIR) + "/prose/test.txt");
+  std::vector<std::string> out;
+  for (size_t i = 0; i < count; ++i) {
+    std::string p = text.substr(5000 + i * 811, 40 + (i % 5) * 9);
+    for (char& c : p) {
+      if (static_cast<unsigned char>(c) >= 0x80) c = ' ';
+    }
+    out.push_back(p);
+  }
+  return out;
+}
+
+std::shared_ptr<Request> make_request(const std::string& prompt, int64_t max_tokens,
+                                      const std::string& id) {
+  RequestSpec spec;
+  spec.id = id;
+  spec.prompt.push_back(micro_model().tokenizer().bos_id());
+  for (const int32_t t : micro_model().tokenizer().encode(prompt)) spec.prompt.push_back(t);
+  spec.max_tokens = max_tokens;
+  spec.token_details = true;
+  return std::make_shared<Request>(std::move(spec));
+}
+
+// Waits for the request's final update; returns everything it produced, merged.
+Update result_of(Request& request, std::chrono::seconds timeout = 60s) {
+  Update all;
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    Update update;
+    if (request.channel().take(update)) all.merge(std::move(update));
+    if (all.finished()) return all;
+    std::this_thread::sleep_for(1ms);
+  }
+  ADD_FAILURE() << "request " << request.spec().id << " did not finish";
+  return all;
+}
+
+EngineOptions options(int64_t blocks, int64_t max_batch_tokens = 512) {
+  EngineOptions o;
+  o.model_name = "prose-micro";
+  o.kv_blocks = blocks;
+  o.limits.max_batch_tokens = max_batch_tokens;
+  return o;
+}
+
+std::vector<Update> run_all(ServingEngine& engine, const std::vector<std::string>& texts,
+                            int64_t max_tokens) {
+  std::vector<std::shared_ptr<Request>> requests;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    requests.push_back(make_request(texts[i], max_tokens, "r" + std::to_string(i)));
+    engine.submit(requests.back());
+  }
+  std::vector<Update> results;
+  for (auto& r : requests) results.push_back(result_of(*r));
+  return results;
+}
+
+std::vector<int32_t> ids(const Update& u) {
+  std::vector<int32_t> out;
+  for (const auto& t : u.tokens) out.push_back(t.id);
+  return out;
+}
+
+TEST(ServingEngine, BatchingChunkingAndPreemptionKeepEveryOutput) {
+  const std::vector<std::string> texts = prompts(12);
+  constexpr int64_t kTokens = 40;
+  // Reference: one request at a time, a roomy pool.
+  std::vector<Update> alone;
+  {
+    ServingEngine engine(micro_model(), options(256));
+    engine.start();
+    for (size_t i = 0; i < texts.size(); ++i) {
+      alone.push_back(run_all(engine, {texts[i]}, kTokens)[0]);
+    }
+  }
+  // All at once, prompts chunked 7 tokens a step, in a pool of 20 blocks (320 tokens) that
+  // cannot hold 12 sequences of ~90 tokens: chunking and preemption both happen.
+  ServingEngine engine(micro_model(), options(20, 12));
+  engine.start();
+  const std::vector<Update> batched = run_all(engine, texts, kTokens);
+  int64_t preemptions = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    EXPECT_EQ(batched[i].finish, Finish::kLength);
+    EXPECT_EQ(ids(batched[i]), ids(alone[i]));
+    EXPECT_EQ(batched[i].text, alone[i].text);
+    EXPECT_EQ(batched[i].usage.completion_tokens, kTokens);
+    preemptions += batched[i].usage.preemptions;
+  }
+  EXPECT_GT(preemptions, 0);
+  const EngineStats stats = engine.stats();
+  EXPECT_EQ(stats.preemptions, preemptions);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  EXPECT_EQ(engine.in_flight(), 0);
+}
+
+TEST(ServingEngine, CancelFreesBlocksAndFinishesCancelled) {
+  ServingEngine engine(micro_model(), options(64));
+  engine.start();
+  auto request = make_request(prompts(1)[0], 200, "long");
+  engine.submit(request);
+  while (engine.stats().kv_blocks_used == 0) std::this_thread::sleep_for(1ms);
+  request->cancel();
+  engine.wake();
+  const Update result = result_of(*request);
+  EXPECT_EQ(result.finish, Finish::kCancelled);
+  EXPECT_LT(result.usage.completion_tokens, 200);
+  EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+}
+
+TEST(ServingEngine, QueueLimitDuplicateIdsAndClose) {
+  EngineOptions o = options(64);
+  o.limits.max_queued = 1;
+  ServingEngine engine(micro_model(), o);  // not started: nothing leaves the queue
+  engine.submit(make_request("a", 4, "one"));
+  testing::expect_error([&] { engine.submit(make_request("b", 4, "two")); },
+                        ErrorCode::kResourceExhausted, {"max_queued_requests"});
+  o.limits.max_queued = 8;
+  ServingEngine roomy(micro_model(), o);
+  roomy.submit(make_request("a", 4, "same"));
+  testing::expect_error([&] { roomy.submit(make_request("b", 4, "same")); },
+                        ErrorCode::kFailedPrecondition, {"request_id", "same"});
+  roomy.close();
+  testing::expect_error([&] { roomy.submit(make_request("c", 4, "other")); },
+                        ErrorCode::kUnavailable, {"shutting down"});
+}
+
+TEST(ServingEngine, BudgetMustHoldWeightsAndOneContext) {
+  const ModelInstance& model = micro_model();
+  const int64_t weights = model.loaded().weights.resident_bytes();
+  testing::expect_error([&] { kv_blocks_for_budget(model, weights, 16, "memory.budget_mib"); },
+                        ErrorCode::kInvalidArgument, {"memory.budget_mib", "resident weights"});
+  const int64_t blocks = kv_blocks_for_budget(model, weights + (int64_t{8} << 20), 16, "x");
+  EXPECT_GE(blocks * 16, model.config().max_position_embeddings);
+  // Fewer loaded layers: fewer bytes per token, more blocks in the same budget.
+  model::LoadOptions shallow;
+  shallow.max_layers = 2;
+  const auto half = ModelInstance::load(std::string(HELIOS_MICRO_ZOO_DIR) + "/prose-micro", shallow);
+  const int64_t budget = weights + (int64_t{8} << 20);
+  EXPECT_GT(kv_blocks_for_budget(*half, budget, 16, "x"), blocks * 3 / 2);
+}
+
+}  // namespace
+}  // namespace helios::engine
