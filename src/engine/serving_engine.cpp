@@ -135,8 +135,9 @@ struct ServingEngine::Metrics {
         .labels({options.model_name})
         .set(static_cast<double>(model.transformer().loaded_layers()));
     kv_bytes = &r.gauge("helios_kv_cache_bytes", "Bytes of the KV cache pool.").get();
+    exit_by_layer.assign(model.transformer().loaded_layers() + 1, nullptr);
     for (const int32_t layer : model.transformer().exit_points()) {
-      exit_by_layer.push_back(&exits->labels({options.model_name, std::to_string(layer)}));
+      exit_by_layer[layer] = &exits->labels({options.model_name, std::to_string(layer)});
     }
     for (const Finish f : {Finish::kStop, Finish::kLength, Finish::kCancelled, Finish::kDeadline,
                            Finish::kError}) {
@@ -149,7 +150,7 @@ struct ServingEngine::Metrics {
   metrics::Counter *prompt_tokens, *generated_tokens, *greedy, *preemptions, *steps,
       *step_seconds, *forward_seconds;
   metrics::Family<metrics::Counter>*finished, *exits;
-  std::vector<metrics::Counter*> exit_by_layer;  // by index into exit_points()
+  std::vector<metrics::Counter*> exit_by_layer;  // by exit layer; null where no exit point
 };
 
 ServingEngine::ServingEngine(const ModelInstance& model, EngineOptions options,
@@ -186,7 +187,7 @@ void ServingEngine::submit(std::shared_ptr<Request> request) {
     if (closed_ || stopping_) {
       throw Error(ErrorCode::kUnavailable, "the server is shutting down");
     }
-    const int64_t queued = in_flight_.load() - running_count_.load();
+    const int64_t queued = in_flight_.load() - stats_.running;
     if (queued >= options_.limits.max_queued) {
       throw Error(ErrorCode::kResourceExhausted,
                   fmt::format("request queue is full ({} requests waiting, limit "
@@ -291,9 +292,9 @@ void ServingEngine::step() {
   schedule_prefills(prefills, budget);
   if (decodes.empty() && prefills.empty() && !running_.empty()) {
     // Every sequence in the batch is mid-prefill and the pool is full: the newest gives its
-    // blocks to the others rather than all of them waiting forever.
+    // blocks to the others rather than all of them waiting forever. (remove_finished() below
+    // drops the slot it leaves.)
     preempt(*running_.back());
-    std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s == nullptr; });
   }
 
   forward_seconds_ = 0.0;
@@ -324,7 +325,7 @@ void ServingEngine::step() {
   publish_stats();
 }
 
-bool ServingEngine::schedule_decodes(std::vector<Sequence*>& decodes, int64_t& budget) {
+void ServingEngine::schedule_decodes(std::vector<Sequence*>& decodes, int64_t& budget) {
   // Oldest first: when the pool runs dry, the newest sequences give way.
   for (size_t i = 0; i < running_.size(); ++i) {
     if (!running_[i]) continue;  // preempted below
@@ -337,7 +338,6 @@ bool ServingEngine::schedule_decodes(std::vector<Sequence*>& decodes, int64_t& b
   }
   // Preempted sequences were moved to the waiting queue; drop their slots in running_.
   std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s == nullptr; });
-  return !decodes.empty();
 }
 
 void ServingEngine::schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>& prefills,
@@ -456,9 +456,7 @@ void ServingEngine::accept_token(Sequence& sequence, const at::Tensor& logits,
   sequence.exit_layer_sum += exit.exit_layer;
   if (metrics_) {
     metrics_->generated_tokens->inc();
-    const auto& points = model_.transformer().exit_points();
-    const auto at = std::find(points.begin(), points.end(), exit.exit_layer);
-    if (at != points.end()) metrics_->exit_by_layer[at - points.begin()]->inc();
+    if (metrics::Counter* exits = metrics_->exit_by_layer.at(exit.exit_layer)) exits->inc();
     if (exit.greedy_exit) metrics_->greedy->inc();
     if (sequence.generated == 1) {
       metrics_->ttft->observe(seconds_between(sequence.request->arrival(), now));
@@ -540,7 +538,6 @@ void ServingEngine::remove_finished() {
 
 void ServingEngine::publish_stats() {
   const int64_t used = cache_.pool().used_blocks(), total = cache_.pool().total_blocks();
-  running_count_.store(static_cast<int64_t>(running_.size()));
   {
     std::lock_guard lock(mutex_);
     stats_.running = static_cast<int64_t>(running_.size());

@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <functional>
 #include <thread>
 
 #include "helios/common/error.h"
@@ -25,13 +26,14 @@ at::ScalarType parse_dtype(const std::string& dtype) {
   return at::kFloat;
 }
 
-// The services are owned here rather than by Daemon's members so that services.h (and the
-// generated gRPC headers) stay out of daemon.h.
-struct Services {
-  ServingContext context;
-  InferenceService inference{context};
-  AdminService admin{context};
-};
+// Polls `done` until it holds or `until` passes; true when it held.
+bool wait_until(const std::function<bool()>& done, std::chrono::steady_clock::time_point until) {
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -48,14 +50,13 @@ Daemon::~Daemon() {
 void Daemon::start() {
   started_ = std::chrono::steady_clock::now();
   registry_ = std::make_unique<metrics::Registry>();
-  auto services = std::make_shared<Services>();
-  services->context.config = &config_;
-  services->context.state = &state_;
-  services->context.started = started_;
-  services->context.rejected = &registry_->counter(
+  services_ = std::make_unique<Services>();
+  services_->context.config = &config_;
+  services_->context.state = &state_;
+  services_->context.started = started_;
+  services_->context.rejected = &registry_->counter(
       "helios_requests_rejected_total",
       "Inference calls refused before admission, by gRPC status code.", {"code"});
-  services_ = services;
 
   if (config_.http_port >= 0) {
     http_ = std::make_unique<metrics::HttpEndpoint>(metrics::HttpEndpoint::Handlers{
@@ -79,8 +80,8 @@ void Daemon::start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config_.grpc_address, grpc::InsecureServerCredentials(), &grpc_port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.grpc_max_message_bytes));
-  builder.RegisterService(&services->inference);
-  builder.RegisterService(&services->admin);
+  builder.RegisterService(&services_->inference);
+  builder.RegisterService(&services_->admin);
   server_ = builder.BuildAndStart();
   if (!server_ || grpc_port_ == 0) {
     throw Error(ErrorCode::kUnavailable,
@@ -120,7 +121,7 @@ void Daemon::load_model() {
   engine_ = std::make_unique<engine::ServingEngine>(*model_, engine_options, registry_.get());
   engine_->start();
 
-  auto& context = std::static_pointer_cast<Services>(services_)->context;
+  ServingContext& context = services_->context;
   const int64_t context_length = model_->config().max_position_embeddings;
   context.max_prompt_tokens = config_.max_prompt_tokens > 0
                                   ? std::min(config_.max_prompt_tokens, context_length)
@@ -159,28 +160,20 @@ void Daemon::shutdown() {
                  std::chrono::duration<double>(config_.drain_timeout_seconds));
     spdlog::info("draining {} requests in flight (timeout {} s)", engine_->in_flight(),
                  config_.drain_timeout_seconds);
-    while (engine_->in_flight() > 0 && std::chrono::steady_clock::now() < drain_until &&
-           !force_.load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    if (engine_->in_flight() > 0) {
+    const auto drained = [this] { return engine_->in_flight() == 0; };
+    wait_until([&] { return drained() || force_.load(); }, drain_until);
+    if (!drained()) {
       spdlog::warn("drain timeout: cancelling {} requests", engine_->in_flight());
       engine_->cancel_all();
-      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (engine_->in_flight() > 0 && std::chrono::steady_clock::now() < give_up) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
+      wait_until(drained, std::chrono::steady_clock::now() + std::chrono::seconds(5));
     }
   }
   // Lets the reactors write their last messages. gRPC's own Shutdown(deadline) would wait out
   // the whole deadline while any client keeps a connection open, so wait for our calls here
   // and then shut down at once (cancelling only watches and the like).
   if (services_) {
-    const auto& context = std::static_pointer_cast<Services>(services_)->context;
-    const auto calls_until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (context.open_calls.load() > 0 && std::chrono::steady_clock::now() < calls_until) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
+    wait_until([this] { return services_->context.open_calls.load() == 0; },
+               std::chrono::steady_clock::now() + std::chrono::seconds(5));
   }
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
   if (engine_) engine_->stop();

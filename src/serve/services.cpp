@@ -251,10 +251,10 @@ class CompleteReactor final : public ChannelReactor<grpc::ServerUnaryReactor> {
   grpc::ByteBuffer* response_;
 };
 
-template <typename Response>
-class FailedWriteReactor final : public grpc::ServerWriteReactor<Response> {
+// A Generate call refused before admission: finishes at once with the status.
+class FailedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  explicit FailedWriteReactor(const grpc::Status& status) { this->Finish(status); }
+  explicit FailedWriteReactor(const grpc::Status& status) { Finish(status); }
   void OnDone() override { delete this; }
 };
 
@@ -468,7 +468,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
     grpc::CallbackServerContext* call, const grpc::ByteBuffer* request) {
   std::shared_ptr<engine::Request> admitted;
   const grpc::Status status = admit(call, *request, admitted);
-  if (!status.ok()) return new FailedWriteReactor<grpc::ByteBuffer>(status);
+  if (!status.ok()) return new FailedWriteReactor(status);
   auto reactor =
       std::make_shared<GenerateReactor>(admitted, context_.engine.load(), context_.open_calls);
   reactor->begin();

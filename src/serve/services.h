@@ -81,4 +81,11 @@ class AdminService final : public v1::Admin::CallbackService {
   ServingContext& context_;
 };
 
+// What the daemon registers with gRPC, with the context the services share.
+struct Services {
+  ServingContext context;
+  InferenceService inference{context};
+  AdminService admin{context};
+};
+
 }  // namespace helios::serve

@@ -1,40 +1,17 @@
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <string>
 
-#include "common/scratch_dir.h"
+#include "common/run_command.h"
 #include "helios/metrics/registry.h"
 
 namespace helios::metrics {
 namespace {
 
-struct CheckResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs `promtool check metrics` (Prometheus' own parser plus its linter) on `text`.
-CheckResult promtool_check(const std::string& text) {
-  helios::testing::ScratchDir dir("promtool");
-  const auto input = dir.path() / "metrics.txt";
-  const auto output = dir.path() / "promtool.out";
-  std::ofstream(input, std::ios::binary) << text;
-  const std::string command =
-      "promtool check metrics < '" + input.string() + "' > '" + output.string() + "' 2>&1";
-  const int status = std::system(command.c_str());
-  CheckResult result;
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(output, std::ios::binary);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  result.output = buffer.str();
-  return result;
-}
+using helios::testing::CommandResult;
+using helios::testing::promtool_check;
 
 TEST(Promtool, AcceptsEveryMetricType) {
   ASSERT_EQ(std::system("command -v promtool > /dev/null"), 0)
@@ -62,7 +39,7 @@ TEST(Promtool, AcceptsEveryMetricType) {
   registry.gauge("helios_unused", "Registered with labels, never set.", {"model"});
 
   const std::string text = registry.render();
-  const CheckResult result = promtool_check(text);
+  const CommandResult result = promtool_check(text);
   EXPECT_EQ(result.exit_code, 0) << result.output << "\n--- rendered:\n" << text;
   EXPECT_EQ(result.output, "") << "--- rendered:\n" << text;
 }
@@ -71,10 +48,10 @@ TEST(Promtool, AcceptsEveryMetricType) {
 TEST(Promtool, RejectsWhatItShould) {
   ASSERT_EQ(std::system("command -v promtool > /dev/null"), 0)
       << "promtool not found (Debian package prometheus)";
-  const CheckResult lint = promtool_check("# HELP x A counter.\n# TYPE x counter\nx 1\n");
+  const CommandResult lint = promtool_check("# HELP x A counter.\n# TYPE x counter\nx 1\n");
   EXPECT_NE(lint.exit_code, 0);
   EXPECT_NE(lint.output, "");
-  const CheckResult parse = promtool_check("# TYPE x gauge\nx{a=\"unterminated} 1\n");
+  const CommandResult parse = promtool_check("# TYPE x gauge\nx{a=\"unterminated} 1\n");
   EXPECT_NE(parse.exit_code, 0);
 }
 

@@ -7,21 +7,13 @@
 #include <cstdlib>
 #include <future>
 
+#include "common/run_command.h"
 #include "serve/daemon_process.h"
 
 namespace helios::testing {
 namespace {
 
 using namespace std::chrono_literals;
-
-// Runs `command` through the shell; returns its exit code, with its output in `output`.
-int run_shell(const std::string& command, std::string& output) {
-  ScratchDir dir("shell");
-  const auto out = dir.path() / "out.txt";
-  const int status = std::system((command + " > '" + out.string() + "' 2>&1").c_str());
-  output = helios::read_file(out);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // A port that was free a moment ago (Prometheus cannot be told to pick one and report it).
 int free_port() {
@@ -73,12 +65,9 @@ TEST(Metrics, PromtoolAcceptsTheDaemonsMetrics) {
         "helios_loaded_layers{model=\"prose-micro\"} 4", "helios_requests_rejected_total{"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family << " missing from:\n" << text;
   }
-  ScratchDir dir("promtool");
-  const auto file = dir.path() / "metrics.txt";
-  std::ofstream(file) << text;
-  std::string output;
-  EXPECT_EQ(run_shell("promtool check metrics < '" + file.string() + "'", output), 0) << output;
-  EXPECT_EQ(output, "") << "promtool lint findings";
+  const CommandResult promtool = promtool_check(text);
+  EXPECT_EQ(promtool.exit_code, 0) << promtool.output;
+  EXPECT_EQ(promtool.output, "") << "promtool lint findings";
 
   httplib::Client client("127.0.0.1", daemon.http_port());
   EXPECT_EQ(client.Get("/healthz")->status, 200);
@@ -100,13 +89,12 @@ TEST(Metrics, PrometheusScrapesTheDaemon) {
                         << "scrape_configs:\n  - job_name: helios\n    static_configs:\n"
                         << "      - targets: ['127.0.0.1:" << daemon.http_port() << "']\n";
   const auto log = dir.path() / "prometheus.log";
-  const std::string command = "prometheus --config.file='" + config.string() +
-                              "' --storage.tsdb.path='" + (dir.path() / "data").string() +
-                              "' --web.listen-address=127.0.0.1:" + std::to_string(port) +
-                              " > '" + log.string() + "' 2>&1 & echo $!";
-  std::string pid_text;
-  ASSERT_EQ(run_shell(command, pid_text), 0);
-  const int prometheus_pid = std::stoi(pid_text);
+  const CommandResult started = run_command(
+      "prometheus --config.file='" + config.string() + "' --storage.tsdb.path='" +
+      (dir.path() / "data").string() + "' --web.listen-address=127.0.0.1:" +
+      std::to_string(port) + " > '" + log.string() + "' 2>&1 & echo $!");
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  const int prometheus_pid = std::stoi(started.output);
 
   // Ask Prometheus (not helios) for a helios metric until a scrape has landed.
   httplib::Client client("127.0.0.1", port);

@@ -104,7 +104,7 @@ class ServingEngine {
   void step();
   void ingest();
   void reap();
-  bool schedule_decodes(std::vector<Sequence*>& decodes, int64_t& budget);
+  void schedule_decodes(std::vector<Sequence*>& decodes, int64_t& budget);
   void schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>& prefills, int64_t& budget);
   bool reserve_or_preempt(Sequence& sequence, int64_t new_length);
   void preempt(Sequence& victim);
@@ -128,7 +128,6 @@ class ServingEngine {
   bool closed_ = false;
   bool stopping_ = false;
   std::atomic<int64_t> in_flight_{0};
-  std::atomic<int64_t> running_count_{0};
   std::atomic<bool> cancel_all_{false};
   EngineStats stats_;  // guarded by mutex_
 

@@ -27,6 +27,8 @@ namespace helios::serve {
 
 enum class ServerState { kLoading, kServing, kDraining, kStopped };
 
+struct Services;  // the gRPC services and the context they share (src/serve/services.h)
+
 // The helios daemon: the HTTP endpoint, the gRPC server (Inference, Admin, health,
 // reflection) and the serving engine, with their lifecycle. start() brings everything up and
 // returns once the model serves; shutdown() drains: health goes NOT_SERVING, new calls get
@@ -58,7 +60,7 @@ class Daemon {
   std::unique_ptr<metrics::HttpEndpoint> http_;
   std::unique_ptr<engine::ModelInstance> model_;
   std::unique_ptr<engine::ServingEngine> engine_;
-  std::shared_ptr<void> services_;  // the gRPC services and the context they share
+  std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
   int http_port_ = 0;
