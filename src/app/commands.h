@@ -33,5 +33,6 @@ void add_zoo_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_client_command(CLI::App& app);
+void add_validate_config_command(CLI::App& app);
 
 }  // namespace helios::app

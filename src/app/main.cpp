@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   helios::app::add_convert_command(app);
   helios::app::add_serve_command(app);
   helios::app::add_client_command(app);
+  helios::app::add_validate_config_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,78 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "helios/model/config.h"
+
+namespace helios::controller {
+
+// Memory and compute facts of a model at any depth, from its config (no weights loaded).
+struct ModelFootprint {
+  int64_t fixed_bytes = 0;               // embed_tokens + final norm (+ lm_head when not tied)
+  int64_t layer_bytes = 0;               // one decoder layer's nine tensors
+  int64_t kv_bytes_per_token_layer = 0;  // keys + values of one token in one layer
+  int64_t context_length = 0;            // max_position_embeddings
+  int64_t total_layers = 0;
+  // k_proj + v_proj flops over all linear flops of one layer per token: what a skipped layer
+  // still costs, since its K/V are filled from the exit state. (Attention-score flops depend on
+  // the context length and are left out.)
+  double kv_projection_share = 0.0;
+
+  int64_t weight_bytes(int64_t depth) const { return fixed_bytes + depth * layer_bytes; }
+  static ModelFootprint of(const model::ModelConfig& config, int64_t element_size);
+};
+
+// One row of the Performance History Table: what profiling one candidate measured.
+struct ProfileRow {
+  std::string model;  // candidate name = directory name
+  std::filesystem::path path;
+  ModelFootprint footprint;
+  int64_t profiled_layers = 0;       // depth loaded while profiled (normally the full depth)
+  std::vector<int32_t> exit_points;  // 1-based exit layers within profiled_layers, ascending
+  int64_t requests = 0;              // requests whose telemetry is in the row
+  std::vector<int64_t> generated_exits;  // per exit point index: generated tokens that left there
+  // Prompt telemetry summed over the row's requests, indexed by exit point index:
+  std::vector<double> prompt_nll_sum;         // NLL if every position left at this exit point
+  std::vector<double> prompt_policy_nll_sum;  // NLL if each position left at its first
+                                              // confident exit, capped at this exit point
+  int64_t prompt_tokens = 0;                  // scored positions
+  double decode_tokens_per_second = 0;  // generated tokens / engine-step seconds in the window
+  double mean_batch = 0;                // mean sequences per engine step in the window
+  double peak_concurrency = 0;          // most requests in flight (running + waiting)
+  double tpot_p95_ms = 0, tpot_mean_ms = 0, ttft_p95_ms = 0;
+  double energy_joules_per_token = 0;  // estimate
+  int64_t profiled_at_request = 0;     // controller's request count when the row was completed
+};
+
+// The Performance History Table: one row per profiled candidate, keyed by model name.
+class PerformanceTable {
+ public:
+  // Replaces the row of the same model, or appends.
+  void upsert(ProfileRow row);
+  const ProfileRow* find(std::string_view model) const;
+  const std::vector<ProfileRow>& rows() const { return rows_; }
+  void clear() { rows_.clear(); }
+  // True when `interval` > 0 requests have passed since the row was profiled.
+  bool stale(const ProfileRow& row, int64_t now_requests, int64_t interval) const;
+
+ private:
+  std::vector<ProfileRow> rows_;
+};
+
+// Share of generated tokens whose exit layer is <= depth (what a load of `depth` layers serves
+// without a greedy exit). With no generated tokens: 1 at the profiled depth, else 0.
+double coverage(const ProfileRow& row, int64_t depth);
+// exp(mean full-depth prompt NLL); +infinity without scored prompt tokens.
+double full_depth_perplexity(const ProfileRow& row);
+// Prompt perplexity when loaded to `depth`: confident positions leave at their exit, the rest
+// greedily at the deepest exit point <= depth. +infinity when no exit point is <= depth or no
+// prompt token was scored.
+double policy_perplexity(const ProfileRow& row, int64_t depth);
+// E[min(exit layer, depth)] over generated tokens (`depth` when none were generated).
+double mean_layers_run(const ProfileRow& row, int64_t depth);
+
+}  // namespace helios::controller

@@ -1,0 +1,59 @@
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string_view>
+
+namespace helios::controller {
+
+// What the controller maximises among the options that meet every constraint.
+enum class Objective { kThroughput, kLatency, kEnergy };
+std::string_view objective_name(Objective objective);
+
+// The operator's SLO file (JSON with comments; configs/slo.json documents every key). Every key
+// but model_repository is optional; unknown keys are errors so a typo never leaves a default
+// silently in place. Every error is helios::Error(kInvalidArgument) whose message starts with
+// the dotted key, e.g. "constraints.p95_tpot_ms: must be a positive number or null, got -3".
+struct SloConfig {
+  Objective objective = Objective::kThroughput;
+  // constraints
+  double max_perplexity_increase = 0.05;  // relative to the best full-depth perplexity
+  std::optional<double> p95_ttft_ms;      // unset: no constraint
+  std::optional<double> p95_tpot_ms;
+  // early_exit
+  double exit_threshold = 0.5;
+  double load_quantile = 0.8;  // share of generated tokens the loaded depth must cover
+  // controller
+  int64_t candidates_top_k = 3;
+  int64_t profile_requests = 5;
+  int64_t reprofile_interval_requests = 150;  // 0 = never
+  int64_t breach_window_tokens = 100;
+  int64_t breach_max = 50;
+  int64_t drift_window_requests = 32;
+  double monitor_sample_rate = 0.25;
+  // Absolute once parsed (relative paths are resolved against the SLO file's directory).
+  std::filesystem::path model_repository;
+
+  // Parses `text`; `base_dir` resolves a relative model_repository, which must exist and be a
+  // directory. JSON syntax errors name `source_name` and the line.
+  static SloConfig parse(std::string_view text, const std::filesystem::path& base_dir,
+                         std::string_view source_name);
+  // Reads and parses `path`; a missing or unreadable file is an error naming the path.
+  static SloConfig from_file(const std::filesystem::path& path);
+
+  // Checks every range (not the repository on disk): parse() calls it, and so may code that
+  // builds a config by hand.
+  void validate() const;
+  // The effective config in the file's layout; parse(to_json().dump(), ...) gives it back.
+  nlohmann::json to_json() const;
+  bool operator==(const SloConfig&) const = default;
+};
+
+// True when a config document is an SLO file rather than a server config: its top-level
+// object has "objective", "model_repository" or "constraints" (keys no server config has).
+bool looks_like_slo_config(const nlohmann::json& root);
+
+}  // namespace helios::controller

@@ -1,0 +1,114 @@
+#include "helios/controller/performance_table.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+
+#include "helios/model/weights.h"
+
+namespace helios::controller {
+namespace {
+
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  return n;
+}
+
+int64_t generated_total(const ProfileRow& row) {
+  int64_t total = 0;
+  for (const int64_t n : row.generated_exits) total += n;
+  return total;
+}
+
+}  // namespace
+
+ModelFootprint ModelFootprint::of(const model::ModelConfig& config, int64_t element_size) {
+  ModelFootprint f;
+  // The layer shapes come from the same specs the loaders check tensors against, so the
+  // footprint cannot drift from what a load really holds.
+  int64_t layer_elements = 0;
+  int64_t linear_elements = 0;
+  int64_t kv_elements = 0;
+  const std::vector<model::TensorSpec> specs = model::layer_tensor_specs(config, 0);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const int64_t n = numel(specs[i].shape);
+    layer_elements += n;
+    if (specs[i].shape.size() == 2) linear_elements += n;  // a linear: one MAC per weight
+    if (i == 2 || i == 3) kv_elements += n;                // k_proj, v_proj (tensors() order)
+  }
+  const int64_t embed = config.vocab_size * config.hidden_size;
+  f.fixed_bytes = (embed + config.hidden_size + (config.tie_word_embeddings ? 0 : embed)) *
+                  element_size;
+  f.layer_bytes = layer_elements * element_size;
+  f.kv_bytes_per_token_layer =
+      2 * config.num_key_value_heads * config.head_dim() * element_size;
+  f.context_length = config.max_position_embeddings;
+  f.total_layers = config.num_hidden_layers;
+  f.kv_projection_share = linear_elements > 0 ? static_cast<double>(kv_elements) /
+                                                    static_cast<double>(linear_elements)
+                                              : 0.0;
+  return f;
+}
+
+void PerformanceTable::upsert(ProfileRow row) {
+  const auto it = std::find_if(rows_.begin(), rows_.end(),
+                               [&](const ProfileRow& r) { return r.model == row.model; });
+  if (it == rows_.end()) {
+    rows_.push_back(std::move(row));
+  } else {
+    *it = std::move(row);
+  }
+}
+
+const ProfileRow* PerformanceTable::find(std::string_view model) const {
+  const auto it = std::find_if(rows_.begin(), rows_.end(),
+                               [&](const ProfileRow& r) { return r.model == model; });
+  return it == rows_.end() ? nullptr : &*it;
+}
+
+bool PerformanceTable::stale(const ProfileRow& row, int64_t now_requests,
+                             int64_t interval) const {
+  return interval > 0 && now_requests - row.profiled_at_request >= interval;
+}
+
+double coverage(const ProfileRow& row, int64_t depth) {
+  const int64_t total = generated_total(row);
+  if (total == 0) return depth >= row.profiled_layers ? 1.0 : 0.0;
+  int64_t covered = 0;
+  for (size_t i = 0; i < row.exit_points.size() && i < row.generated_exits.size(); ++i) {
+    if (row.exit_points[i] <= depth) covered += row.generated_exits[i];
+  }
+  return static_cast<double>(covered) / static_cast<double>(total);
+}
+
+double full_depth_perplexity(const ProfileRow& row) {
+  if (row.prompt_tokens <= 0 || row.prompt_nll_sum.empty()) return kInfinity;
+  return std::exp(row.prompt_nll_sum.back() / static_cast<double>(row.prompt_tokens));
+}
+
+double policy_perplexity(const ProfileRow& row, int64_t depth) {
+  if (row.prompt_tokens <= 0) return kInfinity;
+  std::optional<size_t> deepest;
+  for (size_t i = 0; i < row.exit_points.size() && i < row.prompt_policy_nll_sum.size(); ++i) {
+    if (row.exit_points[i] <= depth) deepest = i;
+  }
+  if (!deepest) return kInfinity;
+  return std::exp(row.prompt_policy_nll_sum[*deepest] / static_cast<double>(row.prompt_tokens));
+}
+
+double mean_layers_run(const ProfileRow& row, int64_t depth) {
+  const int64_t total = generated_total(row);
+  if (total == 0) return static_cast<double>(depth);
+  double layers = 0.0;
+  for (size_t i = 0; i < row.exit_points.size() && i < row.generated_exits.size(); ++i) {
+    layers += static_cast<double>(std::min<int64_t>(row.exit_points[i], depth)) *
+              static_cast<double>(row.generated_exits[i]);
+  }
+  return layers / static_cast<double>(total);
+}
+
+}  // namespace helios::controller

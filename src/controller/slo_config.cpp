@@ -1,0 +1,247 @@
+#include "helios/controller/slo_config.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "helios/common/error.h"
+#include "helios/common/files.h"
+
+namespace helios::controller {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+[[noreturn]] void fail(const std::string& key, const std::string& what) {
+  throw Error(ErrorCode::kInvalidArgument, key + ": " + what);
+}
+
+std::string show(double value) { return fmt::format("{}", value); }
+
+// One object of the file (the root, "constraints", ...): typed getters that name the full
+// dotted key in their errors and leave the target untouched when the key is absent. Ranges are
+// checked afterwards by SloConfig::validate, so hand-built configs get the same messages.
+class Section {
+ public:
+  Section(const json& root, std::string name) : name_(std::move(name)) {
+    if (name_.empty()) {
+      object_ = &root;
+      return;
+    }
+    const auto it = root.find(name_);
+    if (it == root.end() || it->is_null()) return;
+    if (!it->is_object()) fail(name_, "must be an object");
+    object_ = &*it;
+  }
+
+  std::string path(const std::string& key) const { return name_.empty() ? key : name_ + "." + key; }
+
+  // The value of `key`, or nullptr when absent. A JSON null is returned as a value: only the
+  // latency constraints accept it (meaning "no constraint"); elsewhere it is a type error.
+  const json* find(const std::string& key) {
+    read_.insert(key);
+    if (object_ == nullptr) return nullptr;
+    const auto it = object_->find(key);
+    return it == object_->end() ? nullptr : &*it;
+  }
+
+  void integer(const std::string& key, int64_t& out) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (!(v->is_number_integer() || v->is_number_unsigned())) {
+      fail(path(key), "must be an integer, got " + v->dump());
+    }
+    out = v->get<int64_t>();
+  }
+  void number(const std::string& key, double& out) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (!v->is_number() || !std::isfinite(v->get<double>())) {
+      fail(path(key), "must be a number, got " + v->dump());
+    }
+    out = v->get<double>();
+  }
+  // A positive number, or null for "no constraint".
+  void optional_positive(const std::string& key, std::optional<double>& out) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (v->is_null()) {
+      out.reset();
+      return;
+    }
+    if (!v->is_number() || !std::isfinite(v->get<double>()) || !(v->get<double>() > 0)) {
+      fail(path(key), "must be a positive number or null, got " + v->dump());
+    }
+    out = v->get<double>();
+  }
+  void string(const std::string& key, std::string& out) {
+    const json* v = find(key);
+    if (v == nullptr) return;
+    if (!v->is_string()) fail(path(key), "must be a string, got " + v->dump());
+    out = v->get<std::string>();
+  }
+  void check_unknown() const {
+    if (object_ == nullptr) return;
+    for (const auto& [key, value] : object_->items()) {
+      if (!read_.contains(key)) fail(path(key), "unknown key");
+    }
+  }
+
+ private:
+  std::string name_;
+  const json* object_ = nullptr;
+  std::set<std::string> read_;
+};
+
+Objective parse_objective(const std::string& name) {
+  for (const Objective o : {Objective::kThroughput, Objective::kLatency, Objective::kEnergy}) {
+    if (objective_name(o) == name) return o;
+  }
+  fail("objective", "must be one of throughput, latency, energy, got \"" + name + "\"");
+}
+
+void require(bool ok, const std::string& key, const std::string& requirement, double value) {
+  if (!ok) fail(key, "must be " + requirement + ", got " + show(value));
+}
+
+SloConfig from_json(const json& root, const fs::path& base_dir) {
+  if (!root.is_object()) fail("config", "must be a JSON object");
+  SloConfig c;
+
+  Section top(root, "");
+  std::string objective(objective_name(c.objective));
+  top.string("objective", objective);
+  c.objective = parse_objective(objective);
+  std::string repository;
+  top.string("model_repository", repository);
+  // The sections are read before the unknown-key check so their names count as known.
+  Section constraints(root, "constraints");
+  Section early_exit(root, "early_exit");
+  Section controller(root, "controller");
+  for (const char* section : {"constraints", "early_exit", "controller"}) top.find(section);
+  top.check_unknown();
+
+  constraints.number("max_perplexity_increase", c.max_perplexity_increase);
+  constraints.optional_positive("p95_ttft_ms", c.p95_ttft_ms);
+  constraints.optional_positive("p95_tpot_ms", c.p95_tpot_ms);
+  constraints.check_unknown();
+
+  early_exit.number("threshold", c.exit_threshold);
+  early_exit.number("load_quantile", c.load_quantile);
+  early_exit.check_unknown();
+
+  controller.integer("candidates_top_k", c.candidates_top_k);
+  controller.integer("profile_requests", c.profile_requests);
+  controller.integer("reprofile_interval_requests", c.reprofile_interval_requests);
+  controller.integer("breach_window_tokens", c.breach_window_tokens);
+  controller.integer("breach_max", c.breach_max);
+  controller.integer("drift_window_requests", c.drift_window_requests);
+  controller.number("monitor_sample_rate", c.monitor_sample_rate);
+  controller.check_unknown();
+
+  c.validate();
+
+  if (repository.empty()) fail("model_repository", "is required");
+  const fs::path repo(repository);
+  c.model_repository = (repo.is_absolute() ? repo : base_dir / repo).lexically_normal();
+  std::error_code ec;
+  if (!fs::is_directory(c.model_repository, ec)) {
+    fail("model_repository", "must be an existing directory, got " + c.model_repository.string());
+  }
+  return c;
+}
+
+}  // namespace
+
+std::string_view objective_name(Objective objective) {
+  switch (objective) {
+    case Objective::kThroughput: return "throughput";
+    case Objective::kLatency: return "latency";
+    case Objective::kEnergy: return "energy";
+  }
+  return "unknown";
+}
+
+SloConfig SloConfig::parse(std::string_view text, const fs::path& base_dir,
+                           std::string_view source_name) {
+  json root;
+  try {
+    root = json::parse(text, nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    // nlohmann's message carries "at line L, column C".
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string(source_name) + ": not valid JSON: " + e.what());
+  }
+  return from_json(root, base_dir);
+}
+
+SloConfig SloConfig::from_file(const fs::path& path) {
+  const std::string text = read_file(path);
+  return parse(text, path.parent_path(), path.string());
+}
+
+void SloConfig::validate() const {
+  const auto finite = [](double x) { return std::isfinite(x); };
+  require(finite(max_perplexity_increase) && max_perplexity_increase >= 0,
+          "constraints.max_perplexity_increase", "a number >= 0", max_perplexity_increase);
+  if (p95_ttft_ms) {
+    require(finite(*p95_ttft_ms) && *p95_ttft_ms > 0, "constraints.p95_ttft_ms",
+            "a positive number or null", *p95_ttft_ms);
+  }
+  if (p95_tpot_ms) {
+    require(finite(*p95_tpot_ms) && *p95_tpot_ms > 0, "constraints.p95_tpot_ms",
+            "a positive number or null", *p95_tpot_ms);
+  }
+  require(finite(exit_threshold) && exit_threshold >= 0, "early_exit.threshold", "a number >= 0",
+          exit_threshold);
+  require(finite(load_quantile) && load_quantile > 0 && load_quantile <= 1,
+          "early_exit.load_quantile", "in (0, 1]", load_quantile);
+  const auto at_least = [](int64_t value, int64_t minimum, const std::string& key) {
+    if (value < minimum) fail(key, "must be >= " + std::to_string(minimum) + ", got " + std::to_string(value));
+  };
+  at_least(candidates_top_k, 1, "controller.candidates_top_k");
+  at_least(profile_requests, 1, "controller.profile_requests");
+  at_least(reprofile_interval_requests, 0, "controller.reprofile_interval_requests");
+  at_least(breach_window_tokens, 1, "controller.breach_window_tokens");
+  if (breach_max < 1 || breach_max > breach_window_tokens) {
+    fail("controller.breach_max", "must be in [1, controller.breach_window_tokens = " +
+                                      std::to_string(breach_window_tokens) + "], got " +
+                                      std::to_string(breach_max));
+  }
+  at_least(drift_window_requests, 4, "controller.drift_window_requests");
+  require(finite(monitor_sample_rate) && monitor_sample_rate >= 0 && monitor_sample_rate <= 1,
+          "controller.monitor_sample_rate", "in [0, 1]", monitor_sample_rate);
+}
+
+nlohmann::json SloConfig::to_json() const {
+  const auto optional = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
+  return json{
+      {"objective", objective_name(objective)},
+      {"constraints",
+       {{"max_perplexity_increase", max_perplexity_increase},
+        {"p95_ttft_ms", optional(p95_ttft_ms)},
+        {"p95_tpot_ms", optional(p95_tpot_ms)}}},
+      {"early_exit", {{"threshold", exit_threshold}, {"load_quantile", load_quantile}}},
+      {"controller",
+       {{"candidates_top_k", candidates_top_k},
+        {"profile_requests", profile_requests},
+        {"reprofile_interval_requests", reprofile_interval_requests},
+        {"breach_window_tokens", breach_window_tokens},
+        {"breach_max", breach_max},
+        {"drift_window_requests", drift_window_requests},
+        {"monitor_sample_rate", monitor_sample_rate}}},
+      {"model_repository", model_repository.string()},
+  };
+}
+
+bool looks_like_slo_config(const nlohmann::json& root) {
+  return root.is_object() &&
+         (root.contains("objective") || root.contains("model_repository") ||
+          root.contains("constraints"));
+}
+
+}  // namespace helios::controller

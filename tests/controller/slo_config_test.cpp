@@ -1,0 +1,167 @@
+#include "helios/controller/slo_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "common/expect_error.h"
+#include "common/scratch_dir.h"
+
+namespace helios::controller {
+namespace {
+
+using helios::testing::expect_error;
+using helios::testing::ScratchDir;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+class SloConfigTest : public ::testing::Test {
+ protected:
+  SloConfigTest() { fs::create_directories(scratch_.path() / "zoo"); }
+
+  SloConfig parse(const std::string& text) {
+    return SloConfig::parse(text, scratch_.path() / "configs", "slo.json");
+  }
+  // A config with `key` (dotted path) set to `value`, and the repository that exists.
+  std::string with(const std::string& section, const std::string& key, const json& value) {
+    json root = {{"model_repository", "../zoo"}};
+    if (section.empty()) {
+      root[key] = value;
+    } else {
+      root[section][key] = value;
+    }
+    return root.dump();
+  }
+
+  ScratchDir scratch_{"slo"};
+};
+
+TEST_F(SloConfigTest, DefaultsWithCommentsAndRelativeRepository) {
+  const SloConfig c = parse(R"(// the operator's notes
+    { /* block comment */ "model_repository": "../zoo" // trailing
+    })");
+  EXPECT_EQ(c.objective, Objective::kThroughput);
+  EXPECT_DOUBLE_EQ(c.max_perplexity_increase, 0.05);
+  EXPECT_FALSE(c.p95_ttft_ms.has_value());
+  EXPECT_FALSE(c.p95_tpot_ms.has_value());
+  EXPECT_DOUBLE_EQ(c.exit_threshold, 0.5);
+  EXPECT_DOUBLE_EQ(c.load_quantile, 0.8);
+  EXPECT_EQ(c.candidates_top_k, 3);
+  EXPECT_EQ(c.profile_requests, 5);
+  EXPECT_EQ(c.reprofile_interval_requests, 150);
+  EXPECT_EQ(c.breach_window_tokens, 100);
+  EXPECT_EQ(c.breach_max, 50);
+  EXPECT_EQ(c.drift_window_requests, 32);
+  EXPECT_DOUBLE_EQ(c.monitor_sample_rate, 0.25);
+  EXPECT_EQ(c.model_repository, (scratch_.path() / "zoo").lexically_normal());
+}
+
+TEST_F(SloConfigTest, EveryKeyIsReadAndRoundTrips) {
+  const SloConfig c = parse(R"({
+    "objective": "latency",
+    "constraints": {"max_perplexity_increase": 0.1, "p95_ttft_ms": 250, "p95_tpot_ms": 2.5},
+    "early_exit": {"threshold": 0.7, "load_quantile": 0.9},
+    "controller": {"candidates_top_k": 2, "profile_requests": 7,
+                   "reprofile_interval_requests": 0, "breach_window_tokens": 40,
+                   "breach_max": 40, "drift_window_requests": 4, "monitor_sample_rate": 1},
+    "model_repository": ")" + (scratch_.path() / "zoo").string() + R"("})");
+  EXPECT_EQ(c.objective, Objective::kLatency);
+  EXPECT_DOUBLE_EQ(*c.p95_ttft_ms, 250);
+  EXPECT_DOUBLE_EQ(*c.p95_tpot_ms, 2.5);
+  EXPECT_DOUBLE_EQ(c.exit_threshold, 0.7);
+  EXPECT_EQ(c.reprofile_interval_requests, 0);
+  EXPECT_EQ(c.breach_max, 40);
+  EXPECT_EQ(c.drift_window_requests, 4);
+  EXPECT_EQ(SloConfig::parse(c.to_json().dump(), "/elsewhere", "again"), c);
+  EXPECT_EQ(c.to_json()["constraints"]["p95_ttft_ms"], 250);
+  EXPECT_TRUE(parse(with("", "objective", "energy")).objective == Objective::kEnergy);
+}
+
+TEST_F(SloConfigTest, ErrorsStartWithTheKey) {
+  struct Case {
+    std::string text;
+    std::string prefix;
+  };
+  const std::vector<Case> cases = {
+      {with("", "objective", "speed"), "objective: must be one of throughput, latency, energy"},
+      {with("constraints", "p95_tpot_ms", -3),
+       "constraints.p95_tpot_ms: must be a positive number or null, got -3"},
+      {with("constraints", "p95_ttft_ms", 0), "constraints.p95_ttft_ms:"},
+      {with("constraints", "max_perplexity_increase", -0.1),
+       "constraints.max_perplexity_increase:"},
+      {with("early_exit", "threshold", -1), "early_exit.threshold:"},
+      {with("early_exit", "load_quantile", 0), "early_exit.load_quantile:"},
+      {with("early_exit", "load_quantile", 1.5), "early_exit.load_quantile:"},
+      {with("controller", "candidates_top_k", 0), "controller.candidates_top_k:"},
+      {with("controller", "candidates_top_k", 2.5), "controller.candidates_top_k: must be an integer"},
+      {with("controller", "profile_requests", 0), "controller.profile_requests:"},
+      {with("controller", "reprofile_interval_requests", -1),
+       "controller.reprofile_interval_requests:"},
+      {with("controller", "breach_window_tokens", 0), "controller.breach_window_tokens:"},
+      {with("controller", "breach_max", 101), "controller.breach_max:"},
+      {with("controller", "breach_max", 0), "controller.breach_max:"},
+      {with("controller", "drift_window_requests", 3), "controller.drift_window_requests:"},
+      {with("controller", "monitor_sample_rate", 1.01), "controller.monitor_sample_rate:"},
+      {with("controller", "monitor_sample_rate", "often"), "controller.monitor_sample_rate:"},
+      {with("controller", "breach_maximum", 3), "controller.breach_maximum: unknown key"},
+      {with("", "objectives", "latency"), "objectives: unknown key"},
+      {with("", "constraints", 5), "constraints: must be an object"},
+      {R"({"objective": "latency"})", "model_repository: is required"},
+  };
+  for (const Case& c : cases) {
+    try {
+      parse(c.text);
+      ADD_FAILURE() << "accepted " << c.text;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_EQ(std::string(e.what()).rfind(c.prefix, 0), 0u)
+          << "message \"" << e.what() << "\" does not start with \"" << c.prefix << "\"";
+    }
+  }
+}
+
+TEST_F(SloConfigTest, SyntaxErrorsNameTheSourceAndLine) {
+  expect_error([&] { parse("{\n  \"objective\": \"latency\",\n  oops\n}"); },
+               ErrorCode::kInvalidArgument, {"slo.json", "line 3"});
+}
+
+TEST_F(SloConfigTest, RepositoryMustBeADirectory) {
+  expect_error([&] { parse(R"({"model_repository": "../missing"})"); },
+               ErrorCode::kInvalidArgument,
+               {"model_repository", (scratch_.path() / "missing").string()});
+  std::ofstream(scratch_.path() / "file") << "x";
+  expect_error([&] { parse(R"({"model_repository": "../file"})"); },
+               ErrorCode::kInvalidArgument, {"model_repository"});
+}
+
+TEST_F(SloConfigTest, FromFileResolvesAgainstTheFileAndNamesMissingFiles) {
+  fs::create_directories(scratch_.path() / "configs");
+  const fs::path file = scratch_.path() / "configs" / "slo.json";
+  std::ofstream(file) << R"({"model_repository": "../zoo", "objective": "energy"})";
+  const SloConfig c = SloConfig::from_file(file);
+  EXPECT_EQ(c.objective, Objective::kEnergy);
+  EXPECT_EQ(c.model_repository, (scratch_.path() / "zoo").lexically_normal());
+  const fs::path missing = scratch_.path() / "configs" / "nope.json";
+  expect_error([&] { SloConfig::from_file(missing); }, ErrorCode::kNotFound, {missing.string()});
+}
+
+TEST_F(SloConfigTest, TheShippedExampleHoldsTheDefaults) {
+  // configs/slo.json points at ../zoo, which exists only after scripts/build_zoo.sh; parse its
+  // text against a base whose ../zoo exists instead.
+  std::ifstream in(std::string(HELIOS_SOURCE_DIR) + "/configs/slo.json");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  SloConfig expected;
+  expected.model_repository = (scratch_.path() / "zoo").lexically_normal();
+  EXPECT_EQ(parse(text), expected);
+}
+
+TEST(SloConfigDetection, TellsSloFilesFromServerConfigs) {
+  EXPECT_TRUE(looks_like_slo_config(json{{"objective", "latency"}}));
+  EXPECT_TRUE(looks_like_slo_config(json{{"model_repository", "zoo"}}));
+  EXPECT_TRUE(looks_like_slo_config(json{{"constraints", json::object()}}));
+  EXPECT_FALSE(looks_like_slo_config(json{{"model", {{"path", "m"}}}}));
+  EXPECT_FALSE(looks_like_slo_config(json::array()));
+}
+
+}  // namespace
+}  // namespace helios::controller
