@@ -338,11 +338,14 @@ void ServingEngine::apply(Command& command) {
     }
     weight_bytes_ = next->resident_bytes();
     ++epoch_;
+    const size_t batch = running_.size();
     recompute_all(same_model);
     if (metrics_) metrics_->kv_bytes->set(static_cast<double>(cache_->resident_bytes()));
+    // Visible in stats() by the time the caller's future is ready.
+    publish_stats();
     spdlog::info("{} {} ({} layers): KV pool of {} blocks, {} sequences recomputed",
                  resize ? "resized the KV pool of" : "switched to", name,
-                 next->transformer().loaded_layers(), command.kv_blocks, running_.size());
+                 next->transformer().loaded_layers(), command.kv_blocks, batch);
     command.done.set_value();
   } catch (...) {
     command.done.set_exception(std::current_exception());
@@ -445,7 +448,6 @@ void ServingEngine::run() {
     }
     // At the step boundary: nothing holds a pointer into the batch or the cache.
     for (Command& command : commands) apply(command);
-    if (!commands.empty()) publish_stats();
     if (work) step();
   }
   // Stopping: whatever is still in flight ends now, cancelled.
