@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "helios/common/error.h"
 #include "helios/engine/stop_matcher.h"
@@ -45,12 +46,13 @@ int64_t kv_blocks_for_budget(const ModelInstance& model, int64_t budget_bytes, i
 
 // One request inside the engine.
 struct ServingEngine::Sequence {
-  Sequence(std::shared_ptr<Request> r, const tokenizer::Tokenizer& tokenizer)
+  Sequence(std::shared_ptr<Request> r, std::shared_ptr<const tokenizer::Tokenizer> t)
       : request(std::move(r)),
         sampler(request->spec().sampling),
         tokens(request->spec().prompt),
         prompt_length(static_cast<int64_t>(tokens.size())),
-        decoder(tokenizer),
+        tokenizer(std::move(t)),
+        decoder(*tokenizer),
         stop(request->spec().stop) {}
 
   // Positions that must be in the cache before the next decode: the prompt, or after a
@@ -69,16 +71,25 @@ struct ServingEngine::Sequence {
   std::vector<int32_t> decoded_exits;
   int64_t generated = 0;
   double exit_layer_sum = 0.0;
+  // The decoder's tokenizer, kept alive across a model switch (the text continues with it).
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
   tokenizer::StreamDecoder decoder;
   StopMatcher stop;
   bool admitted = false;
   Clock::time_point admitted_at, first_token_at, last_token_at;
   int64_t preemptions = 0;
   Finish finish = Finish::kNone;
+  // Telemetry.
+  uint64_t admitted_epoch = 0;
+  bool score_prompt = false;  // until its prompt has been prefilled once, uninterrupted
+  std::optional<model::ExitScores> prompt_scores;
+  std::vector<int64_t> exit_counts;  // by exit layer
+  int64_t greedy_exits = 0;
 };
 
 struct ServingEngine::Metrics {
-  Metrics(metrics::Registry& r, const EngineOptions& options, const ModelInstance& model) {
+  Metrics(metrics::Registry& r, const EngineOptions& options, const ModelInstance& model)
+      : registry(r) {
     const MetricBuckets& b = options.buckets;
     ttft = &r.histogram("helios_time_to_first_token_seconds",
                         "Time from arrival to the first generated token.",
@@ -111,11 +122,10 @@ struct ServingEngine::Metrics {
     exits = &r.counter("helios_token_exits_total",
                        "Generated tokens by the layer they left the network at.",
                        {"model", "layer"});
-    greedy = &r.counter("helios_greedy_exits_total",
-                        "Generated tokens no exit was confident about (left at the last "
-                        "loaded layer).",
-                        {"model"})
-                  .labels({options.model_name});
+    greedy_family = &r.counter("helios_greedy_exits_total",
+                               "Generated tokens no exit was confident about (left at the last "
+                               "loaded layer).",
+                               {"model"});
     preemptions = &r.counter("helios_preemptions_total",
                              "Sequences preempted because the KV cache was full.")
                        .get();
@@ -127,40 +137,82 @@ struct ServingEngine::Metrics {
     forward_seconds = &r.counter("helios_model_forward_seconds_total",
                                  "Wall time of engine steps spent in the model forward.")
                            .get();
-    r.gauge("helios_resident_weight_bytes", "Bytes of model weights resident in memory.",
-            {"model"})
-        .labels({options.model_name})
-        .set(static_cast<double>(model.loaded().weights.resident_bytes()));
-    r.gauge("helios_loaded_layers", "Decoder layers loaded, per model.", {"model"})
-        .labels({options.model_name})
-        .set(static_cast<double>(model.transformer().loaded_layers()));
+    weight_bytes = &r.gauge("helios_resident_weight_bytes",
+                            "Bytes of model weights resident in memory.", {"model"});
+    loaded_layers =
+        &r.gauge("helios_loaded_layers", "Decoder layers loaded, per model.", {"model"});
     kv_bytes = &r.gauge("helios_kv_cache_bytes", "Bytes of the KV cache pool.").get();
-    exit_by_layer.assign(model.transformer().loaded_layers() + 1, nullptr);
-    for (const int32_t layer : model.transformer().exit_points()) {
-      exit_by_layer[layer] = &exits->labels({options.model_name, std::to_string(layer)});
-    }
+    kv_sequences = &r.gauge("helios_kv_capacity_sequences",
+                            "Full-context sequences the KV cache pool holds.")
+                        .get();
+    bind(options.model_name, model);
     for (const Finish f : {Finish::kStop, Finish::kLength, Finish::kCancelled, Finish::kDeadline,
                            Finish::kError}) {
       finished->labels({std::string(finish_label(f))});
     }
   }
 
+  // Points the per-model series at `model`, served as `name`.
+  void bind(const std::string& name, const ModelInstance& model) {
+    weight_bytes->labels({name}).set(static_cast<double>(model.resident_bytes()));
+    loaded_layers->labels({name}).set(static_cast<double>(model.transformer().loaded_layers()));
+    greedy = &greedy_family->labels({name});
+    exit_by_layer.assign(model.transformer().loaded_layers() + 1, nullptr);
+    for (const int32_t layer : model.transformer().exit_points()) {
+      exit_by_layer[layer] = &exits->labels({name, std::to_string(layer)});
+    }
+  }
+  // The model served as `name` is no longer resident (counters keep their totals).
+  void unbind(const std::string& name) {
+    weight_bytes->labels({name}).set(0.0);
+    loaded_layers->labels({name}).set(0.0);
+  }
+
+  metrics::Registry& registry;
   metrics::Histogram *ttft, *inter_token, *e2e, *queue, *batch_size;
-  metrics::Gauge *running, *waiting, *blocks_total, *blocks_used, *usage, *kv_bytes = nullptr;
-  metrics::Counter *prompt_tokens, *generated_tokens, *greedy, *preemptions, *steps,
+  metrics::Gauge *running, *waiting, *blocks_total, *blocks_used, *usage, *kv_bytes = nullptr,
+                                                                          *kv_sequences = nullptr;
+  metrics::Counter *prompt_tokens, *generated_tokens, *greedy = nullptr, *preemptions, *steps,
       *step_seconds, *forward_seconds;
-  metrics::Family<metrics::Counter>*finished, *exits;
+  metrics::Family<metrics::Counter>*finished, *exits, *greedy_family;
+  metrics::Family<metrics::Gauge>*weight_bytes, *loaded_layers;
   std::vector<metrics::Counter*> exit_by_layer;  // by exit layer; null where no exit point
 };
 
+namespace {
+
+std::unique_ptr<kv::KvCache> make_cache(const ModelInstance& model, int64_t block_size,
+                                        int64_t blocks) {
+  const model::ModelWeights& weights = model.transformer().weights();
+  return std::make_unique<kv::KvCache>(model.transformer().kv_shape(block_size), blocks,
+                                       weights.embed_tokens.scalar_type(),
+                                       weights.embed_tokens.device());
+}
+
+bool same_directory(const std::filesystem::path& a, const std::filesystem::path& b) {
+  std::error_code error;
+  const bool equivalent = std::filesystem::equivalent(a, b, error);
+  return error ? a.lexically_normal() == b.lexically_normal() : equivalent;
+}
+
+}  // namespace
+
 ServingEngine::ServingEngine(const ModelInstance& model, EngineOptions options,
                              metrics::Registry* registry)
-    : model_(model),
+    : ServingEngine(std::shared_ptr<const ModelInstance>(&model, [](const ModelInstance*) {}),
+                    std::move(options), registry) {}
+
+ServingEngine::ServingEngine(std::shared_ptr<const ModelInstance> model, EngineOptions options,
+                             metrics::Registry* registry)
+    : model_(std::move(model)),
       options_(std::move(options)),
-      cache_(model.transformer().kv_shape(options_.kv_block_size), options_.kv_blocks,
-             model.transformer().weights().embed_tokens.scalar_type(),
-             model.transformer().weights().embed_tokens.device()) {
+      exit_threshold_(options_.exit_policy.threshold),
+      policy_(options_.exit_policy) {
+  if (!model_) throw Error(ErrorCode::kInvalidArgument, "serving engine: no model");
+  model_name_ = options_.model_name;
+  weight_bytes_ = model_->resident_bytes();
   options_.exit_policy.validate();
+  cache_ = make_cache(*model_, options_.kv_block_size, options_.kv_blocks);
   const SchedulerLimits& limits = options_.limits;
   if (limits.max_running < 1 || limits.max_batch_tokens < 1 || limits.max_queued < 0) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -168,8 +220,8 @@ ServingEngine::ServingEngine(const ModelInstance& model, EngineOptions options,
                 "max_queued non-negative");
   }
   if (registry != nullptr) {
-    metrics_ = std::make_unique<Metrics>(*registry, options_, model_);
-    metrics_->kv_bytes->set(static_cast<double>(cache_.resident_bytes()));
+    metrics_ = std::make_unique<Metrics>(*registry, options_, *model_);
+    metrics_->kv_bytes->set(static_cast<double>(cache_->resident_bytes()));
   }
   publish_stats();
 }
@@ -226,6 +278,107 @@ void ServingEngine::stop() {
   }
   wakeup_.notify_one();
   if (thread_.joinable()) thread_.join();
+  std::lock_guard lock(mutex_);
+  for (Command& command : commands_) {
+    command.done.set_exception(std::make_exception_ptr(
+        Error(ErrorCode::kUnavailable, "the engine stopped before the model switch")));
+  }
+  commands_.clear();
+}
+
+void ServingEngine::apply(Command& command) {
+  try {
+    const bool resize = command.model == nullptr;
+    const std::shared_ptr<const ModelInstance> next = resize ? model_ : command.model;
+    const std::string name = resize ? model_name_ : command.name;
+    const int64_t block_size = options_.kv_block_size;
+    const int64_t context = next->config().max_position_embeddings;
+    if (command.kv_blocks < 0 || command.kv_blocks * block_size < context) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("{}: {} KV blocks of {} tokens cannot hold one full-context "
+                              "sequence of {} tokens",
+                              resize ? "resize_kv" : "switch_model " + name, command.kv_blocks,
+                              block_size, context));
+    }
+    const bool same_model = same_directory(next->loaded().dir, model_->loaded().dir);
+    if (!same_model) {
+      // Sequences in flight carry on with the new model: their tokens must mean the same.
+      const tokenizer::Tokenizer &old_tok = model_->tokenizer(), &new_tok = next->tokenizer();
+      if (old_tok.vocab_size() != new_tok.vocab_size() || old_tok.bos_id() != new_tok.bos_id() ||
+          old_tok.eos_id() != new_tok.eos_id() ||
+          model_->config().vocab_size != next->config().vocab_size) {
+        throw Error(ErrorCode::kFailedPrecondition,
+                    "switch_model " + name + ": its tokenizer differs from the serving model's " +
+                        "(vocabulary or special tokens)");
+      }
+    }
+
+    // From here on the old pool is gone: every sequence gives its blocks back first so that
+    // the old cache can be freed before the new one is allocated (a memory budget holds).
+    for (auto& sequence : running_) cache_->release(sequence->kv);
+    for (auto& sequence : waiting_) cache_->release(sequence->kv);
+    const int64_t old_blocks = cache_->pool().total_blocks();
+    cache_.reset();
+    try {
+      cache_ = make_cache(*next, block_size, command.kv_blocks);
+    } catch (...) {
+      // Keep serving the old model with its old pool size.
+      cache_ = make_cache(*model_, block_size, old_blocks);
+      recompute_all(true);
+      throw;
+    }
+    if (metrics_ && !resize) {
+      metrics_->unbind(model_name_);
+      metrics_->bind(name, *next);
+    }
+    {
+      std::lock_guard lock(mutex_);
+      model_ = next;
+      model_name_ = name;
+    }
+    weight_bytes_ = next->resident_bytes();
+    ++epoch_;
+    const size_t batch = running_.size();
+    recompute_all(same_model);
+    if (metrics_) metrics_->kv_bytes->set(static_cast<double>(cache_->resident_bytes()));
+    // Visible in stats() by the time the caller's future is ready.
+    publish_stats();
+    spdlog::info("{} {} ({} layers): KV pool of {} blocks, {} sequences recomputed",
+                 resize ? "resized the KV pool of" : "switched to", name,
+                 next->transformer().loaded_layers(), command.kv_blocks, batch);
+    command.done.set_value();
+  } catch (...) {
+    command.done.set_exception(std::current_exception());
+  }
+}
+
+void ServingEngine::recompute_all(bool same_model) {
+  // The batch goes back to the front of the queue in admission order, ahead of work that has
+  // not started, as after a preemption (but not counted as one).
+  recomputes_ += static_cast<int64_t>(running_.size());
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    waiting_.push_front(std::move(*it));
+  }
+  running_.clear();
+  const int64_t context = model_->config().max_position_embeddings;
+  for (auto& sequence : waiting_) {
+    // Replayed prefills are not scored: an interrupted prompt scoring is dropped whole.
+    if (sequence->score_prompt && sequence->generated == 0) sequence->prompt_scores.reset();
+    sequence->score_prompt = false;
+    // Another model's layers never produced these exits: recompute at full depth, and record
+    // that, so a later preemption replays the cache this recompute builds.
+    if (!same_model) std::fill(sequence->decoded_exits.begin(), sequence->decoded_exits.end(), 0);
+    if (static_cast<int64_t>(sequence->tokens.size()) > context) {
+      // The new model's context cannot hold what the sequence already has.
+      if (sequence->generated > 0) {
+        finish(*sequence, Finish::kLength);
+      } else {
+        finish(*sequence, Finish::kError,
+               "the prompt exceeds the context of the model now serving");
+      }
+    }
+  }
+  remove_finished();
 }
 
 EngineStats ServingEngine::stats() const {
@@ -233,17 +386,69 @@ EngineStats ServingEngine::stats() const {
   return stats_;
 }
 
+std::shared_ptr<const ModelInstance> ServingEngine::model() const {
+  std::lock_guard lock(mutex_);
+  return model_;
+}
+
+std::future<void> ServingEngine::switch_model(std::shared_ptr<const ModelInstance> model,
+                                              std::string name, int64_t kv_blocks) {
+  if (!model) throw Error(ErrorCode::kInvalidArgument, "switch_model: no model");
+  Command command{std::move(model), std::move(name), kv_blocks, {}};
+  std::future<void> done = command.done.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) throw Error(ErrorCode::kUnavailable, "the engine is stopping");
+    commands_.push_back(std::move(command));
+  }
+  wakeup_.notify_one();
+  return done;
+}
+
+std::future<void> ServingEngine::resize_kv(int64_t kv_blocks) {
+  Command command{nullptr, {}, kv_blocks, {}};
+  std::future<void> done = command.done.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) throw Error(ErrorCode::kUnavailable, "the engine is stopping");
+    commands_.push_back(std::move(command));
+  }
+  wakeup_.notify_one();
+  return done;
+}
+
+void ServingEngine::set_exit_threshold(double threshold) {
+  model::ExitPolicy policy = options_.exit_policy;
+  policy.threshold = threshold;
+  policy.validate();
+  exit_threshold_.store(threshold);
+}
+
+void ServingEngine::set_prompt_sampling(double rate) {
+  if (!(rate >= 0.0 && rate <= 1.0)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "prompt sampling rate must be in [0, 1], got " + std::to_string(rate));
+  }
+  prompt_sampling_.store(rate);
+}
+
 void ServingEngine::run() {
   while (true) {
+    std::deque<Command> commands;
+    bool work = false;
     {
       std::unique_lock lock(mutex_);
       wakeup_.wait(lock, [&] {
         return stopping_ || !incoming_.empty() || !waiting_.empty() || !running_.empty() ||
-               cancel_all_.load();
+               cancel_all_.load() || !commands_.empty();
       });
       if (stopping_) break;
+      commands.swap(commands_);
+      work = !incoming_.empty() || !waiting_.empty() || !running_.empty() || cancel_all_.load();
     }
-    step();
+    // At the step boundary: nothing holds a pointer into the batch or the cache.
+    for (Command& command : commands) apply(command);
+    if (work) step();
   }
   // Stopping: whatever is still in flight ends now, cancelled.
   ingest();
@@ -260,7 +465,7 @@ void ServingEngine::ingest() {
     arrived.swap(incoming_);
   }
   for (auto& request : arrived) {
-    waiting_.push_back(std::make_unique<Sequence>(std::move(request), model_.tokenizer()));
+    waiting_.push_back(std::make_unique<Sequence>(std::move(request), model_->shared_tokenizer()));
   }
 }
 
@@ -282,6 +487,8 @@ void ServingEngine::reap() {
 
 void ServingEngine::step() {
   const Clock::time_point start = Clock::now();
+  policy_.threshold = exit_threshold_.load();
+  step_telemetry_ = StepTelemetry{};
   ingest();
   reap();
 
@@ -316,13 +523,24 @@ void ServingEngine::step() {
   }
   remove_finished();
   ++steps_;
+  const int64_t batch = static_cast<int64_t>(decodes.size() + prefills.size());
   if (metrics_) {
     metrics_->steps->inc();
-    metrics_->batch_size->observe(static_cast<double>(decodes.size() + prefills.size()));
+    metrics_->batch_size->observe(static_cast<double>(batch));
     metrics_->forward_seconds->inc(forward_seconds_);
     metrics_->step_seconds->inc(seconds_between(start, Clock::now()));
   }
   publish_stats();
+  if (options_.telemetry != nullptr) {
+    StepTelemetry& t = step_telemetry_;
+    t.model_epoch = epoch_;
+    t.batch = batch;
+    t.running = static_cast<int64_t>(running_.size());
+    t.waiting = static_cast<int64_t>(waiting_.size());
+    t.seconds = seconds_between(start, Clock::now());
+    t.forward_seconds = forward_seconds_;
+    options_.telemetry->on_step(t);
+  }
 }
 
 void ServingEngine::schedule_decodes(std::vector<Sequence*>& decodes, int64_t& budget) {
@@ -348,7 +566,7 @@ void ServingEngine::schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>
     Sequence& sequence = *running_[i];
     if (sequence.finish != Finish::kNone || sequence.decoding()) continue;
     const int64_t chunk = std::min(sequence.prefill_target() - sequence.kv.length, budget);
-    if (!cache_.reserve(sequence.kv, sequence.kv.length + chunk)) continue;
+    if (!cache_->reserve(sequence.kv, sequence.kv.length + chunk)) continue;
     prefills.emplace_back(&sequence, chunk);
     budget -= chunk;
   }
@@ -358,11 +576,19 @@ void ServingEngine::schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>
          static_cast<int64_t>(running_.size()) < options_.limits.max_running) {
     Sequence& sequence = *waiting_.front();
     const int64_t chunk = std::min(sequence.prefill_target() - sequence.kv.length, budget);
-    if (!cache_.reserve(sequence.kv, sequence.kv.length + chunk)) break;
+    if (!cache_->reserve(sequence.kv, sequence.kv.length + chunk)) break;
     const Clock::time_point now = Clock::now();
     if (!sequence.admitted) {
       sequence.admitted = true;
       sequence.admitted_at = now;
+      sequence.admitted_epoch = epoch_;
+      const double rate = prompt_sampling_.load();
+      const uint64_t n = admissions_++;
+      if (std::floor(static_cast<double>(n + 1) * rate) >
+          std::floor(static_cast<double>(n) * rate)) {
+        sequence.score_prompt = true;
+        sequence.prompt_scores.emplace();
+      }
       if (metrics_) {
         metrics_->queue->observe(seconds_between(sequence.request->arrival(), now));
         metrics_->prompt_tokens->inc(static_cast<double>(sequence.prompt_length));
@@ -376,7 +602,7 @@ void ServingEngine::schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>
 }
 
 bool ServingEngine::reserve_or_preempt(Sequence& sequence, int64_t new_length) {
-  while (!cache_.reserve(sequence.kv, new_length)) {
+  while (!cache_->reserve(sequence.kv, new_length)) {
     // The newest running sequence gives way, possibly this one.
     auto victim = std::find_if(running_.rbegin(), running_.rend(),
                                [](const std::unique_ptr<Sequence>& s) { return s != nullptr; });
@@ -390,7 +616,12 @@ bool ServingEngine::reserve_or_preempt(Sequence& sequence, int64_t new_length) {
 }
 
 void ServingEngine::preempt(Sequence& victim) {
-  cache_.release(victim.kv);
+  cache_->release(victim.kv);
+  // Its prompt prefill is recomputed later, unscored: partial scores would mislead.
+  if (victim.score_prompt) {
+    victim.score_prompt = false;
+    victim.prompt_scores.reset();
+  }
   ++victim.preemptions;
   ++preemptions_;
   if (metrics_) metrics_->preemptions->inc();
@@ -419,9 +650,15 @@ void ServingEngine::run_prefill(Sequence& sequence, int64_t chunk) {
     }
   }
   const Clock::time_point t0 = Clock::now();
-  const model::StepOutput out = model_.transformer().prefill(
-      cache_, sequence.kv, tokens, options_.exit_policy, false, exits);
+  const bool score = sequence.score_prompt && exits.empty();
+  const model::StepOutput out =
+      model_->transformer().prefill(*cache_, sequence.kv, tokens, policy_, score, exits);
   forward_seconds_ += seconds_between(t0, Clock::now());
+  if (score) {
+    sequence.prompt_scores->add(out.prompt_scores);
+    // Scored once: a later recompute of the prompt is not.
+    if (sequence.kv.length >= sequence.prompt_length) sequence.score_prompt = false;
+  }
   if (sequence.kv.length == sequence.prefill_target() && sequence.generated == 0) {
     accept_token(sequence, out.logits[0], out.exits[0]);
   }
@@ -437,8 +674,7 @@ void ServingEngine::run_decode(const std::vector<Sequence*>& decodes) {
     tokens.push_back(sequence->tokens.back());
   }
   const Clock::time_point t0 = Clock::now();
-  const model::StepOutput out =
-      model_.transformer().decode(cache_, kvs, tokens, options_.exit_policy);
+  const model::StepOutput out = model_->transformer().decode(*cache_, kvs, tokens, policy_);
   forward_seconds_ += seconds_between(t0, Clock::now());
   for (size_t b = 0; b < decodes.size(); ++b) {
     decodes[b]->decoded_exits.push_back(out.exits[b].exit_layer);
@@ -454,6 +690,14 @@ void ServingEngine::accept_token(Sequence& sequence, const at::Tensor& logits,
   sequence.tokens.push_back(token);
   ++sequence.generated;
   sequence.exit_layer_sum += exit.exit_layer;
+  if (static_cast<size_t>(exit.exit_layer) >= sequence.exit_counts.size()) {
+    sequence.exit_counts.resize(exit.exit_layer + 1, 0);
+  }
+  ++sequence.exit_counts[exit.exit_layer];
+  if (exit.greedy_exit) ++sequence.greedy_exits;
+  ++step_telemetry_.generated;
+  if (exit.greedy_exit) ++step_telemetry_.greedy_exits;
+  if (options_.telemetry != nullptr) step_telemetry_.breaches.push_back(exit.greedy_exit ? 1 : 0);
   if (metrics_) {
     metrics_->generated_tokens->inc();
     if (metrics::Counter* exits = metrics_->exit_by_layer.at(exit.exit_layer)) exits->inc();
@@ -469,7 +713,7 @@ void ServingEngine::accept_token(Sequence& sequence, const at::Tensor& logits,
 
   Update update;
   if (spec.token_details) update.tokens.push_back(TokenDetail{token, exit});
-  const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
+  const int32_t eos = static_cast<int32_t>(model_->config().eos_token_id);
   if (token == eos) {
     sequence.request->channel().push(std::move(update));
     finish(sequence, Finish::kStop);
@@ -482,7 +726,7 @@ void ServingEngine::accept_token(Sequence& sequence, const at::Tensor& logits,
     finish(sequence, Finish::kStop);
   } else if (sequence.generated >= spec.max_tokens ||
              static_cast<int64_t>(sequence.tokens.size()) >
-                 model_.config().max_position_embeddings) {
+                 model_->config().max_position_embeddings) {
     finish(sequence, Finish::kLength);
   }
 }
@@ -490,7 +734,7 @@ void ServingEngine::accept_token(Sequence& sequence, const at::Tensor& logits,
 void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error) {
   if (sequence.finish != Finish::kNone) return;
   sequence.finish = reason;
-  cache_.release(sequence.kv);
+  cache_->release(sequence.kv);
   const Clock::time_point now = Clock::now();
   const Request& request = *sequence.request;
 
@@ -503,7 +747,7 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error)
     last.text += sequence.stop.flush();
   }
   Usage& usage = last.usage;
-  usage.model = options_.model_name;
+  usage.model = model_name_;
   usage.prompt_tokens = sequence.prompt_length;
   usage.completion_tokens = sequence.generated;
   usage.preemptions = sequence.preemptions;
@@ -519,6 +763,31 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error)
     metrics_->finished->labels({std::string(finish_label(reason))}).inc();
     metrics_->e2e->observe(seconds_between(request.arrival(), now));
     if (!sequence.admitted) metrics_->queue->observe(seconds_between(request.arrival(), now));
+  }
+  if (options_.telemetry != nullptr) {
+    RequestTelemetry t;
+    t.id = request.spec().id;
+    t.model = model_name_;
+    t.loaded_layers = model_->transformer().loaded_layers();
+    t.model_epoch = epoch_;
+    t.single_epoch = !sequence.admitted || sequence.admitted_epoch == epoch_;
+    t.finish = reason;
+    t.prompt_tokens = sequence.prompt_length;
+    t.generated = sequence.generated;
+    t.greedy_exits = sequence.greedy_exits;
+    t.exit_counts = std::move(sequence.exit_counts);
+    t.exit_counts.resize(std::max<size_t>(t.exit_counts.size(), t.loaded_layers + 1), 0);
+    // Complete scores only: a prompt whose prefill never finished reports none.
+    if (sequence.prompt_scores && !sequence.score_prompt) {
+      t.prompt_scores = std::move(sequence.prompt_scores);
+    }
+    if (sequence.generated > 0) t.ttft_s = seconds_between(request.arrival(), sequence.first_token_at);
+    if (sequence.generated > 1) {
+      t.tpot_s = seconds_between(sequence.first_token_at, sequence.last_token_at) /
+                 static_cast<double>(sequence.generated - 1);
+    }
+    t.total_s = seconds_between(request.arrival(), now);
+    options_.telemetry->on_request(std::move(t));
   }
   sequence.request->channel().push(std::move(last));
   {
@@ -537,17 +806,24 @@ void ServingEngine::remove_finished() {
 }
 
 void ServingEngine::publish_stats() {
-  const int64_t used = cache_.pool().used_blocks(), total = cache_.pool().total_blocks();
+  const int64_t used = cache_->pool().used_blocks(), total = cache_->pool().total_blocks();
   {
     std::lock_guard lock(mutex_);
     stats_.running = static_cast<int64_t>(running_.size());
     stats_.waiting = static_cast<int64_t>(waiting_.size() + incoming_.size());
     stats_.kv_blocks_total = total;
     stats_.kv_blocks_used = used;
-    stats_.kv_cache_bytes = cache_.resident_bytes();
+    stats_.kv_cache_bytes = cache_->resident_bytes();
     stats_.steps = steps_;
     stats_.preemptions = preemptions_;
     stats_.finished = finished_;
+    stats_.model_name = model_name_;
+    stats_.loaded_layers = model_->transformer().loaded_layers();
+    stats_.model_epoch = epoch_;
+    stats_.kv_block_size = options_.kv_block_size;
+    stats_.kv_sequences = total * options_.kv_block_size / model_->config().max_position_embeddings;
+    stats_.recomputes = recomputes_;
+    stats_.weight_bytes = weight_bytes_;
   }
   if (metrics_) {
     metrics_->running->set(static_cast<double>(running_.size()));
@@ -555,6 +831,8 @@ void ServingEngine::publish_stats() {
     metrics_->blocks_total->set(static_cast<double>(total));
     metrics_->blocks_used->set(static_cast<double>(used));
     metrics_->usage->set(total > 0 ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
+    metrics_->kv_sequences->set(static_cast<double>(
+        total * options_.kv_block_size / model_->config().max_position_embeddings));
   }
 }
 

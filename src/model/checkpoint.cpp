@@ -194,6 +194,50 @@ LoadedModel load_model(const fs::path& dir, const LoadOptions& options) {
     return source.load(spec.name, spec.shape, options.dtype).to(options.device);
   };
   ModelWeights& w = model.weights;
+  if (options.reuse != nullptr) {
+    const ModelWeights& reuse = *options.reuse;
+    const int64_t shared = std::min(depth, reuse.loaded_layers());
+    std::vector<std::pair<TensorSpec, at::Tensor>> checks = {
+        {{kEmbedName, {config.vocab_size, config.hidden_size}}, reuse.embed_tokens},
+        {{kNormName, {config.hidden_size}}, reuse.final_norm},
+        {{kHeadName, {config.vocab_size, config.hidden_size}}, reuse.lm_head}};
+    for (int64_t l = 0; l < shared; ++l) {
+      const std::vector<TensorSpec> specs = layer_tensor_specs(config, l);
+      const std::vector<at::Tensor> tensors = reuse.layers[l].tensors();
+      for (size_t i = 0; i < specs.size(); ++i) checks.emplace_back(specs[i], tensors[i]);
+    }
+    // Reused tensors become this model's as they are, so they must be what a load would give.
+    for (const auto& [spec, tensor] : checks) {
+      if (!tensor.defined() || tensor.sizes() != at::IntArrayRef(spec.shape) ||
+          tensor.scalar_type() != options.dtype || tensor.device() != options.device) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "load_model: the weights to reuse do not match " + dir.string() +
+                        ": tensor \"" + spec.name + "\" is " +
+                        (tensor.defined() ? shape_string(tensor.sizes()) + " " +
+                                                std::string(c10::toString(tensor.scalar_type())) +
+                                                " on " + tensor.device().str()
+                                          : "undefined") +
+                        ", expected " + shape_string(spec.shape) + " " +
+                        std::string(c10::toString(options.dtype)) + " on " +
+                        options.device.str());
+      }
+    }
+    w.embed_tokens = reuse.embed_tokens;
+    w.layers.assign(reuse.layers.begin(), reuse.layers.begin() + shared);
+    for (int64_t l = shared; l < depth; ++l) {
+      LayerWeights layer;
+      const std::vector<TensorSpec> specs = layer_tensor_specs(config, l);
+      const std::vector<at::Tensor*> slots = layer.mutable_tensors();
+      for (size_t i = 0; i < specs.size(); ++i) *slots[i] = load(specs[i]);
+      w.layers.push_back(std::move(layer));
+    }
+    w.final_norm = reuse.final_norm;
+    w.lm_head = config.tie_word_embeddings ? w.embed_tokens : reuse.lm_head;
+    model.bytes_read = source.bytes_read();
+    spdlog::debug("loaded {} ({} of {} layers, {} shared): {} bytes read", dir.string(), depth,
+                  config.num_hidden_layers, shared, model.bytes_read);
+    return model;
+  }
   // In file order (embeddings, layers by depth, head) so the reads sweep forward.
   w.embed_tokens = load({kEmbedName, {config.vocab_size, config.hidden_size}});
   for (int64_t l = 0; l < depth; ++l) {

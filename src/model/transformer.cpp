@@ -171,11 +171,20 @@ void ExitScores::add(const ExitScores& other) {
   for (size_t e = 0; e < other.exit_histogram.size(); ++e) {
     exit_histogram[e] += other.exit_histogram[e];
   }
+  policy_nll_sum.resize(std::max(policy_nll_sum.size(), other.policy_nll_sum.size()), 0.0);
+  for (size_t e = 0; e < other.policy_nll_sum.size(); ++e) {
+    policy_nll_sum[e] += other.policy_nll_sum[e];
+  }
   tokens += other.tokens;
 }
 
 double ExitScores::perplexity(size_t exit_index) const {
   return std::exp(nll_sum.at(exit_index) / static_cast<double>(std::max<int64_t>(tokens, 1)));
+}
+
+double ExitScores::policy_perplexity(size_t exit_index) const {
+  return std::exp(policy_nll_sum.at(exit_index) /
+                  static_cast<double>(std::max<int64_t>(tokens, 1)));
 }
 
 ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
@@ -188,11 +197,13 @@ ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
   scores.nll_sum.assign(exits, 0.0);
   // Positions not yet confident carry `last`: the last loaded layer is where they leave.
   at::Tensor first_exit = at::full({targets.size(0)}, last, targets.options());
+  std::vector<at::Tensor> nlls;  // [N] per exit point, zero where there is no target
   for (size_t e = 0; e < exits; ++e) {
     const at::Tensor logits = exit_logits(hidden[e]).to(at::kFloat);
     const at::Tensor nll =
         at::nll_loss(at::log_softmax(logits, -1), safe_targets, {}, at::Reduction::None);
     scores.nll_sum[e] = nll.masked_select(valid).sum().item<double>();
+    nlls.push_back(nll.to(at::kDouble).masked_fill(valid.logical_not(), 0.0));
     if (static_cast<int64_t>(e) < last) {
       const at::Tensor confident = confidence(logits, policy.metric).ge(policy.threshold);
       first_exit.masked_fill_(confident.logical_and(first_exit.eq(last)), static_cast<int64_t>(e));
@@ -201,6 +212,12 @@ ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
   const at::Tensor counts =
       at::bincount(first_exit.masked_select(valid).cpu(), {}, static_cast<int64_t>(exits));
   for (size_t e = 0; e < exits; ++e) scores.exit_histogram.push_back(counts[e].item<int64_t>());
+  // Capped at exit point e, a position leaves at min(first confident exit, e).
+  const at::Tensor all_nll = at::stack(nlls);  // [exits, N]
+  for (size_t e = 0; e < exits; ++e) {
+    const at::Tensor leave = first_exit.clamp_max(static_cast<int64_t>(e)).unsqueeze(0);
+    scores.policy_nll_sum.push_back(all_nll.gather(0, leave).sum().item<double>());
+  }
   scores.tokens = valid.sum().item<int64_t>();
   return scores;
 }

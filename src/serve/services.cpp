@@ -443,7 +443,7 @@ grpc::Status InferenceService::admit(grpc::CallbackServerContext* call,
       engine::ServingEngine* engine = context_.engine.load();
       try {
         out = std::make_shared<engine::Request>(
-            build_request_spec(request, context_, engine->model(), call->deadline()));
+            build_request_spec(request, context_, *engine->model(), call->deadline()));
         engine->submit(out);
       } catch (const Error& e) {
         status = to_status(e);
@@ -517,7 +517,7 @@ grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* c
     response->set_requests_finished(static_cast<uint64_t>(stats.finished));
     response->set_steps(static_cast<uint64_t>(stats.steps));
     response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
-    fill_model_info(engine->model(), *context_.config, engine->options().model_name,
+    fill_model_info(*engine->model(), *context_.config, engine->options().model_name,
                     response->mutable_model());
   }
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
@@ -529,7 +529,7 @@ grpc::ServerUnaryReactor* AdminService::ListModels(grpc::CallbackServerContext* 
                                                    const v1::ListModelsRequest*,
                                                    v1::ListModelsResponse* response) {
   if (engine::ServingEngine* engine = context_.engine.load()) {
-    fill_model_info(engine->model(), *context_.config, engine->options().model_name,
+    fill_model_info(*engine->model(), *context_.config, engine->options().model_name,
                     response->add_models());
   }
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();

@@ -185,6 +185,63 @@ TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
   EXPECT_GT(early, 0) << "the policy should let some prompt positions exit early";
 }
 
+TEST(PromptScores, PolicyLossCapsEachPositionAtItsFirstConfidentExit) {
+  const auto config = testing::tiny_config(4);
+  const auto weights = testing::peaked_weights(config);
+  const model::Transformer transformer(config, weights);
+  const std::vector<int64_t> text{1, 5, 9, 14, 3, 3, 27, 41, 8, 19, 22, 6, 30, 11, 17};
+  const model::ExitPolicy policy{0.5};
+  const at::Tensor tokens = at::tensor(text, at::kLong).unsqueeze(0);
+  const std::vector<at::Tensor> hidden = transformer.forward_exits(tokens);
+  const int64_t n = static_cast<int64_t>(text.size());
+  std::vector<int64_t> targets(text.begin() + 1, text.end());
+  targets.push_back(-1);
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& h : hidden) flat.push_back(h.view({n, -1}));
+  const model::ExitScores scores =
+      transformer.score_exits(flat, at::tensor(targets, at::kLong), policy);
+
+  // Direct: per position, the loss and confidence at every exit point.
+  const size_t exits = hidden.size();
+  std::vector<std::vector<double>> nll(exits), conf(exits);
+  for (size_t e = 0; e < exits; ++e) {
+    const at::Tensor logits = transformer.exit_logits(flat[e]).to(at::kFloat);
+    const at::Tensor log_probs = at::log_softmax(logits, -1);
+    const at::Tensor c = model::Transformer::confidence(logits, policy.metric);
+    for (int64_t p = 0; p + 1 < n; ++p) {
+      nll[e].push_back(-log_probs[p][targets[p]].item<double>());
+      conf[e].push_back(c[p].item<double>());
+    }
+  }
+  ASSERT_EQ(scores.policy_nll_sum.size(), exits);
+  bool differs = false;
+  for (size_t cap = 0; cap < exits; ++cap) {
+    double expected = 0.0;
+    for (int64_t p = 0; p + 1 < n; ++p) {
+      size_t leave = cap;
+      for (size_t e = 0; e < cap; ++e) {
+        if (conf[e][p] >= policy.threshold) {
+          leave = e;
+          break;
+        }
+      }
+      expected += nll[leave][p];
+    }
+    EXPECT_NEAR(scores.policy_nll_sum[cap], expected, 1e-4 * std::abs(expected)) << cap;
+    differs |= std::abs(scores.policy_nll_sum[cap] - scores.nll_sum[cap]) > 1e-3;
+  }
+  // The first exit point has no earlier one to leave at.
+  EXPECT_NEAR(scores.policy_nll_sum[0], scores.nll_sum[0], 1e-4 * scores.nll_sum[0]);
+  EXPECT_TRUE(differs) << "some positions should leave before the cap";
+  EXPECT_NEAR(scores.policy_perplexity(exits - 1),
+              std::exp(scores.policy_nll_sum[exits - 1] / static_cast<double>(n - 1)), 1e-9);
+
+  model::ExitScores sum = scores;
+  sum.add(scores);
+  EXPECT_NEAR(sum.policy_nll_sum[1], 2 * scores.policy_nll_sum[1], 1e-9);
+  EXPECT_NEAR(sum.policy_perplexity(1), scores.policy_perplexity(1), 1e-9);
+}
+
 TEST(GenerateBatch, AFailingRequestGivesBackEveryBlockTaken) {
   const auto config = testing::tiny_config(2);
   const auto weights = model::init_weights(config, 5);

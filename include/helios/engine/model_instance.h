@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 
@@ -10,23 +11,37 @@
 namespace helios::engine {
 
 // A model loaded to some depth with its tokenizer and a Transformer over its weights. Pinned
-// in memory (the Transformer refers into `loaded`), so it is handed around by unique_ptr.
+// in memory (the Transformer refers into `loaded`), so it is handed around by pointer.
 class ModelInstance {
  public:
   static std::unique_ptr<ModelInstance> load(const std::filesystem::path& dir,
                                              const model::LoadOptions& options = {});
+  // The model of `base` loaded to `depth` layers (0 = all), with base's dtype and device. The
+  // embeddings, head and the layers both loads have share base's tensors (no copy), only the
+  // layers base lacks are read from disk, and the tokenizer is base's. Either instance may
+  // outlive the other.
+  static std::unique_ptr<ModelInstance> with_depth(const ModelInstance& base, int64_t depth);
   ModelInstance(const ModelInstance&) = delete;
   ModelInstance& operator=(const ModelInstance&) = delete;
 
   const model::LoadedModel& loaded() const { return loaded_; }
   const model::ModelConfig& config() const { return loaded_.config; }
   const tokenizer::Tokenizer& tokenizer() const { return *tokenizer_; }
+  // For holders that must keep decoding text after this instance is gone (a running request
+  // whose engine switched models).
+  std::shared_ptr<const tokenizer::Tokenizer> shared_tokenizer() const { return tokenizer_; }
   const model::Transformer& transformer() const { return *transformer_; }
+  // The options it was loaded with (reuse cleared: it is not kept).
+  const model::LoadOptions& options() const { return options_; }
+  // Bytes of its distinct weight storages; storage shared with another instance (with_depth)
+  // is counted by both.
+  int64_t resident_bytes() const { return loaded_.weights.resident_bytes(); }
 
  private:
   ModelInstance() = default;
   model::LoadedModel loaded_;
-  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
+  model::LoadOptions options_;
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
   std::unique_ptr<model::Transformer> transformer_;
 };
 

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -14,6 +15,7 @@
 
 #include "helios/engine/model_instance.h"
 #include "helios/engine/request.h"
+#include "helios/engine/telemetry.h"
 #include "helios/kv/kv_cache.h"
 #include "helios/metrics/registry.h"
 
@@ -35,12 +37,13 @@ struct MetricBuckets {
 };
 
 struct EngineOptions {
-  std::string model_name;
+  std::string model_name;  // of the initial model; switch_model names the next ones
   MetricBuckets buckets;
   SchedulerLimits limits;
   int64_t kv_block_size = 16;
   int64_t kv_blocks = 0;  // pool size; see kv_blocks_for_budget
-  model::ExitPolicy exit_policy;
+  model::ExitPolicy exit_policy;  // initial; see set_exit_threshold
+  TelemetrySink* telemetry = nullptr;  // not owned; must outlive the engine thread
 };
 
 // KV blocks left by a memory budget once the model's resident weights are paid for; the
@@ -60,6 +63,13 @@ struct EngineStats {
   int64_t steps = 0;
   int64_t preemptions = 0;
   int64_t finished = 0;
+  std::string model_name;
+  int64_t loaded_layers = 0;
+  uint64_t model_epoch = 0;  // switches and resizes so far
+  int64_t kv_block_size = 0;
+  int64_t kv_sequences = 0;  // full-context sequences the pool holds
+  int64_t recomputes = 0;    // sequences recomputed by a switch or resize
+  int64_t weight_bytes = 0;  // resident weights of the current model
 };
 
 // The continuous-batching engine. One thread owns the model, the KV cache and the batch. Each
@@ -69,8 +79,16 @@ struct EngineStats {
 // streams the sampled tokens back through each request's channel. A preempted sequence gives
 // up its blocks and is later recomputed with its recorded exit layers, so it resumes exactly
 // where it stopped.
+//
+// The model can be swapped while serving (switch_model, resize_kv): at the next step boundary
+// the engine drops the KV cache, builds one for the new model and recomputes every sequence
+// in the batch before admitting new work, so each client's text continues without a lost or
+// repeated token.
 class ServingEngine {
  public:
+  ServingEngine(std::shared_ptr<const ModelInstance> model, EngineOptions options,
+                metrics::Registry* registry = nullptr);
+  // Does not own `model`: it must outlive the engine, and switch_model must not be used.
   ServingEngine(const ModelInstance& model, EngineOptions options,
                 metrics::Registry* registry = nullptr);
   ~ServingEngine();
@@ -91,16 +109,51 @@ class ServingEngine {
   // Stops the thread; requests still in flight finish kCancelled.
   void stop();
 
+  // Serves `model` (named `name`) from the next step boundary on, with a KV pool of
+  // `kv_blocks` blocks; runs even when the engine is idle, so the engine must be started.
+  // The old cache is freed before the new one is built. Running sequences go back to the
+  // front of the queue, in admission order, and are recomputed: for a load of the same model
+  // directory by replaying their generated tokens with the exit layers they were decoded
+  // with, for a different model at full depth (their recorded exits are reset). Prompt,
+  // generated tokens, sampler, stop and text state are kept. The future throws, and the old
+  // model keeps serving, when kv_blocks cannot hold one full-context sequence of the new
+  // model (kInvalidArgument), when the new model's vocabulary or special tokens differ from
+  // the old one's (kFailedPrecondition: the tokens generated so far would mean something
+  // else), or when the engine stops first (kUnavailable).
+  std::future<void> switch_model(std::shared_ptr<const ModelInstance> model, std::string name,
+                                 int64_t kv_blocks);
+  // The same for the current model: rebuilds the pool with kv_blocks blocks (a controller
+  // shrinks it before loading new weights so that a memory budget holds during a switch).
+  std::future<void> resize_kv(int64_t kv_blocks);
+  // Takes effect at the next step. Throws Error(kInvalidArgument) when negative or NaN.
+  void set_exit_threshold(double threshold);
+  double exit_threshold() const { return exit_threshold_.load(); }
+  // Share in [0, 1] of newly admitted requests whose prompt is scored at every exit point
+  // (RequestTelemetry::prompt_scores). Deterministic: admission n (0-based) is scored when
+  // floor((n + 1) * rate) > floor(n * rate). Recomputed prefills are never scored.
+  void set_prompt_sampling(double rate);
+
   int64_t in_flight() const { return in_flight_.load(); }
   EngineStats stats() const;
+  // As constructed: model_name and exit_policy are those of the start (see stats()).
   const EngineOptions& options() const { return options_; }
-  const ModelInstance& model() const { return model_; }
+  // The model serving now (replaced at a switch; holders keep theirs alive).
+  std::shared_ptr<const ModelInstance> model() const;
 
  private:
   struct Sequence;
   struct Metrics;
+  struct Command {
+    std::shared_ptr<const ModelInstance> model;  // null: resize the current model's pool
+    std::string name;
+    int64_t kv_blocks = 0;
+    std::promise<void> done;
+  };
 
   void run();
+  void apply(Command& command);
+  void recompute_all(bool same_model);
+  void report_step(const StepTelemetry& partial, Clock::time_point start, int64_t batch);
   void step();
   void ingest();
   void reap();
@@ -115,10 +168,14 @@ class ServingEngine {
   void remove_finished();
   void publish_stats();
 
-  const ModelInstance& model_;
+  // Written by the engine thread only, under mutex_; the engine thread reads it without.
+  std::shared_ptr<const ModelInstance> model_;
+  std::string model_name_;  // same rule as model_
   EngineOptions options_;
-  kv::KvCache cache_;
+  std::unique_ptr<kv::KvCache> cache_;
   std::unique_ptr<Metrics> metrics_;
+  std::atomic<double> exit_threshold_;
+  std::atomic<double> prompt_sampling_{0.0};
 
   // Shared with front-end threads.
   mutable std::mutex mutex_;
@@ -129,13 +186,19 @@ class ServingEngine {
   bool stopping_ = false;
   std::atomic<int64_t> in_flight_{0};
   std::atomic<bool> cancel_all_{false};
+  std::deque<Command> commands_;
   EngineStats stats_;  // guarded by mutex_
 
   // Engine thread only.
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
-  int64_t steps_ = 0, preemptions_ = 0, finished_ = 0;
+  int64_t steps_ = 0, preemptions_ = 0, finished_ = 0, recomputes_ = 0;
+  uint64_t epoch_ = 0;
+  int64_t weight_bytes_ = 0;  // of model_, counted once per switch
+  uint64_t admissions_ = 0;      // requests admitted so far (prompt sampling)
+  model::ExitPolicy policy_;     // this step's
   double forward_seconds_ = 0.0;  // of the current step: prefill and decode calls only
+  StepTelemetry step_telemetry_;  // of the current step, filled as tokens are sampled
   std::thread thread_;
 };
 

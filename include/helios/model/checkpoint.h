@@ -18,6 +18,13 @@ struct LoadOptions {
   // Compute dtype of the resident tensors (stored F16/BF16/F32 are converted on load).
   c10::ScalarType dtype = c10::kFloat;
   c10::Device device = c10::kCPU;
+  // Weights already resident for this same model directory (another load of it, possibly to a
+  // different depth). Its embeddings, final norm, head and layers [0, min(depth, its depth))
+  // are taken as they are (the tensors share storage: nothing is read or copied) and only the
+  // layers it lacks are read from disk, so loading deeper costs only the new layers. Its
+  // tensors must have the requested dtype, device and this config's shapes, else
+  // Error(kInvalidArgument). Not kept: it may be destroyed once the load returns.
+  const ModelWeights* reuse = nullptr;
 };
 
 struct LoadedModel {
@@ -25,6 +32,7 @@ struct LoadedModel {
   ModelConfig config;
   ModelWeights weights;    // weights.layers.size() == loaded depth
   int64_t bytes_read = 0;  // tensor bytes copied out of the safetensors file(s), as stored
+                           // (reused tensors excluded)
 };
 
 // Loads a model directory: config.json plus model.safetensors, or shards listed in

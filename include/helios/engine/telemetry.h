@@ -1,0 +1,53 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "helios/engine/request.h"
+#include "helios/model/transformer.h"
+
+namespace helios::engine {
+
+// What one request did, reported once when it finishes (for a controller that tunes the
+// model, its depth and the exit threshold from live traffic).
+struct RequestTelemetry {
+  std::string id;
+  std::string model;          // model name at finish
+  int64_t loaded_layers = 0;  // at finish
+  uint64_t model_epoch = 0;   // engine model epoch at finish
+  // Admitted and finished under the same epoch (no switch or resize in between), so every
+  // figure below comes from one model at one depth.
+  bool single_epoch = true;
+  Finish finish = Finish::kNone;
+  int64_t prompt_tokens = 0, generated = 0, greedy_exits = 0;
+  // Index = 1-based exit layer: generated tokens that left there. Size loaded_layers + 1, or
+  // more when tokens decoded before a switch left deeper than the current depth, so that the
+  // counts always sum to `generated`.
+  std::vector<int64_t> exit_counts;
+  std::optional<model::ExitScores> prompt_scores;  // when the prompt was sampled
+  double ttft_s = 0, tpot_s = 0, total_s = 0;  // tpot: mean time between generated tokens (0 when < 2)
+};
+
+// What one engine step did.
+struct StepTelemetry {
+  uint64_t model_epoch = 0;
+  int64_t batch = 0;         // sequences run this step
+  int64_t generated = 0;     // tokens sampled this step
+  int64_t greedy_exits = 0;  // of those, forced out at the last loaded layer below the threshold
+  std::vector<uint8_t> breaches;  // one flag per sampled token, in order (1 = greedy exit)
+  int64_t running = 0, waiting = 0;
+  double seconds = 0, forward_seconds = 0;
+};
+
+// Receives telemetry on the engine thread, after each step and at each finish: it must be
+// cheap and must not call back into the engine's blocking API (switch_model's future).
+class TelemetrySink {
+ public:
+  virtual ~TelemetrySink() = default;
+  virtual void on_step(const StepTelemetry& step) = 0;
+  virtual void on_request(RequestTelemetry request) = 0;
+};
+
+}  // namespace helios::engine
