@@ -142,7 +142,9 @@ int64_t choose_depth(const ProfileRow& row, const SloConfig& slo, double best_fu
 double best_full_perplexity(const PerformanceTable& table) {
   double best = std::numeric_limits<double>::infinity();
   for (const ProfileRow& row : table.rows()) {
-    if (row.prompt_tokens > 0) best = std::min(best, full_depth_perplexity(row));
+    // Fully loaded with early exit on: the accuracy of the static baseline. The SLO bounds
+    // what truncation (and the choice of model) adds to that, not the cost of early exit.
+    if (row.prompt_tokens > 0) best = std::min(best, policy_perplexity(row, row.profiled_layers));
   }
   return best;
 }

@@ -219,6 +219,7 @@ ServingEngine::ServingEngine(std::shared_ptr<const ModelInstance> model, EngineO
                 "scheduler limits: max_running and max_batch_tokens must be positive, "
                 "max_queued non-negative");
   }
+  max_running_.store(limits.max_running);
   if (registry != nullptr) {
     metrics_ = std::make_unique<Metrics>(*registry, options_, *model_);
     metrics_->kv_bytes->set(static_cast<double>(cache_->resident_bytes()));
@@ -424,6 +425,11 @@ void ServingEngine::set_exit_threshold(double threshold) {
   exit_threshold_.store(threshold);
 }
 
+void ServingEngine::set_max_running(int64_t cap) {
+  max_running_.store(std::clamp<int64_t>(cap, 1, options_.limits.max_running));
+  wake();
+}
+
 void ServingEngine::set_prompt_sampling(double rate) {
   if (!(rate >= 0.0 && rate <= 1.0)) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -573,7 +579,7 @@ void ServingEngine::schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>
   // Then waiting requests, in order, while the batch, the budget and the pool allow. Admission
   // never preempts: a request waits for blocks rather than evicting one that holds them.
   while (!waiting_.empty() && budget > 0 &&
-         static_cast<int64_t>(running_.size()) < options_.limits.max_running) {
+         static_cast<int64_t>(running_.size()) < max_running_.load()) {
     Sequence& sequence = *waiting_.front();
     const int64_t chunk = std::min(sequence.prefill_target() - sequence.kv.length, budget);
     if (!cache_->reserve(sequence.kv, sequence.kv.length + chunk)) break;

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "helios/common/error.h"
+#include "helios/controller/controller.h"
 #include "helios/engine/model_instance.h"
 #include "helios/engine/serving_engine.h"
 #include "helios/metrics/http_endpoint.h"
@@ -105,21 +106,42 @@ void Daemon::load_model() {
   options.max_layers = config_.max_layers;
   options.dtype = parse_dtype(config_.dtype);
   options.device = at::Device(config_.device);
-  model_ = engine::ModelInstance::load(config_.model_path, options);
-  const std::string name = config_.model_name.empty()
-                               ? config_.model_path.lexically_normal().filename().string()
-                               : config_.model_name;
 
   engine::EngineOptions engine_options;
-  engine_options.model_name = name.empty() ? "model" : name;
   engine_options.limits = config_.limits;
   engine_options.kv_block_size = config_.kv_block_size;
-  engine_options.kv_blocks = engine::kv_blocks_for_budget(
-      *model_, config_.memory_budget_bytes, config_.kv_block_size, "memory.budget_mib");
   engine_options.exit_policy = config_.exit_policy;
   engine_options.buckets = config_.buckets;
-  engine_ = std::make_unique<engine::ServingEngine>(*model_, engine_options, registry_.get());
+  if (config_.policy == "helios") {
+    controller::ControllerOptions controller_options;
+    controller_options.slo_file = config_.slo_file;
+    controller_options.memory_budget_bytes = config_.memory_budget_bytes;
+    controller_options.kv_block_size = config_.kv_block_size;
+    controller_options.max_running = config_.limits.max_running;
+    controller_options.load = options;
+    controller_options.cpu_watts_per_core = config_.cpu_watts_per_core;
+    controller_options.decisions_kept = static_cast<size_t>(config_.decisions_kept);
+    controller_ = std::make_unique<controller::Controller>(controller_options, registry_.get());
+    controller_->prepare();
+    model_ = controller_->initial_model();
+    engine_options.model_name = controller_->initial_model_name();
+    engine_options.kv_blocks = controller_->initial_kv_blocks();
+    engine_options.telemetry = controller_.get();
+  } else {
+    model_ = engine::ModelInstance::load(config_.model_path, options);
+    const std::string name = config_.model_name.empty()
+                                 ? config_.model_path.lexically_normal().filename().string()
+                                 : config_.model_name;
+    engine_options.model_name = name.empty() ? "model" : name;
+    engine_options.kv_blocks = engine::kv_blocks_for_budget(
+        *model_, config_.memory_budget_bytes, config_.kv_block_size, "memory.budget_mib");
+  }
+  engine_ = std::make_unique<engine::ServingEngine>(model_, engine_options, registry_.get());
   engine_->start();
+  if (controller_) {
+    controller_->start(engine_.get());
+    services_->context.controller = controller_.get();
+  }
 
   ServingContext& context = services_->context;
   const int64_t context_length = model_->config().max_position_embeddings;
@@ -132,14 +154,18 @@ void Daemon::load_model() {
 
   const engine::EngineStats stats = engine_->stats();
   spdlog::info(
-      "model {} from {}: {}/{} layers, {:.1f} MiB weights ({} {}), loaded in {:.2f} s; KV cache "
-      "{} blocks x {} tokens ({:.1f} MiB) in a {:.0f} MiB budget",
-      engine_options.model_name, config_.model_path.string(),
+      "policy {}: model {} from {}: {}/{} layers, {:.1f} MiB weights ({} {}), loaded in {:.2f} s; "
+      "KV cache {} blocks x {} tokens ({:.1f} MiB, {} full-context sequences) in a {:.0f} MiB "
+      "budget",
+      config_.policy, engine_options.model_name, model_->loaded().dir.string(),
       model_->transformer().loaded_layers(), model_->config().num_hidden_layers,
       model_->loaded().weights.resident_bytes() / kMiB, config_.dtype, config_.device,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
       stats.kv_blocks_total, config_.kv_block_size, stats.kv_cache_bytes / kMiB,
-      config_.memory_budget_bytes / kMiB);
+      stats.kv_sequences, config_.memory_budget_bytes / kMiB);
+  // Under the controller the engine and the controller hold the served model; keeping the
+  // initial one here would pin its memory after a switch.
+  if (controller_) model_.reset();
 }
 
 void Daemon::shutdown() {
@@ -153,6 +179,8 @@ void Daemon::shutdown() {
   state_.store(ServerState::kDraining);
   if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
   const auto t0 = std::chrono::steady_clock::now();
+  // No model switches while draining: the served model finishes what is in flight.
+  if (controller_) controller_->stop();
   if (engine_) {
     engine_->close();
     const auto drain_until =

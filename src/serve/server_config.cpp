@@ -107,7 +107,8 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   if (!root.is_object()) fail("config", "must be a JSON object");
   static const std::set<std::string> kSections = {"grpc",      "http",       "model",
                                                   "memory",    "scheduler",  "early_exit",
-                                                  "shutdown",  "metrics",    "logging"};
+                                                  "shutdown",  "metrics",    "logging",
+                                                  "controller", "energy",    "admin"};
   for (const auto& [key, value] : root.items()) {
     if (!kSections.contains(key)) fail(key, "unknown section");
   }
@@ -177,6 +178,25 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   logging.one_of("level", c.log_level, {"trace", "debug", "info", "warn", "error"});
   logging.check_unknown();
 
+  Section controller(root, "controller");
+  controller.one_of("policy", c.policy, {"static", "helios"});
+  std::string slo;
+  controller.string("slo_file", slo);
+  if (!slo.empty()) {
+    c.slo_file = std::filesystem::path(slo).is_absolute() ? std::filesystem::path(slo)
+                                                          : base_dir / slo;
+  }
+  controller.integer("decisions_kept", c.decisions_kept, 1, 10000);
+  controller.check_unknown();
+
+  Section energy(root, "energy");
+  energy.number("cpu_watts_per_core", c.cpu_watts_per_core, 0.0, 10000.0);
+  energy.check_unknown();
+
+  Section admin(root, "admin");
+  admin.string("token", c.admin_token);
+  admin.check_unknown();
+
   c.validate();
   return c;
 }
@@ -185,7 +205,7 @@ ServerConfig ServerConfig::from_file(const std::filesystem::path& path) {
   const std::string text = read_file(path);
   json root;
   try {
-    root = json::parse(text);
+    root = json::parse(text, nullptr, true, /*ignore_comments=*/true);
   } catch (const json::parse_error& e) {
     throw Error(ErrorCode::kInvalidArgument, path.string() + ": not valid JSON: " + e.what());
   }
@@ -197,7 +217,20 @@ ServerConfig ServerConfig::from_file(const std::filesystem::path& path) {
 }
 
 void ServerConfig::validate() const {
-  if (model_path.empty()) fail("model.path", "is required");
+  if (policy == "static" && model_path.empty()) {
+    fail("model.path", "is required with controller.policy \"static\"");
+  }
+  if (policy == "helios") {
+    if (slo_file.empty()) fail("controller.slo_file", "is required with controller.policy \"helios\"");
+    if (!model_path.empty()) {
+      fail("model.path", "must not be set with controller.policy \"helios\" (the controller "
+                         "picks models from the SLO file's model_repository)");
+    }
+    if (max_layers != 0) {
+      fail("model.max_layers", "must not be set with controller.policy \"helios\" (the "
+                               "controller picks the depth)");
+    }
+  }
   const auto colon = grpc_address.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == grpc_address.size()) {
     fail("grpc.address", "must be host:port, got \"" + grpc_address + "\"");
@@ -247,6 +280,10 @@ nlohmann::json ServerConfig::to_json() const {
         {"queue_time_buckets_seconds", buckets.queue},
         {"batch_size_buckets", buckets.batch_size}}},
       {"logging", {{"level", log_level}}},
+      {"controller",
+       {{"policy", policy}, {"slo_file", slo_file.string()}, {"decisions_kept", decisions_kept}}},
+      {"energy", {{"cpu_watts_per_core", cpu_watts_per_core}}},
+      {"admin", {{"token", admin_token.empty() ? "" : "(set)"}}},
   };
 }
 

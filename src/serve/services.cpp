@@ -258,24 +258,6 @@ class FailedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffe
   void OnDone() override { delete this; }
 };
 
-void fill_model_info(const engine::ModelInstance& model, const ServerConfig& config,
-                     const std::string& name, v1::ModelInfo* out) {
-  const model::ModelConfig& mc = model.config();
-  out->set_name(name);
-  out->set_path(model.loaded().dir.string());
-  out->set_total_layers(static_cast<uint32_t>(mc.num_hidden_layers));
-  out->set_loaded_layers(static_cast<uint32_t>(model.transformer().loaded_layers()));
-  for (const int32_t layer : model.transformer().exit_points()) {
-    out->add_exit_layers(static_cast<uint32_t>(layer));
-  }
-  out->set_resident_weight_bytes(static_cast<uint64_t>(model.loaded().weights.resident_bytes()));
-  out->set_context_length(static_cast<uint32_t>(mc.max_position_embeddings));
-  out->set_vocab_size(static_cast<uint32_t>(mc.vocab_size));
-  out->set_dtype(config.dtype);
-  out->set_device(config.device);
-  out->set_serving(true);
-}
-
 }  // namespace
 
 grpc::Status to_status(const Error& error) {
@@ -489,52 +471,6 @@ grpc::ServerUnaryReactor* InferenceService::Complete(grpc::CallbackServerContext
                                                    context_.open_calls, response);
   reactor->begin();
   return reactor.get();
-}
-
-grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* call,
-                                                  const v1::GetStatusRequest*,
-                                                  v1::GetStatusResponse* response) {
-  const ServerState state = context_.state->load();
-  response->set_version(HELIOS_VERSION);
-  switch (state) {
-    case ServerState::kLoading: response->set_state(v1::SERVER_STATE_LOADING); break;
-    case ServerState::kServing: response->set_state(v1::SERVER_STATE_SERVING); break;
-    case ServerState::kDraining:
-    case ServerState::kStopped: response->set_state(v1::SERVER_STATE_DRAINING); break;
-  }
-  response->set_uptime_seconds(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - context_.started).count());
-  response->set_memory_budget_bytes(static_cast<uint64_t>(context_.config->memory_budget_bytes));
-  response->set_exit_threshold(context_.config->exit_policy.threshold);
-  response->set_kv_block_size(static_cast<uint32_t>(context_.config->kv_block_size));
-  if (engine::ServingEngine* engine = context_.engine.load()) {
-    const engine::EngineStats stats = engine->stats();
-    response->set_running_requests(static_cast<uint32_t>(stats.running));
-    response->set_waiting_requests(static_cast<uint32_t>(stats.waiting));
-    response->set_kv_blocks_total(static_cast<uint64_t>(stats.kv_blocks_total));
-    response->set_kv_blocks_used(static_cast<uint64_t>(stats.kv_blocks_used));
-    response->set_kv_cache_bytes(static_cast<uint64_t>(stats.kv_cache_bytes));
-    response->set_requests_finished(static_cast<uint64_t>(stats.finished));
-    response->set_steps(static_cast<uint64_t>(stats.steps));
-    response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
-    fill_model_info(*engine->model(), *context_.config, engine->options().model_name,
-                    response->mutable_model());
-  }
-  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
-}
-
-grpc::ServerUnaryReactor* AdminService::ListModels(grpc::CallbackServerContext* call,
-                                                   const v1::ListModelsRequest*,
-                                                   v1::ListModelsResponse* response) {
-  if (engine::ServingEngine* engine = context_.engine.load()) {
-    fill_model_info(*engine->model(), *context_.config, engine->options().model_name,
-                    response->add_models());
-  }
-  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
 }
 
 }  // namespace helios::serve

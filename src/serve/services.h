@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "helios/common/error.h"
+#include "helios/controller/controller.h"
 #include "helios/engine/serving_engine.h"
 #include "helios/serve/daemon.h"
 #include "helios/serve/server_config.h"
@@ -26,6 +27,7 @@ struct ServingContext {
   int64_t max_output_tokens = 0;
   metrics::Family<metrics::Counter>* rejected = nullptr;  // by gRPC status code
   std::atomic<int64_t> open_calls{0};  // Generate/Complete calls gRPC has not finished with
+  controller::Controller* controller = nullptr;  // with policy "helios"; outlives the server
 };
 
 // Maps a helios::Error onto the gRPC status code of the same meaning.
@@ -66,6 +68,9 @@ class InferenceService final : public RawInferenceBase {
   ServingContext& context_;
 };
 
+// Admin calls need the configured bearer token, or come from a loopback peer when none is set.
+grpc::Status check_admin_access(const grpc::CallbackServerContext& call, const ServerConfig& config);
+
 class AdminService final : public v1::Admin::CallbackService {
  public:
   explicit AdminService(ServingContext& context) : context_(context) {}
@@ -76,6 +81,15 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* call,
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* PinModel(grpc::CallbackServerContext* call,
+                                     const v1::PinModelRequest* request,
+                                     v1::PinModelResponse* response) override;
+  grpc::ServerUnaryReactor* Unpin(grpc::CallbackServerContext* call,
+                                  const v1::UnpinRequest* request,
+                                  v1::UnpinResponse* response) override;
+  grpc::ServerUnaryReactor* ReloadConfig(grpc::CallbackServerContext* call,
+                                         const v1::ReloadConfigRequest* request,
+                                         v1::ReloadConfigResponse* response) override;
 
  private:
   ServingContext& context_;

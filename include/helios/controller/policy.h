@@ -59,7 +59,9 @@ Option evaluate(const ProfileRow& row, int64_t depth, const SloConfig& slo,
 // whose policy perplexity is within the bound; the full profiled depth when none is.
 int64_t choose_depth(const ProfileRow& row, const SloConfig& slo, double best_full_perplexity);
 
-// Min full-depth perplexity over rows with scored prompt tokens (+infinity when none).
+// The reference of the perplexity bound: the lowest prompt perplexity of any row at its full
+// profiled depth with early exit on (what the static baseline delivers), +infinity when no row
+// has scored prompt tokens.
 double best_full_perplexity(const PerformanceTable& table);
 
 // Every row evaluated at choose_depth: feasible first, then by score (ties: tokens per second,

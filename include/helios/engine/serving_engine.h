@@ -132,6 +132,11 @@ class ServingEngine {
   // (RequestTelemetry::prompt_scores). Deterministic: admission n (0-based) is scored when
   // floor((n + 1) * rate) > floor(n * rate). Recomputed prefills are never scored.
   void set_prompt_sampling(double rate);
+  // Caps the sequences in the batch below SchedulerLimits::max_running (a controller meeting a
+  // latency bound); clamped to [1, max_running]. Running sequences are not evicted: admission
+  // waits until the batch is under the cap.
+  void set_max_running(int64_t cap);
+  int64_t max_running() const { return max_running_.load(); }
 
   int64_t in_flight() const { return in_flight_.load(); }
   EngineStats stats() const;
@@ -176,6 +181,7 @@ class ServingEngine {
   std::unique_ptr<Metrics> metrics_;
   std::atomic<double> exit_threshold_;
   std::atomic<double> prompt_sampling_{0.0};
+  std::atomic<int64_t> max_running_{0};
 
   // Shared with front-end threads.
   mutable std::mutex mutex_;

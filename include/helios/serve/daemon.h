@@ -18,6 +18,10 @@ class ModelInstance;
 class ServingEngine;
 }  // namespace helios::engine
 
+namespace helios::controller {
+class Controller;
+}
+
 namespace helios::metrics {
 class Registry;
 class HttpEndpoint;
@@ -58,7 +62,8 @@ class Daemon {
   std::chrono::steady_clock::time_point started_;
   std::unique_ptr<metrics::Registry> registry_;
   std::unique_ptr<metrics::HttpEndpoint> http_;
-  std::unique_ptr<engine::ModelInstance> model_;
+  std::shared_ptr<const engine::ModelInstance> model_;  // the initial model
+  std::unique_ptr<controller::Controller> controller_;   // policy "helios"
   std::unique_ptr<engine::ServingEngine> engine_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;

@@ -42,6 +42,15 @@ struct ServerConfig {
   engine::MetricBuckets buckets;
   // logging
   std::string log_level = "info";
+  // controller: "static" serves model.path fully loaded (the baseline); "helios" lets the
+  // controller pick the model and depth from the SLO file's repository.
+  std::string policy = "static";
+  std::filesystem::path slo_file;  // required with policy "helios"; relative to the config file
+  int64_t decisions_kept = 32;     // controller decisions GetStatus reports
+  // energy: the CPU estimate of energy per token (no power meter on a CPU)
+  double cpu_watts_per_core = 10.0;
+  // admin: bearer token the Admin service requires; empty = loopback peers only
+  std::string admin_token;
 
   // Throws helios::Error(kInvalidArgument) naming the key (e.g. "scheduler.max_batch_tokens").
   static ServerConfig from_json(const nlohmann::json& json, const std::filesystem::path& base_dir);

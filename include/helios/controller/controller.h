@@ -1,0 +1,200 @@
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include "helios/controller/batch_cap.h"
+#include "helios/controller/breach_counter.h"
+#include "helios/controller/performance_table.h"
+#include "helios/controller/policy.h"
+#include "helios/controller/slo_config.h"
+#include "helios/controller/sliding_window.h"
+#include "helios/engine/model_instance.h"
+#include "helios/engine/telemetry.h"
+#include "helios/metrics/registry.h"
+#include "helios/model/checkpoint.h"
+
+namespace helios::engine {
+class ServingEngine;
+}
+
+namespace helios::controller {
+
+class ConfigWatcher;
+
+struct ControllerOptions {
+  std::filesystem::path slo_file;
+  int64_t memory_budget_bytes = 0;  // weights + KV cache, held during switches too
+  int64_t kv_block_size = 16;
+  int64_t max_running = 64;         // the scheduler's limit; the controller may cap below it
+  model::LoadOptions load;          // dtype and device of every load (max_layers is ignored)
+  double cpu_watts_per_core = 10.0; // the energy estimate per CPU second
+  size_t decisions_kept = 32;
+  std::chrono::milliseconds watch_interval{200};
+};
+
+// One decision of the controller and the figures behind it.
+struct DecisionRecord {
+  std::chrono::system_clock::time_point time{};
+  std::string kind{};     // profile | switch | extend | truncate | keep | limit | pin | unpin
+  std::string trigger{};  // startup | profiled | breach | drift | interval | slo_change | operator | error
+  std::string from_model{};
+  int64_t from_layers = 0;
+  std::string to_model{};
+  int64_t to_layers = 0;
+  int64_t max_batch = 0;
+  std::string reason{};
+  nlohmann::json figures{};
+};
+
+struct ControllerStatus {
+  std::string phase;  // profiling | serving | pinned
+  SloConfig slo;
+  std::string active_model;
+  int64_t loaded_layers = 0, total_layers = 0, max_batch = 0, weight_bytes = 0;
+  std::string profiling_model;
+  std::vector<std::string> candidates;
+  std::vector<ProfileRow> table;
+  std::vector<Option> options;  // one per row, at the depth the policy picks, best first
+  std::vector<bool> stale;      // per table row
+  std::vector<DecisionRecord> decisions;
+  int64_t requests_seen = 0, breaches_in_window = 0, breaches_total = 0;
+  int64_t reloads_applied = 0, reloads_rejected = 0;
+  std::string last_reload_error;
+  int64_t peak_memory_bytes = 0;
+  double live_p95_ttft_ms = 0, live_p95_tpot_ms = 0, live_prompt_perplexity = 0;
+  int64_t live_window_requests = 0;
+};
+
+// The HELIOS controller. It owns the model repository view, the Performance History Table and
+// the SLO file. A thread of its own profiles the shortlisted candidates on live requests
+// (each serves the next `profile_requests` requests in turn; their tokens go to the clients),
+// picks a model and a depth with the greedy partial load, and watches the confidence breach
+// counter, the SLO figures and the request count to extend, switch or re-profile. Loads run on
+// that thread while the engine keeps serving the old model; the engine switches at a step
+// boundary and recomputes the sequences in flight. Operators pin, unpin and reload through it.
+class Controller final : public engine::TelemetrySink {
+ public:
+  Controller(ControllerOptions options, metrics::Registry* registry);
+  ~Controller() override;
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+
+  // Reads the SLO file, scans and shortlists the repository and loads the first candidate at
+  // full depth (profiling starts with it). Throws helios::Error naming the problem.
+  void prepare();
+  // The model and pool size the engine starts with (after prepare()).
+  std::shared_ptr<const engine::ModelInstance> initial_model() const { return current_; }
+  const std::string& initial_model_name() const { return current_name_; }
+  int64_t initial_kv_blocks() const { return initial_kv_blocks_; }
+
+  // Starts the controller thread and the SLO file watcher; `engine` was built with
+  // initial_model() and this controller as its telemetry sink, and outlives stop().
+  void start(engine::ServingEngine* engine);
+  void stop();
+
+  // Operator commands, run on the controller thread; they throw helios::Error
+  // (kInvalidArgument naming the field, kNotFound for an unknown model).
+  DecisionRecord pin(const std::string& model, int64_t layers);
+  DecisionRecord unpin();
+  // Re-reads the SLO file; returns whether it changed. Invalid: throws, the old one stays.
+  bool reload();
+  ControllerStatus status() const;
+
+  // engine::TelemetrySink (engine thread): queue and return.
+  void on_step(const engine::StepTelemetry& step) override;
+  void on_request(engine::RequestTelemetry request) override;
+
+ private:
+  enum class Phase { kProfiling, kServing, kPinned };
+  static std::string phase_name(Phase phase);
+  struct Accumulator;
+  struct Metrics;
+  using Command = std::function<void()>;
+
+  void run();
+  void handle_step(const engine::StepTelemetry& step);
+  void handle_request(const engine::RequestTelemetry& request);
+  void check_triggers();
+  size_t prompt_window_size() const;
+
+  void start_profiling(const std::string& trigger, const std::string& reason);
+  void profile_next(const std::string& trigger);
+  void finish_profile();
+  void decide(const std::string& trigger, const std::string& reason);
+  void apply(const Option& option, int64_t cap, const std::string& trigger,
+             const std::string& reason, nlohmann::json figures);
+  // The concurrency cap that meets the SLO's time-per-output-token bound for `option`.
+  int64_t cap_for(const Option& option) const;
+  // Loads the candidate at `depth` within the memory budget and has the engine switch to it;
+  // `reason` labels the switch metrics.
+  void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);
+  void set_max_batch(int64_t cap);
+  void apply_slo(const SloConfig& slo);
+  bool reload_from(const std::string& text);
+  void record(DecisionRecord decision);
+  void reset_windows();
+  PolicyLimits limits() const;
+  const Candidate* find_candidate(const std::string& name) const;
+  template <typename T>
+  T run_command(std::function<T()> body);
+
+  ControllerOptions options_;
+  metrics::Registry* registry_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ConfigWatcher> watcher_;
+
+  // Controller thread (and prepare()) only, apart from what status() copies under mutex_.
+  SloConfig slo_;
+  std::string slo_text_;
+  std::vector<Candidate> repository_, shortlist_;
+  PerformanceTable table_;
+  std::shared_ptr<const engine::ModelInstance> current_;
+  std::string current_name_;
+  int64_t initial_kv_blocks_ = 0;
+  engine::ServingEngine* engine_ = nullptr;
+  uint64_t epoch_ = 0;  // the engine's model epoch of current_
+  Phase phase_ = Phase::kProfiling;
+  std::deque<std::string> profile_queue_;
+  std::unique_ptr<Accumulator> profile_;
+  int64_t max_batch_ = 0;
+  BreachCounter breaches_{100};
+  PercentileWindow ttft_window_{32}, tpot_window_{32};
+  std::deque<std::pair<double, int64_t>> prompt_window_;  // sampled prompts: NLL, tokens
+  int64_t requests_seen_ = 0, last_profiled_at_ = 0, breaches_total_ = 0;
+  int64_t reloads_applied_ = 0, reloads_rejected_ = 0;
+  std::string last_reload_error_;
+  int64_t peak_memory_bytes_ = 0;
+  std::map<std::string, StepModel> step_models_;  // per profiled model
+
+  // Shared with the engine thread, operator threads and status().
+  mutable std::mutex mutex_;
+  std::condition_variable wakeup_;
+  std::deque<engine::StepTelemetry> steps_in_;
+  std::deque<engine::RequestTelemetry> requests_in_;
+  std::deque<Command> commands_;
+  std::optional<std::string> changed_file_;  // from the watcher
+  std::deque<DecisionRecord> decisions_;
+  ControllerStatus published_;  // refreshed by the controller thread
+  bool stopping_ = false;
+  std::thread thread_;
+
+  void publish();
+};
+
+}  // namespace helios::controller

@@ -1,0 +1,458 @@
+#include "helios/controller/controller.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <ctime>
+
+#include "helios/common/error.h"
+#include "helios/common/files.h"
+#include "helios/controller/config_watcher.h"
+#include "helios/engine/serving_engine.h"
+#include "controller_internal.h"
+
+namespace helios::controller {
+namespace {
+
+// How far above its profiled value the live prompt perplexity of the served choice must be
+// (besides above the SLO bound) to count as drift rather than harder prompts.
+constexpr double kPerplexityDriftFactor = 2.0;
+
+}  // namespace
+namespace {
+
+
+}  // namespace
+
+std::string Controller::phase_name(Phase phase) {
+  switch (phase) {
+    case Phase::kProfiling: return "profiling";
+    case Phase::kServing: return "serving";
+    case Phase::kPinned: return "pinned";
+  }
+  return "unknown";
+}
+
+Controller::Controller(ControllerOptions options, metrics::Registry* registry)
+    : options_(std::move(options)), registry_(registry) {
+  if (registry_ != nullptr) metrics_ = std::make_unique<Metrics>(*registry_);
+}
+
+Controller::~Controller() { stop(); }
+
+PolicyLimits Controller::limits() const {
+  return PolicyLimits{options_.memory_budget_bytes, options_.kv_block_size, options_.max_running};
+}
+
+const Candidate* Controller::find_candidate(const std::string& name) const {
+  for (const Candidate& c : repository_) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+void Controller::prepare() {
+  slo_text_ = read_file(options_.slo_file);
+  slo_ = SloConfig::parse(slo_text_, options_.slo_file.parent_path(), options_.slo_file.string());
+  const int64_t element = static_cast<int64_t>(c10::elementSize(options_.load.dtype));
+  repository_ = scan_repository(slo_.model_repository, element);
+  shortlist_ = shortlist(repository_, slo_, limits());
+  if (shortlist_.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("model_repository: no candidate in {} fits memory.budget_mib ({} "
+                            "models found)",
+                            slo_.model_repository.string(), repository_.size()));
+  }
+  const Candidate& first = shortlist_.front();
+  model::LoadOptions load = options_.load;
+  load.max_layers = 0;
+  current_ = engine::ModelInstance::load(first.path, load);
+  current_name_ = first.name;
+  initial_kv_blocks_ = engine::kv_blocks_for_budget(*current_, options_.memory_budget_bytes,
+                                                    options_.kv_block_size, "memory.budget_mib");
+  max_batch_ = options_.max_running;
+  breaches_ = BreachCounter(slo_.breach_window_tokens);
+  reset_windows();
+  std::string names;
+  for (const Candidate& c : shortlist_) names += (names.empty() ? "" : ", ") + c.name;
+  spdlog::info("controller: objective {}, {} candidates in {}, shortlist [{}]",
+               objective_name(slo_.objective), repository_.size(),
+               slo_.model_repository.string(), names);
+}
+
+void Controller::start(engine::ServingEngine* engine) {
+  engine_ = engine;
+  epoch_ = engine_->stats().model_epoch;
+  engine_->set_exit_threshold(slo_.exit_threshold);
+  // Profiling starts with the model the engine already holds.
+  for (size_t i = 1; i < shortlist_.size(); ++i) profile_queue_.push_back(shortlist_[i].name);
+  phase_ = Phase::kProfiling;
+  profile_ = std::make_unique<Accumulator>();
+  profile_->candidate = find_candidate(current_name_);
+  profile_->epoch = epoch_;
+  engine_->set_prompt_sampling(1.0);
+  record(DecisionRecord{.kind = "profile",
+                        .trigger = "startup",
+                        .to_model = current_name_,
+                        .to_layers = current_->transformer().loaded_layers(),
+                        .max_batch = max_batch_,
+                        .reason = "profiling the shortlist on live requests, first candidate"});
+  peak_memory_bytes_ = current_->loaded().weights.resident_bytes() + engine_->stats().kv_cache_bytes;
+  publish();
+  watcher_ = std::make_unique<ConfigWatcher>(
+      options_.slo_file, options_.watch_interval, [this](const std::string& contents) {
+        {
+          std::lock_guard lock(mutex_);
+          changed_file_ = contents;
+        }
+        wakeup_.notify_one();
+      });
+  watcher_->start();
+  thread_ = std::thread([this] { run(); });
+}
+
+void Controller::stop() {
+  if (watcher_) watcher_->stop();
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    // Operator calls waiting on the thread learn that it is gone.
+    for (Command& command : commands_) command();
+    commands_.clear();
+  }
+  wakeup_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Controller::on_step(const engine::StepTelemetry& step) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    steps_in_.push_back(step);
+  }
+  wakeup_.notify_one();
+}
+
+void Controller::on_request(engine::RequestTelemetry request) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    requests_in_.push_back(std::move(request));
+  }
+  wakeup_.notify_one();
+}
+
+template <typename T>
+T Controller::run_command(std::function<T()> body) {
+  auto promise = std::make_shared<std::promise<T>>();
+  std::future<T> result = promise->get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_ || !thread_.joinable()) {
+      throw Error(ErrorCode::kUnavailable, "the controller is not running");
+    }
+    commands_.push_back([this, promise, body = std::move(body)] {
+      if (stopping_) {
+        promise->set_exception(std::make_exception_ptr(
+            Error(ErrorCode::kUnavailable, "the controller is stopping")));
+        return;
+      }
+      try {
+        T value = body();
+        publish();
+        promise->set_value(std::move(value));
+      } catch (...) {
+        promise->set_exception(std::current_exception());
+      }
+    });
+  }
+  wakeup_.notify_one();
+  return result.get();
+}
+
+template bool Controller::run_command<bool>(std::function<bool()>);
+template DecisionRecord Controller::run_command<DecisionRecord>(std::function<DecisionRecord()>);
+
+void Controller::run() {
+  while (true) {
+    std::deque<engine::StepTelemetry> steps;
+    std::deque<engine::RequestTelemetry> requests;
+    std::deque<Command> commands;
+    std::optional<std::string> changed;
+    {
+      std::unique_lock lock(mutex_);
+      wakeup_.wait_for(lock, std::chrono::milliseconds(100), [&] {
+        return stopping_ || !steps_in_.empty() || !requests_in_.empty() || !commands_.empty() ||
+               changed_file_.has_value();
+      });
+      if (stopping_) return;
+      steps.swap(steps_in_);
+      requests.swap(requests_in_);
+      commands.swap(commands_);
+      changed.swap(changed_file_);
+    }
+    try {
+      for (const auto& step : steps) handle_step(step);
+      for (const auto& request : requests) handle_request(request);
+      if (changed) {
+        try {
+          reload_from(*changed);
+        } catch (const Error& e) {
+          // Counted and logged in reload_from; the running configuration stays.
+        }
+      }
+      for (Command& command : commands) command();
+      check_triggers();
+    } catch (const std::exception& e) {
+      // A failed load or switch leaves the engine on the model it had; the next trigger retries.
+      spdlog::error("controller: {}", e.what());
+      record(DecisionRecord{.kind = "keep",
+                            .trigger = "error",
+                            .from_model = current_name_,
+                            .from_layers = current_->transformer().loaded_layers(),
+                            .to_model = current_name_,
+                            .to_layers = current_->transformer().loaded_layers(),
+                            .max_batch = max_batch_,
+                            .reason = std::string("action failed, model kept: ") + e.what()});
+      if (phase_ == Phase::kProfiling) phase_ = Phase::kServing;
+    }
+    publish();
+  }
+}
+
+void Controller::handle_step(const engine::StepTelemetry& step) {
+  if (step.model_epoch != epoch_) return;
+  if (phase_ == Phase::kProfiling && profile_) {
+    Accumulator& p = *profile_;
+    p.generated += step.generated;
+    p.step_seconds += step.seconds;
+    p.batch_sum += static_cast<double>(step.batch);
+    ++p.steps;
+    p.peak = std::max(p.peak, static_cast<double>(step.running + step.waiting));
+    if (step.batch > 0 && step.generated == step.batch) {
+      p.decode_steps.emplace_back(static_cast<double>(step.batch), step.seconds);
+    }
+    return;
+  }
+  if (phase_ != Phase::kServing) return;
+  for (const uint8_t breach : step.breaches) {
+    breaches_.record(breach != 0);
+    if (breach != 0) {
+      ++breaches_total_;
+      if (metrics_) metrics_->breaches->inc();
+    }
+  }
+  if (metrics_) metrics_->breach_window->set(static_cast<double>(breaches_.count()));
+}
+
+void Controller::handle_request(const engine::RequestTelemetry& request) {
+  ++requests_seen_;
+  const bool clean = request.single_epoch && request.model_epoch == epoch_ &&
+                     (request.finish == engine::Finish::kStop ||
+                      request.finish == engine::Finish::kLength);
+  if (!clean) return;
+  if (phase_ == Phase::kProfiling && profile_) {
+    Accumulator& p = *profile_;
+    const std::vector<int32_t>& points = current_->transformer().exit_points();
+    if (p.row.generated_exits.empty()) p.row.generated_exits.assign(points.size(), 0);
+    for (size_t i = 0; i < points.size(); ++i) {
+      if (static_cast<size_t>(points[i]) < request.exit_counts.size()) {
+        p.row.generated_exits[i] += request.exit_counts[points[i]];
+      }
+    }
+    if (request.prompt_scores) p.prompt.add(*request.prompt_scores);
+    if (request.generated > 1) p.tpot_ms.push_back(request.tpot_s * 1e3);
+    if (request.generated > 0) p.ttft_ms.push_back(request.ttft_s * 1e3);
+    ++p.row.requests;
+    if (p.row.requests >= slo_.profile_requests) finish_profile();
+    return;
+  }
+  if (phase_ != Phase::kServing) return;
+  if (request.generated > 0) ttft_window_.add(request.ttft_s * 1e3);
+  if (request.generated > 1) tpot_window_.add(request.tpot_s * 1e3);
+  if (request.prompt_scores && request.prompt_scores->tokens > 0 &&
+      !request.prompt_scores->policy_nll_sum.empty()) {
+    prompt_window_.emplace_back(request.prompt_scores->policy_nll_sum.back(),
+                                request.prompt_scores->tokens);
+    const size_t keep = prompt_window_size();
+    while (prompt_window_.size() > keep) prompt_window_.pop_front();
+  }
+}
+
+// Sampled prompts in the drift window: the requests of the window that get scored.
+size_t Controller::prompt_window_size() const {
+  return static_cast<size_t>(std::max(
+      4.0, std::round(static_cast<double>(slo_.drift_window_requests) * slo_.monitor_sample_rate)));
+}
+
+void Controller::check_triggers() {
+  if (phase_ != Phase::kServing) return;
+  const int64_t depth = current_->transformer().loaded_layers();
+  // 1. Confidence breaches.
+  if (breaches_.count() > slo_.breach_max) {
+    const std::string why = fmt::format("{} breaches in the last {} tokens (maximum {})",
+                                        breaches_.count(), breaches_.size(), slo_.breach_max);
+    breaches_.reset();
+    const Decision d = decide_on_breach(table_, current_name_, depth, slo_, limits(), requests_seen_);
+    switch (d.kind) {
+      case Decision::Kind::kReprofile: start_profiling("breach", why + "; " + d.reason); return;
+      case Decision::Kind::kExtend:
+      case Decision::Kind::kSwitch:
+        apply(d.option, cap_for(d.option), "breach", why + "; " + d.reason,
+              nlohmann::json{{"option", d.option.to_json()}});
+        return;
+      case Decision::Kind::kKeep: return;
+    }
+  }
+  // 2. SLO drift: a full window of live figures against the SLO file.
+  const size_t window = static_cast<size_t>(slo_.drift_window_requests);
+  std::vector<std::string> violations;
+  if (slo_.p95_ttft_ms && ttft_window_.size() >= window &&
+      ttft_window_.percentile(0.95) > *slo_.p95_ttft_ms) {
+    violations.push_back(fmt::format("p95 TTFT {:.2f} ms > {:.2f} ms", ttft_window_.percentile(0.95),
+                                     *slo_.p95_ttft_ms));
+  }
+  if (slo_.p95_tpot_ms && tpot_window_.size() >= window &&
+      tpot_window_.percentile(0.95) > *slo_.p95_tpot_ms) {
+    const double live = tpot_window_.percentile(0.95);
+    if (max_batch_ > 1 && violations.empty()) {
+      // The step model predicted this cap would do; the measurement says otherwise. Correct
+      // the cap in proportion before anything costlier (a re-profile).
+      const auto cap = std::max<int64_t>(
+          1, std::min<int64_t>(max_batch_ - 1, static_cast<int64_t>(std::floor(
+                                                   static_cast<double>(max_batch_) *
+                                                   *slo_.p95_tpot_ms / live))));
+      const std::string why = fmt::format(
+          "live p95 time per output token {:.3f} ms > {:.3f} ms at a batch cap of {}", live,
+          *slo_.p95_tpot_ms, max_batch_);
+      const int64_t layers = current_->transformer().loaded_layers();
+      record(DecisionRecord{.kind = "limit",
+                            .trigger = "drift",
+                            .from_model = current_name_,
+                            .from_layers = layers,
+                            .to_model = current_name_,
+                            .to_layers = layers,
+                            .max_batch = cap,
+                            .reason = why,
+                            .figures = {{"live_p95_tpot_ms", live},
+                                        {"bound_ms", *slo_.p95_tpot_ms},
+                                        {"previous_cap", max_batch_}}});
+      set_max_batch(cap);
+      reset_windows();
+      return;
+    }
+    violations.push_back(fmt::format("p95 time per output token {:.3f} ms > {:.3f} ms", live,
+                                     *slo_.p95_tpot_ms));
+  }
+  const size_t prompts_needed = prompt_window_size();
+  const double best = best_full_perplexity(table_);
+  const ProfileRow* row = table_.find(current_name_);
+  if (prompt_window_.size() >= prompts_needed && std::isfinite(best) && row != nullptr) {
+    double nll = 0;
+    int64_t tokens = 0;
+    for (const auto& [n, t] : prompt_window_) nll += n, tokens += t;
+    const double live = std::exp(nll / static_cast<double>(tokens));
+    const double bound = (1.0 + slo_.max_perplexity_increase) * best;
+    const double expected = policy_perplexity(*row, depth);
+    // Prompts differ in difficulty, so a few of them can sit above the bound by chance; the
+    // traffic has changed when they are also far above what the row measured for this choice.
+    if (live > bound && live > kPerplexityDriftFactor * expected) {
+      violations.push_back(fmt::format(
+          "live prompt perplexity {:.2f} > bound {:.2f} and > {:.1f}x the {:.2f} profiled", live,
+          bound, kPerplexityDriftFactor, expected));
+    }
+  }
+  if (!violations.empty()) {
+    std::string why;
+    for (const auto& v : violations) why += (why.empty() ? "" : "; ") + v;
+    start_profiling("drift", "sustained SLO violation over the drift window: " + why);
+    return;
+  }
+  // 3. Periodic re-profiling.
+  if (slo_.reprofile_interval_requests > 0 &&
+      requests_seen_ - last_profiled_at_ >= slo_.reprofile_interval_requests) {
+    start_profiling("interval", fmt::format("{} requests since the last profile",
+                                            requests_seen_ - last_profiled_at_));
+  }
+}
+
+void Controller::start_profiling(const std::string& trigger, const std::string& reason) {
+  profile_queue_.clear();
+  for (const Candidate& c : shortlist_) profile_queue_.push_back(c.name);
+  spdlog::info("controller: re-profiling {} candidates ({}: {})", profile_queue_.size(), trigger,
+               reason);
+  record(DecisionRecord{.kind = "profile",
+                        .trigger = trigger,
+                        .from_model = current_name_,
+                        .from_layers = current_->transformer().loaded_layers(),
+                        .to_model = profile_queue_.front(),
+                        .max_batch = options_.max_running,
+                        .reason = reason});
+  profile_next(trigger);
+}
+
+void Controller::profile_next(const std::string& trigger) {
+  (void)trigger;
+  const std::string name = profile_queue_.front();
+  profile_queue_.pop_front();
+  const Candidate* candidate = find_candidate(name);
+  if (candidate == nullptr) throw Error(ErrorCode::kNotFound, "candidate " + name + " is gone");
+  const int64_t full = candidate->config.num_hidden_layers;
+  // Profiling runs at full depth, so the row sees every exit the traffic would take.
+  if (name != current_name_ || current_->transformer().loaded_layers() != full) {
+    switch_to(*candidate, full, "profile");
+  }
+  set_max_batch(options_.max_running);
+  phase_ = Phase::kProfiling;
+  profile_ = std::make_unique<Accumulator>();
+  profile_->candidate = candidate;
+  profile_->epoch = epoch_;
+  engine_->set_prompt_sampling(1.0);
+}
+
+void Controller::finish_profile() {
+  Accumulator& p = *profile_;
+  ProfileRow& row = p.row;
+  const Candidate& c = *p.candidate;
+  row.model = c.name;
+  row.path = c.path;
+  row.footprint = c.footprint;
+  row.profiled_layers = current_->transformer().loaded_layers();
+  row.exit_points = current_->transformer().exit_points();
+  row.prompt_nll_sum = p.prompt.nll_sum;
+  row.prompt_policy_nll_sum = p.prompt.policy_nll_sum;
+  row.prompt_tokens = p.prompt.tokens;
+  row.decode_tokens_per_second = p.step_seconds > 0 ? static_cast<double>(p.generated) / p.step_seconds : 0;
+  row.mean_batch = p.steps > 0 ? p.batch_sum / static_cast<double>(p.steps) : 0;
+  row.peak_concurrency = p.peak;
+  PercentileWindow tpot(p.tpot_ms.size() + 1), ttft(p.ttft_ms.size() + 1);
+  for (double v : p.tpot_ms) tpot.add(v);
+  for (double v : p.ttft_ms) ttft.add(v);
+  row.tpot_p95_ms = tpot.percentile(0.95);
+  row.tpot_mean_ms = tpot.mean();
+  row.ttft_p95_ms = ttft.percentile(0.95);
+  const double cpu = process_cpu_seconds() - p.cpu_start;
+  row.energy_joules_per_token =
+      p.generated > 0 ? cpu * options_.cpu_watts_per_core / static_cast<double>(p.generated) : 0;
+  row.profiled_at_request = requests_seen_;
+  step_models_[c.name] = fit_step_model(p.decode_steps);
+  table_.upsert(row);
+  if (metrics_) metrics_->profiling_runs->inc();
+  spdlog::info("controller: profiled {} at {} layers on {} requests: {:.0f} tok/s, p95 TPOT {:.2f} "
+               "ms, prompt perplexity {:.2f}",
+               c.name, row.profiled_layers, row.requests, row.decode_tokens_per_second,
+               row.tpot_p95_ms, row.prompt_tokens > 0 ? full_depth_perplexity(row) : 0.0);
+  profile_.reset();
+  if (!profile_queue_.empty()) {
+    profile_next("profiled");
+    return;
+  }
+  last_profiled_at_ = requests_seen_;
+  phase_ = Phase::kServing;
+  decide("profiled", "profiling finished");
+}
+
+}  // namespace helios::controller

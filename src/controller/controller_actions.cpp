@@ -1,0 +1,419 @@
+// The controller's actions: deciding from the table, loading and switching within the memory
+// budget, applying SLO edits, and the operator commands.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "helios/common/error.h"
+#include "helios/common/files.h"
+#include "helios/controller/controller.h"
+#include "helios/engine/serving_engine.h"
+#include "helios/kv/kv_cache.h"
+#include "controller_internal.h"
+
+namespace helios::controller {
+namespace {
+
+int64_t block_bytes(const engine::ModelInstance& model, int64_t block_size) {
+  const model::Transformer& t = model.transformer();
+  return block_size *
+         kv::KvCache::bytes_per_token(t.kv_shape(block_size), t.weights().embed_tokens.scalar_type());
+}
+
+bool same_directory(const std::filesystem::path& a, const std::filesystem::path& b) {
+  std::error_code ec;
+  const bool same = std::filesystem::equivalent(a, b, ec);
+  return !ec && same;
+}
+
+// Re-scores an option whose throughput or latency figures changed under a concurrency cap.
+void rescore(Option& option, Objective objective) {
+  switch (objective) {
+    case Objective::kThroughput: option.score = option.tokens_per_second; break;
+    case Objective::kLatency: option.score = -option.tpot_p95_ms; break;
+    case Objective::kEnergy: option.score = -option.energy_joules_per_token; break;
+  }
+}
+
+}  // namespace
+
+void Controller::decide(const std::string& trigger, const std::string& reason) {
+  // A bound on time per output token can be met by a concurrency cap where a model and depth
+  // alone do not meet it: rank without the bound, then cap each option to meet it.
+  SloConfig relaxed = slo_;
+  relaxed.p95_tpot_ms.reset();
+  std::vector<std::pair<Option, int64_t>> ranked;
+  for (Option option : rank_options(table_, relaxed, limits())) {
+    const int64_t most = std::max<int64_t>(1, std::min(option.kv_sequences, options_.max_running));
+    int64_t cap = most;
+    const ProfileRow* row = table_.find(option.model);
+    if (row != nullptr && (slo_.p95_tpot_ms || slo_.objective == Objective::kLatency)) {
+      const auto it = step_models_.find(option.model);
+      const StepModel steps = it != step_models_.end() ? it->second : StepModel{};
+      cap = batch_cap(*row, steps, option, slo_, options_.max_running);
+      if (cap == 0) {
+        if (option.feasible) {
+          option.feasible = false;
+          option.infeasible_reason =
+              fmt::format("p95_tpot_ms: predicted {:.3f} ms at batch 1 > {:.3f}",
+                          predicted_tpot_ms(*row, steps, option, 1), slo_.p95_tpot_ms.value_or(0));
+        }
+        cap = 1;
+      } else if (steps.valid()) {
+        option.tpot_p95_ms = predicted_tpot_ms(*row, steps, option, cap);
+        const double rate_cap = static_cast<double>(cap) / steps.seconds(static_cast<double>(cap));
+        const double rate_most = static_cast<double>(most) / steps.seconds(static_cast<double>(most));
+        option.tokens_per_second *= std::min(1.0, rate_cap / rate_most);
+      }
+      rescore(option, slo_.objective);
+    }
+    ranked.emplace_back(std::move(option), cap);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) {
+    if (a.first.feasible != b.first.feasible) return a.first.feasible;
+    return a.first.score > b.first.score;
+  });
+  nlohmann::json figures = {{"objective", objective_name(slo_.objective)},
+                            {"best_full_depth_perplexity", best_full_perplexity(table_)}};
+  nlohmann::json& listed = figures["options"] = nlohmann::json::array();
+  for (const auto& [option, cap] : ranked) {
+    nlohmann::json o = option.to_json();
+    o["max_batch"] = cap;
+    listed.push_back(std::move(o));
+  }
+  if (ranked.empty() || !ranked.front().first.feasible) {
+    std::string why;
+    for (const auto& [option, cap] : ranked) {
+      why += fmt::format("{}{}@{}: {}", why.empty() ? "" : "; ", option.model, option.depth,
+                         option.infeasible_reason);
+    }
+    record(DecisionRecord{.kind = "keep",
+                          .trigger = trigger,
+                          .from_model = current_name_,
+                          .from_layers = current_->transformer().loaded_layers(),
+                          .to_model = current_name_,
+                          .to_layers = current_->transformer().loaded_layers(),
+                          .max_batch = max_batch_,
+                          .reason = reason + "; no option meets the SLO (" +
+                                    (why.empty() ? "no profiled candidate" : why) + ")",
+                          .figures = std::move(figures)});
+    if (phase_ != Phase::kPinned) phase_ = Phase::kServing;
+    return;
+  }
+  apply(ranked.front().first, ranked.front().second, trigger, reason, std::move(figures));
+}
+
+int64_t Controller::cap_for(const Option& option) const {
+  const int64_t most = std::max<int64_t>(1, std::min(option.kv_sequences, options_.max_running));
+  const ProfileRow* row = table_.find(option.model);
+  const auto it = step_models_.find(option.model);
+  if (row == nullptr || it == step_models_.end()) return most;
+  return std::max<int64_t>(1, batch_cap(*row, it->second, option, slo_, options_.max_running));
+}
+
+void Controller::apply(const Option& option, int64_t cap, const std::string& trigger,
+                       const std::string& reason, nlohmann::json figures) {
+  const Candidate* candidate = find_candidate(option.model);
+  if (candidate == nullptr) {
+    throw Error(ErrorCode::kNotFound, "model: no candidate named '" + option.model + "'");
+  }
+  const std::string from = current_name_;
+  const int64_t from_layers = current_->transformer().loaded_layers();
+  std::string kind = option.model != from         ? "switch"
+                     : option.depth > from_layers ? "extend"
+                     : option.depth < from_layers ? "truncate"
+                                                  : "keep";
+  if (kind != "keep") switch_to(*candidate, option.depth, trigger);
+  if (kind == "keep" && cap != max_batch_) kind = "limit";
+  set_max_batch(cap);
+  figures["chosen"] = option.to_json();
+  figures["max_batch"] = cap;
+  record(DecisionRecord{.kind = kind,
+                        .trigger = trigger,
+                        .from_model = from,
+                        .from_layers = from_layers,
+                        .to_model = option.model,
+                        .to_layers = option.depth,
+                        .max_batch = cap,
+                        .reason = reason,
+                        .figures = std::move(figures)});
+  if (phase_ != Phase::kPinned) phase_ = Phase::kServing;
+  engine_->set_prompt_sampling(slo_.monitor_sample_rate);
+  reset_windows();
+  breaches_.reset();
+}
+
+void Controller::switch_to(const Candidate& candidate, int64_t depth, const std::string& reason) {
+  const int64_t budget = options_.memory_budget_bytes;
+  const int64_t block = options_.kv_block_size;
+  const bool same_model = same_directory(current_->loaded().dir, candidate.path);
+  const int64_t current_depth = current_->transformer().loaded_layers();
+  const int64_t current_weights = current_->loaded().weights.resident_bytes();
+  // Bytes the load adds while the old model still serves: a deeper load of the same model
+  // shares the layers it already has.
+  const int64_t added = same_model
+                            ? std::max<int64_t>(0, depth - current_depth) * candidate.footprint.layer_bytes
+                            : candidate.footprint.weight_bytes(depth);
+  const engine::EngineStats before = engine_->stats();
+  int64_t kv_bytes = before.kv_cache_bytes;
+  if (current_weights + kv_bytes + added > budget) {
+    // Make room first: the pool shrinks (its sequences are recomputed into the smaller pool),
+    // so weights of both models plus the KV cache stay within the budget during the load.
+    const int64_t per_block = block_bytes(*current_, block);
+    const int64_t one_sequence =
+        (current_->config().max_position_embeddings + block - 1) / block;
+    int64_t blocks = (budget - current_weights - added) / per_block;
+    if (blocks < one_sequence) {
+      spdlog::warn("controller: loading {} at {} layers next to {} exceeds the memory budget by "
+                   "{:.2f} MiB even with a one-sequence KV pool",
+                   candidate.name, depth, current_name_,
+                   (current_weights + added + one_sequence * per_block - budget) / 1048576.0);
+      blocks = one_sequence;
+    }
+    if (blocks < before.kv_blocks_total) {
+      engine_->resize_kv(blocks).get();
+      kv_bytes = blocks * per_block;
+    }
+  }
+  peak_memory_bytes_ = std::max(peak_memory_bytes_, current_weights + kv_bytes + added);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::shared_ptr<const engine::ModelInstance> next;
+  if (same_model) {
+    next = engine::ModelInstance::with_depth(*current_, depth);
+  } else {
+    model::LoadOptions load = options_.load;
+    load.max_layers = depth;
+    next = engine::ModelInstance::load(candidate.path, load);
+  }
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t blocks = engine::kv_blocks_for_budget(*next, budget, block, "memory.budget_mib");
+  engine_->switch_model(next, candidate.name, blocks).get();
+  const std::string old_name = current_name_;
+  current_ = std::move(next);
+  current_name_ = candidate.name;
+  const engine::EngineStats after = engine_->stats();
+  epoch_ = after.model_epoch;
+  peak_memory_bytes_ = std::max(peak_memory_bytes_,
+                                current_->loaded().weights.resident_bytes() + after.kv_cache_bytes);
+  if (metrics_) {
+    if (old_name != candidate.name) {
+      metrics_->switches->labels({reason}).inc();
+      metrics_->active->labels({old_name}).set(0);
+    } else {
+      metrics_->layer_loads->labels({reason}).inc();
+    }
+    metrics_->active->labels({candidate.name}).set(1);
+    metrics_->peak_memory->set(static_cast<double>(peak_memory_bytes_));
+  }
+  spdlog::info("controller: now serving {} at {}/{} layers (loaded in {:.3f} s); KV pool {} "
+               "blocks, {} full-context sequences",
+               candidate.name, depth, candidate.config.num_hidden_layers, load_seconds,
+               after.kv_blocks_total, after.kv_sequences);
+}
+
+void Controller::set_max_batch(int64_t cap) {
+  max_batch_ = std::max<int64_t>(1, cap);
+  engine_->set_max_running(max_batch_);
+  if (metrics_) metrics_->max_batch->set(static_cast<double>(max_batch_));
+}
+
+void Controller::reset_windows() {
+  const size_t window = static_cast<size_t>(std::max<int64_t>(1, slo_.drift_window_requests));
+  ttft_window_ = PercentileWindow(window);
+  tpot_window_ = PercentileWindow(window);
+  prompt_window_.clear();
+}
+
+bool Controller::reload_from(const std::string& text) {
+  if (text == slo_text_) {
+    if (metrics_) metrics_->reloads->labels({"unchanged"}).inc();
+    return false;
+  }
+  SloConfig next;
+  try {
+    next = SloConfig::parse(text, options_.slo_file.parent_path(), options_.slo_file.string());
+  } catch (const Error& e) {
+    ++reloads_rejected_;
+    last_reload_error_ = e.what();
+    if (metrics_) metrics_->reloads->labels({"rejected"}).inc();
+    spdlog::error("controller: SLO file {} rejected, the running configuration stays: {}",
+                  options_.slo_file.string(), e.what());
+    throw;
+  }
+  slo_text_ = text;
+  last_reload_error_.clear();
+  if (next == slo_) {
+    if (metrics_) metrics_->reloads->labels({"unchanged"}).inc();
+    return false;
+  }
+  ++reloads_applied_;
+  if (metrics_) metrics_->reloads->labels({"applied"}).inc();
+  apply_slo(next);
+  return true;
+}
+
+void Controller::apply_slo(const SloConfig& next) {
+  const SloConfig old = std::exchange(slo_, next);
+  std::string changes;
+  const nlohmann::json diff = nlohmann::json::diff(old.to_json(), slo_.to_json());
+  for (const auto& op : diff) {
+    changes += (changes.empty() ? "" : ", ") + op.value("path", std::string()) + " -> " +
+               op.value("value", nlohmann::json()).dump();
+  }
+  spdlog::info("controller: SLO file applied: {}", changes);
+  engine_->set_exit_threshold(slo_.exit_threshold);
+  breaches_.set_window(slo_.breach_window_tokens);
+  reset_windows();
+  if (phase_ == Phase::kPinned) return;
+  const std::string reason = "SLO file changed: " + changes;
+  if (old.model_repository != slo_.model_repository ||
+      old.candidates_top_k != slo_.candidates_top_k) {
+    const int64_t element = static_cast<int64_t>(c10::elementSize(options_.load.dtype));
+    repository_ = scan_repository(slo_.model_repository, element);
+    shortlist_ = shortlist(repository_, slo_, limits());
+    if (shortlist_.empty()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "model_repository: no candidate fits the memory budget; keeping " + current_name_);
+    }
+    table_.clear();
+    step_models_.clear();
+    start_profiling("slo_change", reason);
+    return;
+  }
+  if (old.exit_threshold != slo_.exit_threshold) {
+    // The table's exit distributions were measured under the old threshold.
+    table_.clear();
+    step_models_.clear();
+    start_profiling("slo_change", reason + " (exits were measured at the old threshold)");
+    return;
+  }
+  if (phase_ == Phase::kServing) decide("slo_change", reason);
+}
+
+bool Controller::reload() {
+  return run_command<bool>([this] { return reload_from(read_file(options_.slo_file)); });
+}
+
+DecisionRecord Controller::pin(const std::string& model, int64_t layers) {
+  return run_command<DecisionRecord>([this, model, layers] {
+    const Candidate* candidate = find_candidate(model);
+    if (candidate == nullptr) {
+      throw Error(ErrorCode::kNotFound, "model: no candidate named '" + model + "' in " +
+                                            slo_.model_repository.string());
+    }
+    const int64_t total = candidate->config.num_hidden_layers;
+    if (layers < 0 || layers > total) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("layers: must be in [0, {}] for {}, got {}", total, model, layers));
+    }
+    int64_t depth = layers;
+    if (depth == 0) {
+      const ProfileRow* row = table_.find(model);
+      depth = row != nullptr ? choose_depth(*row, slo_, best_full_perplexity(table_)) : total;
+    }
+    const std::string from = current_name_;
+    const int64_t from_layers = current_->transformer().loaded_layers();
+    profile_.reset();
+    profile_queue_.clear();
+    if (model != from || depth != from_layers) switch_to(*candidate, depth, "operator");
+    set_max_batch(options_.max_running);
+    phase_ = Phase::kPinned;
+    engine_->set_prompt_sampling(slo_.monitor_sample_rate);
+    reset_windows();
+    DecisionRecord decision{.kind = "pin",
+                            .trigger = "operator",
+                            .from_model = from,
+                            .from_layers = from_layers,
+                            .to_model = model,
+                            .to_layers = depth,
+                            .max_batch = max_batch_,
+                            .reason = "pinned by an operator"};
+    record(decision);
+    return decision;
+  });
+}
+
+DecisionRecord Controller::unpin() {
+  return run_command<DecisionRecord>([this] {
+    if (phase_ != Phase::kPinned) {
+      throw Error(ErrorCode::kFailedPrecondition, "no model is pinned");
+    }
+    phase_ = Phase::kServing;
+    DecisionRecord decision{.kind = "unpin",
+                            .trigger = "operator",
+                            .from_model = current_name_,
+                            .from_layers = current_->transformer().loaded_layers(),
+                            .to_model = current_name_,
+                            .to_layers = current_->transformer().loaded_layers(),
+                            .max_batch = max_batch_,
+                            .reason = "control handed back to the controller"};
+    record(decision);
+    if (table_.rows().empty()) {
+      start_profiling("operator", "unpinned with an empty table");
+    } else {
+      decide("operator", "unpinned");
+    }
+    return decision;
+  });
+}
+
+void Controller::record(DecisionRecord decision) {
+  decision.time = std::chrono::system_clock::now();
+  spdlog::info("controller decision: {} ({}) {}@{} -> {}@{}, max batch {}: {}", decision.kind,
+               decision.trigger, decision.from_model, decision.from_layers, decision.to_model,
+               decision.to_layers, decision.max_batch, decision.reason);
+  std::lock_guard lock(mutex_);
+  decisions_.push_back(std::move(decision));
+  while (decisions_.size() > options_.decisions_kept) decisions_.pop_front();
+}
+
+void Controller::publish() {
+  ControllerStatus s;
+  s.phase = phase_name(phase_);
+  s.slo = slo_;
+  s.active_model = current_name_;
+  s.loaded_layers = current_->transformer().loaded_layers();
+  s.total_layers = current_->config().num_hidden_layers;
+  s.weight_bytes = current_->loaded().weights.resident_bytes();
+  s.max_batch = max_batch_;
+  if (phase_ == Phase::kProfiling && profile_ && profile_->candidate != nullptr) {
+    s.profiling_model = profile_->candidate->name;
+  }
+  for (const Candidate& c : shortlist_) s.candidates.push_back(c.name);
+  s.table = table_.rows();
+  for (const ProfileRow& row : s.table) {
+    s.stale.push_back(table_.stale(row, requests_seen_, slo_.reprofile_interval_requests));
+  }
+  s.options = rank_options(table_, slo_, limits());
+  s.requests_seen = requests_seen_;
+  s.breaches_in_window = breaches_.count();
+  s.breaches_total = breaches_total_;
+  s.reloads_applied = reloads_applied_;
+  s.reloads_rejected = reloads_rejected_;
+  s.last_reload_error = last_reload_error_;
+  s.peak_memory_bytes = peak_memory_bytes_;
+  s.live_p95_ttft_ms = ttft_window_.percentile(0.95);
+  s.live_p95_tpot_ms = tpot_window_.percentile(0.95);
+  s.live_window_requests = static_cast<int64_t>(tpot_window_.size());
+  if (!prompt_window_.empty()) {
+    double nll = 0;
+    int64_t tokens = 0;
+    for (const auto& [n, t] : prompt_window_) nll += n, tokens += t;
+    s.live_prompt_perplexity = tokens > 0 ? std::exp(nll / static_cast<double>(tokens)) : 0;
+  }
+  std::lock_guard lock(mutex_);
+  s.decisions.assign(decisions_.begin(), decisions_.end());
+  published_ = std::move(s);
+}
+
+ControllerStatus Controller::status() const {
+  std::lock_guard lock(mutex_);
+  return published_;
+}
+
+}  // namespace helios::controller

@@ -1,0 +1,273 @@
+// helios.v1.Admin: status, models, and the controller's operator commands.
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <thread>
+
+#include "helios/common/error.h"
+#include "services.h"
+
+namespace helios::serve {
+namespace {
+
+void fill_model_info(const engine::ModelInstance& model, const ServerConfig& config,
+                     const std::string& name, v1::ModelInfo* out) {
+  const model::ModelConfig& mc = model.config();
+  out->set_name(name);
+  out->set_path(model.loaded().dir.string());
+  out->set_total_layers(static_cast<uint32_t>(mc.num_hidden_layers));
+  out->set_loaded_layers(static_cast<uint32_t>(model.transformer().loaded_layers()));
+  for (const int32_t layer : model.transformer().exit_points()) {
+    out->add_exit_layers(static_cast<uint32_t>(layer));
+  }
+  out->set_resident_weight_bytes(static_cast<uint64_t>(model.loaded().weights.resident_bytes()));
+  out->set_context_length(static_cast<uint32_t>(mc.max_position_embeddings));
+  out->set_vocab_size(static_cast<uint32_t>(mc.vocab_size));
+  out->set_dtype(config.dtype);
+  out->set_device(config.device);
+  out->set_serving(true);
+}
+
+double unix_seconds(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
+void fill_decision(const controller::DecisionRecord& d, v1::Decision* out) {
+  out->set_unix_time(unix_seconds(d.time));
+  out->set_kind(d.kind);
+  out->set_trigger(d.trigger);
+  out->set_from_model(d.from_model);
+  out->set_from_layers(static_cast<uint32_t>(d.from_layers));
+  out->set_to_model(d.to_model);
+  out->set_to_layers(static_cast<uint32_t>(d.to_layers));
+  out->set_max_batch(static_cast<uint32_t>(d.max_batch));
+  out->set_reason(d.reason);
+  out->set_figures_json(d.figures.is_null() ? "{}" : d.figures.dump());
+}
+
+void fill_controller(const controller::ControllerStatus& s, v1::ControllerStatus* out) {
+  out->set_phase(s.phase);
+  out->set_objective(std::string(controller::objective_name(s.slo.objective)));
+  out->set_active_model(s.active_model);
+  out->set_loaded_layers(static_cast<uint32_t>(s.loaded_layers));
+  out->set_total_layers(static_cast<uint32_t>(s.total_layers));
+  out->set_max_batch(static_cast<uint32_t>(s.max_batch));
+  out->set_profiling_model(s.profiling_model);
+  for (const auto& c : s.candidates) out->add_candidates(c);
+  for (size_t i = 0; i < s.table.size(); ++i) {
+    const controller::ProfileRow& row = s.table[i];
+    v1::ProfileRow* r = out->add_table();
+    r->set_model(row.model);
+    r->set_profiled_layers(static_cast<uint32_t>(row.profiled_layers));
+    r->set_requests(static_cast<uint32_t>(row.requests));
+    int64_t generated = 0;
+    for (const int64_t n : row.generated_exits) generated += n;
+    for (size_t e = 0; e < row.exit_points.size(); ++e) {
+      r->add_exit_points(static_cast<uint32_t>(row.exit_points[e]));
+      r->add_generated_exit_share(
+          generated > 0 && e < row.generated_exits.size()
+              ? static_cast<double>(row.generated_exits[e]) / static_cast<double>(generated)
+              : 0.0);
+      if (row.prompt_tokens > 0) {
+        r->add_policy_perplexity(controller::policy_perplexity(row, row.exit_points[e]));
+      }
+    }
+    if (row.prompt_tokens > 0) r->set_full_depth_perplexity(controller::full_depth_perplexity(row));
+    r->set_prompt_tokens(static_cast<uint64_t>(row.prompt_tokens));
+    r->set_decode_tokens_per_second(row.decode_tokens_per_second);
+    r->set_tpot_p95_ms(row.tpot_p95_ms);
+    r->set_ttft_p95_ms(row.ttft_p95_ms);
+    r->set_energy_joules_per_token(row.energy_joules_per_token);
+    r->set_profiled_at_request(static_cast<uint64_t>(row.profiled_at_request));
+    r->set_stale(i < s.stale.size() && s.stale[i]);
+    for (const controller::Option& option : s.options) {
+      if (option.model == row.model) r->set_option_json(option.to_json().dump());
+    }
+  }
+  for (const auto& d : s.decisions) fill_decision(d, out->add_decisions());
+  out->set_requests_seen(static_cast<uint64_t>(s.requests_seen));
+  out->set_breaches_in_window(static_cast<uint32_t>(s.breaches_in_window));
+  out->set_breach_window_tokens(static_cast<uint32_t>(s.slo.breach_window_tokens));
+  out->set_breach_max(static_cast<uint32_t>(s.slo.breach_max));
+  out->set_breaches_total(static_cast<uint64_t>(s.breaches_total));
+  out->set_slo_json(s.slo.to_json().dump());
+  out->set_config_reloads_applied(static_cast<uint64_t>(s.reloads_applied));
+  out->set_config_reloads_rejected(static_cast<uint64_t>(s.reloads_rejected));
+  out->set_last_reload_error(s.last_reload_error);
+  out->set_peak_memory_bytes(static_cast<uint64_t>(s.peak_memory_bytes));
+  out->set_weight_bytes(static_cast<uint64_t>(s.weight_bytes));
+  out->set_live_p95_ttft_ms(s.live_p95_ttft_ms);
+  out->set_live_p95_tpot_ms(s.live_p95_tpot_ms);
+  out->set_live_prompt_perplexity(s.live_prompt_perplexity);
+  out->set_live_window_requests(static_cast<uint32_t>(s.live_window_requests));
+}
+
+bool loopback_peer(const std::string& peer) {
+  // gRPC peers read "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000" (brackets may be %-encoded) or
+  // "unix:/path".
+  return peer.rfind("ipv4:127.", 0) == 0 || peer.rfind("ipv6:[::1]", 0) == 0 ||
+         peer.rfind("ipv6:%5B::1%5D", 0) == 0 || peer.rfind("ipv6:[::ffff:127.", 0) == 0 ||
+         peer.rfind("unix:", 0) == 0;
+}
+
+// Compares without an early exit on the first difference, so timing reveals nothing.
+bool equal_secret(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(1, b.size())];
+  return diff == 0;
+}
+
+grpc::ServerUnaryReactor* finish(grpc::CallbackServerContext* call, const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+// Runs a controller command off the gRPC thread (loads can take a while) and finishes the call
+// with its status. The call counts as open, so shutdown waits for it.
+grpc::ServerUnaryReactor* run_controller_call(grpc::CallbackServerContext* call,
+                                              ServingContext& context,
+                                              std::function<void()> body) {
+  if (context.controller == nullptr) {
+    return finish(call, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                     "controller.policy: the server runs the \"static\" policy; "
+                                     "pinning and SLO reloads need \"helios\""));
+  }
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  context.open_calls.fetch_add(1);
+  std::thread([reactor, &context, body = std::move(body)] {
+    grpc::Status status = grpc::Status::OK;
+    try {
+      body();
+    } catch (const Error& e) {
+      status = to_status(e);
+    } catch (const std::exception& e) {
+      status = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+    }
+    reactor->Finish(status);
+    context.open_calls.fetch_sub(1);
+  }).detach();
+  return reactor;
+}
+
+}  // namespace
+
+grpc::Status check_admin_access(const grpc::CallbackServerContext& call,
+                                const ServerConfig& config) {
+  if (config.admin_token.empty()) {
+    const std::string peer = call.peer();
+    if (loopback_peer(peer)) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "admin calls from " + peer +
+                            " are refused: without admin.token only loopback peers may call");
+  }
+  const auto& metadata = call.client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "authorization: missing (send \"authorization: Bearer <admin.token>\")");
+  }
+  const std::string_view value(it->second.data(), it->second.size());
+  constexpr std::string_view kBearer = "Bearer ";
+  if (value.substr(0, kBearer.size()) != kBearer ||
+      !equal_secret(value.substr(kBearer.size()), config.admin_token)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: invalid bearer token");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* call,
+                                                  const v1::GetStatusRequest*,
+                                                  v1::GetStatusResponse* response) {
+  if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
+    return finish(call, access);
+  }
+  const ServerState state = context_.state->load();
+  response->set_version(HELIOS_VERSION);
+  switch (state) {
+    case ServerState::kLoading: response->set_state(v1::SERVER_STATE_LOADING); break;
+    case ServerState::kServing: response->set_state(v1::SERVER_STATE_SERVING); break;
+    case ServerState::kDraining:
+    case ServerState::kStopped: response->set_state(v1::SERVER_STATE_DRAINING); break;
+  }
+  response->set_uptime_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - context_.started).count());
+  response->set_memory_budget_bytes(static_cast<uint64_t>(context_.config->memory_budget_bytes));
+  response->set_exit_threshold(context_.config->exit_policy.threshold);
+  response->set_kv_block_size(static_cast<uint32_t>(context_.config->kv_block_size));
+  response->set_policy(context_.config->policy);
+  if (engine::ServingEngine* engine = context_.engine.load()) {
+    const engine::EngineStats stats = engine->stats();
+    response->set_running_requests(static_cast<uint32_t>(stats.running));
+    response->set_waiting_requests(static_cast<uint32_t>(stats.waiting));
+    response->set_kv_blocks_total(static_cast<uint64_t>(stats.kv_blocks_total));
+    response->set_kv_blocks_used(static_cast<uint64_t>(stats.kv_blocks_used));
+    response->set_kv_cache_bytes(static_cast<uint64_t>(stats.kv_cache_bytes));
+    response->set_kv_capacity_sequences(static_cast<uint64_t>(stats.kv_sequences));
+    response->set_requests_finished(static_cast<uint64_t>(stats.finished));
+    response->set_steps(static_cast<uint64_t>(stats.steps));
+    response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
+    fill_model_info(*engine->model(), *context_.config, stats.model_name,
+                    response->mutable_model());
+  }
+  if (context_.controller != nullptr) {
+    const controller::ControllerStatus status = context_.controller->status();
+    response->set_exit_threshold(status.slo.exit_threshold);
+    fill_controller(status, response->mutable_controller());
+  }
+  return finish(call, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* AdminService::ListModels(grpc::CallbackServerContext* call,
+                                                   const v1::ListModelsRequest*,
+                                                   v1::ListModelsResponse* response) {
+  if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
+    return finish(call, access);
+  }
+  if (engine::ServingEngine* engine = context_.engine.load()) {
+    fill_model_info(*engine->model(), *context_.config, engine->stats().model_name,
+                    response->add_models());
+  }
+  return finish(call, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* AdminService::PinModel(grpc::CallbackServerContext* call,
+                                                 const v1::PinModelRequest* request,
+                                                 v1::PinModelResponse* response) {
+  if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
+    return finish(call, access);
+  }
+  if (request->model().empty()) {
+    return finish(call, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "model: is required"));
+  }
+  const std::string model = request->model();
+  const int64_t layers = request->layers();
+  return run_controller_call(call, context_, [this, model, layers, response] {
+    fill_decision(context_.controller->pin(model, layers), response->mutable_decision());
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::Unpin(grpc::CallbackServerContext* call,
+                                              const v1::UnpinRequest*,
+                                              v1::UnpinResponse* response) {
+  if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
+    return finish(call, access);
+  }
+  return run_controller_call(call, context_, [this, response] {
+    fill_decision(context_.controller->unpin(), response->mutable_decision());
+  });
+}
+
+grpc::ServerUnaryReactor* AdminService::ReloadConfig(grpc::CallbackServerContext* call,
+                                                     const v1::ReloadConfigRequest*,
+                                                     v1::ReloadConfigResponse* response) {
+  if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
+    return finish(call, access);
+  }
+  return run_controller_call(call, context_, [this, response] {
+    response->set_changed(context_.controller->reload());
+    response->set_slo_json(context_.controller->status().slo.to_json().dump());
+  });
+}
+
+}  // namespace helios::serve

@@ -1,0 +1,451 @@
+// The HELIOS controller through the real daemon on the trained micro zoo: profiling on live
+// prose traffic, the partial load and its KV capacity, the turn to code traffic, live SLO edits
+// (objective, a tighter time per output token, an invalid file), pinning, and not one request
+// failing or losing text across every switch.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <mutex>
+#include <regex>
+#include <thread>
+
+#include "helios/tokenizer/utf8.h"
+#include "serve/daemon_process.h"
+
+namespace helios::testing {
+namespace {
+
+using nlohmann::json;
+
+json slo_file(const json& overrides = {}) {
+  json slo = {
+      {"objective", "throughput"},
+      {"constraints", {{"max_perplexity_increase", 0.10}, {"p95_ttft_ms", nullptr}, {"p95_tpot_ms", nullptr}}},
+      {"early_exit", {{"threshold", 0.3}, {"load_quantile", 0.7}}},
+      {"controller",
+       {{"candidates_top_k", 3},
+        {"profile_requests", 4},
+        {"reprofile_interval_requests", 0},
+        {"breach_window_tokens", 100},
+        {"breach_max", 90},
+        {"drift_window_requests", 8},
+        {"monitor_sample_rate", 1.0}}},
+      {"model_repository", kMicroZoo},
+  };
+  for (const auto& [section, value] : overrides.items()) {
+    if (value.is_object()) {
+      for (const auto& [key, v] : value.items()) slo[section][key] = v;
+    } else {
+      slo[section] = value;
+    }
+  }
+  return slo;
+}
+
+void write_slo(const std::filesystem::path& path, const std::string& text) {
+  // Write then rename, as editors do, so the watcher never reads half a file.
+  const auto tmp = path.string() + ".tmp";
+  std::ofstream(tmp) << text;
+  std::filesystem::rename(tmp, path);
+}
+
+constexpr double kBudgetMiB = 4.0;
+
+json helios_config(const std::filesystem::path& slo_path) {
+  return {
+      {"grpc", {{"address", "127.0.0.1:0"}}},
+      {"http", {{"host", "127.0.0.1"}, {"port", 0}}},
+      {"memory", {{"budget_mib", kBudgetMiB}, {"kv_block_size", 16}}},
+      {"scheduler", {{"max_running_requests", 32}, {"max_batch_tokens", 512}}},
+      {"controller", {{"policy", "helios"}, {"slo_file", slo_path.string()}}},
+      {"logging", {{"level", "info"}}},
+  };
+}
+
+// Full-context sequences the KV pool of a micro-zoo model holds at `depth` in the budget,
+// computed from config.json alone (the shapes of a Llama model, float32).
+int64_t predicted_sequences(const std::string& model, int64_t depth) {
+  const json c = json::parse(read_file(kMicroZoo + "/" + model + "/config.json"));
+  const int64_t hidden = c["hidden_size"], inter = c["intermediate_size"];
+  const int64_t heads = c["num_attention_heads"], kv_heads = c["num_key_value_heads"];
+  const int64_t vocab = c["vocab_size"], context = c["max_position_embeddings"];
+  const int64_t head_dim = hidden / heads;
+  const bool tied = c.value("tie_word_embeddings", false);
+  const int64_t fixed = vocab * hidden * (tied ? 1 : 2) + hidden;
+  const int64_t layer = 2 * hidden + 2 * hidden * heads * head_dim +
+                        2 * hidden * kv_heads * head_dim + 3 * hidden * inter;
+  const int64_t weights = (fixed + depth * layer) * 4;
+  const int64_t per_token = depth * 2 * kv_heads * head_dim * 4;
+  const auto budget = static_cast<int64_t>(kBudgetMiB * 1024 * 1024);
+  const int64_t blocks = (budget - weights) / (16 * per_token);
+  return blocks * 16 / context;
+}
+
+std::vector<std::string> code_prompts(size_t count, size_t bytes = 60) {
+  const std::string text = read_file(std::string(HELIOS_DATA_DIR) + "/code/test.txt");
+  std::vector<std::string> prompts;
+  for (size_t pos = 3000; prompts.size() < count && pos + bytes < text.size(); pos += 1499) {
+    std::string prompt = text.substr(pos, bytes);
+    for (char& ch : prompt) {
+      if (static_cast<unsigned char>(ch) >= 0x80) ch = ' ';
+    }
+    prompts.push_back(prompt);
+  }
+  return prompts;
+}
+
+// Client threads that keep sending greedy requests from the current prompt set and check
+// every answer: OK, finished by length or stop, and the streamed text exactly the bytes of the
+// streamed token ids (nothing duplicated or lost across a switch).
+class LiveTraffic {
+ public:
+  LiveTraffic(const DaemonProcess& daemon, int clients, std::vector<std::string> prompts)
+      : prompts_(std::move(prompts)) {
+    for (int c = 0; c < clients; ++c) {
+      threads_.emplace_back([this, &daemon, c] {
+        auto stub = daemon.inference();
+        for (size_t i = c; !stop_.load(); i += 7) {
+          std::string prompt;
+          {
+            std::lock_guard lock(mutex_);
+            prompt = prompts_[i % prompts_.size()];
+          }
+          const StreamResult r = generate(*stub, greedy_request(prompt, 32));
+          check(r);
+        }
+      });
+    }
+  }
+  ~LiveTraffic() { stop(); }
+
+  void set_prompts(std::vector<std::string> prompts) {
+    std::lock_guard lock(mutex_);
+    prompts_ = std::move(prompts);
+  }
+  void stop() {
+    stop_.store(true);
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+  int64_t finished() const { return finished_.load(); }
+  int64_t failures() const { return failures_.load(); }
+  std::string first_failure() {
+    std::lock_guard lock(mutex_);
+    return first_failure_;
+  }
+
+ private:
+  void check(const StreamResult& r) {
+    std::string bytes;
+    for (const int32_t id : r.token_ids) {
+      if (id < 256) bytes.push_back(static_cast<char>(id));
+    }
+    std::string problem;
+    if (!r.status.ok()) {
+      problem = "status " + std::to_string(r.status.error_code()) + ": " + r.status.error_message();
+    } else if (r.finish != v1::LENGTH && r.finish != v1::STOP) {
+      problem = "finish reason " + std::to_string(r.finish);
+    } else if (static_cast<uint32_t>(r.token_ids.size()) != r.usage.completion_tokens()) {
+      problem = "token details " + std::to_string(r.token_ids.size()) + " != completion tokens " +
+                std::to_string(r.usage.completion_tokens());
+    } else if (r.text != tokenizer::replace_invalid_utf8(bytes)) {
+      problem = "text differs from its tokens: '" + r.text + "' vs '" + bytes + "'";
+    }
+    finished_.fetch_add(1);
+    if (!problem.empty()) {
+      failures_.fetch_add(1);
+      std::lock_guard lock(mutex_);
+      if (first_failure_.empty()) first_failure_ = problem;
+    }
+  }
+
+  std::mutex mutex_;
+  std::vector<std::string> prompts_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> finished_{0}, failures_{0};
+  std::string first_failure_;
+  std::vector<std::thread> threads_;
+};
+
+// Polls the status until `done` holds; returns the status that satisfied it.
+v1::GetStatusResponse wait_for(const DaemonProcess& daemon,
+                               const std::function<bool(const v1::GetStatusResponse&)>& done,
+                               std::chrono::seconds timeout, const std::string& what) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  v1::GetStatusResponse status;
+  while (std::chrono::steady_clock::now() < until) {
+    status = daemon.status();
+    if (done(status)) return status;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ADD_FAILURE() << "timed out waiting for " << what << "; last status:\n"
+                << status.controller().DebugString() << "\nlog tail:\n"
+                << daemon.log().substr(daemon.log().size() > 6000 ? daemon.log().size() - 6000 : 0);
+  return status;
+}
+
+// The newest decision with this trigger made after `after_time` (a pointer into `s`).
+const v1::Decision* find_decision(const v1::GetStatusResponse& s, const std::string& trigger,
+                                  double after_time) {
+  const v1::Decision* found = nullptr;
+  for (const auto& d : s.controller().decisions()) {
+    if (d.trigger() == trigger && d.unix_time() > after_time && d.kind() != "profile") found = &d;
+  }
+  return found;
+}
+
+double metric_value(const DaemonProcess& daemon, const std::string& series) {
+  httplib::Client http("127.0.0.1", daemon.http_port());
+  const auto response = http.Get("/metrics");
+  if (!response) return NAN;
+  std::istringstream in(response->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return 0.0;
+}
+
+double now_unix() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
+  ScratchDir dir("controller");
+  const auto slo_path = dir.path() / "slo.json";
+  write_slo(slo_path, "// test SLO\n" + slo_file().dump(2));
+  DaemonProcess daemon(helios_config(slo_path));
+  ASSERT_TRUE(daemon.wait_ready());
+
+  // 1. Prose traffic: every candidate is profiled on it, then the greedy partial load.
+  LiveTraffic traffic(daemon, 12, test_prompts(48));
+  auto s = wait_for(
+      daemon,
+      [](const auto& s) { return find_decision(s, "profiled", 0) != nullptr; },
+      std::chrono::seconds(180), "the first decision after profiling");
+  ASSERT_NE(find_decision(s, "profiled", 0), nullptr);
+  const v1::Decision first_decision = *find_decision(s, "profiled", 0);
+  const v1::Decision* first = &first_decision;
+  EXPECT_EQ(s.controller().table_size(), 3) << s.controller().DebugString();
+  EXPECT_EQ(first->to_model(), "prose-micro") << first->reason() << "\n" << first->figures_json();
+  const int64_t depth = first->to_layers();
+  EXPECT_LT(depth, 4) << first->figures_json();
+  EXPECT_EQ(s.controller().active_model(), "prose-micro");
+  EXPECT_EQ(s.model().loaded_layers(), static_cast<uint32_t>(depth));
+  // KV capacity at the partial depth, and at full depth (pinned), against the bytes freed.
+  const int64_t capacity_partial = static_cast<int64_t>(s.kv_capacity_sequences());
+  EXPECT_EQ(capacity_partial, predicted_sequences("prose-micro", depth));
+  {
+    grpc::ClientContext context;
+    v1::PinModelRequest pin;
+    pin.set_model("prose-micro");
+    pin.set_layers(4);
+    v1::PinModelResponse response;
+    ASSERT_TRUE(daemon.admin()->PinModel(&context, pin, &response).ok());
+    EXPECT_EQ(response.decision().kind(), "pin");
+  }
+  s = daemon.status();
+  EXPECT_EQ(s.controller().phase(), "pinned");
+  EXPECT_EQ(s.model().loaded_layers(), 4u);
+  const int64_t capacity_full = static_cast<int64_t>(s.kv_capacity_sequences());
+  EXPECT_EQ(capacity_full, predicted_sequences("prose-micro", 4));
+  EXPECT_GT(capacity_partial, capacity_full);
+  std::printf("prose-micro KV capacity: %lld sequences at %lld layers, %lld at 4 layers (x%.2f)\n",
+              static_cast<long long>(capacity_partial), static_cast<long long>(depth),
+              static_cast<long long>(capacity_full),
+              static_cast<double>(capacity_partial) / static_cast<double>(capacity_full));
+  {
+    grpc::ClientContext context;
+    v1::UnpinResponse response;
+    ASSERT_TRUE(daemon.admin()->Unpin(&context, v1::UnpinRequest(), &response).ok());
+  }
+  s = wait_for(
+      daemon, [&](const auto& s) { return s.model().loaded_layers() == static_cast<uint32_t>(depth); },
+      std::chrono::seconds(30), "the controller to restore the partial load after unpin");
+
+  // 2. The traffic turns to code: the live telemetry leaves the SLO, the controller re-profiles
+  // and moves within a bounded number of requests.
+  const double breaches_before = metric_value(daemon, "helios_confidence_breaches_total");
+  const int64_t requests_at_turn = traffic.finished();
+  const double turn_time = now_unix();
+  traffic.set_prompts(code_prompts(48));
+  s = wait_for(
+      daemon,
+      [&](const auto& s) {
+        const v1::Decision* d = find_decision(s, "profiled", turn_time);
+        return d != nullptr && s.controller().phase() == "serving";
+      },
+      std::chrono::seconds(180), "a decision on code traffic");
+  ASSERT_NE(find_decision(s, "profiled", turn_time), nullptr);
+  const v1::Decision moved_decision = *find_decision(s, "profiled", turn_time);
+  const v1::Decision* moved = &moved_decision;
+  const int64_t requests_to_move = traffic.finished() - requests_at_turn;
+  EXPECT_TRUE(moved->kind() == "switch" || moved->kind() == "extend")
+      << moved->kind() << ": " << moved->reason();
+  EXPECT_NE(moved->to_model(), "prose-micro") << moved->figures_json();
+  EXPECT_LE(requests_to_move, 150) << "requests between the turn and the move";
+  const double breaches_after = metric_value(daemon, "helios_confidence_breaches_total");
+  EXPECT_GT(breaches_after, breaches_before);
+  bool drift_or_breach = false;
+  for (const auto& d : s.controller().decisions()) {
+    if (d.unix_time() > turn_time && (d.trigger() == "drift" || d.trigger() == "breach")) {
+      drift_or_breach = true;
+    }
+  }
+  EXPECT_TRUE(drift_or_breach) << s.controller().DebugString();
+  std::printf("code traffic: moved to %s at %u layers after %lld requests; breaches %.0f -> %.0f\n",
+              moved->to_model().c_str(), moved->to_layers(),
+              static_cast<long long>(requests_to_move), breaches_before, breaches_after);
+
+  // 3. A live edit of the objective changes the decision: latency caps the batch at the knee
+  // of the measured step time.
+  s = wait_for(
+      daemon, [](const auto& s) { return s.controller().phase() == "serving"; },
+      std::chrono::seconds(60), "the serving phase on code traffic");
+  const uint32_t throughput_batch = s.controller().max_batch();
+  double edit_time = now_unix();
+  write_slo(slo_path, slo_file({{"objective", "latency"}, {"model_repository", kMicroZoo}}).dump(2));
+  s = wait_for(
+      daemon, [&](const auto& s) { return find_decision(s, "slo_change", edit_time) != nullptr; },
+      std::chrono::seconds(10), "a decision after the objective edit");
+  ASSERT_NE(find_decision(s, "slo_change", edit_time), nullptr);
+  const v1::Decision latency_decision = *find_decision(s, "slo_change", edit_time);
+  const v1::Decision* latency = &latency_decision;
+  EXPECT_LT(latency->max_batch(), throughput_batch) << latency->figures_json();
+  EXPECT_EQ(json::parse(latency->figures_json())["objective"], "latency");
+
+  // 4. A tighter p95 time per output token than the current choice delivers: the controller
+  // moves to a choice predicted to meet it, and the live figure follows.
+  edit_time = now_unix();
+  write_slo(slo_path, slo_file({{"model_repository", kMicroZoo}}).dump(2));
+  s = wait_for(
+      daemon, [&](const auto& s) { return find_decision(s, "slo_change", edit_time) != nullptr; },
+      std::chrono::seconds(10), "the throughput objective back");
+  const uint32_t throughput_cap = s.controller().max_batch();
+  s = wait_for(
+      daemon, [&](const auto& s) { return s.controller().live_p95_tpot_ms() > 0; },
+      std::chrono::seconds(30), "a live p95 TPOT at the throughput choice");
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  s = daemon.status();
+  const double tpot_before = s.controller().live_p95_tpot_ms();
+  const double bound = 0.6 * tpot_before;
+  edit_time = now_unix();
+  write_slo(slo_path, slo_file({{"constraints", {{"p95_tpot_ms", bound}}},
+                                {"model_repository", kMicroZoo}})
+                          .dump(2));
+  s = wait_for(
+      daemon, [&](const auto& s) { return find_decision(s, "slo_change", edit_time) != nullptr; },
+      std::chrono::seconds(10), "a decision after the TPOT edit");
+  ASSERT_NE(find_decision(s, "slo_change", edit_time), nullptr);
+  const v1::Decision tighter_decision = *find_decision(s, "slo_change", edit_time);
+  const v1::Decision* tighter = &tighter_decision;
+  const json chosen = json::parse(tighter->figures_json()).value("chosen", json::object());
+  EXPECT_TRUE(tighter->max_batch() < throughput_cap || tighter->to_model() != moved->to_model())
+      << tighter->figures_json();
+  // The live p95 TPOT over full drift windows under the new choice (the controller corrects
+  // its cap from the measurement when the prediction fell short).
+  s = wait_for(
+      daemon,
+      [&](const auto& s) {
+        return s.controller().live_window_requests() >= 8 &&
+               s.controller().live_p95_tpot_ms() <= bound;
+      },
+      std::chrono::seconds(60), "the live p95 TPOT to meet the tighter bound");
+  std::printf("p95 TPOT bound %.3f ms: %.3f ms before, %.3f ms after (batch cap %u -> %u, now %u)\n",
+              bound, tpot_before, s.controller().live_p95_tpot_ms(), throughput_cap,
+              tighter->max_batch(), s.controller().max_batch());
+  EXPECT_LE(s.controller().live_p95_tpot_ms(), bound) << tighter->figures_json();
+
+  // 5. An invalid edit keeps the running configuration, logged and counted.
+  const std::string in_force = s.controller().slo_json();
+  write_slo(slo_path, "{ \"objective\": \"fastest\", \"model_repository\": \"" + kMicroZoo + "\" }");
+  s = wait_for(
+      daemon, [](const auto& s) { return s.controller().config_reloads_rejected() >= 1; },
+      std::chrono::seconds(5), "the invalid edit to be rejected");
+  EXPECT_NE(s.controller().last_reload_error().find("objective"), std::string::npos)
+      << s.controller().last_reload_error();
+  EXPECT_EQ(s.controller().slo_json(), in_force);
+  EXPECT_GE(metric_value(daemon, "helios_config_reloads_total{result=\"rejected\"}"), 1.0);
+  EXPECT_NE(daemon.log().find("rejected, the running configuration stays"), std::string::npos);
+
+  traffic.stop();
+  EXPECT_EQ(traffic.failures(), 0) << traffic.first_failure();
+  EXPECT_GT(traffic.finished(), 100);
+  std::printf("%lld requests, %lld failed\n", static_cast<long long>(traffic.finished()),
+              static_cast<long long>(traffic.failures()));
+  EXPECT_EQ(daemon.stop(), 0);
+}
+
+TEST(HeliosController, AdminCallsNeedTheTokenAndNameBadFields) {
+  ScratchDir dir("controller-admin");
+  const auto slo_path = dir.path() / "slo.json";
+  write_slo(slo_path, slo_file().dump(2));
+  json config = helios_config(slo_path);
+  config["admin"] = {{"token", "s3cret"}};
+  DaemonProcess daemon(config);
+  ASSERT_TRUE(daemon.wait_ready());
+  auto admin = daemon.admin();
+  auto call = [&](const std::string& token, const v1::PinModelRequest& request) {
+    grpc::ClientContext context;
+    if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+    v1::PinModelResponse response;
+    return admin->PinModel(&context, request, &response);
+  };
+  v1::PinModelRequest pin;
+  pin.set_model("code-micro");
+  pin.set_layers(2);
+  EXPECT_EQ(call("", pin).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call("wrong", pin).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  {
+    grpc::ClientContext context;
+    v1::GetStatusResponse response;
+    EXPECT_EQ(admin->GetStatus(&context, v1::GetStatusRequest(), &response).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  v1::PinModelRequest unknown;
+  unknown.set_model("no-such-model");
+  const grpc::Status not_found = call("s3cret", unknown);
+  EXPECT_EQ(not_found.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(not_found.error_message().rfind("model:", 0), 0u) << not_found.error_message();
+  v1::PinModelRequest too_deep;
+  too_deep.set_model("code-micro");
+  too_deep.set_layers(9);
+  const grpc::Status invalid = call("s3cret", too_deep);
+  EXPECT_EQ(invalid.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(invalid.error_message().rfind("layers:", 0), 0u) << invalid.error_message();
+  ASSERT_TRUE(call("s3cret", pin).ok());
+  // The pinned depth serves, and the stream still answers.
+  auto stub = daemon.inference();
+  const StreamResult r = generate(*stub, greedy_request("int main() {", 16));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.usage.model(), "code-micro");
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer s3cret");
+  v1::GetStatusResponse status;
+  ASSERT_TRUE(admin->GetStatus(&context, v1::GetStatusRequest(), &status).ok());
+  EXPECT_EQ(status.model().loaded_layers(), 2u);
+  EXPECT_EQ(status.controller().phase(), "pinned");
+  EXPECT_EQ(status.policy(), "helios");
+  EXPECT_EQ(daemon.stop(), 0);
+}
+
+TEST(HeliosController, StaticPolicyRefusesControllerCommands) {
+  DaemonProcess daemon(daemon_config("prose-micro", {{"controller", {{"policy", "static"}}}}));
+  ASSERT_TRUE(daemon.wait_ready());
+  grpc::ClientContext context;
+  v1::ReloadConfigResponse response;
+  const grpc::Status s = daemon.admin()->ReloadConfig(&context, v1::ReloadConfigRequest(), &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("controller.policy"), std::string::npos);
+  const auto status = daemon.status();
+  EXPECT_EQ(status.policy(), "static");
+  EXPECT_EQ(status.model().loaded_layers(), status.model().total_layers());
+  EXPECT_EQ(daemon.stop(), 0);
+}
+
+}  // namespace
+}  // namespace helios::testing
