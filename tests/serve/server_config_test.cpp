@@ -25,10 +25,42 @@ TEST(ServerConfig, DefaultsAndRelativeModelPath) {
   EXPECT_EQ(again.to_json(), c.to_json());
 }
 
-TEST(ServerConfig, TheShippedConfigParses) {
-  const ServerConfig c =
+TEST(ServerConfig, TheShippedConfigsParse) {
+  const ServerConfig helios =
       ServerConfig::from_file(std::string(HELIOS_SOURCE_DIR) + "/configs/server.json");
-  EXPECT_EQ(c.model_path.filename(), "mix-l");
+  EXPECT_EQ(helios.policy, "helios");
+  EXPECT_EQ(helios.slo_file.filename(), "slo.json");
+  const ServerConfig baseline =
+      ServerConfig::from_file(std::string(HELIOS_SOURCE_DIR) + "/configs/server-static.json");
+  EXPECT_EQ(baseline.policy, "static");
+  EXPECT_EQ(baseline.model_path.filename(), "mix-l");
+}
+
+TEST(ServerConfig, PolicyKeysAreChecked) {
+  const auto error_of = [](const json& config) {
+    try {
+      ServerConfig::from_json(config, "/etc/h");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error_of(json{{"controller", {{"policy", "helios"}}}})
+                .rfind("controller.slo_file: is required", 0),
+            0u);
+  EXPECT_EQ(error_of(json{{"model", {{"path", "m"}}},
+                          {"controller", {{"policy", "helios"}, {"slo_file", "slo.json"}}}})
+                .rfind("model.path: must not be set", 0),
+            0u);
+  EXPECT_EQ(error_of(json{{"model", {{"path", "m"}}}, {"controller", {{"policy", "adaptive"}}}})
+                .rfind("controller.policy: must be one of", 0),
+            0u);
+  EXPECT_EQ(error_of(json{{"model", {{"path", "m"}}}, {"admin", {{"tokn", "x"}}}})
+                .rfind("admin.tokn: unknown key", 0),
+            0u);
+  const ServerConfig c = ServerConfig::from_json(
+      json{{"controller", {{"policy", "helios"}, {"slo_file", "slo.json"}}}}, "/etc/h");
+  EXPECT_EQ(c.slo_file, std::filesystem::path("/etc/h/slo.json"));
 }
 
 TEST(ServerConfig, ErrorsNameTheKey) {
