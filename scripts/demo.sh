@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, build, train the default zoo (cached in zoo/), then
-# run the daemon on its default config (configs/server.json: zoo/mix-l on the CPU) and talk to
-# it as clients do: a streamed completion with per-token exits, a short load test, the
-# Prometheus metrics, and a graceful shutdown.
+# run the daemon on its default config (configs/server.json: the HELIOS controller over the
+# zoo, on the CPU) and talk to it as clients do: a streamed completion with per-token exits,
+# prose traffic (the controller profiles the candidates and loads the prose model partially),
+# then code traffic (it re-profiles and moves), the Prometheus metrics, and a graceful shutdown.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
@@ -32,12 +33,21 @@ echo "=== helios client (streamed; exit layer of each token on stderr) ==="
 "$HELIOS" client --address "$GRPC" --prompt "The committee said that the new" --max-tokens 48 \
   --temperature 0.7 --top-p 0.9 --seed 1 --details
 echo
-echo "=== load: 8 concurrent clients, 64 requests ==="
-"$ROOT/build/bench/helios_loadgen" --address "$GRPC" --metrics-url "$METRICS" --concurrency 8 \
-  --requests 64 --corpus "$ROOT/data/prose/test.txt" --max-tokens 48
+controller_metrics() {
+  curl -s "$METRICS" | grep -E '^helios_(active_model|loaded_layers|kv_capacity_sequences|model_switches_total|layer_loads_total|profiling_runs_total|confidence_breaches_total|controller_max_batch)' || true
+}
+echo "=== prose traffic: 16 concurrent clients, 160 requests ==="
+"$ROOT/build/bench/helios_loadgen" --address "$GRPC" --metrics-url "$METRICS" --concurrency 16 \
+  --requests 160 --corpus "$ROOT/data/prose/test.txt" --max-tokens 48
+controller_metrics
+echo
+echo "=== code traffic: 16 concurrent clients, 160 requests ==="
+"$ROOT/build/bench/helios_loadgen" --address "$GRPC" --metrics-url "$METRICS" --concurrency 16 \
+  --requests 160 --corpus "$ROOT/data/code/test.txt" --max-tokens 48
+controller_metrics
 echo
 echo "=== $METRICS (excerpt) ==="
-curl -s "$METRICS" | grep -E '^helios_(requests_finished_total|token_exits_total|kv_blocks|loaded_layers|resident_weight_bytes)' || true
+curl -s "$METRICS" | grep -E '^helios_(requests_finished_total|kv_blocks|resident_weight_bytes|memory_peak_bytes|config_reloads_total)' || true
 echo
 echo "=== SIGTERM: drain and exit ==="
 kill -TERM "$SERVER"
