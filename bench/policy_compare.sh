@@ -35,7 +35,7 @@ run_policy() {  # label, config file
 
 sed "s#\"slo_file\": \"slo.json\"#\"slo_file\": \"$ROOT/configs/slo.json\"#" "$ROOT/configs/server.json" >"$RUN/helios.json"
 run_policy helios "$RUN/helios.json"
-for model in prose-s code-m mix-l; do
+for model in ${STATIC_MODELS:-prose-s code-m mix-l}; do
   sed "s#\"path\": \"../zoo/mix-l\"#\"path\": \"$ROOT/zoo/$model\"#" "$ROOT/configs/server-static.json" >"$RUN/static-$model.json"
   run_policy "static-$model" "$RUN/static-$model.json"
 done

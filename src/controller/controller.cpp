@@ -255,6 +255,9 @@ void Controller::handle_request(const engine::RequestTelemetry& request) {
                       request.finish == engine::Finish::kLength);
   if (!clean) return;
   if (phase_ == Phase::kProfiling && profile_) {
+    // A row needs prompt perplexity: requests whose prompt scoring was cut short (a preemption
+    // mid-prompt drops partial scores) do not count towards it.
+    if (!request.prompt_scores || request.prompt_scores->tokens == 0) return;
     Accumulator& p = *profile_;
     const std::vector<int32_t>& points = current_->transformer().exit_points();
     if (p.row.generated_exits.empty()) p.row.generated_exits.assign(points.size(), 0);

@@ -84,6 +84,20 @@ void Controller::decide(const std::string& trigger, const std::string& reason) {
     o["max_batch"] = cap;
     listed.push_back(std::move(o));
   }
+  if (!ranked.empty() && !ranked.front().first.feasible) {
+    // Nothing meets the SLO: serve what comes closest on accuracy rather than whichever
+    // candidate happened to be profiled last.
+    const auto closest = std::min_element(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) {
+      return a.first.perplexity < b.first.perplexity;
+    });
+    if (std::isfinite(closest->first.perplexity)) {
+      apply(closest->first, closest->second, trigger,
+            reason + "; no option meets the SLO, serving the lowest perplexity (" +
+                closest->first.infeasible_reason + ")",
+            std::move(figures));
+      return;
+    }
+  }
   if (ranked.empty() || !ranked.front().first.feasible) {
     std::string why;
     for (const auto& [option, cap] : ranked) {
