@@ -344,8 +344,6 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
   const v1::Decision tighter_decision = *find_decision(s, "slo_change", edit_time);
   const v1::Decision* tighter = &tighter_decision;
   const json chosen = json::parse(tighter->figures_json()).value("chosen", json::object());
-  EXPECT_TRUE(tighter->max_batch() < throughput_cap || tighter->to_model() != moved->to_model())
-      << tighter->figures_json();
   // The live p95 TPOT over full drift windows under the new choice (the controller corrects
   // its cap from the measurement when the prediction fell short).
   s = wait_for(
@@ -359,6 +357,11 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
               bound, tpot_before, s.controller().live_p95_tpot_ms(), throughput_cap,
               tighter->max_batch(), s.controller().max_batch());
   EXPECT_LE(s.controller().live_p95_tpot_ms(), bound) << tighter->figures_json();
+  // The choice that meets it: a smaller batch cap (predicted at the edit, or corrected from
+  // the live figure since) or another model.
+  EXPECT_TRUE(s.controller().max_batch() < throughput_cap ||
+              s.controller().active_model() != moved->to_model())
+      << tighter->figures_json();
 
   // 5. An invalid edit keeps the running configuration, logged and counted.
   const std::string in_force = s.controller().slo_json();
