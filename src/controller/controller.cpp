@@ -209,14 +209,7 @@ void Controller::run() {
     } catch (const std::exception& e) {
       // A failed load or switch leaves the engine on the model it had; the next trigger retries.
       spdlog::error("controller: {}", e.what());
-      record(DecisionRecord{.kind = "keep",
-                            .trigger = "error",
-                            .from_model = current_name_,
-                            .from_layers = current_->transformer().loaded_layers(),
-                            .to_model = current_name_,
-                            .to_layers = current_->transformer().loaded_layers(),
-                            .max_batch = max_batch_,
-                            .reason = std::string("action failed, model kept: ") + e.what()});
+      record(staying("keep", "error", std::string("action failed, model kept: ") + e.what()));
       if (phase_ == Phase::kProfiling) phase_ = Phase::kServing;
     }
     publish();
@@ -285,6 +278,13 @@ void Controller::handle_request(const engine::RequestTelemetry& request) {
   }
 }
 
+double Controller::live_prompt_perplexity() const {
+  double nll = 0;
+  int64_t tokens = 0;
+  for (const auto& [n, t] : prompt_window_) nll += n, tokens += t;
+  return tokens > 0 ? std::exp(nll / static_cast<double>(tokens)) : 0.0;
+}
+
 // Sampled prompts in the drift window: the requests of the window that get scored.
 size_t Controller::prompt_window_size() const {
   return static_cast<size_t>(std::max(
@@ -312,7 +312,7 @@ void Controller::check_triggers() {
       case Decision::Kind::kReprofile: start_profiling("breach", why + "; " + d.reason); return;
       case Decision::Kind::kExtend:
       case Decision::Kind::kSwitch:
-        apply(d.option, cap_for(d.option), "breach", why + "; " + d.reason,
+        apply(d.option, std::max<int64_t>(1, cap_for(d.option)), "breach", why + "; " + d.reason,
               nlohmann::json{{"option", d.option.to_json()}});
         return;
       case Decision::Kind::kKeep: return;
@@ -339,18 +339,12 @@ void Controller::check_triggers() {
       const std::string why = fmt::format(
           "live p95 time per output token {:.3f} ms > {:.3f} ms at a batch cap of {}", live,
           *slo_.p95_tpot_ms, max_batch_);
-      const int64_t layers = current_->transformer().loaded_layers();
-      record(DecisionRecord{.kind = "limit",
-                            .trigger = "drift",
-                            .from_model = current_name_,
-                            .from_layers = layers,
-                            .to_model = current_name_,
-                            .to_layers = layers,
-                            .max_batch = cap,
-                            .reason = why,
-                            .figures = {{"live_p95_tpot_ms", live},
-                                        {"bound_ms", *slo_.p95_tpot_ms},
-                                        {"previous_cap", max_batch_}}});
+      DecisionRecord limit = staying("limit", "drift", why);
+      limit.max_batch = cap;
+      limit.figures = {{"live_p95_tpot_ms", live},
+                       {"bound_ms", *slo_.p95_tpot_ms},
+                       {"previous_cap", max_batch_}};
+      record(std::move(limit));
       set_max_batch(cap);
       reset_windows();
       return;
@@ -362,10 +356,7 @@ void Controller::check_triggers() {
   const double best = best_full_perplexity(table_);
   const ProfileRow* row = table_.find(current_name_);
   if (prompt_window_.size() >= prompts_needed && std::isfinite(best) && row != nullptr) {
-    double nll = 0;
-    int64_t tokens = 0;
-    for (const auto& [n, t] : prompt_window_) nll += n, tokens += t;
-    const double live = std::exp(nll / static_cast<double>(tokens));
+    const double live = live_prompt_perplexity();
     const double bound = (1.0 + slo_.max_perplexity_increase) * best;
     const double expected = policy_perplexity(*row, depth);
     // Prompts differ in difficulty, so a few of them can sit above the bound by chance; the
@@ -402,11 +393,10 @@ void Controller::start_profiling(const std::string& trigger, const std::string& 
                         .to_model = profile_queue_.front(),
                         .max_batch = options_.max_running,
                         .reason = reason});
-  profile_next(trigger);
+  profile_next();
 }
 
-void Controller::profile_next(const std::string& trigger) {
-  (void)trigger;
+void Controller::profile_next() {
   const std::string name = profile_queue_.front();
   profile_queue_.pop_front();
   const Candidate* candidate = find_candidate(name);
@@ -458,7 +448,7 @@ void Controller::finish_profile() {
                row.tpot_p95_ms, row.prompt_tokens > 0 ? full_depth_perplexity(row) : 0.0);
   profile_.reset();
   if (!profile_queue_.empty()) {
-    profile_next("profiled");
+    profile_next();
     return;
   }
   last_profiled_at_ = requests_seen_;

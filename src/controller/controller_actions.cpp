@@ -47,13 +47,10 @@ void Controller::decide(const std::string& trigger, const std::string& reason) {
   relaxed.p95_tpot_ms.reset();
   std::vector<std::pair<Option, int64_t>> ranked;
   for (Option option : rank_options(table_, relaxed, limits())) {
-    const int64_t most = std::max<int64_t>(1, std::min(option.kv_sequences, options_.max_running));
-    int64_t cap = most;
+    int64_t cap = cap_for(option);
     const ProfileRow* row = table_.find(option.model);
     if (row != nullptr && (slo_.p95_tpot_ms || slo_.objective == Objective::kLatency)) {
-      const auto it = step_models_.find(option.model);
-      const StepModel steps = it != step_models_.end() ? it->second : StepModel{};
-      cap = batch_cap(*row, steps, option, slo_, options_.max_running);
+      const StepModel steps = step_model_for(option.model);
       if (cap == 0) {
         if (option.feasible) {
           option.feasible = false;
@@ -63,6 +60,7 @@ void Controller::decide(const std::string& trigger, const std::string& reason) {
         }
         cap = 1;
       } else if (steps.valid()) {
+        const int64_t most = most_sequences(option);
         option.tpot_p95_ms = predicted_tpot_ms(*row, steps, option, cap);
         const double rate_cap = static_cast<double>(cap) / steps.seconds(static_cast<double>(cap));
         const double rate_most = static_cast<double>(most) / steps.seconds(static_cast<double>(most));
@@ -104,28 +102,42 @@ void Controller::decide(const std::string& trigger, const std::string& reason) {
       why += fmt::format("{}{}@{}: {}", why.empty() ? "" : "; ", option.model, option.depth,
                          option.infeasible_reason);
     }
-    record(DecisionRecord{.kind = "keep",
-                          .trigger = trigger,
-                          .from_model = current_name_,
-                          .from_layers = current_->transformer().loaded_layers(),
-                          .to_model = current_name_,
-                          .to_layers = current_->transformer().loaded_layers(),
-                          .max_batch = max_batch_,
-                          .reason = reason + "; no option meets the SLO (" +
-                                    (why.empty() ? "no profiled candidate" : why) + ")",
-                          .figures = std::move(figures)});
+    DecisionRecord keep = staying("keep", trigger,
+                                  reason + "; no option meets the SLO (" +
+                                      (why.empty() ? "no profiled candidate" : why) + ")");
+    keep.figures = std::move(figures);
+    record(std::move(keep));
     if (phase_ != Phase::kPinned) phase_ = Phase::kServing;
     return;
   }
   apply(ranked.front().first, ranked.front().second, trigger, reason, std::move(figures));
 }
 
+int64_t Controller::most_sequences(const Option& option) const {
+  return std::max<int64_t>(1, std::min(option.kv_sequences, options_.max_running));
+}
+
+StepModel Controller::step_model_for(const std::string& model) const {
+  const auto it = step_models_.find(model);
+  return it != step_models_.end() ? it->second : StepModel{};
+}
+
 int64_t Controller::cap_for(const Option& option) const {
-  const int64_t most = std::max<int64_t>(1, std::min(option.kv_sequences, options_.max_running));
   const ProfileRow* row = table_.find(option.model);
-  const auto it = step_models_.find(option.model);
-  if (row == nullptr || it == step_models_.end()) return most;
-  return std::max<int64_t>(1, batch_cap(*row, it->second, option, slo_, options_.max_running));
+  if (row == nullptr) return most_sequences(option);
+  return batch_cap(*row, step_model_for(option.model), option, slo_, options_.max_running);
+}
+
+DecisionRecord Controller::staying(std::string kind, std::string trigger, std::string reason) const {
+  const int64_t layers = current_->transformer().loaded_layers();
+  return DecisionRecord{.kind = std::move(kind),
+                        .trigger = std::move(trigger),
+                        .from_model = current_name_,
+                        .from_layers = layers,
+                        .to_model = current_name_,
+                        .to_layers = layers,
+                        .max_batch = max_batch_,
+                        .reason = std::move(reason)};
 }
 
 void Controller::apply(const Option& option, int64_t cap, const std::string& trigger,
@@ -358,14 +370,8 @@ DecisionRecord Controller::unpin() {
       throw Error(ErrorCode::kFailedPrecondition, "no model is pinned");
     }
     phase_ = Phase::kServing;
-    DecisionRecord decision{.kind = "unpin",
-                            .trigger = "operator",
-                            .from_model = current_name_,
-                            .from_layers = current_->transformer().loaded_layers(),
-                            .to_model = current_name_,
-                            .to_layers = current_->transformer().loaded_layers(),
-                            .max_batch = max_batch_,
-                            .reason = "control handed back to the controller"};
+    const DecisionRecord decision =
+        staying("unpin", "operator", "control handed back to the controller");
     record(decision);
     if (table_.rows().empty()) {
       start_profiling("operator", "unpinned with an empty table");
@@ -414,12 +420,7 @@ void Controller::publish() {
   s.live_p95_ttft_ms = ttft_window_.percentile(0.95);
   s.live_p95_tpot_ms = tpot_window_.percentile(0.95);
   s.live_window_requests = static_cast<int64_t>(tpot_window_.size());
-  if (!prompt_window_.empty()) {
-    double nll = 0;
-    int64_t tokens = 0;
-    for (const auto& [n, t] : prompt_window_) nll += n, tokens += t;
-    s.live_prompt_perplexity = tokens > 0 ? std::exp(nll / static_cast<double>(tokens)) : 0;
-  }
+  s.live_prompt_perplexity = live_prompt_perplexity();
   std::lock_guard lock(mutex_);
   s.decisions.assign(decisions_.begin(), decisions_.end());
   published_ = std::move(s);

@@ -9,6 +9,7 @@
 
 #include "helios/common/error.h"
 #include "helios/common/files.h"
+#include "helios/common/json_section.h"
 
 namespace helios::controller {
 namespace {
@@ -17,54 +18,18 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 [[noreturn]] void fail(const std::string& key, const std::string& what) {
-  throw Error(ErrorCode::kInvalidArgument, key + ": " + what);
+  JsonSection::fail(key, what);
 }
 
 std::string show(double value) { return fmt::format("{}", value); }
 
-// One object of the file (the root, "constraints", ...): typed getters that name the full
-// dotted key in their errors and leave the target untouched when the key is absent. Ranges are
-// checked afterwards by SloConfig::validate, so hand-built configs get the same messages.
-class Section {
+// The shared reader; a JSON null is a value here (only the latency constraints accept it,
+// meaning "no constraint"; elsewhere it is a type error). Ranges are checked afterwards by
+// SloConfig::validate, so hand-built configs get the same messages.
+class Section : public JsonSection {
  public:
-  Section(const json& root, std::string name) : name_(std::move(name)) {
-    if (name_.empty()) {
-      object_ = &root;
-      return;
-    }
-    const auto it = root.find(name_);
-    if (it == root.end() || it->is_null()) return;
-    if (!it->is_object()) fail(name_, "must be an object");
-    object_ = &*it;
-  }
+  Section(const json& root, std::string name) : JsonSection(root, std::move(name), Null::kValue) {}
 
-  std::string path(const std::string& key) const { return name_.empty() ? key : name_ + "." + key; }
-
-  // The value of `key`, or nullptr when absent. A JSON null is returned as a value: only the
-  // latency constraints accept it (meaning "no constraint"); elsewhere it is a type error.
-  const json* find(const std::string& key) {
-    read_.insert(key);
-    if (object_ == nullptr) return nullptr;
-    const auto it = object_->find(key);
-    return it == object_->end() ? nullptr : &*it;
-  }
-
-  void integer(const std::string& key, int64_t& out) {
-    const json* v = find(key);
-    if (v == nullptr) return;
-    if (!(v->is_number_integer() || v->is_number_unsigned())) {
-      fail(path(key), "must be an integer, got " + v->dump());
-    }
-    out = v->get<int64_t>();
-  }
-  void number(const std::string& key, double& out) {
-    const json* v = find(key);
-    if (v == nullptr) return;
-    if (!v->is_number() || !std::isfinite(v->get<double>())) {
-      fail(path(key), "must be a number, got " + v->dump());
-    }
-    out = v->get<double>();
-  }
   // A positive number, or null for "no constraint".
   void optional_positive(const std::string& key, std::optional<double>& out) {
     const json* v = find(key);
@@ -78,23 +43,6 @@ class Section {
     }
     out = v->get<double>();
   }
-  void string(const std::string& key, std::string& out) {
-    const json* v = find(key);
-    if (v == nullptr) return;
-    if (!v->is_string()) fail(path(key), "must be a string, got " + v->dump());
-    out = v->get<std::string>();
-  }
-  void check_unknown() const {
-    if (object_ == nullptr) return;
-    for (const auto& [key, value] : object_->items()) {
-      if (!read_.contains(key)) fail(path(key), "unknown key");
-    }
-  }
-
- private:
-  std::string name_;
-  const json* object_ = nullptr;
-  std::set<std::string> read_;
 };
 
 Objective parse_objective(const std::string& name) {

@@ -395,19 +395,14 @@ std::shared_ptr<const ModelInstance> ServingEngine::model() const {
 std::future<void> ServingEngine::switch_model(std::shared_ptr<const ModelInstance> model,
                                               std::string name, int64_t kv_blocks) {
   if (!model) throw Error(ErrorCode::kInvalidArgument, "switch_model: no model");
-  Command command{std::move(model), std::move(name), kv_blocks, {}};
-  std::future<void> done = command.done.get_future();
-  {
-    std::lock_guard lock(mutex_);
-    if (stopping_) throw Error(ErrorCode::kUnavailable, "the engine is stopping");
-    commands_.push_back(std::move(command));
-  }
-  wakeup_.notify_one();
-  return done;
+  return post(Command{std::move(model), std::move(name), kv_blocks, {}});
 }
 
 std::future<void> ServingEngine::resize_kv(int64_t kv_blocks) {
-  Command command{nullptr, {}, kv_blocks, {}};
+  return post(Command{nullptr, {}, kv_blocks, {}});
+}
+
+std::future<void> ServingEngine::post(Command command) {
   std::future<void> done = command.done.get_future();
   {
     std::lock_guard lock(mutex_);

@@ -8,6 +8,7 @@
 
 #include "helios/common/error.h"
 #include "helios/common/files.h"
+#include "helios/common/json_section.h"
 #include "helios/metrics/registry.h"
 
 namespace helios::serve {
@@ -16,33 +17,17 @@ namespace {
 using nlohmann::json;
 
 [[noreturn]] void fail(const std::string& key, const std::string& what) {
-  throw Error(ErrorCode::kInvalidArgument, key + ": " + what);
+  JsonSection::fail(key, what);
 }
 
-// One object of the config ("scheduler", ...): typed getters that name the full key in their
-// errors, and a check that no key is left unread.
-class Section {
+// The shared reader plus the server config's range-checked and enumerated values.
+class Section : public JsonSection {
  public:
-  Section(const json& root, std::string name) : name_(std::move(name)) {
-    const auto it = root.find(name_);
-    if (it == root.end() || it->is_null()) return;
-    if (!it->is_object()) fail(name_, "must be an object");
-    object_ = &*it;
-  }
-
-  const json* find(const std::string& key) {
-    read_.insert(key);
-    if (object_ == nullptr) return nullptr;
-    const auto it = object_->find(key);
-    return it == object_->end() || it->is_null() ? nullptr : &*it;
-  }
-  std::string path(const std::string& key) const { return name_ + "." + key; }
+  using JsonSection::JsonSection;
 
   void integer(const std::string& key, int64_t& out, int64_t min, int64_t max) {
-    const json* v = find(key);
-    if (v == nullptr) return;
-    if (!(v->is_number_integer() || v->is_number_unsigned())) fail(path(key), "must be an integer");
-    const int64_t value = v->get<int64_t>();
+    int64_t value = 0;
+    if (!JsonSection::integer(key, value)) return;
     if (value < min || value > max) {
       fail(path(key), "must be in [" + std::to_string(min) + ", " + std::to_string(max) +
                           "], got " + std::to_string(value));
@@ -50,21 +35,13 @@ class Section {
     out = value;
   }
   void number(const std::string& key, double& out, double min, double max) {
-    const json* v = find(key);
-    if (v == nullptr) return;
-    if (!v->is_number() || !std::isfinite(v->get<double>())) fail(path(key), "must be a number");
-    const double value = v->get<double>();
+    double value = 0;
+    if (!JsonSection::number(key, value)) return;
     if (value < min || value > max) {
       fail(path(key), "must be in [" + fmt::format("{}", min) + ", " + fmt::format("{}", max) +
                           "], got " + fmt::format("{}", value));
     }
     out = value;
-  }
-  void string(const std::string& key, std::string& out) {
-    const json* v = find(key);
-    if (v == nullptr) return;
-    if (!v->is_string()) fail(path(key), "must be a string");
-    out = v->get<std::string>();
   }
   void one_of(const std::string& key, std::string& out, const std::set<std::string>& allowed) {
     string(key, out);
@@ -86,17 +63,6 @@ class Section {
     metrics::validate_buckets(bounds, path(key));
     out = std::move(bounds);
   }
-  void check_unknown() const {
-    if (object_ == nullptr) return;
-    for (const auto& [key, value] : object_->items()) {
-      if (!read_.contains(key)) fail(path(key), "unknown key");
-    }
-  }
-
- private:
-  std::string name_;
-  const json* object_ = nullptr;
-  std::set<std::string> read_;
 };
 
 constexpr int64_t kMiB = int64_t{1} << 20;

@@ -132,15 +132,24 @@ class Controller final : public engine::TelemetrySink {
   void handle_request(const engine::RequestTelemetry& request);
   void check_triggers();
   size_t prompt_window_size() const;
+  // Prompt perplexity of the sampled prompts in the drift window (0 when none).
+  double live_prompt_perplexity() const;
 
   void start_profiling(const std::string& trigger, const std::string& reason);
-  void profile_next(const std::string& trigger);
+  void profile_next();
   void finish_profile();
   void decide(const std::string& trigger, const std::string& reason);
   void apply(const Option& option, int64_t cap, const std::string& trigger,
              const std::string& reason, nlohmann::json figures);
-  // The concurrency cap that meets the SLO's time-per-output-token bound for `option`.
+  // Sequences `option` may run at once: its KV capacity within the scheduler's limit.
+  int64_t most_sequences(const Option& option) const;
+  // The step model profiled for `model`; one that predicts nothing when there is none.
+  StepModel step_model_for(const std::string& model) const;
+  // The concurrency cap for `option` under the SLO (see batch_cap); 0 when not even one
+  // sequence meets the time-per-output-token bound.
   int64_t cap_for(const Option& option) const;
+  // A decision that keeps the served model and depth (and the current cap).
+  DecisionRecord staying(std::string kind, std::string trigger, std::string reason) const;
   // Loads the candidate at `depth` within the memory budget and has the engine switch to it;
   // `reason` labels the switch metrics.
   void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);

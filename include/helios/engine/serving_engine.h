@@ -156,6 +156,8 @@ class ServingEngine {
   };
 
   void run();
+  // Queues a switch or resize for the engine thread.
+  std::future<void> post(Command command);
   void apply(Command& command);
   void recompute_all(bool same_model);
   void report_step(const StepTelemetry& partial, Clock::time_point start, int64_t batch);
