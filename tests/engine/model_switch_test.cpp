@@ -7,6 +7,8 @@
 #include <thread>
 
 #include "common/expect_error.h"
+#include "common/held_out_text.h"
+#include "engine/wait_for_result.h"
 #include "helios/common/files.h"
 #include "helios/engine/serving_engine.h"
 #include "helios/tokenizer/utf8.h"
@@ -15,6 +17,7 @@ namespace helios::engine {
 namespace {
 
 using namespace std::chrono_literals;
+using helios::testing::held_out_prompts;
 
 std::string zoo(const std::string& name) { return std::string(HELIOS_MICRO_ZOO_DIR) + "/" + name; }
 
@@ -28,16 +31,7 @@ std::shared_ptr<const ModelInstance> code() {
 }
 
 std::vector<std::string> prompts(size_t count) {
-  const std::string text = read_file(std::string(HELIOS_DATA_DIR) + "/prose/test.txt");
-  std::vector<std::string> out;
-  for (size_t i = 0; i < count; ++i) {
-    std::string p = text.substr(7000 + i * 613, 30 + (i % 4) * 11);
-    for (char& c : p) {
-      if (static_cast<unsigned char>(c) >= 0x80) c = ' ';
-    }
-    out.push_back(p);
-  }
-  return out;
+  return held_out_prompts("prose", count, 7000, 613, [](size_t i) { return 30 + (i % 4) * 11; });
 }
 
 std::vector<int32_t> encode(const std::string& text) {
@@ -54,20 +48,6 @@ std::shared_ptr<Request> make_request(std::vector<int32_t> prompt, int64_t max_t
   spec.max_tokens = max_tokens;
   spec.token_details = true;
   return std::make_shared<Request>(std::move(spec));
-}
-
-// Waits for the final update, checking on the way that updates only ever append.
-Update result_of(Request& request, std::chrono::seconds timeout = 60s) {
-  Update all;
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    Update update;
-    if (request.channel().take(update)) all.merge(std::move(update));
-    if (all.finished()) return all;
-    std::this_thread::sleep_for(1ms);
-  }
-  ADD_FAILURE() << "request " << request.spec().id << " did not finish";
-  return all;
 }
 
 std::vector<int32_t> ids(const Update& u) {

@@ -7,12 +7,15 @@
 #include <thread>
 
 #include "common/expect_error.h"
+#include "common/held_out_text.h"
+#include "engine/wait_for_result.h"
 #include "helios/common/files.h"
 
 namespace helios::engine {
 namespace {
 
 using namespace std::chrono_literals;
+using helios::testing::held_out_prompts;
 
 const ModelInstance& micro_model() {
   static const auto model =
@@ -21,16 +24,7 @@ const ModelInstance& micro_model() {
 }
 
 std::vector<std::string> prompts(size_t count) {
-  const std::string text = read_file(std::string(HELIOS_DATA_DIR) + "/prose/test.txt");
-  std::vector<std::string> out;
-  for (size_t i = 0; i < count; ++i) {
-    std::string p = text.substr(5000 + i * 811, 40 + (i % 5) * 9);
-    for (char& c : p) {
-      if (static_cast<unsigned char>(c) >= 0x80) c = ' ';
-    }
-    out.push_back(p);
-  }
-  return out;
+  return held_out_prompts("prose", count, 5000, 811, [](size_t i) { return 40 + (i % 5) * 9; });
 }
 
 std::shared_ptr<Request> make_request(const std::string& prompt, int64_t max_tokens,
@@ -42,20 +36,6 @@ std::shared_ptr<Request> make_request(const std::string& prompt, int64_t max_tok
   spec.max_tokens = max_tokens;
   spec.token_details = true;
   return std::make_shared<Request>(std::move(spec));
-}
-
-// Waits for the request's final update; returns everything it produced, merged.
-Update result_of(Request& request, std::chrono::seconds timeout = 60s) {
-  Update all;
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    Update update;
-    if (request.channel().take(update)) all.merge(std::move(update));
-    if (all.finished()) return all;
-    std::this_thread::sleep_for(1ms);
-  }
-  ADD_FAILURE() << "request " << request.spec().id << " did not finish";
-  return all;
 }
 
 EngineOptions options(int64_t blocks, int64_t max_batch_tokens = 512) {

@@ -84,17 +84,8 @@ int64_t predicted_sequences(const std::string& model, int64_t depth) {
   return blocks * 16 / context;
 }
 
-std::vector<std::string> code_prompts(size_t count, size_t bytes = 60) {
-  const std::string text = read_file(std::string(HELIOS_DATA_DIR) + "/code/test.txt");
-  std::vector<std::string> prompts;
-  for (size_t pos = 3000; prompts.size() < count && pos + bytes < text.size(); pos += 1499) {
-    std::string prompt = text.substr(pos, bytes);
-    for (char& ch : prompt) {
-      if (static_cast<unsigned char>(ch) >= 0x80) ch = ' ';
-    }
-    prompts.push_back(prompt);
-  }
-  return prompts;
+std::vector<std::string> code_prompts(size_t count) {
+  return held_out_prompts("code", count, 3000, 1499, [](size_t) { return size_t{60}; });
 }
 
 // Client threads that keep sending greedy requests from the current prompt set and check

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/held_out_text.h"
 #include "common/scratch_dir.h"
 #include "helios/common/files.h"
 #include "helios/v1/admin.grpc.pb.h"
@@ -179,18 +180,7 @@ inline v1::GenerateRequest greedy_request(const std::string& prompt, uint32_t ma
 
 // Distinct prompts cut from the held-out prose text.
 inline std::vector<std::string> test_prompts(size_t count, size_t bytes = 60) {
-  const std::string text = helios::read_file(std::string(HELIOS_DATA_DIR) + "/prose/test.txt");
-  std::vector<std::string> prompts;
-  size_t pos = 0;
-  while (prompts.size() < count && pos + bytes < text.size()) {
-    std::string prompt = text.substr(pos, bytes);
-    for (char& c : prompt) {
-      if (static_cast<unsigned char>(c) >= 0x80) c = ' ';  // keep the cut valid UTF-8
-    }
-    prompts.push_back(prompt);
-    pos += 997;
-  }
-  return prompts;
+  return held_out_prompts("prose", count, 0, 997, [bytes](size_t) { return bytes; });
 }
 
 }  // namespace helios::testing
