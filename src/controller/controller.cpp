@@ -57,15 +57,9 @@ const Candidate* Controller::find_candidate(const std::string& name) const {
 void Controller::prepare() {
   slo_text_ = read_file(options_.slo_file);
   slo_ = SloConfig::parse(slo_text_, options_.slo_file.parent_path(), options_.slo_file.string());
-  const int64_t element = static_cast<int64_t>(c10::elementSize(options_.load.dtype));
-  repository_ = scan_repository(slo_.model_repository, element);
-  shortlist_ = shortlist(repository_, slo_, limits());
-  if (shortlist_.empty()) {
-    throw Error(ErrorCode::kInvalidArgument,
-                fmt::format("model_repository: no candidate in {} fits memory.budget_mib ({} "
-                            "models found)",
-                            slo_.model_repository.string(), repository_.size()));
-  }
+  Repository repository = scan(slo_);
+  repository_ = std::move(repository.candidates);
+  shortlist_ = std::move(repository.shortlist);
   const Candidate& first = shortlist_.front();
   model::LoadOptions load = options_.load;
   load.max_layers = 0;

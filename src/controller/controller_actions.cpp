@@ -261,8 +261,10 @@ bool Controller::reload_from(const std::string& text) {
     return false;
   }
   SloConfig next;
+  std::optional<Repository> rescanned;
   try {
     next = SloConfig::parse(text, options_.slo_file.parent_path(), options_.slo_file.string());
+    if (next != slo_) rescanned = rescan_for(next);
   } catch (const Error& e) {
     ++reloads_rejected_;
     last_reload_error_ = e.what();
@@ -279,11 +281,33 @@ bool Controller::reload_from(const std::string& text) {
   }
   ++reloads_applied_;
   if (metrics_) metrics_->reloads->labels({"applied"}).inc();
-  apply_slo(next);
+  apply_slo(next, std::move(rescanned));
   return true;
 }
 
-void Controller::apply_slo(const SloConfig& next) {
+Controller::Repository Controller::scan(const SloConfig& slo) const {
+  Repository r;
+  r.candidates = scan_repository(slo.model_repository,
+                                 static_cast<int64_t>(c10::elementSize(options_.load.dtype)));
+  r.shortlist = shortlist(r.candidates, slo, limits());
+  if (r.shortlist.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("model_repository: no candidate in {} fits memory.budget_mib ({} "
+                            "models found)",
+                            slo.model_repository.string(), r.candidates.size()));
+  }
+  return r;
+}
+
+std::optional<Controller::Repository> Controller::rescan_for(const SloConfig& next) const {
+  if (next.model_repository == slo_.model_repository &&
+      next.candidates_top_k == slo_.candidates_top_k) {
+    return std::nullopt;
+  }
+  return scan(next);
+}
+
+void Controller::apply_slo(const SloConfig& next, std::optional<Repository> rescanned) {
   const SloConfig old = std::exchange(slo_, next);
   std::string changes;
   const nlohmann::json diff = nlohmann::json::diff(old.to_json(), slo_.to_json());
@@ -295,30 +319,25 @@ void Controller::apply_slo(const SloConfig& next) {
   engine_->set_exit_threshold(slo_.exit_threshold);
   breaches_.set_window(slo_.breach_window_tokens);
   reset_windows();
+  const bool threshold_changed = old.exit_threshold != slo_.exit_threshold;
+  if (rescanned) {
+    repository_ = std::move(rescanned->candidates);
+    shortlist_ = std::move(rescanned->shortlist);
+  }
+  if (rescanned || threshold_changed) {
+    // New candidates, or exit distributions measured under the old threshold.
+    table_.clear();
+    step_models_.clear();
+  }
   if (phase_ == Phase::kPinned) return;
   const std::string reason = "SLO file changed: " + changes;
-  if (old.model_repository != slo_.model_repository ||
-      old.candidates_top_k != slo_.candidates_top_k) {
-    const int64_t element = static_cast<int64_t>(c10::elementSize(options_.load.dtype));
-    repository_ = scan_repository(slo_.model_repository, element);
-    shortlist_ = shortlist(repository_, slo_, limits());
-    if (shortlist_.empty()) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "model_repository: no candidate fits the memory budget; keeping " + current_name_);
-    }
-    table_.clear();
-    step_models_.clear();
+  if (rescanned) {
     start_profiling("slo_change", reason);
-    return;
-  }
-  if (old.exit_threshold != slo_.exit_threshold) {
-    // The table's exit distributions were measured under the old threshold.
-    table_.clear();
-    step_models_.clear();
+  } else if (threshold_changed) {
     start_profiling("slo_change", reason + " (exits were measured at the old threshold)");
-    return;
+  } else if (phase_ == Phase::kServing) {
+    decide("slo_change", reason);
   }
-  if (phase_ == Phase::kServing) decide("slo_change", reason);
 }
 
 bool Controller::reload() {

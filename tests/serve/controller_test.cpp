@@ -365,6 +365,17 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
   EXPECT_EQ(s.controller().slo_json(), in_force);
   EXPECT_GE(metric_value(daemon, "helios_config_reloads_total{result=\"rejected\"}"), 1.0);
   EXPECT_NE(daemon.log().find("rejected, the running configuration stays"), std::string::npos);
+  // A repository with no candidate that fits is rejected the same way, before anything changes.
+  const auto empty_repository = dir.path() / "empty-zoo";
+  std::filesystem::create_directories(empty_repository);
+  write_slo(slo_path, slo_file({{"model_repository", empty_repository.string()}}).dump(2));
+  s = wait_for(
+      daemon, [](const auto& s) { return s.controller().config_reloads_rejected() >= 2; },
+      std::chrono::seconds(5), "the empty repository to be rejected");
+  EXPECT_EQ(s.controller().last_reload_error().rfind("model_repository:", 0), 0u)
+      << s.controller().last_reload_error();
+  EXPECT_EQ(s.controller().slo_json(), in_force);
+  EXPECT_EQ(s.controller().table_size(), 3);
 
   traffic.stop();
   EXPECT_EQ(traffic.failures(), 0) << traffic.first_failure();

@@ -154,7 +154,17 @@ class Controller final : public engine::TelemetrySink {
   // `reason` labels the switch metrics.
   void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);
   void set_max_batch(int64_t cap);
-  void apply_slo(const SloConfig& slo);
+  // The repository as an SLO file would have it: its candidates and shortlist.
+  struct Repository {
+    std::vector<Candidate> candidates, shortlist;
+  };
+  // Scans and shortlists `slo`'s repository; throws helios::Error naming model_repository
+  // when no candidate fits the memory budget.
+  Repository scan(const SloConfig& slo) const;
+  // Scans and shortlists `next`'s repository when it (or candidates_top_k) differs from the
+  // running one; throws helios::Error when no candidate fits, before anything changes.
+  std::optional<Repository> rescan_for(const SloConfig& next) const;
+  void apply_slo(const SloConfig& slo, std::optional<Repository> rescanned);
   bool reload_from(const std::string& text);
   void record(DecisionRecord decision);
   void reset_windows();
