@@ -171,6 +171,7 @@ template bool Controller::run_command<bool>(std::function<bool()>);
 template DecisionRecord Controller::run_command<DecisionRecord>(std::function<DecisionRecord()>);
 
 void Controller::run() {
+  auto published_at = std::chrono::steady_clock::now();
   while (true) {
     std::deque<engine::StepTelemetry> steps;
     std::deque<engine::RequestTelemetry> requests;
@@ -206,7 +207,13 @@ void Controller::run() {
       record(staying("keep", "error", std::string("action failed, model kept: ") + e.what()));
       if (phase_ == Phase::kProfiling) phase_ = Phase::kServing;
     }
-    publish();
+    // The engine wakes this thread every step; the status (which ranks the table) is rebuilt
+    // at most every 50 ms, and at once after an operator command or a file change.
+    const auto now = std::chrono::steady_clock::now();
+    if (!commands.empty() || changed || now - published_at >= std::chrono::milliseconds(50)) {
+      publish();
+      published_at = now;
+    }
   }
 }
 
