@@ -85,6 +85,16 @@ struct ServingEngine::Sequence {
   std::optional<model::ExitScores> prompt_scores;
   std::vector<int64_t> exit_counts;  // by exit layer
   int64_t greedy_exits = 0;
+
+  // A prefill that will not finish as one (preemption, model switch) drops its partial
+  // scores, which would mislead; a prompt whose client asked for the score is scored again by
+  // the recomputed prefill (which, before any token was generated, covers only the prompt).
+  void restart_prompt_scoring() {
+    if (!score_prompt) return;  // scored already, or never asked
+    prompt_scores.reset();
+    score_prompt = request->spec().score_prompt && generated == 0;
+    if (score_prompt) prompt_scores.emplace();
+  }
 };
 
 struct ServingEngine::Metrics {
@@ -363,9 +373,7 @@ void ServingEngine::recompute_all(bool same_model) {
   running_.clear();
   const int64_t context = model_->config().max_position_embeddings;
   for (auto& sequence : waiting_) {
-    // Replayed prefills are not scored: an interrupted prompt scoring is dropped whole.
-    if (sequence->score_prompt && sequence->generated == 0) sequence->prompt_scores.reset();
-    sequence->score_prompt = false;
+    sequence->restart_prompt_scoring();
     // Another model's layers never produced these exits: recompute at full depth, and record
     // that, so a later preemption replays the cache this recompute builds.
     if (!same_model) std::fill(sequence->decoded_exits.begin(), sequence->decoded_exits.end(), 0);
@@ -585,8 +593,9 @@ void ServingEngine::schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>
       sequence.admitted_epoch = epoch_;
       const double rate = prompt_sampling_.load();
       const uint64_t n = admissions_++;
-      if (std::floor(static_cast<double>(n + 1) * rate) >
-          std::floor(static_cast<double>(n) * rate)) {
+      if (sequence.request->spec().score_prompt ||
+          std::floor(static_cast<double>(n + 1) * rate) >
+              std::floor(static_cast<double>(n) * rate)) {
         sequence.score_prompt = true;
         sequence.prompt_scores.emplace();
       }
@@ -618,11 +627,7 @@ bool ServingEngine::reserve_or_preempt(Sequence& sequence, int64_t new_length) {
 
 void ServingEngine::preempt(Sequence& victim) {
   cache_->release(victim.kv);
-  // Its prompt prefill is recomputed later, unscored: partial scores would mislead.
-  if (victim.score_prompt) {
-    victim.score_prompt = false;
-    victim.prompt_scores.reset();
-  }
+  victim.restart_prompt_scoring();
   ++victim.preemptions;
   ++preemptions_;
   if (metrics_) metrics_->preemptions->inc();
@@ -653,7 +658,10 @@ void ServingEngine::run_prefill(Sequence& sequence, int64_t chunk) {
   const Clock::time_point t0 = Clock::now();
   const bool score = sequence.score_prompt && exits.empty();
   const model::StepOutput out =
-      model_->transformer().prefill(*cache_, sequence.kv, tokens, policy_, score, exits);
+      model_->transformer().prefill(*cache_, sequence.kv, tokens, policy_, score, exits,
+                                    score && begin + chunk < sequence.prompt_length
+                                        ? sequence.tokens[begin + chunk]
+                                        : -1);
   forward_seconds_ += seconds_between(t0, Clock::now());
   if (score) {
     sequence.prompt_scores->add(out.prompt_scores);
@@ -759,6 +767,12 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error)
   if (sequence.generated > 0) usage.time_to_first_token_ms = ms(request.arrival(), sequence.first_token_at);
   usage.queue_time_ms = ms(request.arrival(), sequence.admitted ? sequence.admitted_at : now);
   usage.total_time_ms = ms(request.arrival(), now);
+  if (request.spec().score_prompt && sequence.prompt_scores && !sequence.score_prompt &&
+      sequence.prompt_scores->tokens > 0) {
+    const model::ExitScores& scores = *sequence.prompt_scores;
+    usage.prompt_perplexity = scores.policy_perplexity(scores.policy_nll_sum.size() - 1);
+    usage.prompt_scored_tokens = scores.tokens;
+  }
   ++finished_;
   if (metrics_) {
     metrics_->finished->labels({std::string(finish_label(reason))}).inc();

@@ -224,7 +224,8 @@ ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
 
 StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
                                 std::span<const int32_t> tokens, const ExitPolicy& policy,
-                                bool score_prompt, std::span<const int32_t> exit_layers) const {
+                                bool score_prompt, std::span<const int32_t> exit_layers,
+                                int32_t next_prompt_token) const {
   c10::InferenceMode inference;
   const auto device = weights_.embed_tokens.device();
   const int64_t start = sequence.length, count = static_cast<int64_t>(tokens.size());
@@ -313,9 +314,10 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
   // The last position leaves at the first exit point that is confident enough. Every layer
   // ran (the prompt's keys/values are needed at full loaded depth), so this only labels it.
   if (score_prompt) {
-    // Position i predicts prompt token i + 1; the last position's target is not known yet.
+    // Position i predicts prompt token i + 1; the last position's is the next chunk's first
+    // (unknown at the end of the prompt: -1, not scored).
     std::vector<int64_t> targets(ids.begin() + 1, ids.end());
-    targets.push_back(-1);
+    targets.push_back(next_prompt_token);
     out.prompt_scores = score_exits(all_hidden, long_tensor(targets, device), policy);
   }
   for (size_t e = 0; e < last_hidden.size(); ++e) {

@@ -60,6 +60,8 @@ void fill_usage(const engine::Usage& usage, v1::Usage* out) {
   out->set_queue_time_ms(usage.queue_time_ms);
   out->set_total_time_ms(usage.total_time_ms);
   out->set_preemptions(static_cast<uint32_t>(usage.preemptions));
+  out->set_prompt_perplexity(usage.prompt_perplexity);
+  out->set_prompt_scored_tokens(static_cast<uint32_t>(usage.prompt_scored_tokens));
 }
 
 void fill_tokens(const std::vector<engine::TokenDetail>& tokens,
@@ -336,6 +338,7 @@ engine::RequestSpec build_request_spec(const v1::GenerateRequest& request,
     spec.stop.push_back(stop);
   }
   spec.token_details = request.include_token_details();
+  spec.score_prompt = request.score_prompt();
 
   // Tokenize last: the cheap checks above reject bad requests before any real work.
   spec.prompt.push_back(model.tokenizer().bos_id());

@@ -28,13 +28,14 @@ std::vector<std::string> prompts(size_t count) {
 }
 
 std::shared_ptr<Request> make_request(const std::string& prompt, int64_t max_tokens,
-                                      const std::string& id) {
+                                      const std::string& id, bool score_prompt = false) {
   RequestSpec spec;
   spec.id = id;
   spec.prompt.push_back(micro_model().tokenizer().bos_id());
   for (const int32_t t : micro_model().tokenizer().encode(prompt)) spec.prompt.push_back(t);
   spec.max_tokens = max_tokens;
   spec.token_details = true;
+  spec.score_prompt = score_prompt;
   return std::make_shared<Request>(std::move(spec));
 }
 
@@ -46,11 +47,13 @@ EngineOptions options(int64_t blocks, int64_t max_batch_tokens = 512) {
   return o;
 }
 
+// Requests r<first>, r<first + 1>, ...; the odd-numbered ones ask for their prompt's score.
 std::vector<Update> run_all(ServingEngine& engine, const std::vector<std::string>& texts,
-                            int64_t max_tokens) {
+                            int64_t max_tokens, size_t first = 0) {
   std::vector<std::shared_ptr<Request>> requests;
-  for (size_t i = 0; i < texts.size(); ++i) {
-    requests.push_back(make_request(texts[i], max_tokens, "r" + std::to_string(i)));
+  for (size_t i = first; i < first + texts.size(); ++i) {
+    requests.push_back(
+        make_request(texts[i - first], max_tokens, "r" + std::to_string(i), i % 2 == 1));
     engine.submit(requests.back());
   }
   std::vector<Update> results;
@@ -73,7 +76,7 @@ TEST(ServingEngine, BatchingChunkingAndPreemptionKeepEveryOutput) {
     ServingEngine engine(micro_model(), options(256));
     engine.start();
     for (size_t i = 0; i < texts.size(); ++i) {
-      alone.push_back(run_all(engine, {texts[i]}, kTokens)[0]);
+      alone.push_back(run_all(engine, {texts[i]}, kTokens, i)[0]);
     }
   }
   // All at once, prompts chunked 7 tokens a step, in a pool of 20 blocks (320 tokens) that
@@ -88,6 +91,16 @@ TEST(ServingEngine, BatchingChunkingAndPreemptionKeepEveryOutput) {
     EXPECT_EQ(ids(batched[i]), ids(alone[i]));
     EXPECT_EQ(batched[i].text, alone[i].text);
     EXPECT_EQ(batched[i].usage.completion_tokens, kTokens);
+    // Prompt scores add up over chunks: the same perplexity as one uninterrupted prefill.
+    if (i % 2 == 1) {
+      EXPECT_EQ(batched[i].usage.prompt_scored_tokens, batched[i].usage.prompt_tokens - 1);
+      EXPECT_GT(alone[i].usage.prompt_perplexity, 1.0);
+      EXPECT_NEAR(batched[i].usage.prompt_perplexity, alone[i].usage.prompt_perplexity,
+                  1e-4 * alone[i].usage.prompt_perplexity);
+    } else {
+      EXPECT_EQ(batched[i].usage.prompt_scored_tokens, 0);
+      EXPECT_EQ(batched[i].usage.prompt_perplexity, 0.0);
+    }
     preemptions += batched[i].usage.preemptions;
   }
   EXPECT_GT(preemptions, 0);

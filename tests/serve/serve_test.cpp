@@ -244,6 +244,15 @@ TEST(Serve, StopStringsAndUsage) {
   EXPECT_GT(stopped.usage.prompt_tokens(), 0u);
   EXPECT_GE(stopped.usage.mean_exit_layer(), 1.0);
   EXPECT_GT(stopped.usage.time_to_first_token_ms(), 0.0);
+  EXPECT_EQ(stopped.usage.prompt_perplexity(), 0.0);  // not asked for
+  // score_prompt: the prompt's perplexity, over every position after BOS.
+  request.set_score_prompt(true);
+  const StreamResult scored = generate(*stub, request);
+  ASSERT_TRUE(scored.status.ok());
+  EXPECT_EQ(scored.text, stopped.text);
+  EXPECT_EQ(scored.usage.prompt_scored_tokens(), scored.usage.prompt_tokens() - 1);
+  EXPECT_GT(scored.usage.prompt_perplexity(), 1.0);
+  EXPECT_LT(scored.usage.prompt_perplexity(), 256.0);  // better than uniform over the bytes
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
 }
 

@@ -183,6 +183,25 @@ TEST(PromptScores, PrefillScoresMatchTheTeacherForcedPerplexity) {
   int64_t early = 0;
   for (size_t e = 0; e + 1 < scores.exit_histogram.size(); ++e) early += scores.exit_histogram[e];
   EXPECT_GT(early, 0) << "the policy should let some prompt positions exit early";
+
+  // Chunked prefill, each chunk told the token after it: the scores add up to the same.
+  kv::SequenceKv chunked;
+  ASSERT_TRUE(cache.reserve(chunked, static_cast<int64_t>(prompt.size())));
+  model::ExitScores sum;
+  for (size_t begin = 0; begin < prompt.size(); begin += 5) {
+    const size_t end = std::min(prompt.size(), begin + 5);
+    const int32_t next = end < prompt.size() ? prompt[end] : -1;
+    sum.add(transformer
+                .prefill(cache, chunked, std::span(prompt).subspan(begin, end - begin), policy,
+                         true, {}, next)
+                .prompt_scores);
+  }
+  ASSERT_EQ(sum.tokens, scores.tokens);
+  EXPECT_EQ(sum.exit_histogram, scores.exit_histogram);
+  for (size_t e = 0; e < scores.policy_nll_sum.size(); ++e) {
+    EXPECT_NEAR(sum.policy_nll_sum[e], scores.policy_nll_sum[e], 1e-3 * scores.policy_nll_sum[e]);
+    EXPECT_NEAR(sum.nll_sum[e], scores.nll_sum[e], 1e-3 * scores.nll_sum[e]);
+  }
 }
 
 TEST(PromptScores, PolicyLossCapsEachPositionAtItsFirstConfidentExit) {

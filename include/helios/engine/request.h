@@ -24,6 +24,7 @@ struct RequestSpec {
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings, matched on the decoded text
   bool token_details = false;
+  bool score_prompt = false;  // report the prompt's perplexity in Usage
   Clock::time_point deadline = Clock::time_point::max();
 };
 
@@ -45,6 +46,9 @@ struct Usage {
   double queue_time_ms = 0.0;
   double total_time_ms = 0.0;
   int64_t preemptions = 0;
+  // With RequestSpec::score_prompt: early-exit perplexity of the prompt at the loaded depth.
+  double prompt_perplexity = 0.0;
+  int64_t prompt_scored_tokens = 0;
 };
 
 // What the engine has produced for a request since the consumer last looked. Updates merge:

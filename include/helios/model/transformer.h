@@ -111,9 +111,14 @@ class Transformer {
   // whatever the policy); otherwise the output is as without exit_layers.
   // Throws Error(kInvalidArgument) when exit_layers is non-empty and its size differs from
   // tokens', or when it is combined with score_prompt.
+  //
+  // next_prompt_token (with score_prompt, for a chunk of a longer prompt): the prompt token
+  // after the chunk, the target of the chunk's last position, so that the chunks' scores add
+  // up to those of one prefill of the whole prompt; -1 when the chunk ends the prompt.
   StepOutput prefill(kv::KvCache& cache, kv::SequenceKv& sequence, std::span<const int32_t> tokens,
                      const ExitPolicy& policy, bool score_prompt = false,
-                     std::span<const int32_t> exit_layers = {}) const;
+                     std::span<const int32_t> exit_layers = {},
+                     int32_t next_prompt_token = -1) const;
 
   // One new token per sequence, tokens[i] at position sequences[i]->length (room reserved).
   // Rows leave at the first exit point whose confidence meets the policy; the keys/values of
