@@ -32,6 +32,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
+#include "stream_call.h"
 #include "helios/v1/admin.grpc.pb.h"
 #include "helios/v1/inference.grpc.pb.h"
 
@@ -39,18 +41,8 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace pb = helios::v1;
-using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
-
-// Raised for anything that should end the program with one line on stderr and exit status 1.
-struct Fatal : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// A bad combination of flags: one line on stderr and exit status 2, like CLI11's own errors.
-struct UsageError : Fatal {
-  using Fatal::Fatal;
-};
+using namespace helios::bench;
 
 struct Options {
   std::string address = "127.0.0.1:50051";
@@ -76,52 +68,6 @@ struct Options {
 
 // ---------------------------------------------------------------------------------------------
 // Prompts
-
-bool valid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t extra = 0;
-    uint32_t min = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      extra = 1, min = 0x80, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      extra = 2, min = 0x800, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      extra = 3, min = 0x10000, cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + extra >= s.size()) return false;  // truncated sequence
-    for (size_t k = 1; k <= extra; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not valid UTF-8, and
-    // protobuf rejects such a string field on the server.
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += extra + 1;
-  }
-  return true;
-}
-
-bool is_space(char c) {
-  return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Fatal(fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
-  std::ostringstream out;
-  out << in.rdbuf();
-  if (in.bad()) throw Fatal(fmt::format("cannot read {}", path.string()));
-  return out.str();
-}
 
 // Where request prompts come from: a fixed list (used round-robin, so every prompt is used and
 // a run is reproducible) or random slices of a text corpus.
@@ -167,13 +113,12 @@ class PromptSource {
     }
     // One concatenated text: a slice may then come from any file with probability
     // proportional to its size, and the blank line keeps files from running into each other.
+    std::string text;
     for (const auto& file : files) {
-      source.text_ += read_file(file);
-      source.text_ += "\n\n";
+      text += read_file(file);
+      text += "\n\n";
     }
-    if (std::all_of(source.text_.begin(), source.text_.end(), is_space)) {
-      throw Fatal(fmt::format("--corpus {}: no text in any *.txt file", root));
-    }
+    source.slicer_.emplace(std::move(text), "--corpus " + root);
     // Check once that a slice can be cut, so a corpus of giant words fails before the run.
     source.next();
     source.rng_.seed(seed ^ 0x9E3779B97F4A7C15ULL);
@@ -182,41 +127,19 @@ class PromptSource {
 
   std::string next() {
     if (!prompts_.empty()) return prompts_[next_index_++ % prompts_.size()];
-    std::uniform_int_distribution<size_t> pick(0, text_.size() - 1);
-    for (int attempt = 0; attempt < 1000; ++attempt) {
-      size_t begin = pick(rng_);
-      // Start at the beginning of a word: skip the rest of the word we landed in. A start
-      // right after ASCII whitespace is also always a code point boundary.
-      if (begin > 0 && !is_space(text_[begin - 1])) {
-        while (begin < text_.size() && !is_space(text_[begin])) ++begin;
-      }
-      while (begin < text_.size() && is_space(text_[begin])) ++begin;
-      if (begin >= text_.size()) continue;
-      size_t end = std::min(text_.size(), begin + slice_bytes_);
-      // End at a word boundary too, so no word (nor a multi-byte character) is cut.
-      if (end < text_.size() && !is_space(text_[end])) {
-        while (end > begin && !is_space(text_[end - 1])) --end;
-      }
-      while (end > begin && is_space(text_[end - 1])) --end;
-      if (end == begin) continue;
-      std::string slice = text_.substr(begin, end - begin);
-      if (valid_utf8(slice)) return slice;
-    }
-    throw Fatal(fmt::format(
-        "--corpus: could not cut a valid UTF-8 slice of at most {} bytes at word boundaries",
-        slice_bytes_));
+    return slicer_->slice(rng_, slice_bytes_);
   }
 
   std::string describe() const {
     if (!prompts_.empty()) return fmt::format("{} prompts from file", prompts_.size());
     return fmt::format("corpus slices of <= {} bytes ({} bytes of text)", slice_bytes_,
-                       text_.size());
+                       slicer_->text().size());
   }
 
  private:
   std::vector<std::string> prompts_;
   size_t next_index_ = 0;
-  std::string text_;
+  std::optional<TextSlicer> slicer_;
   size_t slice_bytes_ = 0;
   std::mt19937_64 rng_;
 };
@@ -244,29 +167,6 @@ struct Sample {
     return code == grpc::StatusCode::OK && (finish == pb::STOP || finish == pb::LENGTH);
   }
 };
-
-std::string status_name(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return fmt::format("CODE_{}", static_cast<int>(code));
-  }
-}
 
 // How a failed request is counted: its status code, or for the (unexpected) OK stream that did
 // not finish normally, the finish reason it carried.
@@ -493,122 +393,8 @@ class StatusPoller {
   std::thread thread_;
 };
 
-struct MetricsEndpoint {
-  std::string scheme_host_port;
-  std::string path;
-};
-
-MetricsEndpoint parse_metrics_url(const std::string& url) {
-  std::string scheme = "http://";
-  // httplib here is built with OpenSSL, so https:// works too.
-  if (url.rfind("https://", 0) == 0) scheme = "https://";
-  if (url.rfind(scheme, 0) != 0) {
-    throw UsageError(fmt::format("--metrics-url {}: not an http:// or https:// URL", url));
-  }
-  const size_t slash = url.find('/', scheme.size());
-  MetricsEndpoint endpoint;
-  endpoint.scheme_host_port = url.substr(0, slash);
-  endpoint.path = slash == std::string::npos ? "/metrics" : url.substr(slash);
-  if (endpoint.scheme_host_port.size() == scheme.size()) {
-    throw UsageError(fmt::format("--metrics-url {}: no host", url));
-  }
-  return endpoint;
-}
-
-// Prometheus text exposition: `name{labels} value [timestamp]` or `name value [timestamp]`.
-// Samples of one metric name are summed over their label sets; the metrics this tool reads
-// are unlabelled, so for them that is just the value.
-std::map<std::string, double> parse_prometheus(const std::string& body) {
-  std::map<std::string, double> values;
-  std::istringstream lines(body);
-  std::string line;
-  while (std::getline(lines, line)) {
-    size_t i = 0;
-    while (i < line.size() && is_space(line[i])) ++i;
-    if (i == line.size() || line[i] == '#') continue;
-    const size_t name_begin = i;
-    while (i < line.size() && line[i] != '{' && !is_space(line[i])) ++i;
-    const std::string name = line.substr(name_begin, i - name_begin);
-    if (i < line.size() && line[i] == '{') {
-      // Label values are quoted and may hold '}', spaces and escaped quotes.
-      bool quoted = false;
-      for (++i; i < line.size(); ++i) {
-        if (quoted && line[i] == '\\') {
-          ++i;
-        } else if (line[i] == '"') {
-          quoted = !quoted;
-        } else if (!quoted && line[i] == '}') {
-          ++i;
-          break;
-        }
-      }
-    }
-    while (i < line.size() && is_space(line[i])) ++i;
-    const size_t value_begin = i;
-    while (i < line.size() && !is_space(line[i])) ++i;
-    const std::string text = line.substr(value_begin, i - value_begin);
-    if (name.empty() || text.empty()) continue;
-    char* end = nullptr;
-    const double value = std::strtod(text.c_str(), &end);
-    if (end != text.c_str() + text.size()) continue;  // not a number: skip the line
-    values[name] += value;
-  }
-  return values;
-}
-
-std::map<std::string, double> fetch_metrics(const MetricsEndpoint& endpoint) {
-  httplib::Client client(endpoint.scheme_host_port);
-  client.set_connection_timeout(5, 0);
-  client.set_read_timeout(5, 0);
-  const auto response = client.Get(endpoint.path.c_str());
-  if (!response) {
-    throw Fatal(fmt::format("cannot fetch {}{}: {}", endpoint.scheme_host_port, endpoint.path,
-                            httplib::to_string(response.error())));
-  }
-  if (response->status != 200) {
-    throw Fatal(fmt::format("cannot fetch {}{}: HTTP {}", endpoint.scheme_host_port, endpoint.path,
-                            response->status));
-  }
-  return parse_prometheus(response->body);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Statistics and the report
-
-struct Summary {
-  std::optional<double> mean, p50, p95, p99;
-};
-
-// Nearest rank: the smallest sample with at least p% of the samples at or below it. Integer
-// arithmetic, since in floating point 95% of 20 can come out as 19.000000000000004 -> rank 20.
-double percentile(const std::vector<double>& sorted, size_t p) {
-  const size_t rank = std::max<size_t>(1, (p * sorted.size() + 99) / 100);
-  return sorted[std::min(rank, sorted.size()) - 1];
-}
-
-Summary summarize(std::vector<double> samples) {
-  Summary s;
-  if (samples.empty()) return s;
-  std::sort(samples.begin(), samples.end());
-  double sum = 0.0;
-  for (double v : samples) sum += v;
-  s.mean = sum / static_cast<double>(samples.size());
-  s.p50 = percentile(samples, 50);
-  s.p95 = percentile(samples, 95);
-  s.p99 = percentile(samples, 99);
-  return s;
-}
-
-json to_json(const std::optional<double>& v) {
-  return v ? json(*v) : json(nullptr);
-}
-
-json to_json(const Summary& s) {
-  return {{"mean", to_json(s.mean)},
-          {"p50", to_json(s.p50)},
-          {"p95", to_json(s.p95)},
-          {"p99", to_json(s.p99)}};
-}
 
 // `format` holds the unit too ("{:.3f} s"), so an absent value is printed without one.
 std::string show(const std::optional<double>& v, const char* format = "{:.2f}") {
@@ -621,23 +407,13 @@ std::string show(const Summary& s) {
                      *s.p99);
 }
 
-double ms(Clock::duration d) {
-  return std::chrono::duration<double, std::milli>(d).count();
-}
-
 struct MetricDeltas {
   std::optional<double> step_seconds, forward_seconds, steps, outside_forward_share,
       mean_batch_size;
 };
 
-MetricDeltas metric_deltas(const std::map<std::string, double>& before,
-                           const std::map<std::string, double>& after) {
-  auto delta = [&](const std::string& name) -> std::optional<double> {
-    const auto b = before.find(name);
-    const auto a = after.find(name);
-    if (b == before.end() || a == after.end()) return std::nullopt;
-    return a->second - b->second;
-  };
+MetricDeltas metric_deltas(const MetricSamples& before, const MetricSamples& after) {
+  auto delta = [&](const std::string& name) { return after.delta_since(before, name); };
   MetricDeltas d;
   d.step_seconds = delta("helios_engine_step_seconds_total");
   d.forward_seconds = delta("helios_model_forward_seconds_total");
@@ -901,7 +677,7 @@ int run_main(const Options& options) {
   }
 
   // Snapshots and polling cover the measured run only, not the warmup.
-  std::map<std::string, double> metrics_before;
+  MetricSamples metrics_before;
   if (metrics_endpoint) metrics_before = fetch_metrics(*metrics_endpoint);
   fmt::print(stderr, "running: {}\n",
              count < 0      ? fmt::format("for {} s", duration)

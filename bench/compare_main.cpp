@@ -1,0 +1,94 @@
+// helios_compare: the pieces of the policy comparison (bench/compare.sh runs them in order).
+//   workload  makes the drifting request trace (a JSON Lines file)
+//   replay    replays a trace against a running daemon and records the run
+//   report    summarizes runs, compares helios with the static baselines, writes JSON + PNGs
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+
+#include "bench_common.h"
+#include "replay.h"
+#include "report.h"
+#include "workload.h"
+
+namespace {
+
+using namespace helios::bench;
+
+void write_json(const std::string& path, const nlohmann::json& j) {
+  std::ofstream out(path, std::ios::trunc);
+  out << j.dump(1) << '\n';
+  if (!out.flush()) throw Fatal(fmt::format("cannot write {}", path));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"helios policy comparison: workload, replay, report"};
+  app.require_subcommand(1);
+
+  WorkloadSpec spec;
+  std::vector<std::string> phases;
+  std::string data_dir, workload_out;
+  auto* make = app.add_subcommand("workload", "make a drifting request trace");
+  make->add_option("--data", data_dir, "data directory with prose/ and code/ test splits")->required();
+  make->add_option("--phase", phases, "DOMAIN:SECONDS[@RATE], in order; DOMAIN prose|code|mix")
+      ->required();
+  make->add_option("--rate", spec.rate, "requests/s for phases without their own")
+      ->check(CLI::PositiveNumber);
+  make->add_option("--seed", spec.seed, "random seed");
+  make->add_option("--min-prompt-bytes", spec.min_prompt_bytes)->check(CLI::PositiveNumber);
+  make->add_option("--max-prompt-bytes", spec.max_prompt_bytes)->check(CLI::PositiveNumber);
+  make->add_option("--max-tokens", spec.max_tokens)->check(CLI::PositiveNumber);
+  make->add_option("--out", workload_out, "the trace file")->required();
+
+  ReplayOptions replay_options;
+  auto* replay_cmd = app.add_subcommand("replay", "replay a trace against a running daemon");
+  replay_cmd->add_option("--workload", replay_options.workload)->required();
+  replay_cmd->add_option("--address", replay_options.address, "gRPC host:port")->required();
+  replay_cmd->add_option("--metrics-url", replay_options.metrics_url)->required();
+  replay_cmd->add_option("--label", replay_options.label)->required();
+  replay_cmd->add_option("--out", replay_options.out, "run JSON")->required();
+  replay_cmd->add_option("--sample-seconds", replay_options.sample_seconds)
+      ->check(CLI::PositiveNumber);
+  replay_cmd->add_option("--timeout", replay_options.timeout_seconds, "seconds per request")
+      ->check(CLI::PositiveNumber);
+
+  ReportOptions report_options;
+  auto* report_cmd = app.add_subcommand("report", "compare runs; JSON, table and plots");
+  report_cmd->add_option("runs", report_options.run_files, "run JSON files")->required();
+  report_cmd->add_option("--helios", report_options.helios_label, "label of the helios run");
+  report_cmd->add_option("--out", report_options.out, "result JSON")->required();
+  report_cmd->add_option("--plots", report_options.plots_dir, "directory for data + PNGs");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*make) {
+      spec.data_dir = data_dir;
+      for (const std::string& p : phases) spec.phases.push_back(parse_phase(p));
+      const Workload w = make_workload(spec);
+      save_workload(w, workload_out);
+      fmt::print("{}: {} requests over {:.0f} s\n", workload_out, w.requests.size(),
+                 w.header["duration_s"].get<double>());
+    } else if (*replay_cmd) {
+      const nlohmann::json run = replay(replay_options);
+      write_json(replay_options.out, run);
+      int64_t ok = 0;
+      for (const auto& r : run["requests"]) ok += r.value("ok", false) ? 1 : 0;
+      fmt::print("{}: {} of {} requests ok in {:.1f} s\n", replay_options.label, ok,
+                 run["requests"].size(), run["wall_s"].get<double>());
+    } else {
+      const nlohmann::json result = make_report(report_options);
+      fmt::print("{}", format_report(result));
+    }
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "helios_compare: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "helios_compare: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,33 @@
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace helios::bench {
+
+// The paper's headline targets (helios / best static baseline) and its accuracy bound.
+struct Targets {
+  double throughput = 1.48, sequences = 3.7, p95_latency = 1.39, energy_per_token = 1.10;
+  double max_perplexity_increase = 0.02;
+};
+
+struct ReportOptions {
+  std::vector<std::string> run_files;  // replay outputs; the one labelled `helios_label` is compared
+  std::string helios_label = "helios";
+  std::string out;        // result JSON
+  std::string plots_dir;  // data files, the gnuplot script and the PNGs; empty = no plots
+  Targets targets;
+};
+
+// Summarizes each run, compares helios with every other run (the static baselines), picks the
+// best static baseline (the lowest workload prompt perplexity: the model a static server must
+// deploy to hold accuracy), checks the targets against it, writes the result JSON and the plots.
+nlohmann::json make_report(const ReportOptions& options);
+
+// The side-by-side table printed at the end of a comparison.
+std::string format_report(const nlohmann::json& result);
+
+}  // namespace helios::bench
