@@ -161,6 +161,21 @@ struct Sample {
   grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
   std::string error;
 
+  void record(const StreamOutcome& o) {
+    finished = Clock::now();
+    sent = o.sent;
+    first_token = o.first_token;
+    last_token = o.last_token;
+    has_first_token = o.has_first_token;
+    has_usage = o.has_usage;
+    prompt_tokens = o.usage.prompt_tokens();
+    completion_tokens = o.usage.completion_tokens();
+    mean_exit_layer = o.usage.mean_exit_layer();
+    finish = o.finish;
+    code = o.status.error_code();
+    error = o.error;
+  }
+
   // A completion: the RPC ended OK with a normal finish. The server ends every other outcome
   // with a non-OK status, but an OK stream without STOP/LENGTH would still not be a success.
   bool ok() const {
@@ -174,61 +189,6 @@ std::string failure_key(const Sample& s) {
   if (s.code != grpc::StatusCode::OK) return status_name(s.code);
   return "OK/" + pb::FinishReason_Name(s.finish);
 }
-
-class Run;
-
-// One streaming Generate call driven by gRPC's callback API: no thread waits on it, so
-// hundreds of streams in flight cost memory, not threads. Reactions run on gRPC's threads and
-// only stamp times into the sample; all arithmetic happens after the run.
-class StreamCall final : public grpc::ClientReadReactor<pb::GenerateResponse> {
- public:
-  StreamCall(Run* run, Sample* sample, pb::GenerateRequest request, double timeout_s)
-      : run_(run), sample_(sample), request_(std::move(request)) {
-    context_.set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                              std::chrono::duration<double>(timeout_s)));
-  }
-
-  void start(pb::Inference::Stub* stub) {
-    stub->async()->Generate(&context_, &request_, this);
-    StartRead(&response_);
-    sample_->sent = Clock::now();
-    StartCall();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // the stream ended; OnDone follows with the status
-    const auto now = Clock::now();
-    if (!response_.text().empty()) {
-      if (!sample_->has_first_token) {
-        sample_->has_first_token = true;
-        sample_->first_token = now;
-      }
-      sample_->last_token = now;
-    }
-    if (response_.has_usage()) {
-      sample_->has_usage = true;
-      sample_->prompt_tokens = response_.usage().prompt_tokens();
-      sample_->completion_tokens = response_.usage().completion_tokens();
-      sample_->mean_exit_layer = response_.usage().mean_exit_layer();
-    }
-    if (response_.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
-      sample_->finish = response_.finish_reason();
-    }
-    if (!response_.error().empty()) sample_->error = response_.error();
-    response_.Clear();
-    StartRead(&response_);
-  }
-
-  void OnDone(const grpc::Status& status) override;
-
- private:
-  Run* run_;
-  Sample* sample_;
-  grpc::ClientContext context_;
-  pb::GenerateRequest request_;
-  pb::GenerateResponse response_;
-};
 
 // ---------------------------------------------------------------------------------------------
 // The request driver: one thread issues requests; completions arrive on gRPC's threads.
@@ -308,8 +268,14 @@ class Run {
       ++in_flight_;
       max_in_flight_ = std::max(max_in_flight_, in_flight_);
     }
-    // Owned by gRPC until OnDone, which deletes it.
-    auto* call = new StreamCall(this, sample, std::move(request), options_.timeout);
+    // Owned by gRPC until it ends: deleted before the driver is told, so no call outlives
+    // the run it belongs to.
+    auto* call = new StreamCall(std::move(request), options_.timeout,
+                                [this, sample](StreamCall* self, const StreamOutcome& o) {
+                                  sample->record(o);
+                                  delete self;
+                                  finished();
+                                });
     call->start(stub_);
   }
 
@@ -322,17 +288,6 @@ class Run {
   int64_t in_flight_ = 0;
   int64_t max_in_flight_ = 0;
 };
-
-void StreamCall::OnDone(const grpc::Status& status) {
-  sample_->finished = Clock::now();
-  sample_->code = status.error_code();
-  if (!status.ok() && sample_->error.empty()) sample_->error = status.error_message();
-  Run* run = run_;
-  // gRPC is done with the call and its context once OnDone runs. Delete before telling the
-  // driver, so no StreamCall outlives the run it belongs to.
-  delete this;
-  run->finished();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Server-side observation: Admin.GetStatus polling and /metrics
