@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <ctime>
 
 #include "helios/common/error.h"
 #include "helios/common/files.h"
@@ -39,6 +38,9 @@ std::string Controller::phase_name(Phase phase) {
 Controller::Controller(ControllerOptions options, metrics::Registry* registry)
     : options_(std::move(options)), registry_(registry) {
   if (registry_ != nullptr) metrics_ = std::make_unique<Metrics>(*registry_);
+  if (!options_.energy_meter) {
+    options_.energy_meter = metrics::make_energy_meter({.source = "cpu_estimate"});
+  }
 }
 
 Controller::~Controller() { stop(); }
@@ -83,11 +85,7 @@ void Controller::start(engine::ServingEngine* engine) {
   engine_->set_exit_threshold(slo_.exit_threshold);
   // Profiling starts with the model the engine already holds.
   for (size_t i = 1; i < shortlist_.size(); ++i) profile_queue_.push_back(shortlist_[i].name);
-  phase_ = Phase::kProfiling;
-  profile_ = std::make_unique<Accumulator>();
-  profile_->candidate = find_candidate(current_name_);
-  profile_->epoch = epoch_;
-  engine_->set_prompt_sampling(1.0);
+  begin_profile(find_candidate(current_name_));
   record(DecisionRecord{.kind = "profile",
                         .trigger = "startup",
                         .to_model = current_name_,
@@ -408,10 +406,15 @@ void Controller::profile_next() {
     switch_to(*candidate, full, "profile");
   }
   set_max_batch(options_.max_running);
+  begin_profile(candidate);
+}
+
+void Controller::begin_profile(const Candidate* candidate) {
   phase_ = Phase::kProfiling;
   profile_ = std::make_unique<Accumulator>();
   profile_->candidate = candidate;
   profile_->epoch = epoch_;
+  profile_->joules_start = options_.energy_meter->joules();
   engine_->set_prompt_sampling(1.0);
 }
 
@@ -436,9 +439,8 @@ void Controller::finish_profile() {
   row.tpot_p95_ms = tpot.percentile(0.95);
   row.tpot_mean_ms = tpot.mean();
   row.ttft_p95_ms = ttft.percentile(0.95);
-  const double cpu = process_cpu_seconds() - p.cpu_start;
-  row.energy_joules_per_token =
-      p.generated > 0 ? cpu * options_.cpu_watts_per_core / static_cast<double>(p.generated) : 0;
+  const double joules = options_.energy_meter->joules() - p.joules_start;
+  row.energy_joules_per_token = p.generated > 0 ? joules / static_cast<double>(p.generated) : 0;
   row.profiled_at_request = requests_seen_;
   step_models_[c.name] = fit_step_model(p.decode_steps);
   table_.upsert(row);

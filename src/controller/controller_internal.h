@@ -1,19 +1,12 @@
 #pragma once
 // What controller.cpp and controller_actions.cpp share: the profiling accumulator and the
 // controller's metrics.
-#include <ctime>
 #include <utility>
 #include <vector>
 
 #include "helios/controller/controller.h"
 
 namespace helios::controller {
-
-inline double process_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 
 // Telemetry of the candidate being profiled: requests admitted and finished on its epoch, and
 // the engine steps run while it served.
@@ -26,7 +19,7 @@ struct Controller::Accumulator {
   int64_t generated = 0, steps = 0;
   double step_seconds = 0.0, batch_sum = 0.0, peak = 0.0;
   std::vector<std::pair<double, double>> decode_steps;  // batch, seconds
-  double cpu_start = process_cpu_seconds();
+  double joules_start = 0.0;  // the energy meter's reading when the row started
 };
 
 struct Controller::Metrics {

@@ -333,6 +333,14 @@ Family<Histogram>& Registry::histogram(const std::string& name, const std::strin
                             [buckets] { return std::make_unique<Histogram>(buckets); })));
 }
 
+Family<Counter>* Registry::find_counter(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  for (const auto& family : families_) {
+    if (family->name() == name) return dynamic_cast<Family<Counter>*>(family.get());
+  }
+  return nullptr;
+}
+
 void Registry::on_collect(std::function<void()> hook) {
   std::lock_guard lock(mutex_);
   hooks_.push_back(std::move(hook));

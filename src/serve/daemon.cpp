@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <charconv>
 #include <functional>
 #include <thread>
 
@@ -12,6 +13,7 @@
 #include "helios/controller/controller.h"
 #include "helios/engine/model_instance.h"
 #include "helios/engine/serving_engine.h"
+#include "helios/metrics/energy_meter.h"
 #include "helios/metrics/http_endpoint.h"
 #include "helios/metrics/registry.h"
 #include "services.h"
@@ -25,6 +27,17 @@ at::ScalarType parse_dtype(const std::string& dtype) {
   if (dtype == "float16") return at::kHalf;
   if (dtype == "bfloat16") return at::kBFloat16;
   return at::kFloat;
+}
+
+// The CUDA device index of model.device ("cuda" is device 0); -1 for the CPU. A malformed index
+// also gives -1 here: loading the model reports it.
+int gpu_index(const std::string& device) {
+  if (device == "cuda") return 0;
+  if (device.rfind("cuda:", 0) != 0) return -1;
+  int index = -1;
+  const char* end = device.data() + device.size();
+  const auto [ptr, ec] = std::from_chars(device.data() + 5, end, index);
+  return ec == std::errc() && ptr == end && index >= 0 ? index : -1;
 }
 
 // Polls `done` until it holds or `until` passes; true when it held.
@@ -58,6 +71,10 @@ void Daemon::start() {
   services_->context.rejected = &registry_->counter(
       "helios_requests_rejected_total",
       "Inference calls refused before admission, by gRPC status code.", {"code"});
+  // Before the controller, which charges its profiles to the same meter.
+  energy_meter_ = metrics::make_energy_meter({.source = config_.energy_source,
+                                              .cpu_watts_per_core = config_.cpu_watts_per_core,
+                                              .gpu_index = gpu_index(config_.device)});
 
   if (config_.http_port >= 0) {
     http_ = std::make_unique<metrics::HttpEndpoint>(metrics::HttpEndpoint::Handlers{
@@ -94,6 +111,7 @@ void Daemon::start() {
                http_ ? config_.http_host + ":" + std::to_string(http_port_) : "(disabled)");
 
   load_model();
+  export_energy();
 
   state_.store(ServerState::kServing);
   health->SetServingStatus(true);
@@ -119,7 +137,7 @@ void Daemon::load_model() {
     controller_options.kv_block_size = config_.kv_block_size;
     controller_options.max_running = config_.limits.max_running;
     controller_options.load = options;
-    controller_options.cpu_watts_per_core = config_.cpu_watts_per_core;
+    controller_options.energy_meter = energy_meter_;
     controller_options.decisions_kept = static_cast<size_t>(config_.decisions_kept);
     controller_ = std::make_unique<controller::Controller>(controller_options, registry_.get());
     controller_->prepare();
@@ -166,6 +184,40 @@ void Daemon::load_model() {
   // Under the controller the engine and the controller hold the served model; keeping the
   // initial one here would pin its memory after a switch.
   if (controller_) model_.reset();
+}
+
+void Daemon::export_energy() {
+  const std::vector<std::string> source = {energy_meter_->source()};
+  metrics::Counter& total =
+      registry_
+          ->counter("helios_energy_joules_total",
+                    "Energy consumed since the daemon started. source=\"nvml\" is the GPU's own "
+                    "counter and covers the whole GPU (other processes included); "
+                    "source=\"cpu_estimate\" is an estimate: process CPU seconds x "
+                    "energy.cpu_watts_per_core.",
+                    {"source"})
+          .labels(source);
+  metrics::Gauge& per_token =
+      registry_
+          ->gauge("helios_energy_joules_per_generated_token",
+                  "helios_energy_joules_total over the tokens generated since the daemon "
+                  "started (0 before the first). source=\"nvml\": the whole GPU's counter; "
+                  "source=\"cpu_estimate\": an estimate, process CPU seconds x "
+                  "energy.cpu_watts_per_core.",
+                  {"source"})
+          .labels(source);
+  // The engine registered it; absent only if the engine kept no metrics.
+  metrics::Family<metrics::Counter>* tokens =
+      registry_->find_counter("helios_generation_tokens_total");
+  registry_->on_collect(
+      [meter = energy_meter_, &total, &per_token, tokens, counted = 0.0]() mutable {
+        // The meter never decreases, so the counter follows it by non-negative steps.
+        const double joules = meter->joules();
+        total.inc(joules - counted);
+        counted = joules;
+        const double generated = tokens != nullptr ? tokens->get().value() : 0.0;
+        per_token.set(generated > 0 ? joules / generated : 0.0);
+      });
 }
 
 void Daemon::shutdown() {

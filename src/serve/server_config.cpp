@@ -156,6 +156,7 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   controller.check_unknown();
 
   Section energy(root, "energy");
+  energy.one_of("source", c.energy_source, {"auto", "nvml", "cpu_estimate"});
   energy.number("cpu_watts_per_core", c.cpu_watts_per_core, 0.0, 10000.0);
   energy.check_unknown();
 
@@ -205,6 +206,9 @@ void ServerConfig::validate() const {
   if (device != "cpu" && device.rfind("cuda", 0) != 0) {
     fail("model.device", "must be cpu, cuda or cuda:N, got \"" + device + "\"");
   }
+  if (energy_source == "nvml" && device == "cpu") {
+    fail("energy.source", "\"nvml\" needs model.device cuda or cuda:N (NVML measures a GPU)");
+  }
   if (limits.max_batch_tokens < limits.max_running) {
     // Every running sequence decodes one token per step; a smaller budget would starve some.
     fail("scheduler.max_batch_tokens",
@@ -248,7 +252,7 @@ nlohmann::json ServerConfig::to_json() const {
       {"logging", {{"level", log_level}}},
       {"controller",
        {{"policy", policy}, {"slo_file", slo_file.string()}, {"decisions_kept", decisions_kept}}},
-      {"energy", {{"cpu_watts_per_core", cpu_watts_per_core}}},
+      {"energy", {{"source", energy_source}, {"cpu_watts_per_core", cpu_watts_per_core}}},
       {"admin", {{"token", admin_token.empty() ? "" : "(set)"}}},
   };
 }

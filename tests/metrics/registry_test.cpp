@@ -108,6 +108,15 @@ TEST(Registry, ChildrenAreCreatedOnceAndKeepTheirAddress) {
   EXPECT_EQ(family.labels({"x"}).value(), 4);
 }
 
+TEST(Registry, FindsCountersByName) {
+  Registry registry;
+  auto& tokens = registry.counter("tokens_total", "Tokens.");
+  registry.gauge("depth", "Queue depth.");
+  EXPECT_EQ(registry.find_counter("tokens_total"), &tokens);
+  EXPECT_EQ(registry.find_counter("depth"), nullptr);  // a gauge
+  EXPECT_EQ(registry.find_counter("missing_total"), nullptr);
+}
+
 TEST(Registry, CollectHooksRunInOrderBeforeEachRender) {
   Registry registry;
   Gauge& depth = registry.gauge("depth", "Queue depth.").get();

@@ -193,12 +193,7 @@ double metric_value(const DaemonProcess& daemon, const std::string& series) {
   httplib::Client http("127.0.0.1", daemon.http_port());
   const auto response = http.Get("/metrics");
   if (!response) return NAN;
-  std::istringstream in(response->body);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return 0.0;
+  return sample_value(response->body, series);
 }
 
 double now_unix() {

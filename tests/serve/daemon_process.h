@@ -13,6 +13,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -176,6 +177,17 @@ inline v1::GenerateRequest greedy_request(const std::string& prompt, uint32_t ma
   request.set_max_tokens(max_tokens);
   request.set_include_token_details(true);
   return request;
+}
+
+// The value of `series` (the name and labels as /metrics renders them, e.g.
+// `helios_energy_joules_total{source="cpu_estimate"}`) in a scraped text; 0 when absent.
+inline double sample_value(const std::string& metrics_text, const std::string& series) {
+  std::istringstream in(metrics_text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return 0.0;
 }
 
 // Distinct prompts cut from the held-out prose text.

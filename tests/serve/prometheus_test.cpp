@@ -65,6 +65,16 @@ TEST(Metrics, PromtoolAcceptsTheDaemonsMetrics) {
         "helios_loaded_layers{model=\"prose-micro\"} 4", "helios_requests_rejected_total{"}) {
     EXPECT_NE(text.find(family), std::string::npos) << family << " missing from:\n" << text;
   }
+  // Energy: the CPU estimate off a GPU, charged for the work just done, and per token the
+  // same figure over the tokens generated (one render computes both).
+  const double joules = sample_value(text, R"(helios_energy_joules_total{source="cpu_estimate"})");
+  const double per_token =
+      sample_value(text, R"(helios_energy_joules_per_generated_token{source="cpu_estimate"})");
+  const double tokens = sample_value(text, "helios_generation_tokens_total");
+  EXPECT_EQ(tokens, 8 * 16);
+  EXPECT_GT(joules, 0.0) << text;
+  EXPECT_GT(per_token, 0.0) << text;
+  EXPECT_NEAR(per_token, joules / tokens, 1e-6 * joules / tokens);
   const CommandResult promtool = promtool_check(text);
   EXPECT_EQ(promtool.exit_code, 0) << promtool.output;
   EXPECT_EQ(promtool.output, "") << "promtool lint findings";

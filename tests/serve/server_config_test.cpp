@@ -20,6 +20,7 @@ TEST(ServerConfig, DefaultsAndRelativeModelPath) {
   EXPECT_EQ(c.http_port, 9464);
   EXPECT_EQ(c.limits.max_running, 64);
   EXPECT_EQ(c.memory_budget_bytes, int64_t{256} << 20);
+  EXPECT_EQ(c.energy_source, "auto");
   // to_json round-trips.
   const ServerConfig again = ServerConfig::from_json(c.to_json(), "/elsewhere");
   EXPECT_EQ(again.to_json(), c.to_json());
@@ -84,12 +85,33 @@ TEST(ServerConfig, ErrorsNameTheKey) {
        "metrics.queue_time_buckets_seconds"},
       {json{{"early_exit", {{"threshold", 0.5}}}}, "model.path: is required"},
       {json{{"model", model}, {"early_exit", {{"metric", "vibes"}}}}, "early_exit.metric"},
+      {json{{"model", model}, {"energy", {{"source", "rapl"}}}},
+       "energy.source: must be one of auto, cpu_estimate, nvml"},
+      {json{{"model", model}, {"energy", {{"source", "nvml"}}}}, "energy.source: \"nvml\" needs"},
+      {json{{"model", model}, {"energy", {{"cpu_watts_per_core", -1}}}},
+       "energy.cpu_watts_per_core"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.config.dump());
     expect_error([&] { ServerConfig::from_json(c.config, "."); }, ErrorCode::kInvalidArgument,
                  {c.needle});
   }
+}
+
+TEST(ServerConfig, EnergySource) {
+  const json model = {{"path", "m"}};
+  for (const char* source : {"auto", "cpu_estimate"}) {
+    const ServerConfig c =
+        ServerConfig::from_json(json{{"model", model}, {"energy", {{"source", source}}}}, ".");
+    EXPECT_EQ(c.energy_source, source);
+    EXPECT_EQ(c.to_json()["energy"]["source"], source);
+  }
+  // On a GPU "nvml" is a valid choice; whether NVML answers is found out at start.
+  const ServerConfig gpu = ServerConfig::from_json(
+      json{{"model", {{"path", "m"}, {"device", "cuda:1"}}}, {"energy", {{"source", "nvml"}}}},
+      ".");
+  EXPECT_EQ(gpu.energy_source, "nvml");
+  EXPECT_EQ(ServerConfig::from_json(gpu.to_json(), ".").energy_source, "nvml");
 }
 
 TEST(ServerConfig, FileErrorsNameTheFile) {

@@ -26,6 +26,7 @@
 #include "helios/controller/sliding_window.h"
 #include "helios/engine/model_instance.h"
 #include "helios/engine/telemetry.h"
+#include "helios/metrics/energy_meter.h"
 #include "helios/metrics/registry.h"
 #include "helios/model/checkpoint.h"
 
@@ -43,7 +44,9 @@ struct ControllerOptions {
   int64_t kv_block_size = 16;
   int64_t max_running = 64;         // the scheduler's limit; the controller may cap below it
   model::LoadOptions load;          // dtype and device of every load (max_layers is ignored)
-  double cpu_watts_per_core = 10.0; // the energy estimate per CPU second
+  // Charged to each profiled candidate per generated token; shared with the daemon so that its
+  // energy metrics and the table agree. Null: a CPU estimate at the default watts per core.
+  std::shared_ptr<metrics::EnergyMeter> energy_meter;
   size_t decisions_kept = 32;
   std::chrono::milliseconds watch_interval{200};
 };
@@ -137,6 +140,8 @@ class Controller final : public engine::TelemetrySink {
 
   void start_profiling(const std::string& trigger, const std::string& reason);
   void profile_next();
+  // Starts a table row for `candidate`, the model the engine serves now.
+  void begin_profile(const Candidate* candidate);
   void finish_profile();
   void decide(const std::string& trigger, const std::string& reason);
   void apply(const Option& option, int64_t cap, const std::string& trigger,

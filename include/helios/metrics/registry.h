@@ -141,6 +141,11 @@ class Registry {
                                std::vector<double> buckets,
                                std::vector<std::string> label_names = {});
 
+  // The counter family registered as `name`; nullptr when there is none (or it is not a
+  // counter). Lets one part of the daemon derive a figure from another's counter (energy per
+  // generated token) without either exposing it.
+  Family<Counter>* find_counter(const std::string& name);
+
   // Hooks run (in registration order) at the start of every render(), e.g. to copy live state
   // into gauges. Renders are serialized, so a hook never runs concurrently with itself.
   void on_collect(std::function<void()> hook);

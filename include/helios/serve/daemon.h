@@ -23,6 +23,7 @@ class Controller;
 }
 
 namespace helios::metrics {
+class EnergyMeter;
 class Registry;
 class HttpEndpoint;
 }  // namespace helios::metrics
@@ -56,11 +57,14 @@ class Daemon {
 
  private:
   void load_model();
+  // Registers the energy metrics; after load_model(), for the engine's token counter.
+  void export_energy();
 
   ServerConfig config_;
   std::atomic<ServerState> state_{ServerState::kLoading};
   std::chrono::steady_clock::time_point started_;
   std::unique_ptr<metrics::Registry> registry_;
+  std::shared_ptr<metrics::EnergyMeter> energy_meter_;  // shared with the controller
   std::unique_ptr<metrics::HttpEndpoint> http_;
   std::shared_ptr<const engine::ModelInstance> model_;  // the initial model
   std::unique_ptr<controller::Controller> controller_;   // policy "helios"

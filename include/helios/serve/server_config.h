@@ -47,7 +47,10 @@ struct ServerConfig {
   std::string policy = "static";
   std::filesystem::path slo_file;  // required with policy "helios"; relative to the config file
   int64_t decisions_kept = 32;     // controller decisions GetStatus reports
-  // energy: the CPU estimate of energy per token (no power meter on a CPU)
+  // energy: what helios_energy_joules_total and the controller's energy per token read.
+  // "auto" measures with NVML when serving on a GPU that reports energy, else estimates from
+  // process CPU time x cpu_watts_per_core; "nvml" refuses to start without the measurement.
+  std::string energy_source = "auto";  // auto | nvml | cpu_estimate
   double cpu_watts_per_core = 10.0;
   // admin: bearer token the Admin service requires; empty = loopback peers only
   std::string admin_token;
