@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <charconv>
 #include <functional>
 #include <thread>
@@ -210,13 +211,14 @@ void Daemon::export_energy() {
   metrics::Family<metrics::Counter>* tokens =
       registry_->find_counter("helios_generation_tokens_total");
   registry_->on_collect(
-      [meter = energy_meter_, &total, &per_token, tokens, counted = 0.0]() mutable {
-        // The meter never decreases, so the counter follows it by non-negative steps.
+      [meter = energy_meter_, &total, &per_token, tokens] {
+        // The counter itself holds what was counted (a hook must keep no state of its own:
+        // the registry runs copies of it). The meter never decreases, so the counter follows
+        // it by non-negative steps.
         const double joules = meter->joules();
-        total.inc(joules - counted);
-        counted = joules;
+        total.inc(std::max(0.0, joules - total.value()));
         const double generated = tokens != nullptr ? tokens->get().value() : 0.0;
-        per_token.set(generated > 0 ? joules / generated : 0.0);
+        per_token.set(generated > 0 ? total.value() / generated : 0.0);
       });
 }
 

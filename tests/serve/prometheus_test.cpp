@@ -75,6 +75,13 @@ TEST(Metrics, PromtoolAcceptsTheDaemonsMetrics) {
   EXPECT_GT(joules, 0.0) << text;
   EXPECT_GT(per_token, 0.0) << text;
   EXPECT_NEAR(per_token, joules / tokens, 1e-6 * joules / tokens);
+  // Scrapes of an idle daemon add next to nothing: the counter follows the meter, it does
+  // not add the meter's whole reading again at every render.
+  for (int i = 0; i < 5; ++i) scrape(daemon);
+  const double later =
+      sample_value(scrape(daemon), R"(helios_energy_joules_total{source="cpu_estimate"})");
+  EXPECT_GE(later, joules);
+  EXPECT_LT(later, 1.5 * joules);
   const CommandResult promtool = promtool_check(text);
   EXPECT_EQ(promtool.exit_code, 0) << promtool.output;
   EXPECT_EQ(promtool.output, "") << "promtool lint findings";

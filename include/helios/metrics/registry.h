@@ -147,7 +147,9 @@ class Registry {
   Family<Counter>* find_counter(const std::string& name);
 
   // Hooks run (in registration order) at the start of every render(), e.g. to copy live state
-  // into gauges. Renders are serialized, so a hook never runs concurrently with itself.
+  // into gauges. Renders are serialized, so a hook never runs concurrently with itself. Each
+  // render runs a copy of the hook: state that must last from one render to the next belongs
+  // outside it (e.g. in the metric it updates).
   void on_collect(std::function<void()> hook);
 
   // Prometheus text exposition format 0.0.4: # HELP / # TYPE per family, families in
