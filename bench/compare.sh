@@ -112,5 +112,6 @@ for model in "${MODELS[@]}"; do
   RUNS+=("$OUT/runs/static-$model.json")
 done
 
-"$COMPARE" report "${RUNS[@]}" --out "$OUT/result.json" --plots "$OUT/plots"
-echo "result: $OUT/result.json  plots: $OUT/plots/*.png"
+"$COMPARE" report "${RUNS[@]}" --out "$OUT/result.json" --plots "$OUT/plots" \
+  --markdown "$OUT/result.md"
+echo "result: $OUT/result.json ($OUT/result.md)  plots: $OUT/plots/*.png"

@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--helios", report_options.helios_label, "label of the helios run");
   report_cmd->add_option("--out", report_options.out, "result JSON")->required();
   report_cmd->add_option("--plots", report_options.plots_dir, "directory for data + PNGs");
+  report_cmd->add_option("--markdown", report_options.markdown, "the tables as Markdown");
 
   CLI11_PARSE(app, argc, argv);
   try {

@@ -48,11 +48,11 @@ std::string counters_data(const json& run) {
   return out;
 }
 
-// Per second: the largest batch polled, KV capacity and loaded layers at the second's end.
-std::string status_data(const json& run, std::vector<std::pair<double, std::string>>* changes) {
-  std::string out = "# t_s largest_running kv_capacity_sequences loaded_layers\n";
+// Per second: the largest batch polled, and at the second's end the KV capacity, the loaded
+// layers and the served model (its index in `models`, in order of first appearance).
+std::string status_data(const json& run, std::vector<std::string>& models) {
+  std::string out = "# t_s largest_running kv_capacity_sequences loaded_layers model_index\n";
   std::map<int64_t, json> seconds;
-  std::string model;
   for (const json& s : run.at("status_samples")) {
     const auto second = static_cast<int64_t>(std::floor(s["t"].get<double>()));
     json& bucket = seconds[second];
@@ -60,14 +60,14 @@ std::string status_data(const json& run, std::vector<std::pair<double, std::stri
     bucket["running"] = std::max(bucket.value("running", 0), s["running"].get<int>());
     bucket["capacity"] = s["kv_capacity_sequences"];
     bucket["layers"] = s["loaded_layers"];
-    const std::string now = fmt::format("{} {}/{}", s["model"].get<std::string>(),
-                                        s["loaded_layers"].get<int>(), s["total_layers"].get<int>());
-    if (now != model && changes != nullptr) changes->emplace_back(s["t"].get<double>(), now);
-    model = now;
+    const std::string model = s["model"];
+    auto it = std::find(models.begin(), models.end(), model);
+    if (it == models.end()) it = models.insert(models.end(), model);
+    bucket["model"] = it - models.begin();
   }
   for (const auto& [second, b] : seconds) {
-    out += fmt::format("{} {} {} {}\n", second + 1, b["running"].get<int>(),
-                       b["capacity"].get<double>(), b["layers"].get<int>());
+    out += fmt::format("{} {} {} {} {}\n", second + 1, b["running"].get<int>(),
+                       b["capacity"].get<double>(), b["layers"].get<int>(), b["model"].get<int>());
   }
   return out;
 }
@@ -125,13 +125,13 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
   write_file(dir / "summary.dat", summary);
 
   std::string counters_plot, status_plot, capacity_plot, ppl_plot, layers_plot, energy_plot,
-      model_labels;
+      model_panel;
   for (const json& run : runs) {
     const std::string label = run.at("label");
     const bool helios = label == result.at("helios").get<std::string>();
-    std::vector<std::pair<double, std::string>> changes;
+    std::vector<std::string> models;
     write_file(dir / (label + ".counters.dat"), counters_data(run));
-    write_file(dir / (label + ".status.dat"), status_data(run, helios ? &changes : nullptr));
+    write_file(dir / (label + ".status.dat"), status_data(run, models));
     write_file(dir / (label + ".perplexity.dat"), perplexity_data(run, window));
     const std::string style = helios ? "lw 2.5 lc rgb 'black'" : "lw 1.2";
     auto add = [&](std::string& plot, const std::string& file, const std::string& columns,
@@ -145,21 +145,24 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
     add(capacity_plot, label + ".status.dat", "1:3", "steps");
     add(layers_plot, label + ".status.dat", "1:4", "steps");
     add(ppl_plot, label + ".perplexity.dat", "1:2", "linespoints");
-    // Model changes of the helios run, labelled where they happen (a dense run keeps the first 40).
-    for (size_t i = 0; i < changes.size() && i < 40; ++i) {
-      model_labels += fmt::format("set label {} at {}, graph {} rotate by 90 font ',8'\n",
-                                  gp_string(changes[i].second), changes[i].first, 0.05);
+    if (helios) {
+      std::string tics;
+      for (size_t i = 0; i < models.size(); ++i) {
+        tics += fmt::format("{}{} {}", i ? ", " : "", gp_string(models[i]), i);
+      }
+      model_panel = fmt::format(
+          "set title 'Model helios serves'\nset ylabel ''\nset ytics ({})\nset yrange [-0.5:{}]\n"
+          "plot {} using 1:5 with steps lw 2.5 lc rgb 'black' notitle\n",
+          tics, static_cast<double>(models.size()) - 0.5, gp_string(label + ".status.dat"));
     }
   }
   const std::string head =
       "set terminal pngcairo size 1100,520 font ',10'\nset grid\nset key outside right\n"
       "set xlabel 'time (s)'\nset yrange [0:*]\n";
   std::string script = head + phase_lines;
-  auto figure = [&](const char* file, const char* title, const char* ylabel, const std::string& plot,
-                    const std::string& extra = "") {
-    script += fmt::format("set output '{}'\nset title {}\nset ylabel {}\n{}{}\n{}", file,
-                          gp_string(title), gp_string(ylabel), extra, plot,
-                          extra.empty() ? "" : "unset label\n" + phase_lines);
+  auto figure = [&](const char* file, const char* title, const char* ylabel, const std::string& plot) {
+    script += fmt::format("set output '{}'\nset title {}\nset ylabel {}\n{}\n", file,
+                          gp_string(title), gp_string(ylabel), plot);
   };
   figure("throughput.png", "Generated tokens per second (server counter)", "tokens/s", counters_plot);
   figure("batch.png", "Largest batch (running sequences) per second", "sequences", status_plot);
@@ -168,8 +171,13 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
          energy_plot);
   figure("perplexity.png", "Prompt perplexity of arriving requests (early exit, served depth)",
          "perplexity", ppl_plot);
-  figure("layers.png", "Loaded layers (helios: model changes labelled)", "layers", layers_plot,
-         model_labels);
+  // Two panels: every run's loaded layers, and which model helios served when.
+  script += fmt::format(
+      "set output 'layers.png'\nset terminal pngcairo size 1100,720 font ',10'\n"
+      "set multiplot layout 2,1\nset title 'Loaded layers'\nset ylabel 'layers'\n{}\n{}"
+      "unset multiplot\nset ytics autofreq\nset yrange [0:*]\n"
+      "set terminal pngcairo size 1100,520 font ',10'\n",
+      layers_plot, model_panel);
   // Bars from the summary: latency percentiles side by side.
   script +=
       "unset arrow\nunset label\nset xlabel ''\nset autoscale y\nset style data histograms\n"

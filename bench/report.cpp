@@ -225,6 +225,11 @@ json make_report(const ReportOptions& options) {
     if (!out.flush()) throw Fatal(fmt::format("cannot write {}", options.out));
   }
   if (!options.plots_dir.empty()) write_plots(runs, result, options.plots_dir);
+  if (!options.markdown.empty()) {
+    std::ofstream out(options.markdown, std::ios::trunc);
+    out << format_markdown(result);
+    if (!out.flush()) throw Fatal(fmt::format("cannot write {}", options.markdown));
+  }
   return result;
 }
 
@@ -278,6 +283,67 @@ std::string format_report(const json& result) {
     }
   }
   return text;
+}
+
+std::string format_markdown(const json& result) {
+  auto cell = [](const json& v, const char* format) {
+    return v.is_number() ? fmt::format(fmt::runtime(format), v.get<double>()) : std::string("-");
+  };
+  std::string md =
+      "| run | models served (requests) | output tok/s | largest batch | mean batch | KV capacity "
+      "(sequences, max / mean) | TTFT p50 / p95 ms | TPOT p50 / p95 ms | end-to-end p50 / p95 ms "
+      "| energy J/token | prompt perplexity (all / prose / code) |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const json& s : result["runs"]) {
+    std::string models;
+    for (const auto& [name, n] : s["models_served"].items()) {
+      models += fmt::format("{}{} ({})", models.empty() ? "" : ", ", name, n.get<int64_t>());
+    }
+    md += fmt::format(
+        "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {} / {} / {} |\n",
+        s["label"].get<std::string>(), models, cell(s["throughput_tokens_per_s"], "{:.0f}"),
+        cell(s["largest_batch"], "{:.0f}"), cell(s["mean_batch"], "{:.1f}"),
+        cell(s["kv_capacity_sequences"]["max"], "{:.0f}"),
+        cell(s["kv_capacity_sequences"]["mean"], "{:.1f}"), cell(s["ttft_ms"]["p50"], "{:.0f}"),
+        cell(s["ttft_ms"]["p95"], "{:.0f}"), cell(s["tpot_ms"]["p50"], "{:.1f}"),
+        cell(s["tpot_ms"]["p95"], "{:.1f}"), cell(s["e2e_ms"]["p50"], "{:.0f}"),
+        cell(s["e2e_ms"]["p95"], "{:.0f}"), cell(s["energy"]["joules_per_token"], "{:.4f}"),
+        cell(s["prompt_perplexity"], "{:.2f}"), cell(s["prompt_perplexity_by_domain"]["prose"], "{:.2f}"),
+        cell(s["prompt_perplexity_by_domain"]["code"], "{:.2f}"));
+  }
+  md += fmt::format(
+      "\n| {} / baseline | throughput | largest batch | KV capacity (max) | p95 end-to-end, x lower "
+      "| p95 TTFT, x lower | p95 TPOT, x lower | energy/token, x lower | perplexity change |\n"
+      "|---|---|---|---|---|---|---|---|---|\n",
+      result["helios"].get<std::string>());
+  for (const json& c : result["comparisons"]) {
+    md += fmt::format("| vs {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                      c["baseline"].get<std::string>(), cell(c["throughput"], "{:.2f}x"),
+                      cell(c["largest_batch"], "{:.2f}x"), cell(c["kv_capacity_max"], "{:.2f}x"),
+                      cell(c["e2e_p95_lower"], "{:.2f}x"), cell(c["ttft_p95_lower"], "{:.2f}x"),
+                      cell(c["tpot_p95_lower"], "{:.2f}x"),
+                      cell(c["energy_per_token_lower"], "{:.2f}x"),
+                      c["perplexity_increase"].is_number()
+                          ? fmt::format("{:+.1f}%", 100 * c["perplexity_increase"].get<double>())
+                          : std::string("-"));
+  }
+  if (result.contains("best_static_baseline")) {
+    const json& b = result["best_static_baseline"];
+    md += fmt::format("\nTargets against the best static baseline, {} ({}):\n\n"
+                      "| target | goal | measured | |\n|---|---|---|---|\n",
+                      b["label"].get<std::string>(), b["why"].get<std::string>());
+    for (const auto& [name, t] : b["targets"].items()) {
+      const bool is_limit = t.contains("limit");
+      md += fmt::format("| {} | {} | {} | {} |\n", name,
+                        is_limit ? fmt::format("<= {:+.0f}%", 100 * t["limit"].get<double>())
+                                 : cell(t["target"], ">= {:.2f}x"),
+                        is_limit && t["measured"].is_number()
+                            ? fmt::format("{:+.1f}%", 100 * t["measured"].get<double>())
+                            : cell(t["measured"], "{:.2f}x"),
+                        t["met"].get<bool>() ? "met" : "missed");
+    }
+  }
+  return md;
 }
 
 }  // namespace helios::bench

@@ -19,6 +19,7 @@ struct ReportOptions {
   std::string helios_label = "helios";
   std::string out;        // result JSON
   std::string plots_dir;  // data files, the gnuplot script and the PNGs; empty = no plots
+  std::string markdown;   // the tables as Markdown; empty = none
   Targets targets;
 };
 
@@ -29,5 +30,7 @@ nlohmann::json make_report(const ReportOptions& options);
 
 // The side-by-side table printed at the end of a comparison.
 std::string format_report(const nlohmann::json& result);
+// The same as Markdown tables (runs, ratios against each baseline, the targets).
+std::string format_markdown(const nlohmann::json& result);
 
 }  // namespace helios::bench
