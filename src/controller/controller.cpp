@@ -85,6 +85,7 @@ void Controller::start(engine::ServingEngine* engine) {
   engine_->set_exit_threshold(slo_.exit_threshold);
   // Profiling starts with the model the engine already holds.
   for (size_t i = 1; i < shortlist_.size(); ++i) profile_queue_.push_back(shortlist_[i].name);
+  pass_started_ = std::chrono::steady_clock::now();
   begin_profile(find_candidate(current_name_));
   record(DecisionRecord{.kind = "profile",
                         .trigger = "startup",
@@ -372,17 +373,27 @@ void Controller::check_triggers() {
     start_profiling("drift", "sustained SLO violation over the drift window: " + why);
     return;
   }
-  // 3. Periodic re-profiling.
+  // 3. Periodic re-profiling, once enough requests and enough serving time have passed: a pass
+  // serves every candidate at full depth and recomputes the batch at each switch, so under
+  // heavy traffic a request count alone would keep the server profiling most of the time.
+  const double served_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_ended_).count();
+  const double wait = serving_seconds_before_reprofile(last_pass_seconds_, slo_.max_profiling_share);
   if (slo_.reprofile_interval_requests > 0 &&
-      requests_seen_ - last_profiled_at_ >= slo_.reprofile_interval_requests) {
-    start_profiling("interval", fmt::format("{} requests since the last profile",
-                                            requests_seen_ - last_profiled_at_));
+      requests_seen_ - last_profiled_at_ >= slo_.reprofile_interval_requests &&
+      served_seconds >= wait) {
+    start_profiling("interval",
+                    fmt::format("{} requests and {:.1f} s since the last profile (which took {:.1f} "
+                                "s; at most {:.0f}% of the time goes to profiling)",
+                                requests_seen_ - last_profiled_at_, served_seconds,
+                                last_pass_seconds_, 100 * slo_.max_profiling_share));
   }
 }
 
 void Controller::start_profiling(const std::string& trigger, const std::string& reason) {
   profile_queue_.clear();
   for (const Candidate& c : shortlist_) profile_queue_.push_back(c.name);
+  pass_started_ = std::chrono::steady_clock::now();
   spdlog::info("controller: re-profiling {} candidates ({}: {})", profile_queue_.size(), trigger,
                reason);
   record(DecisionRecord{.kind = "profile",
@@ -455,6 +466,8 @@ void Controller::finish_profile() {
     return;
   }
   last_profiled_at_ = requests_seen_;
+  pass_ended_ = std::chrono::steady_clock::now();
+  last_pass_seconds_ = std::chrono::duration<double>(pass_ended_ - pass_started_).count();
   phase_ = Phase::kServing;
   decide("profiled", "profiling finished");
 }

@@ -177,6 +177,11 @@ std::string_view decision_kind_name(Decision::Kind kind) {
   return "unknown";
 }
 
+double serving_seconds_before_reprofile(double profile_seconds, double max_share) {
+  if (!(max_share > 0) || max_share >= 1 || !(profile_seconds > 0)) return 0.0;
+  return profile_seconds * (1.0 - max_share) / max_share;
+}
+
 Decision decide_on_breach(const PerformanceTable& table, std::string_view current_model,
                           int64_t current_depth, const SloConfig& slo, const PolicyLimits& limits,
                           int64_t now_requests) {

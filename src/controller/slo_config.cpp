@@ -85,6 +85,7 @@ SloConfig from_json(const json& root, const fs::path& base_dir) {
   controller.integer("candidates_top_k", c.candidates_top_k);
   controller.integer("profile_requests", c.profile_requests);
   controller.integer("reprofile_interval_requests", c.reprofile_interval_requests);
+  controller.number("max_profiling_share", c.max_profiling_share);
   controller.integer("breach_window_tokens", c.breach_window_tokens);
   controller.integer("breach_max", c.breach_max);
   controller.integer("drift_window_requests", c.drift_window_requests);
@@ -154,6 +155,8 @@ void SloConfig::validate() const {
   at_least(candidates_top_k, 1, "controller.candidates_top_k");
   at_least(profile_requests, 1, "controller.profile_requests");
   at_least(reprofile_interval_requests, 0, "controller.reprofile_interval_requests");
+  require(finite(max_profiling_share) && max_profiling_share > 0 && max_profiling_share <= 1,
+          "controller.max_profiling_share", "in (0, 1]", max_profiling_share);
   at_least(breach_window_tokens, 1, "controller.breach_window_tokens");
   if (breach_max < 1 || breach_max > breach_window_tokens) {
     fail("controller.breach_max", "must be in [1, controller.breach_window_tokens = " +
@@ -178,6 +181,7 @@ nlohmann::json SloConfig::to_json() const {
        {{"candidates_top_k", candidates_top_k},
         {"profile_requests", profile_requests},
         {"reprofile_interval_requests", reprofile_interval_requests},
+        {"max_profiling_share", max_profiling_share},
         {"breach_window_tokens", breach_window_tokens},
         {"breach_max", breach_max},
         {"drift_window_requests", drift_window_requests},

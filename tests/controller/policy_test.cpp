@@ -215,6 +215,14 @@ Candidate candidate(const std::string& name, int64_t layer_bytes, int64_t kv_byt
   return c;
 }
 
+TEST(ReprofileSpacing, KeepsProfilingUnderItsShareOfTheTime) {
+  // 2.5 s of profiling at a 10% share: 22.5 s of serving first (2.5 / 25 = 10%).
+  EXPECT_DOUBLE_EQ(serving_seconds_before_reprofile(2.5, 0.1), 22.5);
+  EXPECT_DOUBLE_EQ(serving_seconds_before_reprofile(2.0, 0.5), 2.0);
+  EXPECT_DOUBLE_EQ(serving_seconds_before_reprofile(2.5, 1.0), 0.0);  // no cap
+  EXPECT_DOUBLE_EQ(serving_seconds_before_reprofile(0.0, 0.1), 0.0);  // nothing profiled yet
+}
+
 TEST(Shortlist, DropsWhatDoesNotFitAndOrdersByTheObjective) {
   const PolicyLimits limits{100'000, 16, 64};
   std::vector<Candidate> all = {

@@ -49,6 +49,7 @@ TEST_F(SloConfigTest, DefaultsWithCommentsAndRelativeRepository) {
   EXPECT_EQ(c.candidates_top_k, 3);
   EXPECT_EQ(c.profile_requests, 5);
   EXPECT_EQ(c.reprofile_interval_requests, 150);
+  EXPECT_DOUBLE_EQ(c.max_profiling_share, 0.1);
   EXPECT_EQ(c.breach_window_tokens, 100);
   EXPECT_EQ(c.breach_max, 50);
   EXPECT_EQ(c.drift_window_requests, 32);
@@ -62,7 +63,8 @@ TEST_F(SloConfigTest, EveryKeyIsReadAndRoundTrips) {
     "constraints": {"max_perplexity_increase": 0.1, "p95_ttft_ms": 250, "p95_tpot_ms": 2.5},
     "early_exit": {"threshold": 0.7, "load_quantile": 0.9},
     "controller": {"candidates_top_k": 2, "profile_requests": 7,
-                   "reprofile_interval_requests": 0, "breach_window_tokens": 40,
+                   "reprofile_interval_requests": 0, "max_profiling_share": 0.25,
+                   "breach_window_tokens": 40,
                    "breach_max": 40, "drift_window_requests": 4, "monitor_sample_rate": 1},
     "model_repository": ")" + (scratch_.path() / "zoo").string() + R"("})");
   EXPECT_EQ(c.objective, Objective::kLatency);
@@ -70,6 +72,7 @@ TEST_F(SloConfigTest, EveryKeyIsReadAndRoundTrips) {
   EXPECT_DOUBLE_EQ(*c.p95_tpot_ms, 2.5);
   EXPECT_DOUBLE_EQ(c.exit_threshold, 0.7);
   EXPECT_EQ(c.reprofile_interval_requests, 0);
+  EXPECT_DOUBLE_EQ(c.max_profiling_share, 0.25);
   EXPECT_EQ(c.breach_max, 40);
   EXPECT_EQ(c.drift_window_requests, 4);
   EXPECT_EQ(SloConfig::parse(c.to_json().dump(), "/elsewhere", "again"), c);
@@ -97,6 +100,8 @@ TEST_F(SloConfigTest, ErrorsStartWithTheKey) {
       {with("controller", "profile_requests", 0), "controller.profile_requests:"},
       {with("controller", "reprofile_interval_requests", -1),
        "controller.reprofile_interval_requests:"},
+      {with("controller", "max_profiling_share", 0), "controller.max_profiling_share:"},
+      {with("controller", "max_profiling_share", 1.5), "controller.max_profiling_share:"},
       {with("controller", "breach_window_tokens", 0), "controller.breach_window_tokens:"},
       {with("controller", "breach_max", 101), "controller.breach_max:"},
       {with("controller", "breach_max", 0), "controller.breach_max:"},

@@ -201,6 +201,10 @@ class Controller final : public engine::TelemetrySink {
   PercentileWindow ttft_window_{32}, tpot_window_{32};
   std::deque<std::pair<double, int64_t>> prompt_window_;  // sampled prompts: NLL, tokens
   int64_t requests_seen_ = 0, last_profiled_at_ = 0, breaches_total_ = 0;
+  // The profiling pass under way (or the last one) began here; the last one took this long and
+  // ended here. Periodic re-profiles are spaced by them (SloConfig::max_profiling_share).
+  std::chrono::steady_clock::time_point pass_started_{}, pass_ended_{};
+  double last_pass_seconds_ = 0;
   int64_t reloads_applied_ = 0, reloads_rejected_ = 0;
   std::string last_reload_error_;
   int64_t peak_memory_bytes_ = 0;

@@ -84,6 +84,10 @@ Decision decide_on_breach(const PerformanceTable& table, std::string_view curren
                           int64_t current_depth, const SloConfig& slo, const PolicyLimits& limits,
                           int64_t now_requests);
 
+// Seconds of serving a periodic re-profile waits after a pass of `profile_seconds`, so that
+// profiling takes at most `max_share` of the wall time.
+double serving_seconds_before_reprofile(double profile_seconds, double max_share);
+
 // A model of the repository, before any telemetry.
 struct Candidate {
   std::string name;  // directory name

@@ -30,6 +30,10 @@ struct SloConfig {
   int64_t candidates_top_k = 3;
   int64_t profile_requests = 5;
   int64_t reprofile_interval_requests = 150;  // 0 = never
+  // Periodic re-profiles wait until the time spent profiling stays under this share of the
+  // wall time (a pass that took t seconds is followed by at least t * (1 - share) / share
+  // seconds of serving); 1 = no cap. Drift, breaches and edits re-profile regardless.
+  double max_profiling_share = 0.1;
   int64_t breach_window_tokens = 100;
   int64_t breach_max = 50;
   int64_t drift_window_requests = 32;
