@@ -169,8 +169,11 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
   figure("kv_capacity.png", "KV capacity in full-context sequences", "sequences", capacity_plot);
   figure("energy_per_token.png", "Energy per generated token (per scrape interval)", "J/token",
          energy_plot);
+  // A model outside its domain is orders of magnitude worse: log scale.
+  script += "set logscale y\nset yrange [*:*]\n";
   figure("perplexity.png", "Prompt perplexity of arriving requests (early exit, served depth)",
-         "perplexity", ppl_plot);
+         "perplexity (log scale)", ppl_plot);
+  script += "unset logscale y\nset yrange [0:*]\n";
   // Two panels: every run's loaded layers, and which model helios served when.
   script += fmt::format(
       "set output 'layers.png'\nset terminal pngcairo size 1100,720 font ',10'\n"
@@ -184,11 +187,15 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
       "set style histogram clustered gap 1\nset style fill solid 0.8 border -1\n"
       "set xtics rotate by -20\nset key inside top right\n"
       "set output 'latency.png'\nset multiplot layout 1,3 title 'Latency percentiles (ms)'\n"
-      "set title 'TTFT'\nplot 'summary.dat' using 2:xtic(1) title 'p50', '' using 3 title 'p95'\n"
-      "set title 'Time per output token'\nplot 'summary.dat' using 4:xtic(1) title 'p50', '' "
-      "using 5 title 'p95'\n"
-      "set title 'End to end'\nplot 'summary.dat' using 6:xtic(1) title 'p50', '' using 7 title "
-      "'p95'\nunset multiplot\n"
+      // Queueing puts TTFT and end-to-end times of an overloaded run orders of magnitude
+      // above the others: log scale for those two.
+      "set logscale y\nset title 'TTFT (log scale)'\n"
+      "plot 'summary.dat' using 2:xtic(1) title 'p50', '' using 3 title 'p95'\n"
+      "unset logscale y\nset yrange [0:*]\nset title 'Time per output token'\n"
+      "plot 'summary.dat' using 4:xtic(1) title 'p50', '' using 5 title 'p95'\n"
+      "set autoscale y\nset logscale y\nset title 'End to end (log scale)'\n"
+      "plot 'summary.dat' using 6:xtic(1) title 'p50', '' using 7 title 'p95'\n"
+      "unset logscale y\nunset multiplot\n"
       "set output 'energy.png'\nset multiplot layout 1,2 title 'Energy and accuracy'\n";
   bool energy = false;
   for (const json& s : result.at("runs")) energy |= s["energy"]["joules_per_token"].is_number();
