@@ -344,10 +344,14 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
               tighter->max_batch(), s.controller().max_batch());
   EXPECT_LE(s.controller().live_p95_tpot_ms(), bound) << tighter->figures_json();
   // The choice that meets it: a smaller batch cap (predicted at the edit, or corrected from
-  // the live figure since) or another model.
+  // the live figure since), another model, or another depth of it (a later re-profile may
+  // find a shallower load whose bigger KV pool takes a larger cap within the bound).
+  const v1::Decision& latest = s.controller().decisions(s.controller().decisions_size() - 1);
   EXPECT_TRUE(s.controller().max_batch() < throughput_cap ||
-              s.controller().active_model() != moved->to_model())
-      << tighter->figures_json();
+              s.controller().active_model() != moved->to_model() ||
+              s.controller().loaded_layers() != moved->to_layers())
+      << "at the edit: " << tighter->figures_json() << "\nlatest decision: " << latest.kind()
+      << " (" << latest.trigger() << ") " << latest.reason() << " " << latest.figures_json();
 
   // 5. An invalid edit keeps the running configuration, logged and counted.
   const std::string in_force = s.controller().slo_json();
