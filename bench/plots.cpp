@@ -75,17 +75,15 @@ std::string status_data(const json& run, std::vector<std::string>& models) {
 // Prompt perplexity of the requests that arrived in each window (pooled over their tokens).
 std::string perplexity_data(const json& run, double window) {
   std::string out = "# t_mid_s prompt_perplexity\n";
-  std::map<int64_t, std::pair<double, double>> windows;  // nll, tokens
+  std::map<int64_t, PerplexityPool> windows;
   for (const json& r : run.at("requests")) {
-    if (!r.value("ok", false) || !r.contains("prompt_perplexity")) continue;
-    auto& w = windows[static_cast<int64_t>(r["scheduled_s"].get<double>() / window)];
-    const double n = r["prompt_scored_tokens"].get<double>();
-    w.first += n * std::log(r["prompt_perplexity"].get<double>());
-    w.second += n;
+    windows[static_cast<int64_t>(r["scheduled_s"].get<double>() / window)].add(r);
   }
-  for (const auto& [index, w] : windows) {
+  for (const auto& [index, pool] : windows) {
+    const json ppl = pool.value();
+    if (ppl.is_null()) continue;  // no scored request arrived in this window
     out += fmt::format("{:.2f} {:.4f}\n", (static_cast<double>(index) + 0.5) * window,
-                       std::exp(w.first / w.second));
+                       ppl.get<double>());
   }
   return out;
 }

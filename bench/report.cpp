@@ -25,18 +25,42 @@ std::vector<double> field_of(const json& requests, const char* key) {
   return out;
 }
 
-// exp of the token-weighted mean log-perplexity: the perplexity of all scored prompts as one text.
 json pooled_perplexity(const json& requests, const std::string& key = "", const std::string& value = "") {
-  double nll = 0, tokens = 0;
+  PerplexityPool pool;
   for (const json& r : requests) {
-    if (!r.value("ok", false) || !r.contains("prompt_perplexity")) continue;
-    if (!key.empty() && r.value(key, "") != value) continue;
-    const double n = r["prompt_scored_tokens"].get<double>();
-    nll += n * std::log(r["prompt_perplexity"].get<double>());
-    tokens += n;
+    if (key.empty() || r.value(key, "") == value) pool.add(r);
   }
-  return tokens > 0 ? json(std::exp(nll / tokens)) : json(nullptr);
+  return pool.value();
 }
+
+// A figure as `format` prints it, "-" when absent.
+std::string cell(const json& v, const char* format) {
+  return v.is_number() ? fmt::format(fmt::runtime(format), v.get<double>()) : std::string("-");
+}
+
+std::string perplexity_change(const json& c) {
+  return c["perplexity_increase"].is_number()
+             ? fmt::format("{:+.1f}%", 100 * c["perplexity_increase"].get<double>())
+             : std::string("-");
+}
+
+// The ratio columns of a comparison, in table order: key, console header and width, Markdown
+// header. Both tables print them from this one list.
+struct RatioColumn {
+  const char* key;
+  const char* text_header;
+  int width;
+  const char* markdown_header;
+};
+constexpr RatioColumn kRatioColumns[] = {
+    {"throughput", "throughput", 10, "throughput"},
+    {"largest_batch", "batch", 8, "largest batch"},
+    {"kv_capacity_max", "KV seqs", 9, "KV capacity (max)"},
+    {"e2e_p95_lower", "e2e p95 lo", 10, "p95 end-to-end, x lower"},
+    {"ttft_p95_lower", "TTFT lo", 9, "p95 TTFT, x lower"},
+    {"tpot_p95_lower", "TPOT lo", 9, "p95 TPOT, x lower"},
+    {"energy_per_token_lower", "J/tok lo", 9, "energy/token, x lower"},
+};
 
 // First and last non-null value of a counter across the run's scrapes.
 std::optional<double> counter_delta(const json& samples, const char* key) {
@@ -179,6 +203,18 @@ json check_targets(const json& c, const Targets& t) {
 
 }  // namespace
 
+bool PerplexityPool::add(const json& request) {
+  if (!request.value("ok", false) || !request.contains("prompt_perplexity")) return false;
+  const double n = request["prompt_scored_tokens"].get<double>();
+  nll_ += n * std::log(request["prompt_perplexity"].get<double>());
+  tokens_ += n;
+  return true;
+}
+
+json PerplexityPool::value() const {
+  return tokens_ > 0 ? json(std::exp(nll_ / tokens_)) : json(nullptr);
+}
+
 void write_plots(const std::vector<json>& runs, const json& result, const fs::path& dir);
 
 json make_report(const ReportOptions& options) {
@@ -235,9 +271,6 @@ json make_report(const ReportOptions& options) {
 
 std::string format_report(const json& result) {
   std::string text;
-  auto cell = [](const json& v, const char* format) {
-    return v.is_number() ? fmt::format(fmt::runtime(format), v.get<double>()) : std::string("-");
-  };
   text += fmt::format("{:<18} {:>9} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10} {:>8}  {}\n", "run",
                       "tok/s", "batch", "KV seqs", "e2e p95", "TTFT p95", "TPOT p95", "J/token",
                       "ppl", "models");
@@ -255,20 +288,18 @@ std::string format_report(const json& result) {
                         cell(s["energy"]["joules_per_token"], "{:.4f}"),
                         cell(s["prompt_perplexity"], "{:.3f}"), models);
   }
-  text += fmt::format("\n{} / baseline: {:>10} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9}\n",
-                      result["helios"].get<std::string>(), "throughput", "batch", "KV seqs",
-                      "e2e p95 lo", "TTFT lo", "TPOT lo", "J/tok lo");
-  for (const json& c : result["comparisons"]) {
-    text += fmt::format("  vs {:<18} {:>9} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9}   ppl {:+.1f}%\n",
-                        c["baseline"].get<std::string>(), cell(c["throughput"], "{:.2f}x"),
-                        cell(c["largest_batch"], "{:.2f}x"), cell(c["kv_capacity_max"], "{:.2f}x"),
-                        cell(c["e2e_p95_lower"], "{:.2f}x"), cell(c["ttft_p95_lower"], "{:.2f}x"),
-                        cell(c["tpot_p95_lower"], "{:.2f}x"),
-                        cell(c["energy_per_token_lower"], "{:.2f}x"),
-                        c["perplexity_increase"].is_number()
-                            ? 100 * c["perplexity_increase"].get<double>()
-                            : 0.0);
+  text += fmt::format("\n{:<22}", result["helios"].get<std::string>() + " / baseline:");
+  for (const RatioColumn& column : kRatioColumns) {
+    text += fmt::format(" {:>{}}", column.text_header, column.width);
   }
+  for (const json& c : result["comparisons"]) {
+    text += fmt::format("\n  vs {:<18}", c["baseline"].get<std::string>());
+    for (const RatioColumn& column : kRatioColumns) {
+      text += fmt::format(" {:>{}}", cell(c[column.key], "{:.2f}x"), column.width);
+    }
+    text += fmt::format("   ppl {}", perplexity_change(c));
+  }
+  text += "\n";
   if (result.contains("best_static_baseline")) {
     const json& b = result["best_static_baseline"];
     text += fmt::format("\nbest static baseline: {} ({})\n", b["label"].get<std::string>(),
@@ -286,9 +317,6 @@ std::string format_report(const json& result) {
 }
 
 std::string format_markdown(const json& result) {
-  auto cell = [](const json& v, const char* format) {
-    return v.is_number() ? fmt::format(fmt::runtime(format), v.get<double>()) : std::string("-");
-  };
   std::string md =
       "| run | models served (requests) | output tok/s | largest batch | mean batch | KV capacity "
       "(sequences, max / mean) | TTFT p50 / p95 ms | TPOT p50 / p95 ms | end-to-end p50 / p95 ms "
@@ -311,22 +339,18 @@ std::string format_markdown(const json& result) {
         cell(s["prompt_perplexity"], "{:.2f}"), cell(s["prompt_perplexity_by_domain"]["prose"], "{:.2f}"),
         cell(s["prompt_perplexity_by_domain"]["code"], "{:.2f}"));
   }
-  md += fmt::format(
-      "\n| {} / baseline | throughput | largest batch | KV capacity (max) | p95 end-to-end, x lower "
-      "| p95 TTFT, x lower | p95 TPOT, x lower | energy/token, x lower | perplexity change |\n"
-      "|---|---|---|---|---|---|---|---|---|\n",
-      result["helios"].get<std::string>());
+  md += fmt::format("\n| {} / baseline |", result["helios"].get<std::string>());
+  for (const RatioColumn& column : kRatioColumns) md += fmt::format(" {} |", column.markdown_header);
+  md += " perplexity change |\n|---|";
+  for (size_t i = 0; i <= std::size(kRatioColumns); ++i) md += "---|";
   for (const json& c : result["comparisons"]) {
-    md += fmt::format("| vs {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                      c["baseline"].get<std::string>(), cell(c["throughput"], "{:.2f}x"),
-                      cell(c["largest_batch"], "{:.2f}x"), cell(c["kv_capacity_max"], "{:.2f}x"),
-                      cell(c["e2e_p95_lower"], "{:.2f}x"), cell(c["ttft_p95_lower"], "{:.2f}x"),
-                      cell(c["tpot_p95_lower"], "{:.2f}x"),
-                      cell(c["energy_per_token_lower"], "{:.2f}x"),
-                      c["perplexity_increase"].is_number()
-                          ? fmt::format("{:+.1f}%", 100 * c["perplexity_increase"].get<double>())
-                          : std::string("-"));
+    md += fmt::format("\n| vs {} |", c["baseline"].get<std::string>());
+    for (const RatioColumn& column : kRatioColumns) {
+      md += fmt::format(" {} |", cell(c[column.key], "{:.2f}x"));
+    }
+    md += fmt::format(" {} |", perplexity_change(c));
   }
+  md += "\n";
   if (result.contains("best_static_baseline")) {
     const json& b = result["best_static_baseline"];
     md += fmt::format("\nTargets against the best static baseline, {} ({}):\n\n"

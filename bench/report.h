@@ -8,6 +8,18 @@
 
 namespace helios::bench {
 
+// Prompt perplexity of many requests pooled over their scored tokens: exp of the
+// token-weighted mean log-perplexity, as if all the prompts were one text.
+class PerplexityPool {
+ public:
+  // Adds a replayed request's score when it succeeded and was scored; false otherwise.
+  bool add(const nlohmann::json& request);
+  nlohmann::json value() const;  // null when nothing was added
+
+ private:
+  double nll_ = 0, tokens_ = 0;
+};
+
 // The paper's headline targets (helios / best static baseline) and its accuracy bound.
 struct Targets {
   double throughput = 1.48, sequences = 3.7, p95_latency = 1.39, energy_per_token = 1.10;
