@@ -376,12 +376,14 @@ void Controller::check_triggers() {
   // 3. Periodic re-profiling, once enough requests and enough serving time have passed: a pass
   // serves every candidate at full depth and recomputes the batch at each switch, so under
   // heavy traffic a request count alone would keep the server profiling most of the time.
+  if (slo_.reprofile_interval_requests <= 0 ||
+      requests_seen_ - last_profiled_at_ < slo_.reprofile_interval_requests) {
+    return;
+  }
   const double served_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_ended_).count();
-  const double wait = serving_seconds_before_reprofile(last_pass_seconds_, slo_.max_profiling_share);
-  if (slo_.reprofile_interval_requests > 0 &&
-      requests_seen_ - last_profiled_at_ >= slo_.reprofile_interval_requests &&
-      served_seconds >= wait) {
+  if (served_seconds >= serving_seconds_before_reprofile(last_pass_seconds_,
+                                                         slo_.max_profiling_share)) {
     start_profiling("interval",
                     fmt::format("{} requests and {:.1f} s since the last profile (which took {:.1f} "
                                 "s; at most {:.0f}% of the time goes to profiling)",
