@@ -9,6 +9,9 @@
 #include <utility>
 
 #include "helios/common/error.h"
+#include "helios/ops/activation.h"
+#include "helios/ops/attention.h"
+#include "helios/ops/exit_head.h"
 #include "helios/ops/rms_norm.h"
 
 namespace helios::model {
@@ -64,31 +67,13 @@ at::Tensor Transformer::exit_logits(const at::Tensor& hidden) const {
 }
 
 at::Tensor Transformer::confidence(const at::Tensor& logits, ConfidenceMetric metric) {
-  const at::Tensor log_probs = at::log_softmax(logits.to(at::kFloat), -1);
-  if (metric == ConfidenceMetric::kMaxProb) return std::get<0>(log_probs.max(-1)).exp();
-  const at::Tensor entropy = -(log_probs.exp() * log_probs).sum(-1);
-  return 1.0 - entropy / std::log(static_cast<double>(logits.size(-1)));
+  return confidence_of(ops::exit_head_stats(logits), metric, logits.size(-1));
 }
 
-// q [B, Tq, H, hd], k/v [B, Tk, KVH, hd], mask additive, broadcastable to [B, 1, 1, Tq, Tk].
-// Query heads are grouped by the kv head they share (HF repeat_kv order), so no K/V copy is
-// made per query head.
-at::Tensor Transformer::attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const at::Tensor& mask) const {
-  const int64_t batch = q.size(0), tq = q.size(1), heads = q.size(2), hd = q.size(3);
-  const int64_t kv_heads = k.size(2), tk = k.size(1), group = heads / kv_heads;
-  const at::Tensor qh = q.reshape({batch, tq, kv_heads, group, hd})
-                            .permute({0, 2, 3, 1, 4})
-                            .reshape({batch, kv_heads, group * tq, hd});
-  const at::Tensor kh = k.permute({0, 2, 3, 1});  // [B, KVH, hd, Tk]
-  const at::Tensor vh = v.permute({0, 2, 1, 3});  // [B, KVH, Tk, hd]
-  at::Tensor scores = at::matmul(qh, kh).mul_(attention_scale_);
-  scores = scores.view({batch, kv_heads, group, tq, tk}) + mask;
-  const at::Tensor probs = at::softmax(scores, -1).view({batch, kv_heads, group * tq, tk});
-  return at::matmul(probs, vh)
-      .view({batch, kv_heads, group, tq, hd})
-      .permute({0, 3, 1, 2, 4})
-      .reshape({batch, tq, heads * hd});
+at::Tensor Transformer::confidence_of(const ops::ExitHeadStats& stats, ConfidenceMetric metric,
+                                      int64_t vocab) {
+  if (metric == ConfidenceMetric::kMaxProb) return stats.max_prob;
+  return 1.0 - stats.entropy / std::log(static_cast<double>(vocab));
 }
 
 at::Tensor Transformer::mlp(const LayerWeights& layer, const at::Tensor& h) const {
@@ -119,6 +104,31 @@ Qkv project_qkv(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
              std::move(kv.k), std::move(kv.v)};
 }
 
+// Inference: the layer's keys/values of normalised rows x, rotated and written to the cache
+// at `slots`, through the device ops (one rotary and one cache-write kernel on CUDA). With q
+// (query projection, [N, heads, hd]) it is rotated in the same launch. Decode, prefill and
+// the fill of skipped layers all write through here, so their cache entries agree exactly.
+void cache_kv(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
+              const LayerWeights& layer, const at::Tensor& x, const at::Tensor& positions,
+              const at::Tensor& slots, kv::KvCache& cache, int64_t l, const at::Tensor& q = {}) {
+  const int64_t rows = x.size(0), hd = config.head_dim();
+  const at::Tensor k = at::linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd});
+  const at::Tensor v = at::linear(x, layer.v_proj);
+  rotary.apply_inplace(q, k, positions);
+  ops::write_kv(cache.keys(l), cache.values(l), k, v, slots);
+}
+
+// Query of rows x, rotated, with the layer's keys/values cached: [N, heads, hd].
+at::Tensor query_and_cache(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
+                           const LayerWeights& layer, const at::Tensor& x,
+                           const at::Tensor& positions, const at::Tensor& slots,
+                           kv::KvCache& cache, int64_t l) {
+  const at::Tensor q =
+      at::linear(x, layer.q_proj).view({x.size(0), config.num_attention_heads, config.head_dim()});
+  cache_kv(config, rotary, layer, x, positions, slots, cache, l, q);
+  return q;
+}
+
 }  // namespace
 
 std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) const {
@@ -139,9 +149,10 @@ std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) con
     const LayerWeights& layer = weights_.layers[l];
     const Qkv qkv = project_qkv(config_, rotary_, layer, h, positions);
     const at::Tensor attended =
-        attention(qkv.q.view({batch, time, config_.num_attention_heads, -1}),
-                  qkv.k.view({batch, time, config_.num_key_value_heads, -1}),
-                  qkv.v.view({batch, time, config_.num_key_value_heads, -1}), causal);
+        ops::attention(qkv.q.view({batch, time, config_.num_attention_heads, -1}),
+                       qkv.k.view({batch, time, config_.num_key_value_heads, -1}),
+                       qkv.v.view({batch, time, config_.num_key_value_heads, -1}), causal,
+                       attention_scale_);
     h = h + at::linear(attended.view({batch * time, -1}), layer.o_proj);
     h = h + mlp(layer, h);
     if (next_exit < exit_points_.size() && l + 1 == exit_points_[next_exit]) {
@@ -158,9 +169,7 @@ void Transformer::fill_skipped_layers(kv::KvCache& cache, int64_t first_layer,
   for (int64_t l = first_layer; l < loaded_layers(); ++l) {
     const LayerWeights& layer = weights_.layers[l];
     const at::Tensor x = ops::rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
-    const Kv kv = project_kv(config_, rotary_, layer, x, positions);
-    cache.keys(l).index_copy_(0, slots, kv.k);
-    cache.values(l).index_copy_(0, slots, kv.v);
+    cache_kv(config_, rotary_, layer, x, positions, slots, cache, l);
   }
 }
 
@@ -280,15 +289,23 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
   size_t next_exit = 0;
   for (int64_t l = 0; l < depth; ++l) {
     const LayerWeights& layer = weights_.layers[l];
-    const Qkv qkv = project_qkv(config_, rotary_, layer, h, positions);
-    cache.keys(l).index_copy_(0, new_slots, qkv.k);
-    cache.values(l).index_copy_(0, new_slots, qkv.v);
+    const at::Tensor x = ops::rms_norm(h, layer.input_norm, config_.rms_norm_eps);
     // Every row is frozen (replay only, so the last row's exit state is final): its keys and
     // values are all that is left to write.
-    if (l >= deepest) continue;
-    const at::Tensor keys = cache.keys(l).index_select(0, all_slots).unsqueeze(0);
-    const at::Tensor values = cache.values(l).index_select(0, all_slots).unsqueeze(0);
-    const at::Tensor attended = attention(qkv.q.unsqueeze(0), keys, values, mask);
+    if (l >= deepest) {
+      cache_kv(config_, rotary_, layer, x, positions, new_slots, cache, l);
+      continue;
+    }
+    const at::Tensor q =
+        query_and_cache(config_, rotary_, layer, x, positions, new_slots, cache, l);
+    const at::Tensor keys = cache.keys(l)
+                                .index_select(0, all_slots)
+                                .view({1, total, config_.num_key_value_heads, -1});
+    const at::Tensor values = cache.values(l)
+                                  .index_select(0, all_slots)
+                                  .view({1, total, config_.num_key_value_heads, -1});
+    const at::Tensor attended =
+        ops::attention(q.unsqueeze(0), keys, values, mask, attention_scale_);
     const at::Tensor input = h;
     h = h + at::linear(attended.squeeze(0), layer.o_proj);
     h = h + mlp(layer, h);
@@ -321,9 +338,10 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
     out.prompt_scores = score_exits(all_hidden, long_tensor(targets, device), policy);
   }
   for (size_t e = 0; e < last_hidden.size(); ++e) {
+    const bool last = e + 1 == last_hidden.size();
+    if (!last && !can_exit_early(policy)) continue;
     const at::Tensor logits = exit_logits(last_hidden[e]).to(at::kFloat);
     const float conf = confidence(logits, policy.metric).item<float>();
-    const bool last = e + 1 == last_hidden.size();
     if (conf >= policy.threshold || last) {
       out.logits = logits.cpu();
       out.exits.push_back(TokenExit{exit_points_[e], conf, last && conf < policy.threshold});
@@ -341,67 +359,81 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
   if (batch == 0 || static_cast<int64_t>(tokens.size()) != batch) {
     throw Error(ErrorCode::kInvalidArgument, "decode: one token per sequence required");
   }
+  const int64_t block_size = cache.shape().block_size;
 
-  // Per-row positions, the slot each new token is written to, and a padded gather index of
-  // every slot each row attends to (padding points at a valid slot and is masked out).
+  // Host-side step metadata, sent to the device in two copies: token ids, positions and new
+  // slots (int64), then block tables and context lengths (int32) for the attention kernel.
   int64_t longest = 0;
-  for (const kv::SequenceKv* sequence : sequences)
+  for (const kv::SequenceKv* sequence : sequences) {
     longest = std::max(longest, sequence->length + 1);
+  }
   if (longest > rotary_.max_positions()) {
     throw Error(ErrorCode::kOutOfRange, "decode: sequence exceeds max_position_embeddings");
   }
-  std::vector<int64_t> positions(batch), new_slots, gather;
-  new_slots.reserve(batch);
-  gather.reserve(batch * longest);
-  std::vector<float> mask_values(batch * longest, kMasked);
+  const int64_t max_blocks = (longest + block_size - 1) / block_size;
+  std::vector<int64_t> rows_meta(3 * batch);
+  std::vector<int32_t> tables_meta(batch * (max_blocks + 1), 0);
+  std::vector<int64_t> slot;
   for (int64_t b = 0; b < batch; ++b) {
     const kv::SequenceKv& sequence = *sequences[b];
-    positions[b] = sequence.length;
-    const size_t row_start = gather.size();
-    cache.slots_into(sequence, 0, sequence.length + 1, gather);
-    new_slots.push_back(gather.back());  // the new token's position is the row's last
-    std::fill(mask_values.begin() + b * longest,
-              mask_values.begin() + b * longest + sequence.length + 1, 0.0f);
-    const int64_t pad_slot = gather[row_start];
-    gather.resize(row_start + longest, pad_slot);
+    const int64_t position = sequence.length;
+    const int64_t blocks = position / block_size + 1;
+    if (static_cast<int64_t>(sequence.block_table.size()) < blocks) {
+      throw Error(ErrorCode::kFailedPrecondition, "decode: no room reserved for position " +
+                                                      std::to_string(position));
+    }
+    slot.clear();
+    cache.slots_into(sequence, position, position + 1, slot);
+    rows_meta[b] = tokens[b];
+    rows_meta[batch + b] = position;
+    rows_meta[2 * batch + b] = slot[0];
+    std::copy_n(sequence.block_table.begin(), blocks, tables_meta.begin() + b * max_blocks);
+    tables_meta[batch * max_blocks + b] = static_cast<int32_t>(position + 1);
   }
-  at::Tensor row_positions = long_tensor(positions, device);
-  at::Tensor row_slots = long_tensor(new_slots, device);
-  at::Tensor row_gather = long_tensor(gather, device).view({batch, longest});
-  at::Tensor row_mask = at::tensor(mask_values, at::TensorOptions().dtype(at::kFloat))
-                            .to(device)
-                            .view({batch, 1, 1, 1, longest});
-  std::vector<int64_t> ids(tokens.begin(), tokens.end());
-  at::Tensor h = at::embedding(weights_.embed_tokens, long_tensor(ids, device));
+  const at::Tensor meta = long_tensor(rows_meta, device);
+  const at::Tensor tables_and_lens =
+      at::tensor(tables_meta, at::TensorOptions().dtype(at::kInt)).to(device);
+  at::Tensor row_positions = meta.narrow(0, batch, batch);
+  at::Tensor row_slots = meta.narrow(0, 2 * batch, batch);
+  at::Tensor row_tables = tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks});
+  at::Tensor row_lens = tables_and_lens.narrow(0, batch * max_blocks, batch);
+  at::Tensor h = at::embedding(weights_.embed_tokens, meta.narrow(0, 0, batch));
 
   StepOutput out;
   out.logits = at::empty({batch, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
   out.exits.resize(batch);
   std::vector<int64_t> active(batch);  // active row -> batch row
   for (int64_t b = 0; b < batch; ++b) active[b] = b;
+  const bool early = can_exit_early(policy);
+  const double eps = config_.rms_norm_eps;
+  at::Tensor pending;  // the last MLP output, added to h by the next norm (one fused kernel)
   size_t next_exit = 0;
   for (int64_t l = 0; l < loaded_layers() && !active.empty(); ++l) {
     const LayerWeights& layer = weights_.layers[l];
     const int64_t rows = static_cast<int64_t>(active.size());
-    const Qkv qkv = project_qkv(config_, rotary_, layer, h, row_positions);
-    cache.keys(l).index_copy_(0, row_slots, qkv.k);
-    cache.values(l).index_copy_(0, row_slots, qkv.v);
-    const at::Tensor flat_gather = row_gather.reshape({-1});
-    const at::Tensor keys = cache.keys(l)
-                                .index_select(0, flat_gather)
-                                .view({rows, longest, config_.num_key_value_heads, -1});
-    const at::Tensor values = cache.values(l)
-                                  .index_select(0, flat_gather)
-                                  .view({rows, longest, config_.num_key_value_heads, -1});
-    const at::Tensor attended = attention(qkv.q.unsqueeze(1), keys, values, row_mask);
-    h = h + at::linear(attended.squeeze(1), layer.o_proj);
-    h = h + mlp(layer, h);
+    const at::Tensor x = pending.defined() ? ops::add_rms_norm(h, pending, layer.input_norm, eps)
+                                           : ops::rms_norm(h, layer.input_norm, eps);
+    const at::Tensor q =
+        query_and_cache(config_, rotary_, layer, x, row_positions, row_slots, cache, l);
+    const at::Tensor attended =
+        ops::paged_decode_attention(q, cache.keys(l), cache.values(l), row_tables, row_lens,
+                                    longest, block_size, attention_scale_);
+    const at::Tensor post =
+        ops::add_rms_norm(h, at::linear(attended, layer.o_proj), layer.post_norm, eps);
+    pending = at::linear(
+        ops::silu_mul(at::linear(post, layer.gate_proj), at::linear(post, layer.up_proj)),
+        layer.down_proj);
 
     if (next_exit >= exit_points_.size() || l + 1 != exit_points_[next_exit]) continue;
     ++next_exit;
     const bool last = l + 1 == loaded_layers();
-    const at::Tensor logits = exit_logits(h).to(at::kFloat);
-    const at::Tensor conf = confidence(logits, policy.metric).cpu();
+    // With a threshold above 1 no row can leave before the last loaded layer: skip the head.
+    if (!last && !early) continue;
+    h.add_(pending);
+    pending = at::Tensor();
+    const at::Tensor logits = exit_logits(h);
+    const at::Tensor conf =
+        confidence_of(ops::exit_head_stats(logits), policy.metric, config_.vocab_size).cpu();
     const float* conf_data = conf.data_ptr<float>();
     std::vector<int64_t> leaving, staying;  // indices into the active rows
     for (int64_t a = 0; a < rows; ++a) {
@@ -410,7 +442,10 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
     }
     if (leaving.empty()) continue;
     const at::Tensor leaving_index = long_tensor(leaving, device);
-    const at::Tensor leaving_logits = logits.index_select(0, leaving_index).cpu();
+    const at::Tensor leaving_logits =
+        (last && staying.empty() ? logits : logits.index_select(0, leaving_index))
+            .to(at::kFloat)
+            .cpu();
     for (size_t i = 0; i < leaving.size(); ++i) {
       const int64_t row = active[leaving[i]];
       const float c = conf_data[leaving[i]];
@@ -426,8 +461,8 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
     h = h.index_select(0, staying_index);
     row_positions = row_positions.index_select(0, staying_index);
     row_slots = row_slots.index_select(0, staying_index);
-    row_gather = row_gather.index_select(0, staying_index);
-    row_mask = row_mask.index_select(0, staying_index);
+    row_tables = row_tables.index_select(0, staying_index);
+    row_lens = row_lens.index_select(0, staying_index);
     std::vector<int64_t> still_active;
     still_active.reserve(staying.size());
     for (const int64_t a : staying) still_active.push_back(active[a]);

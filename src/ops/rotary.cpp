@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "cuda_dispatch.h"
+
 namespace helios::ops {
 
 RotaryEmbedding::RotaryEmbedding(int64_t head_dim, double theta, int64_t max_positions,
@@ -28,6 +30,21 @@ at::Tensor RotaryEmbedding::apply(const at::Tensor& x, const at::Tensor& positio
   const at::Tensor x2 = x.narrow(-1, half, half);
   const at::Tensor rotated = at::cat({-x2, x1}, -1);
   return x * cos + rotated * sin;
+}
+
+void RotaryEmbedding::apply_inplace(const at::Tensor& q, const at::Tensor& k,
+                                    const at::Tensor& positions) const {
+  const at::Tensor& any = q.defined() ? q : k;
+  if (!any.defined()) return;
+#if HELIOS_WITH_CUDA
+  if (detail::use_kernels(any)) {
+    cuda::rotary(q, k, positions, cos_, sin_);
+    return;
+  }
+#endif
+  // at::Tensor is a handle: copy_ writes through the caller's view.
+  if (q.defined()) at::Tensor(q).copy_(apply(q, positions));
+  if (k.defined()) at::Tensor(k).copy_(apply(k, positions));
 }
 
 }  // namespace helios::ops

@@ -9,6 +9,7 @@
 #include "helios/kv/kv_cache.h"
 #include "helios/model/config.h"
 #include "helios/model/weights.h"
+#include "helios/ops/exit_head.h"
 #include "helios/ops/rotary.h"
 
 namespace helios::model {
@@ -90,6 +91,12 @@ class Transformer {
   at::Tensor exit_logits(const at::Tensor& hidden) const;
   // Confidence of each row of `logits` [rows, vocab] under `metric`: float32 [rows].
   static at::Tensor confidence(const at::Tensor& logits, ConfidenceMetric metric);
+  // The same from the exit head's statistics of a vocabulary of `vocab` entries.
+  static at::Tensor confidence_of(const ops::ExitHeadStats& stats, ConfidenceMetric metric,
+                                  int64_t vocab);
+  // False when the policy's threshold is above 1: no row can leave before the last loaded
+  // layer, so the exit heads before it are not evaluated.
+  static bool can_exit_early(const ExitPolicy& policy) { return policy.threshold <= 1.0; }
   // Scores hidden states: hidden[e] is [N, hidden] at exit point e, targets int64 [N] with -1
   // where a position has no next token to predict.
   ExitScores score_exits(const std::vector<at::Tensor>& hidden, const at::Tensor& targets,
@@ -128,10 +135,7 @@ class Transformer {
                     std::span<const int32_t> tokens, const ExitPolicy& policy) const;
 
  private:
-  // Grouped-query attention of q over k/v under an additive mask (shapes in the .cpp), and
-  // the post-attention norm + SwiGLU block of a layer.
-  at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       const at::Tensor& mask) const;
+  // The post-attention norm + SwiGLU block of a layer.
   at::Tensor mlp(const LayerWeights& layer, const at::Tensor& h) const;
   void fill_skipped_layers(kv::KvCache& cache, int64_t first_layer, const at::Tensor& hidden,
                            const at::Tensor& positions, const at::Tensor& slots) const;
