@@ -395,8 +395,9 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
       at::tensor(tables_meta, at::TensorOptions().dtype(at::kInt)).to(device);
   at::Tensor row_positions = meta.narrow(0, batch, batch);
   at::Tensor row_slots = meta.narrow(0, 2 * batch, batch);
-  at::Tensor row_tables = tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks});
-  at::Tensor row_lens = tables_and_lens.narrow(0, batch * max_blocks, batch);
+  ops::DecodeBatch rows_batch(tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks}),
+                             tables_and_lens.narrow(0, batch * max_blocks, batch), longest,
+                             block_size);
   at::Tensor h = at::embedding(weights_.embed_tokens, meta.narrow(0, 0, batch));
 
   StepOutput out;
@@ -416,8 +417,8 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
     const at::Tensor q =
         query_and_cache(config_, rotary_, layer, x, row_positions, row_slots, cache, l);
     const at::Tensor attended =
-        ops::paged_decode_attention(q, cache.keys(l), cache.values(l), row_tables, row_lens,
-                                    longest, block_size, attention_scale_);
+        ops::paged_decode_attention(q, cache.keys(l), cache.values(l), rows_batch,
+                                    attention_scale_);
     const at::Tensor post =
         ops::add_rms_norm(h, at::linear(attended, layer.o_proj), layer.post_norm, eps);
     pending = at::linear(
@@ -461,8 +462,7 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
     h = h.index_select(0, staying_index);
     row_positions = row_positions.index_select(0, staying_index);
     row_slots = row_slots.index_select(0, staying_index);
-    row_tables = row_tables.index_select(0, staying_index);
-    row_lens = row_lens.index_select(0, staying_index);
+    rows_batch = rows_batch.select_rows(staying_index);
     std::vector<int64_t> still_active;
     still_active.reserve(staying.size());
     for (const int64_t a : staying) still_active.push_back(active[a]);

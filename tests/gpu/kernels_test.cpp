@@ -146,12 +146,13 @@ TEST_P(GpuKernels, PagedDecodeAttentionShortAndSplitContexts) {
     c.key_cache = rounded(c.key_cache);
     c.value_cache = rounded(c.value_cache);
     const double scale = 1.0 / std::sqrt(static_cast<double>(s.hd));
-    const at::Tensor expected =
-        ops::paged_decode_attention(rounded(q), c.key_cache, c.value_cache, c.block_tables,
-                                    c.context_lens, c.max_context, 16, scale);
-    const at::Tensor out = ops::paged_decode_attention(
-        on_gpu(q), on_gpu(c.key_cache), on_gpu(c.value_cache), c.block_tables.to(at::kCUDA),
-        c.context_lens.to(at::kCUDA), c.max_context, 16, scale);
+    const at::Tensor expected = ops::paged_decode_attention(
+        rounded(q), c.key_cache, c.value_cache,
+        ops::DecodeBatch(c.block_tables, c.context_lens, c.max_context, 16), scale);
+    const ops::DecodeBatch gpu_batch(c.block_tables.to(at::kCUDA), c.context_lens.to(at::kCUDA),
+                                     c.max_context, 16);
+    const at::Tensor out = ops::paged_decode_attention(on_gpu(q), on_gpu(c.key_cache),
+                                                       on_gpu(c.value_cache), gpu_batch, scale);
     expect_close(out, expected, "paged attention hd=" + std::to_string(s.hd) +
                                     " heads=" + std::to_string(s.heads));
   }

@@ -89,9 +89,15 @@ TEST(Ops, PagedDecodeAttentionMatchesDenseAttentionPerSequence) {
   const PagedCase c = make_paged_case(lengths, kv_heads, hd, block, 5);
   const at::Tensor q = at::randn({static_cast<int64_t>(lengths.size()), heads, hd});
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  const at::Tensor out = ops::paged_decode_attention(q, c.key_cache, c.value_cache, c.block_tables,
-                                                     c.context_lens, c.max_context, block, scale);
-  expect_close(out, reference_decode_attention(q, c, scale), 1e-5, 1e-5);
+  const ops::DecodeBatch batch(c.block_tables, c.context_lens, c.max_context, block);
+  const at::Tensor expected = reference_decode_attention(q, c, scale);
+  expect_close(ops::paged_decode_attention(q, c.key_cache, c.value_cache, batch, scale), expected,
+               1e-5, 1e-5);
+  // Rows selected after the gather was built (rows leaving at an exit) keep their results.
+  const at::Tensor rows = at::tensor(std::vector<int64_t>{4, 1}, at::kLong);
+  expect_close(ops::paged_decode_attention(q.index_select(0, rows), c.key_cache, c.value_cache,
+                                           batch.select_rows(rows), scale),
+               expected.index_select(0, rows), 1e-5, 1e-5);
 }
 
 TEST(Ops, ExitHeadStatsAreArgmaxMaxProbabilityAndEntropy) {

@@ -19,15 +19,44 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 void write_kv(at::Tensor& key_cache, at::Tensor& value_cache, const at::Tensor& k,
               const at::Tensor& v, const at::Tensor& slots);
 
+// The sequences of one decode step, as the paged attention reads them: sequence b's
+// positions live in the blocks of block_tables[b] (int32 [B, max_blocks]) and its query
+// attends to keys [0, context_lens[b]) (int32 [B]); max_context = max(context_lens), given so
+// no device read is needed. Built once per step and shared by every layer.
+class DecodeBatch {
+ public:
+  DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64_t max_context,
+              int64_t block_size);
+
+  // Rows `index` (int64, on the tables' device) of this batch: the rows still running after
+  // some left at an exit point. max_context is kept (an upper bound stays valid).
+  DecodeBatch select_rows(const at::Tensor& index) const;
+
+  const at::Tensor& block_tables() const { return block_tables_; }
+  const at::Tensor& context_lens() const { return context_lens_; }
+  int64_t max_context() const { return max_context_; }
+  int64_t block_size() const { return block_size_; }
+
+  // For the ATen implementation: every row's slots of positions [0, max_context) (int64
+  // [B, max_context]; past a row's context, its first slot) and the additive float mask
+  // [B, 1, 1, 1, max_context] hiding those. Computed on first use, then reused by each layer.
+  const at::Tensor& gather_slots() const;
+  const at::Tensor& padding_mask() const;
+
+ private:
+  void build_gather() const;
+
+  at::Tensor block_tables_, context_lens_;
+  int64_t max_context_, block_size_;
+  mutable at::Tensor gather_slots_, padding_mask_;
+};
+
 // Decode attention over the paged cache: one query per sequence, q [B, H, hd] (rows may be
-// strided, heads contiguous), attending to keys [0, context_lens[b]) of sequence b, whose
-// positions live in the blocks of block_tables[b] (int32 [B, max_blocks]); context_lens int32
-// [B], max_context = max(context_lens) (passed so no device read is needed). Returns
-// [B, H * hd] in q's dtype. CUDA: the split-K kernel of kernels/paged_attention.cu; CPU: a
-// gather of each row's slots and attention() under a padding mask.
+// strided, heads contiguous), over the keys/values of `batch`. Returns [B, H * hd] in q's
+// dtype. CUDA: the split-K kernel of kernels/paged_attention.cu; elsewhere: a gather of each
+// row's slots and attention() under the padding mask.
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& key_cache,
-                                  const at::Tensor& value_cache, const at::Tensor& block_tables,
-                                  const at::Tensor& context_lens, int64_t max_context,
-                                  int64_t block_size, double scale);
+                                  const at::Tensor& value_cache, const DecodeBatch& batch,
+                                  double scale);
 
 }  // namespace helios::ops
