@@ -385,7 +385,7 @@ std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t count, int64_t 
 
 struct DecodeTiming {
   std::vector<double> step_ms;
-  size_t exit_heads = 0;
+  int64_t exit_heads = 0;
 };
 
 // Fills `batch` sequences with `context` positions (one prefill, its keys/values copied to the
@@ -418,7 +418,11 @@ DecodeTiming time_decode(const Transformer& transformer, int64_t batch, int64_t 
     sequences[b].length = context;
   }
   DecodeTiming timing;
-  timing.exit_heads = transformer.exit_points().size();
+  // Early exit is off (threshold above 1): decode evaluates the exit head at the last loaded
+  // layer only; the byte count below relies on it.
+  timing.exit_heads = helios::model::Transformer::can_exit_early(no_exit)
+                          ? static_cast<int64_t>(transformer.exit_points().size())
+                          : 1;
   for (int64_t step = 0; step < warmup + steps; ++step) {
     for (auto& sequence : sequences) sequence.length = context;
     const std::vector<int32_t> tokens = random_tokens(rng, batch, c.vocab_size);
@@ -734,10 +738,6 @@ int main(int argc, char** argv) {
         const double step_ms = median(timing.step_ms);
         const double achieved = static_cast<double>(bytes.total()) / (step_ms * 1e-3) / 1e9;
         const double tokens_per_second = static_cast<double>(batch) / (step_ms * 1e-3);
-        // decode evaluates the exit head at every exit point even when no row can leave there.
-        const int64_t head_bytes = bytes.final_norm + bytes.lm_head;
-        const int64_t with_heads =
-            bytes.total() + static_cast<int64_t>(timing.exit_heads - 1) * head_bytes;
         fmt::print(
             "{:<16} {:>8} {:>6} {:>7} {:>6} {:>9.3f} {:>9.3f} {:>10.1f} {:>8} {:>8.2f} "
             "{:>6.1f}%\n",
@@ -765,8 +765,7 @@ int main(int argc, char** argv) {
              {"bytes_per_step", bytes.total()},
              {"achieved_gbps", achieved},
              {"fraction_of_peak", achieved / peak.gbps},
-             {"exit_head_evaluations", timing.exit_heads},
-             {"bytes_per_step_with_every_exit_head", with_heads}});
+             {"exit_head_evaluations", timing.exit_heads}});
         decode_rows.push_back(row);
       }
 
@@ -805,24 +804,6 @@ int main(int argc, char** argv) {
                  p.tflops);
     }
   }
-  // The figures above count the exit head once; say where decode reads it more often.
-  std::set<std::string> warned;
-  for (const json& row : decode_rows) {
-    const int64_t heads = row["exit_head_evaluations"].get<int64_t>();
-    const std::string key =
-        row["model"].get<std::string>() + " " + std::to_string(row["layers_loaded"].get<int64_t>());
-    if (heads > 1 && warned.insert(key).second) {
-      const int64_t extra = row["bytes_per_step_with_every_exit_head"].get<int64_t>() -
-                            row["bytes_per_step"].get<int64_t>();
-      fmt::print(
-          "\n{} at {}/{} layers: decode evaluates the exit head at {} exit points even "
-          "with early exit off; the {} extra head reads ({:.1f} MB per step) are not "
-          "counted in GB/step",
-          row["model"].get<std::string>(), row["layers_loaded"].get<int64_t>(),
-          row["layers_total"].get<int64_t>(), heads, heads - 1, static_cast<double>(extra) / 1e6);
-    }
-  }
-  if (!warned.empty()) fmt::print("\n");
 
   if (!json_out.empty()) {
     const json result = {
