@@ -1,150 +1,132 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common.cuh"
 #include "rms_norm.cuh"
 
 namespace helios::kernels {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kMaxThreads = 1024;
-constexpr unsigned kFullMask = 0xffffffffu;
+using namespace detail;
 
-// Vector access of width 1 or 4. float4 loads quarter the number of memory instructions on the
-// bandwidth-bound passes; the scalar form covers rows whose length or alignment does not allow it.
-template <int kVec>
-struct Vec;
+// Vector access of width 1 or 16 bytes (4 floats, 8 halves / bfloat16s). 16-byte accesses cut
+// the memory instructions of these bandwidth-bound passes; the scalar form covers rows whose
+// length, stride or alignment does not allow them.
+template <typename T, bool kVec>
+struct Access;
 
-template <>
-struct Vec<1> {
-  using Type = float;
-  __device__ static float sum_sq(float v) { return v * v; }
-  __device__ static float add(float a, float b) { return a + b; }
-  __device__ static float scale(float v, float s, float w) { return v * s * w; }
+template <typename T>
+struct Access<T, false> {
+  static constexpr int kWidth = 1;
+  __device__ static void load(const T* p, float (&f)[1]) { f[0] = to_float(*p); }
+  __device__ static void load_ro(const T* p, float (&f)[1]) { f[0] = to_float(__ldg(p)); }
+  __device__ static void store(T* p, const float (&f)[1]) { *p = from_float<T>(f[0]); }
 };
 
-template <>
-struct Vec<4> {
-  using Type = float4;
-  __device__ static float sum_sq(float4 v) { return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
-  __device__ static float4 add(float4 a, float4 b) {
-    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-  }
-  // Same association as HF, (x * inv_rms) * weight, so rounding matches the reference.
-  __device__ static float4 scale(float4 v, float s, float4 w) {
-    return make_float4(v.x * s * w.x, v.y * s * w.y, v.z * s * w.z, v.w * s * w.w);
-  }
+template <typename T>
+struct Access<T, true> {
+  static constexpr int kWidth = kVec16<T>;
+  __device__ static void load(const T* p, float (&f)[kWidth]) { load_vec16<T>(p, f); }
+  __device__ static void load_ro(const T* p, float (&f)[kWidth]) { load_vec16_ro<T>(p, f); }
+  __device__ static void store(T* p, const float (&f)[kWidth]) { store_vec16<T>(p, f); }
 };
-
-__device__ float warp_sum(float v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    v += __shfl_xor_sync(kFullMask, v, offset);
-  }
-  return v;
-}
-
-// Sum over the block, returned to every thread: shuffle within each warp, then the first warp
-// reduces the per-warp partials from shared memory.
-__device__ float block_sum(float v) {
-  __shared__ float partials[kMaxThreads / kWarpSize];
-  __shared__ float total;
-  const int lane = threadIdx.x % kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
-  const int num_warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
-
-  v = warp_sum(v);
-  if (lane == 0) partials[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < num_warps ? partials[lane] : 0.0f;
-    v = warp_sum(v);
-    if (lane == 0) total = v;
-  }
-  __syncthreads();
-  return total;
-}
 
 // One block per row. Pass 1 accumulates the sum of squares (and, when fused, writes
-// residual + x back); pass 2 rereads the row, which is still in L1/L2 for hidden sizes of
+// T(residual + x) back); pass 2 rereads the row, which is still in L1/L2 for hidden sizes of
 // a few thousand, and writes the normalized output. Each thread touches the same elements in
-// both passes, which is what makes `out` aliasing an input safe.
-template <int kVec, bool kAddResidual>
-__global__ void rms_norm_kernel(float* residual, const float* x, const float* weight, float* out,
-                                int cols, float eps) {
-  using T = typename Vec<kVec>::Type;
-  const std::size_t row_offset = static_cast<std::size_t>(blockIdx.x) * cols;
-  const int n = cols / kVec;
-  const T* x_row = reinterpret_cast<const T*>(x + row_offset);
-  T* res_row = kAddResidual ? reinterpret_cast<T*>(residual + row_offset) : nullptr;
-  const T* w = reinterpret_cast<const T*>(weight);
-  T* out_row = reinterpret_cast<T*>(out + row_offset);
+// both passes, which is what makes `out` aliasing an input safe (hence no __restrict__ and no
+// read-only loads on the row pointers).
+template <typename T, bool kVec, bool kAddResidual>
+__global__ void __launch_bounds__(kMaxThreads)
+    rms_norm_kernel(T* residual, const T* x, int64_t x_stride, const T* __restrict__ weight, T* out,
+                    int cols, float eps) {
+  using A = Access<T, kVec>;
+  constexpr int kW = A::kWidth;
+  const int64_t row = blockIdx.x;
+  const T* x_row = x + row * x_stride;
+  T* res_row = kAddResidual ? residual + row * cols : nullptr;
+  T* out_row = out + row * cols;
+  const int n = cols / kW;
 
   float sum_sq = 0.0f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    T v = x_row[i];
+    float v[kW];
+    A::load(x_row + static_cast<int64_t>(i) * kW, v);
     if constexpr (kAddResidual) {
-      v = Vec<kVec>::add(res_row[i], v);
-      res_row[i] = v;
+      float r[kW];
+      A::load(res_row + static_cast<int64_t>(i) * kW, r);
+#pragma unroll
+      for (int k = 0; k < kW; ++k) v[k] = round_to<T>(r[k] + v[k]);
+      A::store(res_row + static_cast<int64_t>(i) * kW, v);
     }
-    sum_sq += Vec<kVec>::sum_sq(v);
+#pragma unroll
+    for (int k = 0; k < kW; ++k) sum_sq += v[k] * v[k];
   }
-  // HF: variance = mean(x^2); x * rsqrt(variance + eps).
-  const float inv_rms = rsqrtf(block_sum(sum_sq) / static_cast<float>(cols) + eps);
+  // HF: variance = mean(x^2); x * rsqrt(variance + eps), with rsqrt as 1 / sqrt (both IEEE).
+  const float inv_rms = 1.0f / sqrtf(block_sum(sum_sq) / static_cast<float>(cols) + eps);
 
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    T v;
+    float v[kW];
+    float w[kW];
     if constexpr (kAddResidual) {
-      v = res_row[i];
+      A::load(res_row + static_cast<int64_t>(i) * kW, v);
     } else {
-      v = x_row[i];
+      A::load(x_row + static_cast<int64_t>(i) * kW, v);
     }
-    out_row[i] = Vec<kVec>::scale(v, inv_rms, w[i]);
+    A::load_ro(weight + static_cast<int64_t>(i) * kW, w);
+    // HF: weight * hidden.to(input_dtype): the normalized value is rounded to T first.
+#pragma unroll
+    for (int k = 0; k < kW; ++k) v[k] = round_to<T>(v[k] * inv_rms) * w[k];
+    A::store(out_row + static_cast<int64_t>(i) * kW, v);
   }
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
-}
-
-// Enough warps to cover a row in one sweep, up to the block limit: small rows do not idle most
-// of a large block, and large rows loop.
-int threads_for(int elements) {
-  const int warps = (elements + kWarpSize - 1) / kWarpSize;
-  const int threads = warps * kWarpSize;
-  return threads < kWarpSize ? kWarpSize : (threads > kMaxThreads ? kMaxThreads : threads);
-}
-
-template <bool kAddResidual>
-cudaError_t launch(float* residual, const float* x, const float* weight, float* out, int rows,
+template <typename T, bool kAddResidual>
+cudaError_t launch(T* residual, const T* x, int64_t x_stride, const T* weight, T* out, int rows,
                    int cols, float eps, cudaStream_t stream) {
   if (x == nullptr || weight == nullptr || out == nullptr ||
-      (kAddResidual && residual == nullptr) || rows < 0 || cols <= 0) {
+      (kAddResidual && residual == nullptr) || rows < 0 || cols <= 0 || x_stride < cols) {
     return cudaErrorInvalidValue;
   }
   if (rows == 0) return cudaSuccess;
-  const bool vectorizable = cols % 4 == 0 && aligned16(x) && aligned16(weight) && aligned16(out) &&
+  constexpr int kW = kVec16<T>;
+  const bool vectorizable = cols % kW == 0 && x_stride % kW == 0 && aligned16(x) &&
+                            aligned16(weight) && aligned16(out) &&
                             (!kAddResidual || aligned16(residual));
   if (vectorizable) {
-    rms_norm_kernel<4, kAddResidual>
-        <<<rows, threads_for(cols / 4), 0, stream>>>(residual, x, weight, out, cols, eps);
+    rms_norm_kernel<T, true, kAddResidual><<<rows, threads_for(cols / kW), 0, stream>>>(
+        residual, x, x_stride, weight, out, cols, eps);
   } else {
-    rms_norm_kernel<1, kAddResidual>
-        <<<rows, threads_for(cols), 0, stream>>>(residual, x, weight, out, cols, eps);
+    rms_norm_kernel<T, false, kAddResidual>
+        <<<rows, threads_for(cols), 0, stream>>>(residual, x, x_stride, weight, out, cols, eps);
   }
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_rms_norm_f32(const float* x, const float* weight, float* out, int rows, int cols,
-                                float eps, cudaStream_t stream) {
-  return launch<false>(nullptr, x, weight, out, rows, cols, eps, stream);
+template <typename T>
+cudaError_t launch_rms_norm(const T* x, int64_t x_stride, const T* weight, T* out, int rows,
+                            int cols, float eps, cudaStream_t stream) {
+  return launch<T, false>(nullptr, x, x_stride, weight, out, rows, cols, eps, stream);
 }
 
-cudaError_t launch_add_rms_norm_f32(float* residual, const float* x, const float* weight,
-                                    float* out, int rows, int cols, float eps,
-                                    cudaStream_t stream) {
-  return launch<true>(residual, x, weight, out, rows, cols, eps, stream);
+template <typename T>
+cudaError_t launch_add_rms_norm(T* residual, const T* x, const T* weight, T* out, int rows,
+                                int cols, float eps, cudaStream_t stream) {
+  return launch<T, true>(residual, x, cols, weight, out, rows, cols, eps, stream);
 }
+
+#define HELIOS_INSTANTIATE_RMS_NORM(T)                                                      \
+  template cudaError_t launch_rms_norm<T>(const T*, int64_t, const T*, T*, int, int, float, \
+                                          cudaStream_t);                                    \
+  template cudaError_t launch_add_rms_norm<T>(T*, const T*, const T*, T*, int, int, float,  \
+                                              cudaStream_t);
+
+HELIOS_INSTANTIATE_RMS_NORM(float)
+HELIOS_INSTANTIATE_RMS_NORM(__half)
+HELIOS_INSTANTIATE_RMS_NORM(__nv_bfloat16)
+
+#undef HELIOS_INSTANTIATE_RMS_NORM
 
 }  // namespace helios::kernels
