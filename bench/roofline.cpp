@@ -526,6 +526,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   uint64_t seed = 0;
   fs::path json_out;
+  std::vector<std::string> graph_texts{"off", "on"};
   app.add_option("--models", model_items,
                  "Comma list: model directories and/or synthetic shapes (llama-3.2-1b, "
                  "llama-3-8b)")
@@ -557,6 +558,12 @@ int main(int argc, char** argv) {
                  "(default: 20 on cpu, 120 on cuda)");
   app.add_option("--threads", threads, "ATen intra-op threads on cpu (default: ATen's own)");
   app.add_option("--seed", seed, "Seed of the synthetic weights and the token ids")
+      ->capture_default_str();
+  app.add_option("--cuda-graphs", graph_texts,
+                 "Comma list of decode modes to time side by side: off (eager), on (CUDA graphs; "
+                 "cuda only)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"off", "on"}))
       ->capture_default_str();
   app.add_option("--json", json_out, "Also write the results as one JSON object to this file");
   try {
@@ -647,9 +654,19 @@ int main(int argc, char** argv) {
     double ms, tflops, tokens_per_second;
   };
   std::vector<PrefillLine> prefill_lines;
+  // CUDA graphs exist on cuda only; on cpu every run is eager.
+  std::vector<bool> graph_modes;
+  for (const std::string& mode : graph_texts) {
+    const bool on = mode == "on";
+    if (on && !device.is_cuda()) continue;
+    if (std::find(graph_modes.begin(), graph_modes.end(), on) == graph_modes.end()) {
+      graph_modes.push_back(on);
+    }
+  }
+  if (graph_modes.empty()) graph_modes.push_back(false);
 
-  fmt::print("{:<16} {:>8} {:>6} {:>7} {:>6} {:>9} {:>9} {:>10} {:>8} {:>8} {:>7}\n", "model",
-             "dtype", "device", "depth", "batch", "step ms", "mean ms", "tok/s", "GB/step", "GB/s",
+  fmt::print("{:<16} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9} {:>9} {:>10} {:>8} {:>8} {:>7}\n",
+             "model", "dtype", "device", "depth", "graphs", "batch", "step ms", "mean ms", "tok/s", "GB/step", "GB/s",
              "% peak");
   for (const ModelSpec& spec : models) {
     const ModelConfig& c = spec.config;
@@ -715,8 +732,8 @@ int main(int argc, char** argv) {
         failed = true;
         continue;
       }
-      const Transformer& transformer = *view->transformer;
-      const json common = {{"model", spec.label},
+      Transformer& transformer = *view->transformer;
+      json common = {{"model", spec.label},
                            {"source", spec.synthetic() ? "synthetic" : spec.dir.string()},
                            {"dtype", dtype_name(dtype)},
                            {"device", device.str()},
@@ -724,6 +741,10 @@ int main(int argc, char** argv) {
                            {"layers_loaded", layers},
                            {"layers_total", total_layers}};
 
+      for (const bool graphs : graph_modes) {
+      transformer.set_cuda_graphs(graphs);
+      const std::string graphs_label = transformer.cuda_graphs() ? "on" : "off";
+      common["cuda_graphs"] = transformer.cuda_graphs();
       for (const int64_t batch : fitting) {
         DecodeTiming timing;
         try {
@@ -739,9 +760,9 @@ int main(int argc, char** argv) {
         const double achieved = static_cast<double>(bytes.total()) / (step_ms * 1e-3) / 1e9;
         const double tokens_per_second = static_cast<double>(batch) / (step_ms * 1e-3);
         fmt::print(
-            "{:<16} {:>8} {:>6} {:>7} {:>6} {:>9.3f} {:>9.3f} {:>10.1f} {:>8} {:>8.2f} "
+            "{:<16} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9.3f} {:>9.3f} {:>10.1f} {:>8} {:>8.2f} "
             "{:>6.1f}%\n",
-            spec.label, dtype_name(dtype), device.str(), depth_label, batch, step_ms,
+            spec.label, dtype_name(dtype), device.str(), depth_label, graphs_label, batch, step_ms,
             mean(timing.step_ms), tokens_per_second, gb(bytes.total()), achieved,
             100.0 * achieved / peak.gbps);
         std::fflush(stdout);
@@ -768,6 +789,8 @@ int main(int argc, char** argv) {
              {"exit_head_evaluations", timing.exit_heads}});
         decode_rows.push_back(row);
       }
+      }
+      transformer.set_cuda_graphs(false);
 
       if (!run_prefill) continue;
       std::vector<double> ms;

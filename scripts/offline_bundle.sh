@@ -37,4 +37,5 @@ mkdir -p "$OUT/debs" "$OUT/data/prose" "$OUT/data/code"
 (cd "$OUT/debs" && apt-get download "${PACKAGES[@]}" >/dev/null)
 cp -a "$BUILD/zoo-micro" "$OUT/zoo-micro"
 for domain in prose code; do cp "$ROOT/data/$domain/test.txt" "$OUT/data/$domain/"; done
+cp "$ROOT/data/.complete" "$OUT/data/"
 du -sh "$OUT"

@@ -64,6 +64,14 @@ bool JsonSection::string(const std::string& key, std::string& out) {
   return true;
 }
 
+bool JsonSection::boolean(const std::string& key, bool& out) {
+  const json* v = find(key);
+  if (v == nullptr) return false;
+  if (!v->is_boolean()) fail(path(key), "must be true or false, got " + v->dump());
+  out = v->get<bool>();
+  return true;
+}
+
 void JsonSection::check_unknown() const {
   if (object_ == nullptr) return;
   for (const auto& [key, value] : object_->items()) {

@@ -8,6 +8,7 @@
 #include <limits>
 #include <utility>
 
+#include "decode_graphs.h"
 #include "helios/common/error.h"
 #include "helios/ops/activation.h"
 #include "helios/ops/attention.h"
@@ -351,122 +352,164 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
   return out;
 }
 
-StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
-                               std::span<const int32_t> tokens, const ExitPolicy& policy) const {
-  c10::InferenceMode inference;
-  const auto device = weights_.embed_tokens.device();
-  const int64_t batch = static_cast<int64_t>(sequences.size());
-  if (batch == 0 || static_cast<int64_t>(tokens.size()) != batch) {
+void Transformer::set_cuda_graphs(bool enabled) {
+#if HELIOS_WITH_CUDA
+  graphs_ = enabled && weights_.embed_tokens.is_cuda() ? make_decode_graphs(*this) : nullptr;
+#else
+  (void)enabled;
+#endif
+}
+
+std::vector<int32_t> Transformer::decode_segments(const ExitPolicy& policy) const {
+  if (can_exit_early(policy)) return exit_points_;
+  return {static_cast<int32_t>(loaded_layers())};
+}
+
+DecodePlan Transformer::plan_decode(const kv::KvCache& cache,
+                                    std::span<kv::SequenceKv* const> sequences,
+                                    std::span<const int32_t> tokens) const {
+  DecodePlan plan;
+  plan.batch = static_cast<int64_t>(sequences.size());
+  if (plan.batch == 0 || static_cast<int64_t>(tokens.size()) != plan.batch) {
     throw Error(ErrorCode::kInvalidArgument, "decode: one token per sequence required");
   }
-  const int64_t block_size = cache.shape().block_size;
-
-  // Host-side step metadata, sent to the device in two copies: token ids, positions and new
-  // slots (int64), then block tables and context lengths (int32) for the attention kernel.
-  int64_t longest = 0;
+  plan.block_size = cache.shape().block_size;
   for (const kv::SequenceKv* sequence : sequences) {
-    longest = std::max(longest, sequence->length + 1);
+    plan.longest = std::max(plan.longest, sequence->length + 1);
   }
-  if (longest > rotary_.max_positions()) {
+  if (plan.longest > rotary_.max_positions()) {
     throw Error(ErrorCode::kOutOfRange, "decode: sequence exceeds max_position_embeddings");
   }
-  const int64_t max_blocks = (longest + block_size - 1) / block_size;
-  std::vector<int64_t> rows_meta(3 * batch);
-  std::vector<int32_t> tables_meta(batch * (max_blocks + 1), 0);
+  plan.max_blocks = (plan.longest + plan.block_size - 1) / plan.block_size;
+  const int64_t batch = plan.batch;
+  plan.rows.assign(3 * batch, 0);
+  plan.tables.assign(batch * plan.max_blocks + batch, 0);
   std::vector<int64_t> slot;
   for (int64_t b = 0; b < batch; ++b) {
     const kv::SequenceKv& sequence = *sequences[b];
     const int64_t position = sequence.length;
-    const int64_t blocks = position / block_size + 1;
+    const int64_t blocks = position / plan.block_size + 1;
     if (static_cast<int64_t>(sequence.block_table.size()) < blocks) {
-      throw Error(ErrorCode::kFailedPrecondition, "decode: no room reserved for position " +
-                                                      std::to_string(position));
+      throw Error(ErrorCode::kFailedPrecondition,
+                  "decode: no room reserved for position " + std::to_string(position));
     }
     slot.clear();
     cache.slots_into(sequence, position, position + 1, slot);
-    rows_meta[b] = tokens[b];
-    rows_meta[batch + b] = position;
-    rows_meta[2 * batch + b] = slot[0];
-    std::copy_n(sequence.block_table.begin(), blocks, tables_meta.begin() + b * max_blocks);
-    tables_meta[batch * max_blocks + b] = static_cast<int32_t>(position + 1);
+    plan.rows[b] = tokens[b];
+    plan.rows[batch + b] = position;
+    plan.rows[2 * batch + b] = slot[0];
+    std::copy_n(sequence.block_table.begin(), blocks, plan.tables.begin() + b * plan.max_blocks);
+    plan.tables[batch * plan.max_blocks + b] = static_cast<int32_t>(position + 1);
   }
-  const at::Tensor meta = long_tensor(rows_meta, device);
-  const at::Tensor tables_and_lens =
-      at::tensor(tables_meta, at::TensorOptions().dtype(at::kInt)).to(device);
-  at::Tensor row_positions = meta.narrow(0, batch, batch);
-  at::Tensor row_slots = meta.narrow(0, 2 * batch, batch);
-  ops::DecodeBatch rows_batch(tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks}),
-                             tables_and_lens.narrow(0, batch * max_blocks, batch), longest,
-                             block_size);
-  at::Tensor h = at::embedding(weights_.embed_tokens, meta.narrow(0, 0, batch));
+  return plan;
+}
 
-  StepOutput out;
-  out.logits = at::empty({batch, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
-  out.exits.resize(batch);
-  std::vector<int64_t> active(batch);  // active row -> batch row
-  for (int64_t b = 0; b < batch; ++b) active[b] = b;
-  const bool early = can_exit_early(policy);
+void Transformer::run_layers(int64_t begin, int64_t end, at::Tensor& h,
+                             const at::Tensor& positions, const at::Tensor& slots,
+                             const ops::DecodeBatch& batch, kv::KvCache& cache) const {
   const double eps = config_.rms_norm_eps;
   at::Tensor pending;  // the last MLP output, added to h by the next norm (one fused kernel)
-  size_t next_exit = 0;
-  for (int64_t l = 0; l < loaded_layers() && !active.empty(); ++l) {
+  for (int64_t l = begin; l < end; ++l) {
     const LayerWeights& layer = weights_.layers[l];
-    const int64_t rows = static_cast<int64_t>(active.size());
     const at::Tensor x = pending.defined() ? ops::add_rms_norm(h, pending, layer.input_norm, eps)
                                            : ops::rms_norm(h, layer.input_norm, eps);
-    const at::Tensor q =
-        query_and_cache(config_, rotary_, layer, x, row_positions, row_slots, cache, l);
+    const at::Tensor q = query_and_cache(config_, rotary_, layer, x, positions, slots, cache, l);
     const at::Tensor attended =
-        ops::paged_decode_attention(q, cache.keys(l), cache.values(l), rows_batch,
-                                    attention_scale_);
+        ops::paged_decode_attention(q, cache.keys(l), cache.values(l), batch, attention_scale_);
     const at::Tensor post =
         ops::add_rms_norm(h, at::linear(attended, layer.o_proj), layer.post_norm, eps);
     pending = at::linear(
         ops::silu_mul(at::linear(post, layer.gate_proj), at::linear(post, layer.up_proj)),
         layer.down_proj);
+  }
+  if (pending.defined()) h.add_(pending);
+}
 
-    if (next_exit >= exit_points_.size() || l + 1 != exit_points_[next_exit]) continue;
-    ++next_exit;
-    const bool last = l + 1 == loaded_layers();
-    // With a threshold above 1 no row can leave before the last loaded layer: skip the head.
-    if (!last && !early) continue;
-    h.add_(pending);
-    pending = at::Tensor();
-    const at::Tensor logits = exit_logits(h);
-    const at::Tensor conf =
-        confidence_of(ops::exit_head_stats(logits), policy.metric, config_.vocab_size).cpu();
-    const float* conf_data = conf.data_ptr<float>();
-    std::vector<int64_t> leaving, staying;  // indices into the active rows
-    for (int64_t a = 0; a < rows; ++a) {
-      const bool confident = conf_data[a] >= policy.threshold;
-      (confident || last ? leaving : staying).push_back(a);
-    }
-    if (leaving.empty()) continue;
-    const at::Tensor leaving_index = long_tensor(leaving, device);
-    const at::Tensor leaving_logits =
-        (last && staying.empty() ? logits : logits.index_select(0, leaving_index))
-            .to(at::kFloat)
-            .cpu();
-    for (size_t i = 0; i < leaving.size(); ++i) {
-      const int64_t row = active[leaving[i]];
-      const float c = conf_data[leaving[i]];
-      out.logits[row].copy_(leaving_logits[i]);
-      out.exits[row] = TokenExit{static_cast<int32_t>(l + 1), c, c < policy.threshold};
-    }
+at::Tensor Transformer::exit_confidence(const at::Tensor& h, const ExitPolicy& policy,
+                                        at::Tensor& logits) const {
+  logits = exit_logits(h);
+  return confidence_of(ops::exit_head_stats(logits), policy.metric, config_.vocab_size);
+}
+
+ExitSplit Transformer::take_exits(StepOutput& out, std::vector<int64_t>& active,
+                                  const at::Tensor& confidence, const at::Tensor& logits,
+                                  int32_t layer, bool last, const ExitPolicy& policy) const {
+  const float* conf = confidence.data_ptr<float>();
+  const int64_t rows = static_cast<int64_t>(active.size());
+  ExitSplit split;
+  for (int64_t a = 0; a < rows; ++a) {
+    (conf[a] >= policy.threshold || last ? split.leaving : split.staying).push_back(a);
+  }
+  if (split.leaving.empty()) return split;
+  const at::Tensor leaving_logits =
+      (split.staying.empty() ? logits.narrow(0, 0, rows)
+                             : logits.index_select(0, long_tensor(split.leaving, logits.device())))
+          .to(at::kFloat)
+          .cpu();
+  for (size_t i = 0; i < split.leaving.size(); ++i) {
+    const int64_t row = active[split.leaving[i]];
+    const float c = conf[split.leaving[i]];
+    out.logits[row].copy_(leaving_logits[i]);
+    out.exits[row] = TokenExit{layer, c, c < policy.threshold};
+  }
+  std::vector<int64_t> still_active;
+  still_active.reserve(split.staying.size());
+  for (const int64_t a : split.staying) still_active.push_back(active[a]);
+  active.swap(still_active);
+  return split;
+}
+
+StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
+                               std::span<const int32_t> tokens, const ExitPolicy& policy) const {
+  c10::InferenceMode inference;
+  const DecodePlan plan = plan_decode(cache, sequences, tokens);
+  StepOutput out;
+  out.logits = at::empty({plan.batch, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+  out.exits.resize(plan.batch);
+#if HELIOS_WITH_CUDA
+  if (graphs_ != nullptr && decode_with_graphs(*graphs_, *this, cache, plan, policy, out)) {
+    for (kv::SequenceKv* sequence : sequences) sequence->length += 1;
+    return out;
+  }
+#endif
+  const auto device = weights_.embed_tokens.device();
+  const int64_t batch = plan.batch, max_blocks = plan.max_blocks;
+  // The step's metadata in two host-to-device copies: token ids, positions and new slots
+  // (int64), then block tables and context lengths (int32) for the attention kernel.
+  const at::Tensor meta = long_tensor(plan.rows, device);
+  const at::Tensor tables_and_lens =
+      at::tensor(plan.tables, at::TensorOptions().dtype(at::kInt)).to(device);
+  at::Tensor row_positions = meta.narrow(0, batch, batch);
+  at::Tensor row_slots = meta.narrow(0, 2 * batch, batch);
+  ops::DecodeBatch rows_batch(
+      tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks}),
+      tables_and_lens.narrow(0, batch * max_blocks, batch), plan.longest, plan.block_size);
+  at::Tensor h = at::embedding(weights_.embed_tokens, meta.narrow(0, 0, batch));
+
+  std::vector<int64_t> active(batch);  // active row -> batch row
+  for (int64_t b = 0; b < batch; ++b) active[b] = b;
+  int64_t begin = 0;
+  for (const int32_t end : decode_segments(policy)) {
+    run_layers(begin, end, h, row_positions, row_slots, rows_batch, cache);
+    begin = end;
+    const bool last = end == loaded_layers();
+    at::Tensor logits;
+    const at::Tensor conf = exit_confidence(h, policy, logits).cpu();
+    const ExitSplit split = take_exits(out, active, conf, logits, end, last, policy);
     if (last) break;
-    fill_skipped_layers(cache, l + 1, h.index_select(0, leaving_index),
+    if (split.leaving.empty()) continue;
+    // Rows that left: their skipped layers' keys/values from the exit state; then the rest
+    // continues as a smaller batch.
+    const at::Tensor leaving_index = long_tensor(split.leaving, device);
+    fill_skipped_layers(cache, end, h.index_select(0, leaving_index),
                         row_positions.index_select(0, leaving_index),
                         row_slots.index_select(0, leaving_index));
-    if (staying.empty()) break;
-    const at::Tensor staying_index = long_tensor(staying, device);
+    if (active.empty()) break;
+    const at::Tensor staying_index = long_tensor(split.staying, device);
     h = h.index_select(0, staying_index);
     row_positions = row_positions.index_select(0, staying_index);
     row_slots = row_slots.index_select(0, staying_index);
     rows_batch = rows_batch.select_rows(staying_index);
-    std::vector<int64_t> still_active;
-    still_active.reserve(staying.size());
-    for (const int64_t a : staying) still_active.push_back(active[a]);
-    active.swap(still_active);
   }
   for (kv::SequenceKv* sequence : sequences) sequence->length += 1;
   return out;

@@ -125,6 +125,7 @@ void Daemon::load_model() {
   options.max_layers = config_.max_layers;
   options.dtype = parse_dtype(config_.dtype);
   options.device = at::Device(config_.device);
+  options.cuda_graphs = config_.cuda_graphs;
 
   engine::EngineOptions engine_options;
   engine_options.limits = config_.limits;

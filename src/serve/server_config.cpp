@@ -101,6 +101,7 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   model.integer("max_layers", c.max_layers, 0, 4096);
   model.one_of("dtype", c.dtype, {"float32", "float16", "bfloat16"});
   model.string("device", c.device);
+  model.boolean("cuda_graphs", c.cuda_graphs);
   model.check_unknown();
 
   Section memory(root, "memory");
@@ -226,7 +227,8 @@ nlohmann::json ServerConfig::to_json() const {
         {"name", model_name},
         {"max_layers", max_layers},
         {"dtype", dtype},
-        {"device", device}}},
+        {"device", device},
+        {"cuda_graphs", cuda_graphs}}},
       {"memory",
        {{"budget_mib", static_cast<double>(memory_budget_bytes) / kMiB},
         {"kv_block_size", kv_block_size}}},

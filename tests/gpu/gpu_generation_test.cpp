@@ -67,6 +67,33 @@ TEST(GpuGeneration, GreedyFloat32MatchesCpuTokenForToken) {
   }
 }
 
+// The decode step through CUDA graphs (captured per padded batch and context bucket, replayed
+// segment by segment between exit heads) gives the eager step's tokens and exits, for batches
+// that fill a bucket and batches padded into one, with and without early exits.
+TEST(GpuGeneration, CudaGraphDecodeMatchesTheEagerStep) {
+  HELIOS_REQUIRE_CUDA();
+  const std::string dir = kMicroZoo + "/prose-micro";
+  model::LoadOptions eager_options;
+  eager_options.device = at::Device(at::kCUDA, 0);
+  eager_options.cuda_graphs = false;
+  model::LoadOptions graph_options = eager_options;
+  graph_options.cuda_graphs = true;
+  const auto eager = engine::ModelInstance::load(dir, eager_options);
+  const auto graphed = engine::ModelInstance::load(dir, graph_options);
+  ASSERT_FALSE(eager->transformer().cuda_graphs());
+  ASSERT_TRUE(graphed->transformer().cuda_graphs());
+  for (const size_t batch : {8u, 3u}) {
+    const std::vector<std::string> prompts = test_prompts(batch);
+    for (const double threshold : {2.0, 0.3}) {
+      std::vector<std::vector<int32_t>> eager_exits, graph_exits;
+      const auto expected = greedy_tokens(*eager, prompts, 40, threshold, &eager_exits);
+      const auto actual = greedy_tokens(*graphed, prompts, 40, threshold, &graph_exits);
+      EXPECT_EQ(actual, expected) << "batch " << batch << " threshold " << threshold;
+      EXPECT_EQ(graph_exits, eager_exits) << "batch " << batch << " threshold " << threshold;
+    }
+  }
+}
+
 // bfloat16 cannot match float32 token for token over long runs; greedy continuations of the
 // trained model still agree on most of their first tokens.
 TEST(GpuGeneration, GreedyBfloat16MostlyAgreesWithFloat32) {

@@ -21,6 +21,10 @@ TEST(ServerConfig, DefaultsAndRelativeModelPath) {
   EXPECT_EQ(c.limits.max_running, 64);
   EXPECT_EQ(c.memory_budget_bytes, int64_t{256} << 20);
   EXPECT_EQ(c.energy_source, "auto");
+  EXPECT_TRUE(c.cuda_graphs);
+  EXPECT_FALSE(ServerConfig::from_json(
+                   json{{"model", {{"path", "m"}, {"cuda_graphs", false}}}}, "/etc/h")
+                   .cuda_graphs);
   // to_json round-trips.
   const ServerConfig again = ServerConfig::from_json(c.to_json(), "/elsewhere");
   EXPECT_EQ(again.to_json(), c.to_json());
@@ -55,6 +59,9 @@ TEST(ServerConfig, PolicyKeysAreChecked) {
             0u);
   EXPECT_EQ(error_of(json{{"model", {{"path", "m"}}}, {"controller", {{"policy", "adaptive"}}}})
                 .rfind("controller.policy: must be one of", 0),
+            0u);
+  EXPECT_EQ(error_of(json{{"model", {{"path", "m"}, {"cuda_graphs", "yes"}}}})
+                .rfind("model.cuda_graphs: must be true or false", 0),
             0u);
   EXPECT_EQ(error_of(json{{"model", {{"path", "m"}}}, {"admin", {{"tokn", "x"}}}})
                 .rfind("admin.tokn: unknown key", 0),

@@ -30,6 +30,7 @@ class JsonSection {
   bool integer(const std::string& key, int64_t& out);
   bool number(const std::string& key, double& out);  // finite
   bool string(const std::string& key, std::string& out);
+  bool boolean(const std::string& key, bool& out);
 
   // Fails naming the first key of the object that no getter or find() asked for.
   void check_unknown() const;

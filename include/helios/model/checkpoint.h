@@ -18,6 +18,9 @@ struct LoadOptions {
   // Compute dtype of the resident tensors (stored F16/BF16/F32 are converted on load).
   c10::ScalarType dtype = c10::kFloat;
   c10::Device device = c10::kCPU;
+  // Decode through CUDA graphs (Transformer::set_cuda_graphs) when the device is a GPU and
+  // helios is built with HELIOS_CUDA; ignored otherwise. Applied by engine::ModelInstance.
+  bool cuda_graphs = true;
   // Weights already resident for this same model directory (another load of it, possibly to a
   // different depth). Its embeddings, final norm, head and layers [0, min(depth, its depth))
   // are taken as they are (the tensors share storage: nothing is read or copied) and only the

@@ -3,12 +3,14 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "helios/kv/kv_cache.h"
 #include "helios/model/config.h"
 #include "helios/model/weights.h"
+#include "helios/ops/attention.h"
 #include "helios/ops/exit_head.h"
 #include "helios/ops/rotary.h"
 
@@ -59,6 +61,23 @@ struct ExitScores {
   double perplexity(size_t exit_index) const;
   double policy_perplexity(size_t exit_index) const;
 };
+
+// One decode step's host-side metadata, built once for the eager and the graphed paths.
+struct DecodePlan {
+  int64_t batch = 0;
+  int64_t longest = 0;     // max context length after this step's token
+  int64_t block_size = 0;  // tokens per KV block
+  int64_t max_blocks = 0;  // blocks of the longest row
+  std::vector<int64_t> rows;    // token ids [batch], positions [batch], new slots [batch]
+  std::vector<int32_t> tables;  // block tables [batch, max_blocks], then context lengths [batch]
+};
+
+// Rows of an exit point's batch (indices into it) that left there, and those that go on.
+struct ExitSplit {
+  std::vector<int64_t> leaving, staying;
+};
+
+class DecodeGraphs;
 
 struct StepOutput {
   at::Tensor logits;  // [rows, vocab] float32
@@ -134,17 +153,47 @@ class Transformer {
   StepOutput decode(kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
                     std::span<const int32_t> tokens, const ExitPolicy& policy) const;
 
+  // CUDA graphs for decode (builds with HELIOS_CUDA, weights on a CUDA device; otherwise a
+  // no-op and cuda_graphs() stays false). Each segment of the step between two evaluated exit
+  // heads is captured once per padded batch size and context bucket and replayed afterwards,
+  // so a step costs a few graph launches instead of one launch per op. Same results as the
+  // eager step. Set before the first decode; not thread-safe against a running decode.
+  void set_cuda_graphs(bool enabled);
+  bool cuda_graphs() const { return graphs_ != nullptr; }
+
+  // Building blocks of a decode step, shared by the eager and the graphed paths.
+  // The layer counts after which decode evaluates an exit head: every exit point, or only
+  // the last loaded layer when no row can leave earlier.
+  std::vector<int32_t> decode_segments(const ExitPolicy& policy) const;
+  DecodePlan plan_decode(const kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
+                         std::span<const int32_t> tokens) const;
+  // Layers [begin, end) for rows h [rows, hidden] (updated in place) at `positions`, writing
+  // their keys/values at `slots`. Device work only: no host synchronisation (capturable).
+  void run_layers(int64_t begin, int64_t end, at::Tensor& h, const at::Tensor& positions,
+                  const at::Tensor& slots, const ops::DecodeBatch& batch,
+                  kv::KvCache& cache) const;
+  // The exit head over h: sets `logits` and returns each row's confidence (device, float32).
+  at::Tensor exit_confidence(const at::Tensor& h, const ExitPolicy& policy,
+                             at::Tensor& logits) const;
+  // Host side of an exit point over the active rows: rows confident enough (every row at the
+  // last loaded layer) leave with their logits and exit recorded in `out`; `active` (active row
+  // -> batch row) keeps the rest. confidence: float32 on the CPU, one per active row.
+  ExitSplit take_exits(StepOutput& out, std::vector<int64_t>& active, const at::Tensor& confidence,
+                       const at::Tensor& logits, int32_t layer, bool last,
+                       const ExitPolicy& policy) const;
+  void fill_skipped_layers(kv::KvCache& cache, int64_t first_layer, const at::Tensor& hidden,
+                           const at::Tensor& positions, const at::Tensor& slots) const;
+
  private:
   // The post-attention norm + SwiGLU block of a layer.
   at::Tensor mlp(const LayerWeights& layer, const at::Tensor& h) const;
-  void fill_skipped_layers(kv::KvCache& cache, int64_t first_layer, const at::Tensor& hidden,
-                           const at::Tensor& positions, const at::Tensor& slots) const;
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
   ops::RotaryEmbedding rotary_;
   std::vector<int32_t> exit_points_;
   double attention_scale_;
+  std::shared_ptr<DecodeGraphs> graphs_;  // see set_cuda_graphs
 };
 
 }  // namespace helios::model

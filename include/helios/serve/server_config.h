@@ -25,6 +25,7 @@ struct ServerConfig {
   int64_t max_layers = 0;            // 0 = every layer
   std::string dtype = "float32";     // float32 | float16 | bfloat16
   std::string device = "cpu";        // cpu | cuda | cuda:N
+  bool cuda_graphs = true;           // decode through CUDA graphs on a GPU (HELIOS_CUDA builds)
   // memory
   int64_t memory_budget_bytes = int64_t{256} << 20;  // weights + KV cache
   int64_t kv_block_size = 16;
