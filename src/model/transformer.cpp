@@ -68,7 +68,8 @@ at::Tensor Transformer::exit_logits(const at::Tensor& hidden) const {
 }
 
 at::Tensor Transformer::confidence(const at::Tensor& logits, ConfidenceMetric metric) {
-  return confidence_of(ops::exit_head_stats(logits), metric, logits.size(-1));
+  return confidence_of(ops::exit_head_stats(logits, metric == ConfidenceMetric::kEntropy), metric,
+                       logits.size(-1));
 }
 
 at::Tensor Transformer::confidence_of(const ops::ExitHeadStats& stats, ConfidenceMetric metric,
@@ -111,11 +112,11 @@ Qkv project_qkv(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
 // the fill of skipped layers all write through here, so their cache entries agree exactly.
 void cache_kv(const ModelConfig& config, const ops::RotaryEmbedding& rotary,
               const LayerWeights& layer, const at::Tensor& x, const at::Tensor& positions,
-              const at::Tensor& slots, kv::KvCache& cache, int64_t l, const at::Tensor& q = {}) {
+              const at::Tensor& slots, kv::KvCache& cache, int64_t l, at::Tensor& q) {
   const int64_t rows = x.size(0), hd = config.head_dim();
-  const at::Tensor k = at::linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd});
+  at::Tensor k = at::linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd});
   const at::Tensor v = at::linear(x, layer.v_proj);
-  rotary.apply_inplace(q, k, positions);
+  rotary.rotate(q, k, positions);
   ops::write_kv(cache.keys(l), cache.values(l), k, v, slots);
 }
 
@@ -124,10 +125,31 @@ at::Tensor query_and_cache(const ModelConfig& config, const ops::RotaryEmbedding
                            const LayerWeights& layer, const at::Tensor& x,
                            const at::Tensor& positions, const at::Tensor& slots,
                            kv::KvCache& cache, int64_t l) {
-  const at::Tensor q =
+  at::Tensor q =
       at::linear(x, layer.q_proj).view({x.size(0), config.num_attention_heads, config.head_dim()});
   cache_kv(config, rotary, layer, x, positions, slots, cache, l, q);
   return q;
+}
+
+// The DecodeBatch of a plan with the ATen path's gather built on the host: row b's slots of
+// positions [0, longest), padded with its first slot, and the mask hiding the padding.
+ops::DecodeBatch host_gather(const DecodePlan& plan, const at::Tensor& tables,
+                             const at::Tensor& lengths) {
+  const int64_t batch = plan.batch, longest = plan.longest, bs = plan.block_size;
+  at::Tensor slots = at::empty({batch, longest}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor mask = at::zeros({batch, longest}, at::TensorOptions().dtype(at::kFloat));
+  int64_t* s = slots.data_ptr<int64_t>();
+  float* m = mask.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const int32_t* table = plan.tables.data() + b * plan.max_blocks;
+    const int64_t length = plan.tables[batch * plan.max_blocks + b];
+    for (int64_t p = 0; p < longest; ++p) {
+      s[b * longest + p] = p < length ? table[p / bs] * bs + p % bs : table[0] * bs;
+      if (p >= length) m[b * longest + p] = kMasked;
+    }
+  }
+  return ops::DecodeBatch(tables, lengths, longest, bs, slots,
+                          mask.view({batch, 1, 1, 1, longest}));
 }
 
 }  // namespace
@@ -170,7 +192,8 @@ void Transformer::fill_skipped_layers(kv::KvCache& cache, int64_t first_layer,
   for (int64_t l = first_layer; l < loaded_layers(); ++l) {
     const LayerWeights& layer = weights_.layers[l];
     const at::Tensor x = ops::rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
-    cache_kv(config_, rotary_, layer, x, positions, slots, cache, l);
+    at::Tensor no_query;
+    cache_kv(config_, rotary_, layer, x, positions, slots, cache, l, no_query);
   }
 }
 
@@ -294,7 +317,8 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
     // Every row is frozen (replay only, so the last row's exit state is final): its keys and
     // values are all that is left to write.
     if (l >= deepest) {
-      cache_kv(config_, rotary_, layer, x, positions, new_slots, cache, l);
+      at::Tensor no_query;
+      cache_kv(config_, rotary_, layer, x, positions, new_slots, cache, l, no_query);
       continue;
     }
     const at::Tensor q =
@@ -428,7 +452,8 @@ void Transformer::run_layers(int64_t begin, int64_t end, at::Tensor& h,
 at::Tensor Transformer::exit_confidence(const at::Tensor& h, const ExitPolicy& policy,
                                         at::Tensor& logits) const {
   logits = exit_logits(h);
-  return confidence_of(ops::exit_head_stats(logits), policy.metric, config_.vocab_size);
+  return confidence_of(ops::exit_head_stats(logits, policy.metric == ConfidenceMetric::kEntropy),
+                       policy.metric, config_.vocab_size);
 }
 
 ExitSplit Transformer::take_exits(StepOutput& out, std::vector<int64_t>& active,
@@ -481,9 +506,13 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
       at::tensor(plan.tables, at::TensorOptions().dtype(at::kInt)).to(device);
   at::Tensor row_positions = meta.narrow(0, batch, batch);
   at::Tensor row_slots = meta.narrow(0, 2 * batch, batch);
-  ops::DecodeBatch rows_batch(
-      tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks}),
-      tables_and_lens.narrow(0, batch * max_blocks, batch), plan.longest, plan.block_size);
+  const at::Tensor tables = tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks});
+  const at::Tensor lengths = tables_and_lens.narrow(0, batch * max_blocks, batch);
+  // On the CPU the attention gathers every row's keys: its slot list and padding mask are
+  // cheaper to build here, in one pass over the tables, than as a dozen tensor ops.
+  ops::DecodeBatch rows_batch =
+      device.is_cpu() ? host_gather(plan, tables, lengths)
+                      : ops::DecodeBatch(tables, lengths, plan.longest, plan.block_size);
   at::Tensor h = at::embedding(weights_.embed_tokens, meta.narrow(0, 0, batch));
 
   std::vector<int64_t> active(batch);  // active row -> batch row

@@ -49,6 +49,13 @@ DecodeBatch::DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64
       max_context_(max_context),
       block_size_(block_size) {}
 
+DecodeBatch::DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64_t max_context,
+                         int64_t block_size, at::Tensor gather_slots, at::Tensor padding_mask)
+    : DecodeBatch(std::move(block_tables), std::move(context_lens), max_context, block_size) {
+  gather_slots_ = std::move(gather_slots);
+  padding_mask_ = std::move(padding_mask);
+}
+
 DecodeBatch DecodeBatch::select_rows(const at::Tensor& index) const {
   DecodeBatch rows(block_tables_.index_select(0, index), context_lens_.index_select(0, index),
                    max_context_, block_size_);

@@ -6,7 +6,7 @@
 
 namespace helios::ops {
 
-ExitHeadStats exit_head_stats(const at::Tensor& logits) {
+ExitHeadStats exit_head_stats(const at::Tensor& logits, bool entropy) {
   ExitHeadStats stats;
 #if HELIOS_WITH_CUDA
   if (detail::use_kernels(logits)) {
@@ -19,7 +19,7 @@ ExitHeadStats exit_head_stats(const at::Tensor& logits) {
   stats.argmax = argmax;
   stats.max_prob = max_log_prob.exp();
   // p * log p is 0 where p underflows to 0 (log p = -inf would give NaN).
-  stats.entropy = -(log_probs.exp() * log_probs).nan_to_num(0.0).sum(-1);
+  if (entropy) stats.entropy = -(log_probs.exp() * log_probs).nan_to_num(0.0).sum(-1);
   return stats;
 }
 

@@ -32,8 +32,7 @@ at::Tensor RotaryEmbedding::apply(const at::Tensor& x, const at::Tensor& positio
   return x * cos + rotated * sin;
 }
 
-void RotaryEmbedding::apply_inplace(const at::Tensor& q, const at::Tensor& k,
-                                    const at::Tensor& positions) const {
+void RotaryEmbedding::rotate(at::Tensor& q, at::Tensor& k, const at::Tensor& positions) const {
   const at::Tensor& any = q.defined() ? q : k;
   if (!any.defined()) return;
 #if HELIOS_WITH_CUDA
@@ -42,9 +41,8 @@ void RotaryEmbedding::apply_inplace(const at::Tensor& q, const at::Tensor& k,
     return;
   }
 #endif
-  // at::Tensor is a handle: copy_ writes through the caller's view.
-  if (q.defined()) at::Tensor(q).copy_(apply(q, positions));
-  if (k.defined()) at::Tensor(k).copy_(apply(k, positions));
+  if (q.defined()) q = apply(q, positions);
+  if (k.defined()) k = apply(k, positions);
 }
 
 }  // namespace helios::ops

@@ -94,10 +94,13 @@ TEST_P(GpuKernels, RotaryOnStridedQueryAndKey) {
                      f.narrow(1, heads * hd, kv_heads * hd).view({tokens, kv_heads, hd})};
   };
   const at::Tensor f_cpu = rounded(fused), f_gpu = on_gpu(fused);
-  const auto [q_cpu, k_cpu] = views(f_cpu);
-  const auto [q_gpu, k_gpu] = views(f_gpu);
-  cpu.apply_inplace(q_cpu, k_cpu, positions);
-  gpu.apply_inplace(q_gpu, k_gpu, positions.to(at::kCUDA));
+  auto [q_cpu, k_cpu] = views(f_cpu);
+  auto [q_gpu, k_gpu] = views(f_gpu);
+  const at::Tensor q_view = q_gpu, k_view = k_gpu;
+  cpu.rotate(q_cpu, k_cpu, positions);
+  gpu.rotate(q_gpu, k_gpu, positions.to(at::kCUDA));
+  // In place on CUDA: the views of the fused buffer are what was rotated.
+  EXPECT_TRUE(q_gpu.is_same(q_view) && k_gpu.is_same(k_view));
   expect_close(q_gpu, q_cpu, "rotary q");
   expect_close(k_gpu, k_cpu, "rotary k");
   expect_close(f_gpu.narrow(1, (heads + kv_heads) * hd, kv_heads * hd),

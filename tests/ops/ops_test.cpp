@@ -50,20 +50,20 @@ TEST(Ops, SiluMulIsGateOverOnePlusExpOfMinusGateTimesUp) {
   expect_close(ops::silu_mul(gate, up), g / (1.0 + (-g).exp()) * up.to(at::kDouble), 1e-6, 1e-5);
 }
 
-TEST(Ops, RotaryInPlaceOnStridedViewsMatchesTheReference) {
+TEST(Ops, RotaryOfStridedViewsMatchesTheReference) {
   constexpr double kTheta = 10000.0;
   const int64_t heads = 4, kv_heads = 2, hd = 40, tokens = 6;
   const ops::RotaryEmbedding rotary(hd, kTheta, 64, at::kCPU);
   at::manual_seed(4);
   // q|k|v of a fused projection: token rows (heads + 2 * kv_heads) * hd apart.
   const at::Tensor fused = at::randn({tokens, (heads + 2 * kv_heads) * hd});
-  const at::Tensor q = fused.narrow(1, 0, heads * hd).view({tokens, heads, hd});
-  const at::Tensor k = fused.narrow(1, heads * hd, kv_heads * hd).view({tokens, kv_heads, hd});
+  at::Tensor q = fused.narrow(1, 0, heads * hd).view({tokens, heads, hd});
+  at::Tensor k = fused.narrow(1, heads * hd, kv_heads * hd).view({tokens, kv_heads, hd});
   const at::Tensor v_before = fused.narrow(1, (heads + kv_heads) * hd, kv_heads * hd).clone();
   const at::Tensor positions = at::tensor(std::vector<int64_t>{0, 1, 7, 20, 33, 63}, at::kLong);
   const at::Tensor q_expected = reference_rotary(q, positions, kTheta);
   const at::Tensor k_expected = reference_rotary(k, positions, kTheta);
-  rotary.apply_inplace(q, k, positions);
+  rotary.rotate(q, k, positions);
   expect_close(q, q_expected, 1e-5, 1e-5);
   expect_close(k, k_expected, 1e-5, 1e-5);
   EXPECT_TRUE(at::equal(fused.narrow(1, (heads + kv_heads) * hd, kv_heads * hd), v_before));

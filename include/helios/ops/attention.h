@@ -27,6 +27,9 @@ class DecodeBatch {
  public:
   DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64_t max_context,
               int64_t block_size);
+  // With the ATen path's gather (see gather_slots()) already built, e.g. on the host.
+  DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64_t max_context,
+              int64_t block_size, at::Tensor gather_slots, at::Tensor padding_mask);
 
   // Rows `index` (int64, on the tables' device) of this batch: the rows still running after
   // some left at an exit point. max_context is kept (an upper bound stays valid).

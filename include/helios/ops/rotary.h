@@ -15,10 +15,11 @@ class RotaryEmbedding {
 
   // x: [N, heads, head_dim]; positions: int64 [N]. Returns the rotated x (same shape, dtype).
   at::Tensor apply(const at::Tensor& x, const at::Tensor& positions) const;
-  // Rotates q [N, heads, head_dim] and k [N, kv_heads, head_dim] in place (token rows may be
-  // strided, e.g. views of a fused projection; heads contiguous). Either may be undefined.
-  // One kernel for both on CUDA.
-  void apply_inplace(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions) const;
+  // Rotates q [N, heads, head_dim] and k [N, kv_heads, head_dim] (token rows may be strided,
+  // e.g. views of a fused projection; heads contiguous); either may be undefined. On CUDA one
+  // kernel rotates both in place; elsewhere q and k are replaced by rotated tensors (apply()),
+  // which costs no copy back. Either way q and k hold the rotated values afterwards.
+  void rotate(at::Tensor& q, at::Tensor& k, const at::Tensor& positions) const;
   int64_t max_positions() const { return max_positions_; }
 
  private:
