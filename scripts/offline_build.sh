@@ -29,10 +29,15 @@ mkdir -p "$RESULTS"
 PREFIX="$BUNDLE/prefix"
 if [[ ! -d "$PREFIX" ]]; then
   for deb in "$BUNDLE"/debs/*.deb; do dpkg-deb -x "$deb" "$PREFIX"; done
+  # Absolute links (libz.so -> /lib/...) point into the prefix when the target is there.
+  find "$PREFIX" -type l | while read -r link; do
+    target="$(readlink "$link")"
+    if [[ "$target" == /* && -e "$PREFIX$target" ]]; then ln -sfn "$PREFIX$target" "$link"; fi
+  done
 fi
 LIBDIR="$PREFIX/usr/lib/x86_64-linux-gnu"
 export PATH="$PREFIX/usr/bin:$PATH"
-export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$LIBDIR:$PREFIX/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$PREFIX/usr/share/pkgconfig"
 export PKG_CONFIG_SYSROOT_DIR="$PREFIX"
 

@@ -20,14 +20,15 @@ done
 BUILD="${HELIOS_BUILD_DIR:-$ROOT/build}"
 
 # The -dev packages of helios's build (scripts/setup.sh) that a CUDA image does not carry,
-# and the libraries they pull in. Toolchain, libc, OpenSSL, zlib and the like are the image's.
+# and the libraries they pull in (OpenSSL, zlib and pkg-config too, so the prefix is complete
+# whatever the image has). Toolchain and libc are the image's.
 PACKAGES=(
   libgrpc++-dev libgrpc-dev libgrpc++1.51 libgrpc29 protobuf-compiler-grpc
   libprotobuf-dev libprotobuf32 libprotobuf-lite32 libprotoc32 protobuf-compiler
   libabsl-dev libabsl20220623 libc-ares-dev libc-ares2 libre2-dev libre2-9
   libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 nlohmann-json3-dev libcli11-dev
-  libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev libgtest-dev libgmock-dev googletest
-  libssl-dev zlib1g-dev
+  libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev libbrotli1 libgtest-dev libgmock-dev googletest
+  libssl-dev libssl3 zlib1g-dev zlib1g pkgconf pkgconf-bin libpkgconf3
 )
 [[ -d "$BUILD/zoo-micro" ]] || { echo "no $BUILD/zoo-micro: run scripts/test.sh first" >&2; exit 1; }
 [[ -f "$ROOT/data/prose/test.txt" ]] || { echo "no data/: run scripts/setup.sh first" >&2; exit 1; }
