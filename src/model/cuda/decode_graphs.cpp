@@ -5,6 +5,7 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <map>
 #include <mutex>
@@ -39,7 +40,9 @@ at::Tensor index_tensor(const std::vector<int64_t>& values, const at::Device& de
 class DecodeGraphs {
  public:
   explicit DecodeGraphs(const Transformer& transformer)
-      : device_(transformer.weights().embed_tokens.device()), pool_(at::cuda::graph_pool_handle()) {}
+      : device_(transformer.weights().embed_tokens.device()),
+        pool_(at::cuda::graph_pool_handle()),
+        capture_stream_(at::cuda::getStreamFromPool(false, device_.index())) {}
 
   bool decode(const Transformer& t, kv::KvCache& cache, const DecodePlan& plan,
               const ExitPolicy& policy, StepOutput& out);
@@ -80,6 +83,9 @@ class DecodeGraphs {
 
   at::Device device_;
   at::cuda::MempoolId_t pool_;
+  // Warm-up and capture run on this side stream (a capture cannot use the default stream),
+  // so the cuBLAS workspace of the stream the graphs record is made before any capture.
+  c10::cuda::CUDAStream capture_stream_;
   std::mutex mutex_;
   std::vector<const void*> cache_storage_;  // the cache the graphs write to
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Buffers>> buffers_;
@@ -147,19 +153,24 @@ DecodeGraphs::Segment& DecodeGraphs::segment(const Transformer& t, kv::KvCache& 
   auto& slot = segments_[key];
   if (slot) return *slot;
   auto segment = std::make_unique<Segment>();
-  // Warm-up outside the capture (cuBLAS handles and workspaces, lazy initialisation) on the
-  // real inputs; h is restored, and the keys/values it wrote are those the replay writes.
-  const at::Tensor saved = b.h.clone();
-  at::Tensor logits, confidence;
-  run(t, cache, b, begin, end, policy, logits, confidence);
-  b.h.copy_(saved);
+  // The step's metadata copies and earlier segments are done before the side stream starts.
   c10::cuda::device_synchronize();
   {
-    const c10::cuda::CUDAStreamGuard side(at::cuda::getStreamFromPool(false, device_.index()));
+    const c10::cuda::CUDAStreamGuard side(capture_stream_);
+    // Warm-up outside the capture (cuBLAS handle and workspace of this stream, lazy
+    // initialisation) on the real inputs; h is restored, and the keys/values it wrote are
+    // those the replay writes again.
+    const at::Tensor saved = b.h.clone();
+    at::Tensor logits, confidence;
+    run(t, cache, b, begin, end, policy, logits, confidence);
+    b.h.copy_(saved);
+    capture_stream_.synchronize();
     segment->graph.capture_begin(pool_);
     run(t, cache, b, begin, end, policy, segment->logits, segment->confidence);
     segment->graph.capture_end();
   }
+  // Replays run on the caller's stream: nothing of the side stream may still be pending.
+  c10::cuda::device_synchronize();
   slot = std::move(segment);
   return *slot;
 }
