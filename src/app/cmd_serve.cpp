@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "helios/common/error.h"
+#include "helios/common/logging.h"
 #include "helios/serve/daemon.h"
 
 namespace helios::app {
@@ -69,6 +70,7 @@ void add_serve_command(CLI::App& app) {
     std::string config;
     std::string ports_file;
     std::string log_level;
+    std::string log_format;
   };
   auto options = std::make_shared<Options>();
   cmd->add_option("--config", options->config, "Server config (JSON); see the README")
@@ -78,10 +80,13 @@ void add_serve_command(CLI::App& app) {
                   "Write {grpc_port, http_port, pid} as JSON here once serving");
   cmd->add_option("--log-level", options->log_level, "Overrides logging.level")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  cmd->add_option("--log-format", options->log_format, "Overrides logging.format")
+      ->check(CLI::IsMember({"text", "json"}));
   cmd->callback([options] {
     serve::ServerConfig config = serve::ServerConfig::from_file(options->config);
     if (!options->log_level.empty()) config.log_level = options->log_level;
-    spdlog::set_level(spdlog::level::from_str(config.log_level));
+    if (!options->log_format.empty()) config.log_format = options->log_format;
+    logging::configure(config.log_level, logging::parse_format(config.log_format));
     install_signal_handlers();
 
     // Shared with the thread that watches for a second signal, which may outlive this scope.

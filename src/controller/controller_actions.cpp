@@ -9,6 +9,7 @@
 
 #include "helios/common/error.h"
 #include "helios/common/files.h"
+#include "helios/common/logging.h"
 #include "helios/controller/controller.h"
 #include "helios/engine/serving_engine.h"
 #include "helios/kv/kv_cache.h"
@@ -403,9 +404,16 @@ DecisionRecord Controller::unpin() {
 
 void Controller::record(DecisionRecord decision) {
   decision.time = std::chrono::system_clock::now();
-  spdlog::info("controller decision: {} ({}) {}@{} -> {}@{}, max batch {}: {}", decision.kind,
-               decision.trigger, decision.from_model, decision.from_layers, decision.to_model,
-               decision.to_layers, decision.max_batch, decision.reason);
+  logging::event(spdlog::level::info, "controller_decision",
+                 {{"kind", decision.kind},
+                  {"trigger", decision.trigger},
+                  {"from_model", decision.from_model},
+                  {"from_layers", decision.from_layers},
+                  {"to_model", decision.to_model},
+                  {"to_layers", decision.to_layers},
+                  {"max_batch", decision.max_batch},
+                  {"reason", decision.reason},
+                  {"figures", nlohmann::ordered_json(decision.figures)}});
   std::lock_guard lock(mutex_);
   decisions_.push_back(std::move(decision));
   while (decisions_.size() > options_.decisions_kept) decisions_.pop_front();

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "helios/common/error.h"
+#include "helios/common/logging.h"
 #include "helios/engine/stop_matcher.h"
 #include "helios/tokenizer/stream_decoder.h"
 #include "helios/tokenizer/utf8.h"
@@ -740,6 +741,25 @@ void ServingEngine::accept_token(Sequence& sequence, const at::Tensor& logits,
   }
 }
 
+void ServingEngine::log_finished(const Request& request, const Usage& usage, Finish reason,
+                                 const std::string& error, const Sequence& sequence) const {
+  nlohmann::ordered_json fields = {{"id", request.spec().id},
+                           {"model", usage.model},
+                           {"layers", model_->transformer().loaded_layers()},
+                           {"finish", finish_label(reason)},
+                           {"prompt_tokens", usage.prompt_tokens},
+                           {"output_tokens", usage.completion_tokens}};
+  if (usage.completion_tokens > 0) fields["ttft_ms"] = usage.time_to_first_token_ms;
+  fields["queue_ms"] = usage.queue_time_ms;
+  fields["total_ms"] = usage.total_time_ms;
+  fields["mean_exit_layer"] = usage.mean_exit_layer;
+  fields["greedy_exits"] = sequence.greedy_exits;
+  fields["preemptions"] = usage.preemptions;
+  if (!error.empty()) fields["error"] = error;
+  logging::event(reason == Finish::kError ? spdlog::level::warn : spdlog::level::info,
+                 "request_finished", fields);
+}
+
 void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error) {
   if (sequence.finish != Finish::kNone) return;
   sequence.finish = reason;
@@ -774,6 +794,7 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error)
     usage.prompt_scored_tokens = scores.tokens;
   }
   ++finished_;
+  if (options_.log_requests) log_finished(request, usage, reason, last.error, sequence);
   if (metrics_) {
     metrics_->finished->labels({std::string(finish_label(reason))}).inc();
     metrics_->e2e->observe(seconds_between(request.arrival(), now));

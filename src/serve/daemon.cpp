@@ -131,6 +131,7 @@ void Daemon::load_model() {
   engine_options.limits = config_.limits;
   engine_options.kv_block_size = config_.kv_block_size;
   engine_options.exit_policy = config_.exit_policy;
+  engine_options.log_requests = config_.log_requests;
   engine_options.buckets = config_.buckets;
   if (config_.policy == "helios") {
     controller::ControllerOptions controller_options;

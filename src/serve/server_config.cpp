@@ -143,6 +143,8 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
 
   Section logging(root, "logging");
   logging.one_of("level", c.log_level, {"trace", "debug", "info", "warn", "error"});
+  logging.one_of("format", c.log_format, {"text", "json"});
+  logging.boolean("requests", c.log_requests);
   logging.check_unknown();
 
   Section controller(root, "controller");
@@ -251,7 +253,7 @@ nlohmann::json ServerConfig::to_json() const {
         {"request_duration_buckets_seconds", buckets.request},
         {"queue_time_buckets_seconds", buckets.queue},
         {"batch_size_buckets", buckets.batch_size}}},
-      {"logging", {{"level", log_level}}},
+      {"logging", {{"level", log_level}, {"format", log_format}, {"requests", log_requests}}},
       {"controller",
        {{"policy", policy}, {"slo_file", slo_file.string()}, {"decisions_kept", decisions_kept}}},
       {"energy", {{"source", energy_source}, {"cpu_watts_per_core", cpu_watts_per_core}}},

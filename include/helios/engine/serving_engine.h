@@ -44,6 +44,10 @@ struct EngineOptions {
   int64_t kv_blocks = 0;  // pool size; see kv_blocks_for_budget
   model::ExitPolicy exit_policy;  // initial; see set_exit_threshold
   TelemetrySink* telemetry = nullptr;  // not owned; must outlive the engine thread
+  // One log line (event request_finished, info) per finished request: id, model, finish
+  // reason, prompt/output tokens, TTFT, queue and total time, mean exit layer, greedy exits,
+  // preemptions, and the error of a failed request.
+  bool log_requests = true;
 };
 
 // KV blocks left by a memory budget once the model's resident weights are paid for; the
@@ -172,6 +176,8 @@ class ServingEngine {
   void run_decode(const std::vector<Sequence*>& decodes);
   void accept_token(Sequence& sequence, const at::Tensor& logits, const model::TokenExit& exit);
   void finish(Sequence& sequence, Finish reason, std::string error = {});
+  void log_finished(const Request& request, const Usage& usage, Finish reason,
+                    const std::string& error, const Sequence& sequence) const;
   void remove_finished();
   void publish_stats();
 

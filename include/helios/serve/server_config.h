@@ -43,6 +43,8 @@ struct ServerConfig {
   engine::MetricBuckets buckets;
   // logging
   std::string log_level = "info";
+  std::string log_format = "text";  // text | json (one JSON object per line)
+  bool log_requests = true;         // one line per finished request
   // controller: "static" serves model.path fully loaded (the baseline); "helios" lets the
   // controller pick the model and depth from the SLO file's repository.
   std::string policy = "static";
