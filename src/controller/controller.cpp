@@ -94,6 +94,8 @@ void Controller::start(engine::ServingEngine* engine) {
                         .max_batch = max_batch_,
                         .reason = "profiling the shortlist on live requests, first candidate"});
   peak_memory_bytes_ = current_->loaded().weights.resident_bytes() + engine_->stats().kv_cache_bytes;
+  // The model served from the start is active before any switch (dashboards read it).
+  if (metrics_) metrics_->active->labels({current_name_}).set(1);
   publish();
   watcher_ = std::make_unique<ConfigWatcher>(
       options_.slo_file, options_.watch_interval, [this](const std::string& contents) {
