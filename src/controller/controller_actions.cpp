@@ -404,16 +404,20 @@ DecisionRecord Controller::unpin() {
 
 void Controller::record(DecisionRecord decision) {
   decision.time = std::chrono::system_clock::now();
-  logging::event(spdlog::level::info, "controller_decision",
-                 {{"kind", decision.kind},
-                  {"trigger", decision.trigger},
-                  {"from_model", decision.from_model},
-                  {"from_layers", decision.from_layers},
-                  {"to_model", decision.to_model},
-                  {"to_layers", decision.to_layers},
-                  {"max_batch", decision.max_batch},
-                  {"reason", decision.reason},
-                  {"figures", nlohmann::ordered_json(decision.figures)}});
+  nlohmann::ordered_json fields = {{"kind", decision.kind},
+                                   {"trigger", decision.trigger},
+                                   {"from_model", decision.from_model},
+                                   {"from_layers", decision.from_layers},
+                                   {"to_model", decision.to_model},
+                                   {"to_layers", decision.to_layers},
+                                   {"max_batch", decision.max_batch},
+                                   {"reason", decision.reason}};
+  // The figures (every option compared, a few KB) go to JSON logs, where a pipeline can index
+  // them; a text line keeps to the reason. Admin.GetStatus has them either way.
+  if (logging::format() == logging::Format::kJson && !decision.figures.is_null()) {
+    fields["figures"] = nlohmann::ordered_json(decision.figures);
+  }
+  logging::event(spdlog::level::info, "controller_decision", fields);
   std::lock_guard lock(mutex_);
   decisions_.push_back(std::move(decision));
   while (decisions_.size() > options_.decisions_kept) decisions_.pop_front();

@@ -140,22 +140,11 @@ TEST(GpuDaemon, ServesOnTheGpuAsOnTheCpu) {
       "prose-micro", {{"model", {{"device", "cuda"}, {"dtype", "bfloat16"}}},
                       {"energy", {{"source", "nvml"}}}}));
   ASSERT_TRUE(daemon.wait_ready());
-  auto stub = daemon.inference();
-  std::vector<std::future<StreamResult>> streams;
-  for (const std::string& prompt : test_prompts(16)) {
-    streams.push_back(std::async(std::launch::async, [&stub, prompt] {
-      return generate(*stub, greedy_request(prompt, 32));
-    }));
-  }
-  for (auto& f : streams) {
-    const StreamResult r = f.get();
+  for (const StreamResult& r : concurrent_streams(daemon, test_prompts(16), 32)) {
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
     EXPECT_EQ(r.usage.completion_tokens(), 32u);
   }
-  httplib::Client http("127.0.0.1", daemon.http_port());
-  const auto metrics = http.Get("/metrics");
-  ASSERT_TRUE(metrics && metrics->status == 200);
-  EXPECT_GT(sample_value(metrics->body, "helios_energy_joules_total{source=\"nvml\"}"), 0.0);
+  EXPECT_GT(sample_value(scrape(daemon), "helios_energy_joules_total{source=\"nvml\"}"), 0.0);
 }
 
 }  // namespace

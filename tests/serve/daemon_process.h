@@ -3,14 +3,18 @@
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 #include <fcntl.h>
+#include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -193,6 +197,42 @@ inline double sample_value(const std::string& metrics_text, const std::string& s
 // Distinct prompts cut from the held-out prose text.
 inline std::vector<std::string> test_prompts(size_t count, size_t bytes = 60) {
   return held_out_prompts("prose", count, 0, 997, [bytes](size_t) { return bytes; });
+}
+
+// The prompts as concurrent greedy streams (they batch in the engine), results in order.
+inline std::vector<StreamResult> concurrent_streams(const DaemonProcess& daemon,
+                                                    const std::vector<std::string>& prompts,
+                                                    uint32_t max_tokens) {
+  auto stub = daemon.inference();
+  std::vector<std::future<StreamResult>> futures;
+  for (const std::string& prompt : prompts) {
+    futures.push_back(std::async(std::launch::async, [&stub, prompt, max_tokens] {
+      return generate(*stub, greedy_request(prompt, max_tokens));
+    }));
+  }
+  std::vector<StreamResult> results;
+  for (auto& f : futures) results.push_back(f.get());
+  return results;
+}
+
+// GET `path` from the daemon's HTTP endpoint: the body of a 200, else "".
+inline std::string scrape(const DaemonProcess& daemon, const std::string& path = "/metrics") {
+  httplib::Client client("127.0.0.1", daemon.http_port());
+  const auto response = client.Get(path.c_str());
+  return response && response->status == 200 ? response->body : "";
+}
+
+// A loopback port that was free a moment ago (for servers that cannot pick one and report it).
+inline int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
 }
 
 }  // namespace helios::testing

@@ -388,12 +388,6 @@ class HeliosDaemon {
   std::optional<DaemonProcess> daemon_;
 };
 
-std::string scrape(const DaemonProcess& daemon) {
-  httplib::Client client("127.0.0.1", daemon.http_port());
-  const auto response = client.Get("/metrics");
-  return response && response->status == 200 ? response->body : "";
-}
-
 void pin(const DaemonProcess& daemon, const std::string& model, uint32_t layers) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + 30s);
@@ -410,14 +404,10 @@ void pin(const DaemonProcess& daemon, const std::string& model, uint32_t layers)
 // helios_model_switches_total, helios_active_model), prose-micro at 3 (a depth change of the
 // same model: helios_layer_loads_total), and tokens on the pinned model.
 void drive(const DaemonProcess& daemon) {
-  auto stub = daemon.inference();
-  std::vector<std::future<StreamResult>> streams;
-  for (const std::string& prompt : test_prompts(6)) {
-    streams.push_back(std::async(std::launch::async, [&stub, prompt] {
-      return generate(*stub, greedy_request(prompt, 16));
-    }));
+  for (const StreamResult& r : concurrent_streams(daemon, test_prompts(6), 16)) {
+    ASSERT_TRUE(r.status.ok());
   }
-  for (auto& s : streams) ASSERT_TRUE(s.get().status.ok());
+  auto stub = daemon.inference();
   ASSERT_EQ(generate(*stub, greedy_request("", 4)).status.error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_NO_FATAL_FAILURE(pin(daemon, "code-micro", 2));
@@ -614,19 +604,6 @@ TEST(Dashboard, QueriesOnlyMetricsAndLabelsTheDaemonExports) {
   std::printf("dashboard: %zu queries over %zu families; the daemon exports %zu families\n",
               queries.size(), queried.size(), scraped.types.size());
   EXPECT_EQ(daemon->stop(), 0) << daemon->log();
-}
-
-// A port that was free a moment ago (Prometheus cannot be told to pick one and report it).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
 }
 
 // Grafana's variables as a dashboard showing everything would expand them.

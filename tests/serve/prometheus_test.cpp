@@ -15,38 +15,14 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// A port that was free a moment ago (Prometheus cannot be told to pick one and report it).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
-
 // Some traffic so that every family has samples: streams, a cancel, a rejected request.
 void exercise(const DaemonProcess& daemon) {
-  auto stub = daemon.inference();
-  std::vector<std::future<StreamResult>> streams;
-  for (const std::string& prompt : test_prompts(8)) {
-    streams.push_back(std::async(std::launch::async, [&stub, prompt] {
-      return generate(*stub, greedy_request(prompt, 16));
-    }));
+  for (const StreamResult& r : concurrent_streams(daemon, test_prompts(8), 16)) {
+    ASSERT_TRUE(r.status.ok());
   }
-  for (auto& s : streams) ASSERT_TRUE(s.get().status.ok());
+  auto stub = daemon.inference();
   EXPECT_EQ(generate(*stub, greedy_request("", 4)).status.error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
-}
-
-std::string scrape(const DaemonProcess& daemon, const std::string& path = "/metrics") {
-  httplib::Client client("127.0.0.1", daemon.http_port());
-  const auto response = client.Get(path.c_str());
-  if (!response) return "";
-  return response->body;
 }
 
 TEST(Metrics, PromtoolAcceptsTheDaemonsMetrics) {

@@ -48,21 +48,6 @@ std::vector<std::string> sequential_texts(const DaemonProcess& daemon,
   return texts;
 }
 
-std::vector<StreamResult> concurrent_streams(const DaemonProcess& daemon,
-                                             const std::vector<std::string>& prompts,
-                                             uint32_t max_tokens) {
-  auto stub = daemon.inference();
-  std::vector<std::future<StreamResult>> futures;
-  for (const std::string& prompt : prompts) {
-    futures.push_back(std::async(std::launch::async, [&stub, prompt, max_tokens] {
-      return generate(*stub, greedy_request(prompt, max_tokens));
-    }));
-  }
-  std::vector<StreamResult> results;
-  for (auto& f : futures) results.push_back(f.get());
-  return results;
-}
-
 TEST(Serve, SixtyFourConcurrentStreamsMatchOneAtATime) {
   DaemonProcess daemon(daemon_config(kModel));
   ASSERT_TRUE(daemon.wait_ready());
