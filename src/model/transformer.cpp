@@ -131,27 +131,6 @@ at::Tensor query_and_cache(const ModelConfig& config, const ops::RotaryEmbedding
   return q;
 }
 
-// The DecodeBatch of a plan with the ATen path's gather built on the host: row b's slots of
-// positions [0, longest), padded with its first slot, and the mask hiding the padding.
-ops::DecodeBatch host_gather(const DecodePlan& plan, const at::Tensor& tables,
-                             const at::Tensor& lengths) {
-  const int64_t batch = plan.batch, longest = plan.longest, bs = plan.block_size;
-  at::Tensor slots = at::empty({batch, longest}, at::TensorOptions().dtype(at::kLong));
-  at::Tensor mask = at::zeros({batch, longest}, at::TensorOptions().dtype(at::kFloat));
-  int64_t* s = slots.data_ptr<int64_t>();
-  float* m = mask.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {
-    const int32_t* table = plan.tables.data() + b * plan.max_blocks;
-    const int64_t length = plan.tables[batch * plan.max_blocks + b];
-    for (int64_t p = 0; p < longest; ++p) {
-      s[b * longest + p] = p < length ? table[p / bs] * bs + p % bs : table[0] * bs;
-      if (p >= length) m[b * longest + p] = kMasked;
-    }
-  }
-  return ops::DecodeBatch(tables, lengths, longest, bs, slots,
-                          mask.view({batch, 1, 1, 1, longest}));
-}
-
 }  // namespace
 
 std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) const {
@@ -508,11 +487,7 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
   at::Tensor row_slots = meta.narrow(0, 2 * batch, batch);
   const at::Tensor tables = tables_and_lens.narrow(0, 0, batch * max_blocks).view({batch, max_blocks});
   const at::Tensor lengths = tables_and_lens.narrow(0, batch * max_blocks, batch);
-  // On the CPU the attention gathers every row's keys: its slot list and padding mask are
-  // cheaper to build here, in one pass over the tables, than as a dozen tensor ops.
-  ops::DecodeBatch rows_batch =
-      device.is_cpu() ? host_gather(plan, tables, lengths)
-                      : ops::DecodeBatch(tables, lengths, plan.longest, plan.block_size);
+  ops::DecodeBatch rows_batch(tables, lengths, plan.longest, plan.block_size);
   at::Tensor h = at::embedding(weights_.embed_tokens, meta.narrow(0, 0, batch));
 
   std::vector<int64_t> active(batch);  // active row -> batch row

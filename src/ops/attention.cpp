@@ -49,13 +49,6 @@ DecodeBatch::DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64
       max_context_(max_context),
       block_size_(block_size) {}
 
-DecodeBatch::DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64_t max_context,
-                         int64_t block_size, at::Tensor gather_slots, at::Tensor padding_mask)
-    : DecodeBatch(std::move(block_tables), std::move(context_lens), max_context, block_size) {
-  gather_slots_ = std::move(gather_slots);
-  padding_mask_ = std::move(padding_mask);
-}
-
 DecodeBatch DecodeBatch::select_rows(const at::Tensor& index) const {
   DecodeBatch rows(block_tables_.index_select(0, index), context_lens_.index_select(0, index),
                    max_context_, block_size_);
@@ -76,22 +69,30 @@ const at::Tensor& DecodeBatch::padding_mask() const {
   return padding_mask_;
 }
 
+// One pass over the (host copies of the) tables: row b's slot of each position [0, max_context),
+// its first slot past its length, and the mask hiding those.
 void DecodeBatch::build_gather() const {
+  const at::Tensor tables = block_tables_.to(at::kCPU, at::kInt).contiguous();
+  const at::Tensor lengths = context_lens_.to(at::kCPU, at::kInt).contiguous();
+  const int64_t rows = tables.size(0), max_blocks = tables.size(1), bs = block_size_;
+  const int64_t longest = max_context_;
+  at::Tensor slots = at::empty({rows, longest}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor mask = at::zeros({rows, longest}, at::TensorOptions().dtype(at::kFloat));
+  const int32_t* t = tables.data_ptr<int32_t>();
+  const int32_t* len = lengths.data_ptr<int32_t>();
+  int64_t* s = slots.data_ptr<int64_t>();
+  float* m = mask.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {
+    const int32_t* table = t + b * max_blocks;
+    for (int64_t p = 0; p < longest; ++p) {
+      const bool valid = p < len[b];
+      s[b * longest + p] = valid ? table[p / bs] * bs + p % bs : table[0] * bs;
+      if (!valid) m[b * longest + p] = -std::numeric_limits<float>::infinity();
+    }
+  }
   const auto device = block_tables_.device();
-  const int64_t rows = block_tables_.size(0);
-  const at::Tensor position =
-      at::arange(max_context_, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
-  const at::Tensor valid = position.lt(context_lens_.to(at::kLong).unsqueeze(1));  // [B, T]
-  const at::Tensor tables = block_tables_.to(at::kLong);
-  const at::Tensor block =
-      tables.gather(1, position.div(block_size_, "floor").expand({rows, -1})
-                           .clamp_max(tables.size(1) - 1));
-  gather_slots_ = at::where(valid, block * block_size_ + position.remainder(block_size_),
-                            tables.select(1, 0).unsqueeze(1) * block_size_);
-  padding_mask_ =
-      at::zeros({rows, max_context_}, at::TensorOptions().dtype(at::kFloat).device(device))
-          .masked_fill_(valid.logical_not(), -std::numeric_limits<float>::infinity())
-          .view({rows, 1, 1, 1, max_context_});
+  gather_slots_ = slots.to(device);
+  padding_mask_ = mask.view({rows, 1, 1, 1, longest}).to(device);
 }
 
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& key_cache,

@@ -27,9 +27,6 @@ class DecodeBatch {
  public:
   DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64_t max_context,
               int64_t block_size);
-  // With the ATen path's gather (see gather_slots()) already built, e.g. on the host.
-  DecodeBatch(at::Tensor block_tables, at::Tensor context_lens, int64_t max_context,
-              int64_t block_size, at::Tensor gather_slots, at::Tensor padding_mask);
 
   // Rows `index` (int64, on the tables' device) of this batch: the rows still running after
   // some left at an exit point. max_context is kept (an upper bound stays valid).
@@ -42,7 +39,8 @@ class DecodeBatch {
 
   // For the ATen implementation: every row's slots of positions [0, max_context) (int64
   // [B, max_context]; past a row's context, its first slot) and the additive float mask
-  // [B, 1, 1, 1, max_context] hiding those. Computed on first use, then reused by each layer.
+  // [B, 1, 1, 1, max_context] hiding those. Built on first use in one pass over host copies of
+  // the tables (a copy from the device when they live there), then reused by each layer.
   const at::Tensor& gather_slots() const;
   const at::Tensor& padding_mask() const;
 
