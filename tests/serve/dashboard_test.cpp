@@ -19,6 +19,7 @@
 
 #include "common/run_command.h"
 #include "serve/daemon_process.h"
+#include "serve/prometheus_server.h"
 
 namespace helios::testing {
 namespace {
@@ -635,21 +636,10 @@ TEST(Dashboard, PrometheusEvaluatesEveryQuery) {
   ASSERT_TRUE(daemon->wait_ready());
   ASSERT_NO_FATAL_FAILURE(drive(*daemon));
 
-  ScratchDir dir("prometheus");
-  const int port = free_port();
-  const auto config = dir.path() / "prometheus.yml";
-  std::ofstream(config) << "global:\n  scrape_interval: 1s\n"
-                        << "scrape_configs:\n  - job_name: helios\n    static_configs:\n"
-                        << "      - targets: ['127.0.0.1:" << daemon->http_port() << "']\n";
-  const auto log = dir.path() / "prometheus.log";
-  const CommandResult started = run_command(
-      "prometheus --config.file='" + config.string() + "' --storage.tsdb.path='" +
-      (dir.path() / "data").string() + "' --web.listen-address=127.0.0.1:" + std::to_string(port) +
-      " > '" + log.string() + "' 2>&1 & echo $!");
-  ASSERT_EQ(started.exit_code, 0) << started.output;
-  const int prometheus_pid = std::stoi(started.output);
+  PrometheusServer prometheus(daemon->http_port());
+  ASSERT_TRUE(prometheus.started()) << prometheus.start_output();
 
-  httplib::Client client("127.0.0.1", port);
+  httplib::Client client = prometheus.client();
   auto query = [&client](const std::string& expr) -> json {
     const auto response = client.Post("/api/v1/query", httplib::Params{{"query", expr}});
     if (!response) return json();
@@ -682,11 +672,10 @@ TEST(Dashboard, PrometheusEvaluatesEveryQuery) {
       }
     }
   }
-  // Stopped, and gone before its storage directory is removed.
-  ::kill(prometheus_pid, SIGTERM);
-  for (int i = 0; i < 100 && ::kill(prometheus_pid, 0) == 0; ++i) std::this_thread::sleep_for(50ms);
+  const std::string prometheus_log = prometheus.log();
+  prometheus.stop();
   ASSERT_TRUE(scraped) << "no three scrapes of the daemon in 60 s; prometheus log:\n"
-                       << (std::filesystem::exists(log) ? helios::read_file(log) : "");
+                       << prometheus_log;
   std::string report;
   for (const std::string& p : problems) report += p + "\n";
   EXPECT_TRUE(problems.empty()) << report;

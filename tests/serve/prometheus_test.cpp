@@ -9,6 +9,7 @@
 
 #include "common/run_command.h"
 #include "serve/daemon_process.h"
+#include "serve/prometheus_server.h"
 
 namespace helios::testing {
 namespace {
@@ -75,22 +76,11 @@ TEST(Metrics, PrometheusScrapesTheDaemon) {
   ASSERT_TRUE(daemon.wait_ready());
   exercise(daemon);
 
-  ScratchDir dir("prometheus");
-  const int port = free_port();
-  const auto config = dir.path() / "prometheus.yml";
-  std::ofstream(config) << "global:\n  scrape_interval: 1s\n"
-                        << "scrape_configs:\n  - job_name: helios\n    static_configs:\n"
-                        << "      - targets: ['127.0.0.1:" << daemon.http_port() << "']\n";
-  const auto log = dir.path() / "prometheus.log";
-  const CommandResult started = run_command(
-      "prometheus --config.file='" + config.string() + "' --storage.tsdb.path='" +
-      (dir.path() / "data").string() + "' --web.listen-address=127.0.0.1:" +
-      std::to_string(port) + " > '" + log.string() + "' 2>&1 & echo $!");
-  ASSERT_EQ(started.exit_code, 0) << started.output;
-  const int prometheus_pid = std::stoi(started.output);
+  PrometheusServer prometheus(daemon.http_port());
+  ASSERT_TRUE(prometheus.started()) << prometheus.start_output();
 
   // Ask Prometheus (not helios) for a helios metric until a scrape has landed.
-  httplib::Client client("127.0.0.1", port);
+  httplib::Client client = prometheus.client();
   std::string body;
   bool found = false;
   const auto until = std::chrono::steady_clock::now() + 60s;
@@ -110,9 +100,8 @@ TEST(Metrics, PrometheusScrapesTheDaemon) {
   }
   // The target is healthy from Prometheus' side too.
   const auto targets = client.Get("/api/v1/targets");
-  ::kill(prometheus_pid, SIGTERM);
-  EXPECT_TRUE(found) << "last answer: " << body << "\nprometheus log:\n"
-                     << (std::filesystem::exists(log) ? helios::read_file(log) : "");
+  EXPECT_TRUE(found) << "last answer: " << body << "\nprometheus log:\n" << prometheus.log();
+  prometheus.stop();
   ASSERT_TRUE(targets);
   EXPECT_NE(targets->body.find("\"health\":\"up\""), std::string::npos) << targets->body;
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
