@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.h"
 #include "helios/common/error.h"
 #include "helios/engine/generator.h"
 #include "helios/kv/kv_cache.h"
@@ -52,10 +53,7 @@ constexpr int64_t kMiB = int64_t{1} << 20;
 constexpr int64_t kBlockSize = 16;
 constexpr int kPrefillRuns = 3;
 
-// Thrown for bad command-line arguments: the message is printed and the exit status is 2.
-struct UsageError {
-  std::string message;
-};
+using helios::bench::UsageError;  // a bad argument: the message is printed, exit status 2
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -240,8 +238,9 @@ int64_t resident_weight_bytes(const ModelConfig& c, int64_t depth, int64_t elt) 
          (table * (c.tie_word_embeddings ? 1 : 2) + c.hidden_size + depth * layer_elements(c));
 }
 
-int64_t kv_bytes_per_position(const ModelConfig& c, int64_t depth, int64_t elt) {
-  return 2 * depth * c.num_key_value_heads * c.head_dim() * elt;
+int64_t kv_bytes_per_position(const ModelConfig& c, int64_t depth, at::ScalarType dtype) {
+  return helios::kv::KvCache::bytes_per_token(
+      helios::kv::KvCacheShape{depth, c.num_key_value_heads, c.head_dim(), kBlockSize}, dtype);
 }
 
 int64_t blocks_for(int64_t positions) {
@@ -272,7 +271,8 @@ StepBytes step_bytes(const ModelConfig& c, const ModelWeights& w, int64_t batch,
   b.lm_head = static_cast<int64_t>(w.lm_head.nbytes());
   const int64_t elt = static_cast<int64_t>(w.embed_tokens.element_size());
   b.embedding_rows = batch * c.hidden_size * elt;
-  const int64_t per_position = kv_bytes_per_position(c, w.loaded_layers(), elt);
+  const int64_t per_position =
+      kv_bytes_per_position(c, w.loaded_layers(), w.embed_tokens.scalar_type());
   b.kv_read = batch * (context + 1) * per_position;
   b.kv_write = batch * per_position;
   return b;
@@ -476,7 +476,7 @@ Depth parse_depth(const std::string& text) {
     used = 0;
   }
   if (used != text.size() || !(f > 0.0) || f > 1.0) {
-    throw UsageError{"--depths: '" + text + "' is neither 'full' nor a fraction in (0, 1]"};
+    throw UsageError("--depths: '" + text + "' is neither 'full' nor a fraction in (0, 1]");
   }
   return Depth{text, f};
 }
@@ -499,9 +499,9 @@ ModelSpec resolve_model(const std::string& item) {
   }
   std::string names;
   for (const auto& name : kShapeNames) names += (names.empty() ? "" : ", ") + name;
-  throw UsageError{"--models: '" + item +
+  throw UsageError("--models: '" + item +
                    "' is neither a model directory (with config.json) nor a known model shape (" +
-                   names + ")"};
+                   names + ")");
 }
 
 std::string gb(int64_t bytes) {
@@ -578,22 +578,22 @@ int main(int argc, char** argv) {
   at::Device device(at::kCPU);
   at::ScalarType dtype = at::kFloat;
   try {
-    if (batches.empty()) throw UsageError{"--batches: give at least one batch size"};
+    if (batches.empty()) throw UsageError("--batches: give at least one batch size");
     for (const int64_t batch : batches) {
-      if (batch <= 0) throw UsageError{fmt::format("--batches: {} is not positive", batch)};
+      if (batch <= 0) throw UsageError(fmt::format("--batches: {} is not positive", batch));
     }
-    if (context <= 0) throw UsageError{fmt::format("--context must be positive, got {}", context)};
-    if (steps <= 0) throw UsageError{fmt::format("--steps must be positive, got {}", steps)};
-    if (warmup < 0) throw UsageError{fmt::format("--warmup must be >= 0, got {}", warmup)};
+    if (context <= 0) throw UsageError(fmt::format("--context must be positive, got {}", context));
+    if (steps <= 0) throw UsageError(fmt::format("--steps must be positive, got {}", steps));
+    if (warmup < 0) throw UsageError(fmt::format("--warmup must be >= 0, got {}", warmup));
     if (prefill_tokens && *prefill_tokens < 0) {
-      throw UsageError{fmt::format("--prefill-tokens must be >= 0, got {}", *prefill_tokens)};
+      throw UsageError(fmt::format("--prefill-tokens must be >= 0, got {}", *prefill_tokens));
     }
-    if (peak_gbps && !(*peak_gbps > 0.0)) throw UsageError{"--peak-gbps must be positive"};
-    if (max_gib && !(*max_gib > 0.0)) throw UsageError{"--max-gib must be positive"};
-    if (threads < 0) throw UsageError{"--threads must be >= 0"};
+    if (peak_gbps && !(*peak_gbps > 0.0)) throw UsageError("--peak-gbps must be positive");
+    if (max_gib && !(*max_gib > 0.0)) throw UsageError("--max-gib must be positive");
+    if (threads < 0) throw UsageError("--threads must be >= 0");
     if (device_text == "cuda") {
       if (!at::hasCUDA()) {
-        throw UsageError{"--device cuda: this build of ATen has no CUDA device available"};
+        throw UsageError("--device cuda: this build of ATen has no CUDA device available");
       }
       device = at::Device(at::kCUDA, 0);
     }
@@ -602,11 +602,11 @@ int main(int argc, char** argv) {
             : dtype_text == "float16" ? at::kHalf
                                       : at::kFloat;
     for (const auto& text : depth_texts) depths.push_back(parse_depth(text));
-    if (depths.empty()) throw UsageError{"--depths: give at least one depth"};
+    if (depths.empty()) throw UsageError("--depths: give at least one depth");
     for (const auto& item : model_items) models.push_back(resolve_model(item));
-    if (models.empty()) throw UsageError{"--models: give at least one model"};
+    if (models.empty()) throw UsageError("--models: give at least one model");
   } catch (const UsageError& e) {
-    fmt::print(stderr, "roofline: {}\n", e.message);
+    fmt::print(stderr, "roofline: {}\n", e.what());
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "roofline: {}\n", message_of(e));
@@ -697,7 +697,7 @@ int main(int argc, char** argv) {
       std::vector<int64_t> fitting;
       for (const int64_t batch : batches) {
         const int64_t kv = batch * blocks_for(context + steps + 1) * kBlockSize *
-                           kv_bytes_per_position(c, layers, elt);
+                           kv_bytes_per_position(c, layers, dtype);
         const int64_t need = weight_bytes + kv + decode_workspace(c, batch, context, elt);
         if (need > budget) {
           note(spec.label,
@@ -712,7 +712,7 @@ int main(int argc, char** argv) {
       bool run_prefill = tokens > 0;
       if (run_prefill) {
         const int64_t need =
-            weight_bytes + blocks_for(tokens) * kBlockSize * kv_bytes_per_position(c, layers, elt) +
+            weight_bytes + blocks_for(tokens) * kBlockSize * kv_bytes_per_position(c, layers, dtype) +
             prefill_workspace(c, tokens, elt);
         if (need > budget) {
           note(spec.label,
