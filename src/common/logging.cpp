@@ -15,7 +15,8 @@ namespace {
 
 std::atomic<Format> g_format{Format::kText};
 
-// Marks a payload that is an event's JSON object (a plain message never starts with it).
+// Marks a payload that is an event's serialized JSON object (a plain message never starts
+// with it): the formatter splices it after ts and level instead of parsing it again.
 constexpr char kEventMark = '\x1e';
 
 std::string iso8601_utc(std::chrono::system_clock::time_point t) {
@@ -38,24 +39,21 @@ std::string iso8601_utc(std::chrono::system_clock::time_point t) {
 class JsonFormatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    nlohmann::ordered_json line;
-    line["ts"] = iso8601_utc(msg.time);
     const auto level = spdlog::level::to_string_view(msg.level);
-    line["level"] = std::string(level.data(), level.size());
+    // Neither the timestamp nor a level name holds a character JSON escapes.
+    std::string line = "{\"ts\":\"" + iso8601_utc(msg.time) + "\",\"level\":\"" +
+                       std::string(level.data(), level.size()) + "\",";
     const std::string_view payload(msg.payload.data(), msg.payload.size());
-    nlohmann::ordered_json fields;
-    if (!payload.empty() && payload.front() == kEventMark) {
-      fields = nlohmann::ordered_json::parse(payload.substr(1), nullptr, /*allow_exceptions=*/false);
-    }
-    if (fields.is_object()) {
-      for (auto& [key, value] : fields.items()) line[key] = std::move(value);
+    if (payload.size() > 2 && payload.front() == kEventMark) {
+      line += payload.substr(2);  // the event's object without its opening brace
     } else {
-      line["msg"] = std::string(payload);
+      // Invalid UTF-8 in a message (a client's text) is replaced rather than thrown on.
+      line += "\"msg\":" +
+              nlohmann::json(std::string(payload))
+                  .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+              "}";
     }
-    // Invalid UTF-8 in a message (a client's text) is replaced rather than thrown on.
-    const std::string text =
-        line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-    dest.append(text.data(), text.data() + text.size());
+    dest.append(line.data(), line.data() + line.size());
     dest.push_back('\n');
   }
   std::unique_ptr<spdlog::formatter> clone() const override {

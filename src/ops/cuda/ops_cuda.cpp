@@ -86,8 +86,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
   same_device(x, weight, op, "weight");
   const int64_t cols = x.size(-1);
-  const at::Tensor rows_view = x.dim() == 2 && packed_rows(x) ? x : x.reshape({-1, cols});
-  const at::Tensor input = packed_rows(rows_view) ? rows_view : rows_view.contiguous();
+  // reshape keeps a strided [rows, cols] view as it is; only unpacked rows are copied.
+  at::Tensor input = x.reshape({-1, cols});
+  if (!packed_rows(input)) input = input.contiguous();
   const at::Tensor w = weight.to(x.scalar_type()).contiguous();
   require(w.numel() == cols, op, "weight has " + std::to_string(w.numel()) + " elements, x rows " +
                                      std::to_string(cols));
