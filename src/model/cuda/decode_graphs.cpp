@@ -13,23 +13,24 @@
 #include <tuple>
 #include <vector>
 
+#include "paged_attention.cuh"
+
 namespace helios::model {
 namespace {
 
 constexpr int64_t kMaxGraphRows = 128;
-constexpr int64_t kMinContextBucket = 256;
 
-int64_t row_bucket(int64_t rows) {
-  int64_t bucket = 1;
-  while (bucket < rows) bucket *= 2;
+// The smallest power of two that is >= both n and `at_least` (a power of two).
+int64_t pow2_bucket(int64_t n, int64_t at_least = 1) {
+  int64_t bucket = at_least;
+  while (bucket < n) bucket *= 2;
   return bucket;
 }
 
-int64_t context_bucket(int64_t longest) {
-  int64_t bucket = kMinContextBucket;
-  while (bucket < longest) bucket *= 2;
-  return bucket;
-}
+int64_t row_bucket(int64_t rows) { return pow2_bucket(rows); }
+
+// At least one attention partition, so short contexts share one bucket.
+int64_t context_bucket(int64_t longest) { return pow2_bucket(longest, kernels::kPartitionTokens); }
 
 at::Tensor index_tensor(const std::vector<int64_t>& values, const at::Device& device) {
   return at::tensor(values, at::TensorOptions().dtype(at::kLong)).to(device);
