@@ -431,8 +431,7 @@ void Transformer::run_layers(int64_t begin, int64_t end, at::Tensor& h,
 at::Tensor Transformer::exit_confidence(const at::Tensor& h, const ExitPolicy& policy,
                                         at::Tensor& logits) const {
   logits = exit_logits(h);
-  return confidence_of(ops::exit_head_stats(logits, policy.metric == ConfidenceMetric::kEntropy),
-                       policy.metric, config_.vocab_size);
+  return confidence(logits, policy.metric);
 }
 
 ExitSplit Transformer::take_exits(StepOutput& out, std::vector<int64_t>& active,
