@@ -1,6 +1,7 @@
 // Pieces the bench tools share: errors that end a tool with one line, UTF-8 checks, word-boundary
 // text slices, Prometheus scraping and percentile summaries. Only the standard library, fmt,
-// httplib and nlohmann/json: the tools talk to helios over the wire and do not link helios_core.
+// httplib, nlohmann/json and helios/common/cli_errors.h: the tools talk to helios over the wire
+// and do not link helios_core.
 #pragma once
 
 #include <chrono>
@@ -15,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+#include "helios/common/cli_errors.h"
+
 namespace helios::bench {
 
 using Clock = std::chrono::steady_clock;
@@ -24,10 +27,8 @@ struct Fatal : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A bad combination of flags: one line on stderr and exit status 2, like CLI11's own errors.
-struct UsageError : Fatal {
-  using Fatal::Fatal;
-};
+// A bad combination of flags: one line on stderr and exit status 2 (helios::run_cli).
+using helios::UsageError;
 
 bool valid_utf8(std::string_view s);
 bool is_space(char c);

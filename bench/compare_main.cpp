@@ -5,10 +5,10 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
-#include <cstdio>
 #include <fstream>
 
 #include "bench_common.h"
+#include "helios/common/cli_errors.h"
 #include "replay.h"
 #include "report.h"
 #include "workload.h"
@@ -64,8 +64,8 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--plots", report_options.plots_dir, "directory for data + PNGs");
   report_cmd->add_option("--markdown", report_options.markdown, "the tables as Markdown");
 
-  CLI11_PARSE(app, argc, argv);
-  try {
+  const helios::CliErrorStyle style{.prefix = "helios_compare", .one_line_parse_errors = false};
+  return helios::run_cli(app, argc, argv, style, [&] {
     if (*make) {
       spec.data_dir = data_dir;
       for (const std::string& p : phases) spec.phases.push_back(parse_phase(p));
@@ -84,12 +84,6 @@ int main(int argc, char** argv) {
       const nlohmann::json result = make_report(report_options);
       fmt::print("{}", format_report(result));
     }
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "helios_compare: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "helios_compare: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -12,8 +12,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "helios/common/cli_errors.h"
+#include "helios/common/error.h"
 #include "helios/common/files.h"
-#include "helios/engine/generator.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/model_instance.h"
 
 namespace {
@@ -64,10 +66,7 @@ Measurement measure(const ModelInstance& instance, const std::vector<int32_t>& t
   return Measurement{tokens / seconds, exit_sum / tokens};
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"helios decode benchmark"};
+struct Args {
   std::filesystem::path zoo;
   std::vector<std::filesystem::path> models;
   std::filesystem::path text_file;
@@ -76,47 +75,37 @@ int main(int argc, char** argv) {
   int64_t repeats = 3;
   double threshold = helios::model::kDefaultExitThreshold;
   std::filesystem::path json_out;
-  app.add_option("--zoo", zoo, "Directory whose subdirectories are models");
-  app.add_option("--model", models, "Model directory (repeatable)");
-  app.add_option("--text", text_file, "Text the prompts are cut from")
-      ->required()
-      ->check(CLI::ExistingFile);
-  app.add_option("--batch", batches, "Batch sizes")->delimiter(',')->capture_default_str();
-  app.add_option("--steps", steps, "Decode steps timed per run")->capture_default_str();
-  app.add_option("--repeats", repeats, "Runs per figure; the fastest is kept (noisy machines)")
-      ->capture_default_str();
-  app.add_option("--threshold", threshold, "Exit threshold with early exit on")
-      ->capture_default_str();
-  app.add_option("--json", json_out, "Also write the results as JSON to this file");
-  CLI11_PARSE(app, argc, argv);
-  if (!zoo.empty()) {
-    for (const auto& entry : std::filesystem::directory_iterator(zoo)) {
-      if (std::filesystem::exists(entry.path() / "config.json")) models.push_back(entry.path());
+};
+
+int run(Args args) {
+  namespace fs = std::filesystem;
+  if (!args.zoo.empty()) {
+    for (const auto& entry : fs::directory_iterator(args.zoo)) {
+      if (fs::exists(entry.path() / "config.json")) args.models.push_back(entry.path());
     }
   }
-  std::sort(models.begin(), models.end());
-  if (models.empty()) {
-    fmt::print(stderr, "decode_bench: no models (give --zoo or --model)\n");
-    return 1;
+  std::sort(args.models.begin(), args.models.end());
+  if (args.models.empty()) {
+    throw helios::Error(helios::ErrorCode::kInvalidArgument, "no models (give --zoo or --model)");
   }
-  const std::string text = helios::read_file(text_file);
+  const std::string text = helios::read_file(args.text_file);
 
   nlohmann::json results = nlohmann::json::array();
   // ATen's own ops run on get_num_threads() threads; matmuls run on the BLAS library's threads.
   fmt::print("ATen threads: {}, {} decode steps per run, best of {} runs\n", at::get_num_threads(),
-             steps, repeats);
+             args.steps, args.repeats);
   fmt::print("{:<16} {:>6} {:>16} {:>16} {:>10} {:>10}\n", "model", "batch", "EE off tok/s",
              "EE on tok/s", "speed-up", "mean exit");
-  for (const auto& dir : models) {
+  for (const auto& dir : args.models) {
     const auto instance = ModelInstance::load(dir);
     const std::vector<int32_t> ids = instance->tokenizer().encode(text.substr(0, 1 << 20));
-    for (const int64_t batch : batches) {
+    for (const int64_t batch : args.batches) {
       measure(*instance, ids, batch, 4, 2.0);  // warm-up: allocator and thread pool
       // Off and on alternate, so that a slow spell of the machine hits both alike.
       Measurement off, on;
-      for (int64_t r = 0; r < repeats; ++r) {
-        const Measurement a = measure(*instance, ids, batch, steps, 2.0);
-        const Measurement b = measure(*instance, ids, batch, steps, threshold);
+      for (int64_t r = 0; r < args.repeats; ++r) {
+        const Measurement a = measure(*instance, ids, batch, args.steps, 2.0);
+        const Measurement b = measure(*instance, ids, batch, args.steps, args.threshold);
         if (a.tokens_per_second > off.tokens_per_second) off = a;
         if (b.tokens_per_second > on.tokens_per_second) on = b;
       }
@@ -129,9 +118,30 @@ int main(int argc, char** argv) {
                          {"tokens_per_second_ee_off", off.tokens_per_second},
                          {"tokens_per_second_ee_on", on.tokens_per_second},
                          {"mean_exit_layer_ee_on", on.mean_exit_layer},
-                         {"threshold", threshold}});
+                         {"threshold", args.threshold}});
     }
   }
-  if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << "\n";
+  if (!args.json_out.empty()) std::ofstream(args.json_out) << results.dump(2) << "\n";
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"helios decode benchmark"};
+  Args args;
+  app.add_option("--zoo", args.zoo, "Directory whose subdirectories are models");
+  app.add_option("--model", args.models, "Model directory (repeatable)");
+  app.add_option("--text", args.text_file, "Text the prompts are cut from")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--batch", args.batches, "Batch sizes")->delimiter(',')->capture_default_str();
+  app.add_option("--steps", args.steps, "Decode steps timed per run")->capture_default_str();
+  app.add_option("--repeats", args.repeats, "Runs per figure; the fastest is kept (noisy machines)")
+      ->capture_default_str();
+  app.add_option("--threshold", args.threshold, "Exit threshold with early exit on")
+      ->capture_default_str();
+  app.add_option("--json", args.json_out, "Also write the results as JSON to this file");
+  const helios::CliErrorStyle style{.prefix = "decode_bench", .one_line_parse_errors = false};
+  return helios::run_cli(app, argc, argv, style, [&] { return run(args); });
 }

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "bench_common.h"
+#include "helios/common/cli_errors.h"
 #include "stream_call.h"
 #include "helios/v1/admin.grpc.pb.h"
 #include "helios/v1/inference.grpc.pb.h"
@@ -382,35 +383,44 @@ MetricDeltas metric_deltas(const MetricSamples& before, const MetricSamples& aft
   return d;
 }
 
-struct Report {
-  json data;
-  std::string text;
+// What the measured run observed besides the server's own description: the client's samples,
+// the status polls and the deltas of the server's /metrics.
+struct Observed {
+  const Run::Result& result;
+  const StatusPoller& poller;
+  std::optional<MetricDeltas> metrics{};
+  std::string metrics_error{};  // why the metrics are absent although --metrics-url was given
 };
 
-Report make_report(const Options& options, const pb::GetStatusResponse& server,
-                   const PromptSource& prompts, const Run::Result& result,
-                   const StatusPoller& poller, const std::optional<MetricDeltas>& metrics,
-                   const std::string& metrics_error) {
-  std::vector<double> ttft, tpot, e2e;
+// The requests' own figures: latencies and tokens of the ok ones, the failures by kind.
+struct RequestStats {
   int64_t ok = 0;
-  uint64_t completion_tokens = 0;
+  int64_t failed = 0;
   uint64_t prompt_tokens = 0;
-  double exit_weighted = 0.0;
-  uint64_t exit_tokens = 0;
+  uint64_t completion_tokens = 0;
   std::map<std::string, int64_t> failures;
   std::map<std::string, std::string> failure_example;
+  Summary ttft, tpot, e2e;
+  std::optional<double> request_rate, token_rate, mean_exit;
+};
+
+RequestStats request_stats(const Run::Result& result) {
+  RequestStats r;
+  std::vector<double> ttft, tpot, e2e;
+  double exit_weighted = 0.0;
+  uint64_t exit_tokens = 0;
   for (const auto& s : result.samples) {
     if (!s.ok()) {
       const std::string key = failure_key(s);
-      ++failures[key];
-      if (!failure_example.count(key)) failure_example[key] = s.error;
+      ++r.failures[key];
+      if (!r.failure_example.count(key)) r.failure_example[key] = s.error;
       continue;
     }
-    ++ok;
+    ++r.ok;
     e2e.push_back(ms(s.finished - s.sent));
     if (s.has_first_token) ttft.push_back(ms(s.first_token - s.sent));
-    completion_tokens += s.completion_tokens;
-    prompt_tokens += s.prompt_tokens;
+    r.completion_tokens += s.completion_tokens;
+    r.prompt_tokens += s.prompt_tokens;
     if (s.has_first_token && s.completion_tokens >= 2) {
       tpot.push_back(ms(s.last_token - s.first_token) / (s.completion_tokens - 1));
     }
@@ -419,18 +429,32 @@ Report make_report(const Options& options, const pb::GetStatusResponse& server,
       exit_tokens += s.completion_tokens;
     }
   }
-  const auto failed = static_cast<int64_t>(result.samples.size()) - ok;
-  const double wall = result.wall_seconds;
-  std::optional<double> request_rate, token_rate, mean_exit;
-  if (wall > 0) {
-    request_rate = static_cast<double>(ok) / wall;
-    token_rate = static_cast<double>(completion_tokens) / wall;
+  r.failed = static_cast<int64_t>(result.samples.size()) - r.ok;
+  if (result.wall_seconds > 0) {
+    r.request_rate = static_cast<double>(r.ok) / result.wall_seconds;
+    r.token_rate = static_cast<double>(r.completion_tokens) / result.wall_seconds;
   }
-  if (exit_tokens > 0) mean_exit = exit_weighted / static_cast<double>(exit_tokens);
-  const Summary ttft_s = summarize(ttft), tpot_s = summarize(tpot), e2e_s = summarize(e2e);
+  if (exit_tokens > 0) r.mean_exit = exit_weighted / static_cast<double>(exit_tokens);
+  r.ttft = summarize(ttft);
+  r.tpot = summarize(tpot);
+  r.e2e = summarize(e2e);
+  return r;
+}
 
-  Report report;
-  json& j = report.data;
+json metrics_json(const std::optional<MetricDeltas>& metrics) {
+  if (!metrics) return nullptr;
+  return {{"engine_step_seconds", to_json(metrics->step_seconds)},
+          {"model_forward_seconds", to_json(metrics->forward_seconds)},
+          {"engine_steps", to_json(metrics->steps)},
+          {"outside_forward_share", to_json(metrics->outside_forward_share)},
+          {"mean_batch_size", to_json(metrics->mean_batch_size)}};
+}
+
+json report_json(const Options& options, const pb::GetStatusResponse& server,
+                 const PromptSource& prompts, const Observed& observed, const RequestStats& r) {
+  const Run::Result& result = observed.result;
+  const StatusPoller& poller = observed.poller;
+  json j;
   j["mode"] = options.open_loop() ? "rate" : "concurrency";
   j["rate"] = options.open_loop() ? json(options.rate) : json(nullptr);
   j["concurrency"] = options.open_loop() ? json(nullptr) : json(options.concurrency);
@@ -449,22 +473,22 @@ Report make_report(const Options& options, const pb::GetStatusResponse& server,
       {"timeout_s", options.timeout},
       {"prompts", prompts.describe()}};
   json by_status = json::object();
-  for (const auto& [key, n] : failures) {
-    by_status[key] = {{"count", n}, {"example_error", failure_example[key]}};
+  for (const auto& [key, n] : r.failures) {
+    by_status[key] = {{"count", n}, {"example_error", r.failure_example.at(key)}};
   }
   j["requests"] = {{"sent", result.samples.size()},
-                   {"ok", ok},
-                   {"failed", failed},
+                   {"ok", r.ok},
+                   {"failed", r.failed},
                    {"failed_by_status", by_status}};
-  j["wall_time_s"] = wall;
-  j["request_throughput_rps"] = to_json(request_rate);
-  j["output_token_throughput_tps"] = to_json(token_rate);
-  j["prompt_tokens"] = prompt_tokens;
-  j["completion_tokens"] = completion_tokens;
-  j["ttft_ms"] = to_json(ttft_s);
-  j["tpot_ms"] = to_json(tpot_s);
-  j["e2e_ms"] = to_json(e2e_s);
-  j["mean_exit_layer"] = to_json(mean_exit);
+  j["wall_time_s"] = result.wall_seconds;
+  j["request_throughput_rps"] = to_json(r.request_rate);
+  j["output_token_throughput_tps"] = to_json(r.token_rate);
+  j["prompt_tokens"] = r.prompt_tokens;
+  j["completion_tokens"] = r.completion_tokens;
+  j["ttft_ms"] = to_json(r.ttft);
+  j["tpot_ms"] = to_json(r.tpot);
+  j["e2e_ms"] = to_json(r.e2e);
+  j["mean_exit_layer"] = to_json(r.mean_exit);
   j["client"] = {{"max_in_flight", result.max_in_flight},
                  {"max_arrival_lag_ms",
                   options.open_loop() ? json(result.max_arrival_lag_ms) : json(nullptr)}};
@@ -473,42 +497,64 @@ Report make_report(const Options& options, const pb::GetStatusResponse& server,
                         {"max_kv_usage", to_json(poller.max_kv_usage)},
                         {"polls", poller.polls},
                         {"poll_failures", poller.failures}};
-  if (metrics) {
-    j["server_metrics"] = {{"engine_step_seconds", to_json(metrics->step_seconds)},
-                           {"model_forward_seconds", to_json(metrics->forward_seconds)},
-                           {"engine_steps", to_json(metrics->steps)},
-                           {"outside_forward_share", to_json(metrics->outside_forward_share)},
-                           {"mean_batch_size", to_json(metrics->mean_batch_size)}};
-  } else {
-    j["server_metrics"] = nullptr;
-  }
+  j["server_metrics"] = metrics_json(observed.metrics);
+  return j;
+}
 
-  std::string& t = report.text;
+// The report's closing lines: the server's engine counters over the run, or why they are absent.
+std::string metrics_text(const Observed& observed) {
+  const std::optional<MetricDeltas>& metrics = observed.metrics;
+  if (!metrics) {
+    if (observed.metrics_error.empty()) return {};
+    return fmt::format("server metrics  absent: {}\n", observed.metrics_error);
+  }
+  std::optional<double> ms_per_step;
+  if (metrics->step_seconds && metrics->steps && *metrics->steps > 0) {
+    ms_per_step = *metrics->step_seconds * 1000.0 / *metrics->steps;
+  }
+  std::string t = "server metrics  (deltas over the measured run)\n";
+  t += fmt::format("  engine steps          {}\n", show(metrics->steps, "{:.0f}"));
+  t += fmt::format("  engine step time      {}", show(metrics->step_seconds, "{:.3f} s"));
+  t += ms_per_step ? fmt::format(" ({:.3f} ms/step)\n", *ms_per_step) : "\n";
+  t += fmt::format("  model forward time    {}\n", show(metrics->forward_seconds, "{:.3f} s"));
+  std::optional<double> outside_percent;
+  if (metrics->outside_forward_share) outside_percent = *metrics->outside_forward_share * 100;
+  t += fmt::format("  outside forward       {}\n", show(outside_percent, "{:.1f}% of step time"));
+  t += fmt::format("  mean batch size       {}\n", show(metrics->mean_batch_size));
+  return t;
+}
+
+std::string report_text(const Options& options, const pb::GetStatusResponse& server,
+                        const PromptSource& prompts, const Observed& observed,
+                        const RequestStats& r) {
+  const Run::Result& result = observed.result;
+  const StatusPoller& poller = observed.poller;
   const std::string mode =
       options.open_loop()
           ? fmt::format("rate {:.2f} req/s (Poisson arrivals, seed {})", options.rate, options.seed)
           : fmt::format("concurrency {} (closed loop)", options.concurrency);
-  t += fmt::format("helios loadgen: {}\n", mode);
+  std::string t = fmt::format("helios loadgen: {}\n", mode);
   t += fmt::format("  server        {} ({}, model {}, exit threshold {})\n", options.address,
                    server.version(), server.model().name(), server.exit_threshold());
   t += fmt::format("  settings      max_tokens {}, temperature {}, warmup {}, timeout {} s\n",
                    options.max_tokens, options.temperature, options.warmup, options.timeout);
   t += fmt::format("  prompts       {}\n", prompts.describe());
-  t +=
-      fmt::format("requests        sent {}, ok {}, failed {}\n", result.samples.size(), ok, failed);
-  for (const auto& [key, n] : failures) {
-    t += fmt::format("  {:<20} {} (e.g. \"{}\")\n", key, n, failure_example[key]);
+  t += fmt::format("requests        sent {}, ok {}, failed {}\n", result.samples.size(), r.ok,
+                   r.failed);
+  for (const auto& [key, n] : r.failures) {
+    t += fmt::format("  {:<20} {} (e.g. \"{}\")\n", key, n, r.failure_example.at(key));
   }
-  t += fmt::format("wall time       {:.3f} s (first send to last completion)\n", wall);
-  t += fmt::format("throughput      {}, {}\n", show(request_rate, "{:.2f} req/s"),
-                   show(token_rate, "{:.1f} output tokens/s"));
-  t += fmt::format("tokens          {} prompt, {} completion (ok requests)\n", prompt_tokens,
-                   completion_tokens);
-  t += fmt::format("TTFT (ms)       {}\n", show(ttft_s));
-  t += fmt::format("TPOT (ms)       {}\n", show(tpot_s));
-  t += fmt::format("E2E (ms)        {}\n", show(e2e_s));
+  t += fmt::format("wall time       {:.3f} s (first send to last completion)\n",
+                   result.wall_seconds);
+  t += fmt::format("throughput      {}, {}\n", show(r.request_rate, "{:.2f} req/s"),
+                   show(r.token_rate, "{:.1f} output tokens/s"));
+  t += fmt::format("tokens          {} prompt, {} completion (ok requests)\n", r.prompt_tokens,
+                   r.completion_tokens);
+  t += fmt::format("TTFT (ms)       {}\n", show(r.ttft));
+  t += fmt::format("TPOT (ms)       {}\n", show(r.tpot));
+  t += fmt::format("E2E (ms)        {}\n", show(r.e2e));
   t += fmt::format("exit layer      mean {}\n",
-                   show(mean_exit, "{:.2f} (weighted by completion tokens)"));
+                   show(r.mean_exit, "{:.2f} (weighted by completion tokens)"));
   t += fmt::format("client          max in flight {}", result.max_in_flight);
   if (options.open_loop()) {
     t += fmt::format(", max arrival lag {:.2f} ms", result.max_arrival_lag_ms);
@@ -520,24 +566,19 @@ Report make_report(const Options& options, const pb::GetStatusResponse& server,
       poller.max_running, poller.max_waiting,
       poller.max_kv_usage ? fmt::format("{:.1f}%", *poller.max_kv_usage * 100) : "absent",
       poller.polls, poller.failures);
-  if (metrics) {
-    std::optional<double> ms_per_step;
-    if (metrics->step_seconds && metrics->steps && *metrics->steps > 0) {
-      ms_per_step = *metrics->step_seconds * 1000.0 / *metrics->steps;
-    }
-    t += "server metrics  (deltas over the measured run)\n";
-    t += fmt::format("  engine steps          {}\n", show(metrics->steps, "{:.0f}"));
-    t += fmt::format("  engine step time      {}", show(metrics->step_seconds, "{:.3f} s"));
-    t += ms_per_step ? fmt::format(" ({:.3f} ms/step)\n", *ms_per_step) : "\n";
-    t += fmt::format("  model forward time    {}\n", show(metrics->forward_seconds, "{:.3f} s"));
-    std::optional<double> outside_percent;
-    if (metrics->outside_forward_share) outside_percent = *metrics->outside_forward_share * 100;
-    t += fmt::format("  outside forward       {}\n", show(outside_percent, "{:.1f}% of step time"));
-    t += fmt::format("  mean batch size       {}\n", show(metrics->mean_batch_size));
-  } else if (!metrics_error.empty()) {
-    t += fmt::format("server metrics  absent: {}\n", metrics_error);
-  }
-  return report;
+  return t + metrics_text(observed);
+}
+
+struct Report {
+  json data;
+  std::string text;
+};
+
+Report make_report(const Options& options, const pb::GetStatusResponse& server,
+                   const PromptSource& prompts, const Observed& observed) {
+  const RequestStats stats = request_stats(observed.result);
+  return {report_json(options, server, prompts, observed, stats),
+          report_text(options, server, prompts, observed, stats)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -642,19 +683,17 @@ int run_main(const Options& options) {
   const Run::Result result = run.run(count, duration);
   poller.stop();
 
-  std::optional<MetricDeltas> metrics;
-  std::string metrics_error;
+  Observed observed{result, poller};
   if (metrics_endpoint) {
     try {
-      metrics = metric_deltas(metrics_before, fetch_metrics(*metrics_endpoint));
+      observed.metrics = metric_deltas(metrics_before, fetch_metrics(*metrics_endpoint));
     } catch (const Fatal& e) {
       // The run itself is still worth reporting; the server metrics are then absent.
-      metrics_error = e.what();
+      observed.metrics_error = e.what();
     }
   }
 
-  const Report report =
-      make_report(options, server, prompts, result, poller, metrics, metrics_error);
+  const Report report = make_report(options, server, prompts, observed);
   fmt::print("{}", report.text);
   std::fflush(stdout);
   if (!options.json_file.empty()) {
@@ -709,29 +748,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--json", options.json_file, "Also write the report as JSON to this file");
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "helios_loadgen: error: {}\n", e.what());
-    return 2;
-  }
-  options.requests_given = requests->count() > 0;
-  options.duration_given = duration->count() > 0;
-  try {
+  // A parse error is one line and exits 2, like a UsageError.
+  const helios::CliErrorStyle style{.prefix = "helios_loadgen: error", .parse_error_status = 2};
+  return helios::run_cli(app, argc, argv, style, [&] {
+    options.requests_given = requests->count() > 0;
+    options.duration_given = duration->count() > 0;
     validate(options, rate->count() > 0, concurrency->count() > 0);
     return run_main(options);
-  } catch (const UsageError& e) {
-    fmt::print(stderr, "helios_loadgen: error: {}\n", e.what());
-    return 2;
-  } catch (const Fatal& e) {
-    fmt::print(stderr, "helios_loadgen: error: {}\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "helios_loadgen: error: {}\n", e.what());
-    return 1;
-  }
+  });
 }

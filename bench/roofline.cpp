@@ -32,8 +32,10 @@
 #include <vector>
 
 #include "bench_common.h"
+#include "helios/common/cli_errors.h"
+#include "helios/common/dtype.h"
 #include "helios/common/error.h"
-#include "helios/engine/generator.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/kv/kv_cache.h"
 #include "helios/model/checkpoint.h"
 #include "helios/model/config.h"
@@ -44,6 +46,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using helios::dtype_name;
+using helios::DtypeSpelling;
+using helios::parse_dtype;
+using helios::UsageError;  // a bad argument: the message is printed, exit status 2
+using helios::bench::Fatal;
+using helios::engine::blocks_for_tokens;
+using helios::engine::ModelFootprint;
 using helios::model::ModelConfig;
 using helios::model::ModelWeights;
 using helios::model::Transformer;
@@ -52,8 +61,6 @@ constexpr int64_t kGiB = int64_t{1} << 30;
 constexpr int64_t kMiB = int64_t{1} << 20;
 constexpr int64_t kBlockSize = 16;
 constexpr int kPrefillRuns = 3;
-
-using helios::bench::UsageError;  // a bad argument: the message is printed, exit status 2
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -77,15 +84,6 @@ std::string message_of(const std::exception& e) {
     return error->what_without_backtrace();
   }
   return e.what();
-}
-
-std::string dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return std::string(c10::toString(dtype));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,34 +216,8 @@ class ModelHolder {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Byte and FLOP accounting
-
-// Elements of one layer's nine tensors (norms, attention and MLP projections).
-int64_t layer_elements(const ModelConfig& c) {
-  int64_t total = 0;
-  for (const auto& spec : helios::model::layer_tensor_specs(c, 0)) {
-    int64_t n = 1;
-    for (const int64_t d : spec.shape) n *= d;
-    total += n;
-  }
-  return total;
-}
-
-// Resident weight bytes of a load to `depth` layers (the guard's estimate, before loading).
-int64_t resident_weight_bytes(const ModelConfig& c, int64_t depth, int64_t elt) {
-  const int64_t table = c.vocab_size * c.hidden_size;
-  return elt *
-         (table * (c.tie_word_embeddings ? 1 : 2) + c.hidden_size + depth * layer_elements(c));
-}
-
-int64_t kv_bytes_per_position(const ModelConfig& c, int64_t depth, at::ScalarType dtype) {
-  return helios::kv::KvCache::bytes_per_token(
-      helios::kv::KvCacheShape{depth, c.num_key_value_heads, c.head_dim(), kBlockSize}, dtype);
-}
-
-int64_t blocks_for(int64_t positions) {
-  return (positions + kBlockSize - 1) / kBlockSize;
-}
+// Byte and FLOP accounting. Resident weights and KV cache are engine::ModelFootprint's figures,
+// the ones the server plans its memory with.
 
 // Bytes a decode step of the batch must move at least: every weight of the loaded layers, the
 // final norm and the LM head once, the batch's embedding rows, each row's cached keys and
@@ -262,7 +234,8 @@ struct StepBytes {
   }
 };
 
-StepBytes step_bytes(const ModelConfig& c, const ModelWeights& w, int64_t batch, int64_t context) {
+StepBytes step_bytes(const ModelFootprint& footprint, const ModelConfig& c, const ModelWeights& w,
+                     int64_t batch, int64_t context) {
   StepBytes b;
   for (const auto& layer : w.layers) {
     for (const at::Tensor& t : layer.tensors()) b.layer_weights += static_cast<int64_t>(t.nbytes());
@@ -271,8 +244,7 @@ StepBytes step_bytes(const ModelConfig& c, const ModelWeights& w, int64_t batch,
   b.lm_head = static_cast<int64_t>(w.lm_head.nbytes());
   const int64_t elt = static_cast<int64_t>(w.embed_tokens.element_size());
   b.embedding_rows = batch * c.hidden_size * elt;
-  const int64_t per_position =
-      kv_bytes_per_position(c, w.loaded_layers(), w.embed_tokens.scalar_type());
+  const int64_t per_position = footprint.kv_bytes_per_token(w.loaded_layers());
   b.kv_read = batch * (context + 1) * per_position;
   b.kv_write = batch * per_position;
   return b;
@@ -280,9 +252,10 @@ StepBytes step_bytes(const ModelConfig& c, const ModelWeights& w, int64_t batch,
 
 // Prefill FLOPs of T tokens: the loaded layers' matmuls, causal attention (QK^T and PV over
 // the T(T+1)/2 visible pairs), and the LM head at the last position.
-double prefill_flops(const ModelConfig& c, int64_t depth, int64_t tokens) {
+double prefill_flops(const ModelConfig& c, const ModelFootprint& footprint, int64_t element_size,
+                     int64_t depth, int64_t tokens) {
   const double t = static_cast<double>(tokens);
-  const double params = static_cast<double>(depth * layer_elements(c));
+  const double params = static_cast<double>(depth * (footprint.layer_bytes / element_size));
   const double attention = 2.0 * 2.0 * static_cast<double>(depth * c.num_attention_heads) *
                            static_cast<double>(c.head_dim()) * t * (t + 1.0) / 2.0;
   return 2.0 * params * t + attention +
@@ -490,12 +463,17 @@ ModelSpec resolve_model(const std::string& item) {
     return spec;
   }
   const fs::path dir(item);
-  if (fs::is_directory(dir) && fs::exists(dir / "config.json")) {
-    spec.dir = dir;
-    spec.label = fs::absolute(dir).lexically_normal().filename().string();
-    if (spec.label.empty()) spec.label = fs::absolute(dir).parent_path().filename().string();
-    spec.config = ModelConfig::from_file(dir / "config.json");
-    return spec;
+  try {
+    if (fs::is_directory(dir) && fs::exists(dir / "config.json")) {
+      spec.dir = dir;
+      spec.label = fs::absolute(dir).lexically_normal().filename().string();
+      if (spec.label.empty()) spec.label = fs::absolute(dir).parent_path().filename().string();
+      spec.config = ModelConfig::from_file(dir / "config.json");
+      return spec;
+    }
+  } catch (const std::exception& e) {
+    // A model directory that cannot be read is a bad --models item like any other.
+    throw UsageError(message_of(e));
   }
   std::string names;
   for (const auto& name : kShapeNames) names += (names.empty() ? "" : ", ") + name;
@@ -504,14 +482,8 @@ ModelSpec resolve_model(const std::string& item) {
                    names + ")");
 }
 
-std::string gb(int64_t bytes) {
-  return fmt::format("{:.3f}", static_cast<double>(bytes) / 1e9);
-}
-
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"helios roofline: decode-step bandwidth against the device's peak, and prefill"};
+// The command line as given.
+struct Options {
   std::vector<std::string> model_items;
   std::string device_text = "cpu";
   std::string dtype_text;
@@ -527,336 +499,406 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   fs::path json_out;
   std::vector<std::string> graph_texts{"off", "on"};
-  app.add_option("--models", model_items,
+};
+
+void add_options(CLI::App& app, Options& o) {
+  app.add_option("--models", o.model_items,
                  "Comma list: model directories and/or synthetic shapes (llama-3.2-1b, "
                  "llama-3-8b)")
       ->delimiter(',')
       ->required();
-  app.add_option("--device", device_text, "cpu or cuda")
+  app.add_option("--device", o.device_text, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  app.add_option("--dtype", dtype_text,
+  app.add_option("--dtype", o.dtype_text,
                  "float32, bfloat16 or float16 (default: float32 on cpu, bfloat16 on cuda)")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
-  app.add_option("--depths", depth_texts,
+  app.add_option("--depths", o.depth_texts,
                  "Comma list of loaded depths: 'full' or a fraction f (the first round(f * layers) "
                  "layers, at least 1)")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--batches", batches, "Comma list of decode batch sizes")
+  app.add_option("--batches", o.batches, "Comma list of decode batch sizes")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--context", context, "Cached positions per sequence at every decode step")
+  app.add_option("--context", o.context, "Cached positions per sequence at every decode step")
       ->capture_default_str();
-  app.add_option("--steps", steps, "Timed decode steps per configuration")->capture_default_str();
-  app.add_option("--warmup", warmup, "Untimed decode steps before them")->capture_default_str();
-  app.add_option("--prefill-tokens", prefill_tokens,
+  app.add_option("--steps", o.steps, "Timed decode steps per configuration")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "Untimed decode steps before them")->capture_default_str();
+  app.add_option("--prefill-tokens", o.prefill_tokens,
                  "Tokens of the timed prefill (default: 512 on cpu, 2048 on cuda; 0 skips it)");
-  app.add_option("--peak-gbps", peak_gbps, "Peak memory bandwidth in GB/s (default: measured)");
-  app.add_option("--max-gib", max_gib,
+  app.add_option("--peak-gbps", o.peak_gbps, "Peak memory bandwidth in GB/s (default: measured)");
+  app.add_option("--max-gib", o.max_gib,
                  "Skip configurations whose weights + KV + workspace estimate exceeds this "
                  "(default: 20 on cpu, 120 on cuda)");
-  app.add_option("--threads", threads, "ATen intra-op threads on cpu (default: ATen's own)");
-  app.add_option("--seed", seed, "Seed of the synthetic weights and the token ids")
+  app.add_option("--threads", o.threads, "ATen intra-op threads on cpu (default: ATen's own)");
+  app.add_option("--seed", o.seed, "Seed of the synthetic weights and the token ids")
       ->capture_default_str();
-  app.add_option("--cuda-graphs", graph_texts,
+  app.add_option("--cuda-graphs", o.graph_texts,
                  "Comma list of decode modes to time side by side: off (eager), on (CUDA graphs; "
                  "cuda only)")
       ->delimiter(',')
       ->check(CLI::IsMember({"off", "on"}))
       ->capture_default_str();
-  app.add_option("--json", json_out, "Also write the results as one JSON object to this file");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 2;
-  }
+  app.add_option("--json", o.json_out, "Also write the results as one JSON object to this file");
+}
 
+// The options checked and resolved against the device: what the run measures.
+struct Setup {
   std::vector<ModelSpec> models;
   std::vector<Depth> depths;
-  at::Device device(at::kCPU);
+  at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
-  try {
-    if (batches.empty()) throw UsageError("--batches: give at least one batch size");
-    for (const int64_t batch : batches) {
-      if (batch <= 0) throw UsageError(fmt::format("--batches: {} is not positive", batch));
-    }
-    if (context <= 0) throw UsageError(fmt::format("--context must be positive, got {}", context));
-    if (steps <= 0) throw UsageError(fmt::format("--steps must be positive, got {}", steps));
-    if (warmup < 0) throw UsageError(fmt::format("--warmup must be >= 0, got {}", warmup));
-    if (prefill_tokens && *prefill_tokens < 0) {
-      throw UsageError(fmt::format("--prefill-tokens must be >= 0, got {}", *prefill_tokens));
-    }
-    if (peak_gbps && !(*peak_gbps > 0.0)) throw UsageError("--peak-gbps must be positive");
-    if (max_gib && !(*max_gib > 0.0)) throw UsageError("--max-gib must be positive");
-    if (threads < 0) throw UsageError("--threads must be >= 0");
-    if (device_text == "cuda") {
-      if (!at::hasCUDA()) {
-        throw UsageError("--device cuda: this build of ATen has no CUDA device available");
-      }
-      device = at::Device(at::kCUDA, 0);
-    }
-    if (dtype_text.empty()) dtype_text = device.is_cuda() ? "bfloat16" : "float32";
-    dtype = dtype_text == "bfloat16"  ? at::kBFloat16
-            : dtype_text == "float16" ? at::kHalf
-                                      : at::kFloat;
-    for (const auto& text : depth_texts) depths.push_back(parse_depth(text));
-    if (depths.empty()) throw UsageError("--depths: give at least one depth");
-    for (const auto& item : model_items) models.push_back(resolve_model(item));
-    if (models.empty()) throw UsageError("--models: give at least one model");
-  } catch (const UsageError& e) {
-    fmt::print(stderr, "roofline: {}\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "roofline: {}\n", message_of(e));
-    return 2;
-  }
-  if (!prefill_tokens) prefill_tokens = device.is_cuda() ? 2048 : 512;
-  if (!max_gib) max_gib = device.is_cuda() ? 120.0 : 20.0;
-  const int64_t budget = static_cast<int64_t>(*max_gib * static_cast<double>(kGiB));
-  if (threads > 0 && !device.is_cuda()) at::set_num_threads(threads);
-  const int64_t elt = static_cast<int64_t>(c10::elementSize(dtype));
+  int64_t element_size = 0;
+  int64_t prefill_tokens = 0;
+  double max_gib = 0.0;
+  int64_t budget = 0;  // max_gib in bytes
   // Rotary positions the benchmark needs: decode positions up to context + steps, the prefill.
-  const int64_t positions = std::max(context + steps + 1, *prefill_tokens) + 16;
+  int64_t positions = 0;
+  std::vector<bool> graph_modes;  // CUDA graphs off and/or on, each once
+};
 
-  c10::InferenceMode inference;
-  const std::string name = device_name(device);
-  Peak peak;
-  if (peak_gbps) {
-    peak.gbps = *peak_gbps;
-    peak.source = "--peak-gbps";
-    peak.method = "given on the command line";
-  } else {
-    peak = measure_peak(device);
+// Throws UsageError for a bad option.
+Setup resolve(const Options& o) {
+  Setup s;
+  if (o.batches.empty()) throw UsageError("--batches: give at least one batch size");
+  for (const int64_t batch : o.batches) {
+    if (batch <= 0) throw UsageError(fmt::format("--batches: {} is not positive", batch));
   }
-  fmt::print("device {} ({}), {}, ATen threads {}\n", device.str(), name, dtype_name(dtype),
-             at::get_num_threads());
-  fmt::print("peak bandwidth {:.1f} GB/s ({}: {})\n", peak.gbps, peak.source, peak.method);
-  fmt::print(
-      "decode: context {} positions per sequence, {} timed steps after {} warm-up, early "
-      "exit off\n\n",
-      context, steps, warmup);
+  if (o.context <= 0) {
+    throw UsageError(fmt::format("--context must be positive, got {}", o.context));
+  }
+  if (o.steps <= 0) throw UsageError(fmt::format("--steps must be positive, got {}", o.steps));
+  if (o.warmup < 0) throw UsageError(fmt::format("--warmup must be >= 0, got {}", o.warmup));
+  if (o.prefill_tokens && *o.prefill_tokens < 0) {
+    throw UsageError(fmt::format("--prefill-tokens must be >= 0, got {}", *o.prefill_tokens));
+  }
+  if (o.peak_gbps && !(*o.peak_gbps > 0.0)) throw UsageError("--peak-gbps must be positive");
+  if (o.max_gib && !(*o.max_gib > 0.0)) throw UsageError("--max-gib must be positive");
+  if (o.threads < 0) throw UsageError("--threads must be >= 0");
+  if (o.device_text == "cuda") {
+    if (!at::hasCUDA()) {
+      throw UsageError("--device cuda: this build of ATen has no CUDA device available");
+    }
+    s.device = at::Device(at::kCUDA, 0);
+  }
+  const bool cuda = s.device.is_cuda();
+  s.dtype = o.dtype_text.empty() ? (cuda ? at::kBFloat16 : at::kFloat)
+                                 : parse_dtype(o.dtype_text, DtypeSpelling::kTorch, "--dtype");
+  for (const auto& text : o.depth_texts) s.depths.push_back(parse_depth(text));
+  if (s.depths.empty()) throw UsageError("--depths: give at least one depth");
+  for (const auto& item : o.model_items) s.models.push_back(resolve_model(item));
+  if (s.models.empty()) throw UsageError("--models: give at least one model");
 
-  json decode_rows = json::array();
-  json prefill_rows = json::array();
-  json notes = json::array();
-  bool failed = false;
-  const auto note = [&](const std::string& model, const std::string& what) {
-    fmt::print("  note: {}: {}\n", model, what);
-    notes.push_back({{"model", model}, {"note", what}});
-  };
-  std::mt19937_64 rng(seed);
-
-  struct PrefillLine {
-    std::string model, depth;
-    int64_t tokens;
-    double ms, tflops, tokens_per_second;
-  };
-  std::vector<PrefillLine> prefill_lines;
+  s.element_size = static_cast<int64_t>(c10::elementSize(s.dtype));
+  s.prefill_tokens = o.prefill_tokens.value_or(cuda ? 2048 : 512);
+  s.max_gib = o.max_gib.value_or(cuda ? 120.0 : 20.0);
+  s.budget = static_cast<int64_t>(s.max_gib * static_cast<double>(kGiB));
+  s.positions = std::max(o.context + o.steps + 1, s.prefill_tokens) + 16;
   // CUDA graphs exist on cuda only; on cpu every run is eager.
-  std::vector<bool> graph_modes;
-  for (const std::string& mode : graph_texts) {
+  for (const std::string& mode : o.graph_texts) {
     const bool on = mode == "on";
-    if (on && !device.is_cuda()) continue;
-    if (std::find(graph_modes.begin(), graph_modes.end(), on) == graph_modes.end()) {
-      graph_modes.push_back(on);
+    if (on && !cuda) continue;
+    if (std::find(s.graph_modes.begin(), s.graph_modes.end(), on) == s.graph_modes.end()) {
+      s.graph_modes.push_back(on);
     }
   }
-  if (graph_modes.empty()) graph_modes.push_back(false);
+  if (s.graph_modes.empty()) s.graph_modes.push_back(false);
+  return s;
+}
 
-  fmt::print("{:<16} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9} {:>9} {:>10} {:>8} {:>8} {:>7}\n",
-             "model", "dtype", "device", "depth", "graphs", "batch", "step ms", "mean ms", "tok/s", "GB/step", "GB/s",
-             "% peak");
-  for (const ModelSpec& spec : models) {
+// ---------------------------------------------------------------------------------------------
+// The run
+
+std::string gb(int64_t bytes) {
+  return fmt::format("{:.3f}", static_cast<double>(bytes) / 1e9);
+}
+
+// Every model at every depth: what fits the memory budget is loaded, then its decode batches
+// (in each CUDA graph mode) and its prefill are timed. Rows are printed as they are measured.
+class Sweep {
+ public:
+  Sweep(const Options& options, const Setup& setup, const Peak& peak)
+      : o_(options), s_(setup), peak_(peak), rng_(options.seed) {}
+
+  void model(const ModelSpec& spec) {
     const ModelConfig& c = spec.config;
     const int64_t total_layers = c.num_hidden_layers;
-    if (!spec.synthetic() && c.max_position_embeddings < positions) {
+    if (!spec.synthetic() && c.max_position_embeddings < s_.positions) {
       note(spec.label, fmt::format("max_position_embeddings {} < {} positions needed: rotary "
                                    "tables extended (speed only; not trained that long)",
-                                   c.max_position_embeddings, positions));
+                                   c.max_position_embeddings, s_.positions));
     }
-    ModelHolder holder(spec, dtype, device, positions, seed);
+    const ModelFootprint footprint = ModelFootprint::of(c, s_.element_size);
+    ModelHolder holder(spec, s_.dtype, s_.device, s_.positions, o_.seed);
     std::set<int64_t> done_depths;
-    for (const Depth& depth : depths) {
+    for (const Depth& depth : s_.depths) {
       const int64_t layers = layers_for(depth, total_layers);
       const std::string depth_label = fmt::format("{}/{}", layers, total_layers);
       if (!done_depths.insert(layers).second) {
         note(spec.label, fmt::format("depth {} is {} layers again, skipped", depth.text, layers));
         continue;
       }
-      const int64_t weight_bytes = resident_weight_bytes(c, layers, elt);
-      if (weight_bytes > budget) {
-        note(spec.label,
-             fmt::format("depth {}: weights alone are {:.2f} GiB > --max-gib {}, "
-                         "skipped",
-                         depth_label, static_cast<double>(weight_bytes) / kGiB, *max_gib));
-        continue;
-      }
-      // What fits the memory budget, decided before anything of this depth is allocated.
-      std::vector<int64_t> fitting;
-      for (const int64_t batch : batches) {
-        const int64_t kv = batch * blocks_for(context + steps + 1) * kBlockSize *
-                           kv_bytes_per_position(c, layers, dtype);
-        const int64_t need = weight_bytes + kv + decode_workspace(c, batch, context, elt);
-        if (need > budget) {
-          note(spec.label,
-               fmt::format("depth {} batch {}: weights + KV + workspace ~{:.2f} GiB "
-                           "> --max-gib {}, skipped",
-                           depth_label, batch, static_cast<double>(need) / kGiB, *max_gib));
-        } else {
-          fitting.push_back(batch);
-        }
-      }
-      const int64_t tokens = *prefill_tokens;
-      bool run_prefill = tokens > 0;
-      if (run_prefill) {
-        const int64_t need =
-            weight_bytes + blocks_for(tokens) * kBlockSize * kv_bytes_per_position(c, layers, dtype) +
-            prefill_workspace(c, tokens, elt);
-        if (need > budget) {
-          note(spec.label,
-               fmt::format("depth {} prefill of {}: ~{:.2f} GiB > --max-gib {}, "
-                           "skipped",
-                           depth_label, tokens, static_cast<double>(need) / kGiB, *max_gib));
-          run_prefill = false;
-        }
-      }
-      if (fitting.empty() && !run_prefill) continue;
+      const Fit fit = fit_budget(spec, footprint, layers, depth_label);
+      if (fit.batches.empty() && !fit.prefill) continue;
 
       ModelHolder::View* view = nullptr;
       try {
         view = &holder.load(layers);
       } catch (const std::exception& e) {
         note(spec.label, fmt::format("depth {}: load failed: {}", depth_label, message_of(e)));
-        failed = true;
+        failed_ = true;
         continue;
       }
       Transformer& transformer = *view->transformer;
       json common = {{"model", spec.label},
-                           {"source", spec.synthetic() ? "synthetic" : spec.dir.string()},
-                           {"dtype", dtype_name(dtype)},
-                           {"device", device.str()},
-                           {"depth", depth.text},
-                           {"layers_loaded", layers},
-                           {"layers_total", total_layers}};
-
-      for (const bool graphs : graph_modes) {
-      transformer.set_cuda_graphs(graphs);
-      const std::string graphs_label = transformer.cuda_graphs() ? "on" : "off";
-      common["cuda_graphs"] = transformer.cuda_graphs();
-      for (const int64_t batch : fitting) {
-        DecodeTiming timing;
-        try {
-          timing = time_decode(transformer, batch, context, steps, warmup, rng);
-        } catch (const std::exception& e) {
-          note(spec.label, fmt::format("depth {} batch {}: decode failed: {}", depth_label, batch,
-                                       message_of(e)));
-          failed = true;
-          continue;
+                     {"source", spec.synthetic() ? "synthetic" : spec.dir.string()},
+                     {"dtype", dtype_name(s_.dtype)},
+                     {"device", s_.device.str()},
+                     {"depth", depth.text},
+                     {"layers_loaded", layers},
+                     {"layers_total", total_layers}};
+      for (const bool graphs : s_.graph_modes) {
+        transformer.set_cuda_graphs(graphs);
+        common["cuda_graphs"] = transformer.cuda_graphs();
+        for (const int64_t batch : fit.batches) {
+          decode(spec, footprint, *view, batch, depth_label, common);
         }
-        const StepBytes bytes = step_bytes(c, view->weights, batch, context);
-        const double step_ms = median(timing.step_ms);
-        const double achieved = static_cast<double>(bytes.total()) / (step_ms * 1e-3) / 1e9;
-        const double tokens_per_second = static_cast<double>(batch) / (step_ms * 1e-3);
-        fmt::print(
-            "{:<16} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9.3f} {:>9.3f} {:>10.1f} {:>8} {:>8.2f} "
-            "{:>6.1f}%\n",
-            spec.label, dtype_name(dtype), device.str(), depth_label, graphs_label, batch, step_ms,
-            mean(timing.step_ms), tokens_per_second, gb(bytes.total()), achieved,
-            100.0 * achieved / peak.gbps);
-        std::fflush(stdout);
-        json row = common;
-        row.update(
-            {{"batch", batch},
-             {"context", context},
-             {"steps", steps},
-             {"step_ms_median", step_ms},
-             {"step_ms_mean", mean(timing.step_ms)},
-             {"step_ms_min", *std::min_element(timing.step_ms.begin(), timing.step_ms.end())},
-             {"step_ms", timing.step_ms},
-             {"tokens_per_second", tokens_per_second},
-             {"bytes",
-              {{"layer_weights", bytes.layer_weights},
-               {"final_norm", bytes.final_norm},
-               {"lm_head", bytes.lm_head},
-               {"embedding_rows", bytes.embedding_rows},
-               {"kv_read", bytes.kv_read},
-               {"kv_write", bytes.kv_write}}},
-             {"bytes_per_step", bytes.total()},
-             {"achieved_gbps", achieved},
-             {"fraction_of_peak", achieved / peak.gbps},
-             {"exit_head_evaluations", timing.exit_heads}});
-        decode_rows.push_back(row);
-      }
       }
       transformer.set_cuda_graphs(false);
-
-      if (!run_prefill) continue;
-      std::vector<double> ms;
-      try {
-        ms = time_prefill(transformer, tokens, rng);
-      } catch (const std::exception& e) {
-        note(spec.label, fmt::format("depth {}: prefill failed: {}", depth_label, message_of(e)));
-        failed = true;
-        continue;
-      }
-      const double flops = prefill_flops(c, layers, tokens);
-      const double prefill_ms = median(ms);
-      const double tflops = flops / (prefill_ms * 1e-3) / 1e12;
-      const double prefill_tps = static_cast<double>(tokens) / (prefill_ms * 1e-3);
-      prefill_lines.push_back({spec.label, depth_label, tokens, prefill_ms, tflops, prefill_tps});
-      json row = common;
-      row.update({{"tokens", tokens},
-                  {"ms_median", prefill_ms},
-                  {"ms", ms},
-                  {"flops", flops},
-                  {"tflops", tflops},
-                  {"tokens_per_second", prefill_tps}});
-      prefill_rows.push_back(row);
+      if (fit.prefill) prefill(spec, footprint, transformer, layers, depth_label, common);
     }
   }
 
-  if (!prefill_lines.empty()) {
+  void print_prefill_table() const {
+    if (prefill_lines_.empty()) return;
     fmt::print("\nprefill: one sequence, median of {} runs after 1 warm-up\n", kPrefillRuns);
     fmt::print("{:<16} {:>8} {:>6} {:>7} {:>7} {:>10} {:>10} {:>9}\n", "model", "dtype", "device",
                "depth", "tokens", "ms", "tok/s", "TFLOP/s");
-    for (const auto& p : prefill_lines) {
+    for (const auto& p : prefill_lines_) {
       fmt::print("{:<16} {:>8} {:>6} {:>7} {:>7} {:>10.1f} {:>10.1f} {:>9.3f}\n", p.model,
-                 dtype_name(dtype), device.str(), p.depth, p.tokens, p.ms, p.tokens_per_second,
-                 p.tflops);
+                 dtype_name(s_.dtype), s_.device.str(), p.depth, p.tokens, p.ms,
+                 p.tokens_per_second, p.tflops);
     }
   }
 
-  if (!json_out.empty()) {
-    const json result = {
-        {"benchmark", "roofline"},
-        {"device", device.str()},
-        {"device_name", name},
-        {"dtype", dtype_name(dtype)},
-        {"aten_threads", at::get_num_threads()},
-        {"peak", {{"gbps", peak.gbps}, {"source", peak.source}, {"method", peak.method}}},
-        {"settings",
-         {{"context", context},
-          {"steps", steps},
-          {"warmup", warmup},
-          {"batches", batches},
-          {"depths", depth_texts},
-          {"models", model_items},
-          {"prefill_tokens", *prefill_tokens},
-          {"max_gib", *max_gib},
-          {"rotary_positions", positions},
-          {"kv_block_size", kBlockSize},
-          {"seed", seed}}},
-        {"decode", decode_rows},
-        {"prefill", prefill_rows},
-        {"notes", notes}};
-    std::ofstream out(json_out);
-    out << result.dump(2) << "\n";
-    if (!out) {
-      fmt::print(stderr, "roofline: cannot write {}\n", json_out.string());
-      return 1;
+  const json& decode_rows() const { return decode_rows_; }
+  const json& prefill_rows() const { return prefill_rows_; }
+  const json& notes() const { return notes_; }
+  bool failed() const { return failed_; }
+
+ private:
+  // What of one depth fits the memory budget, decided before anything of it is allocated.
+  struct Fit {
+    std::vector<int64_t> batches;
+    bool prefill = false;
+  };
+
+  Fit fit_budget(const ModelSpec& spec, const ModelFootprint& footprint, int64_t layers,
+                 const std::string& depth_label) {
+    Fit fit;
+    const ModelConfig& c = spec.config;
+    const int64_t weight_bytes = footprint.weight_bytes(layers);
+    if (weight_bytes > s_.budget) {
+      note(spec.label,
+           fmt::format("depth {}: weights alone are {:.2f} GiB > --max-gib {}, "
+                       "skipped",
+                       depth_label, static_cast<double>(weight_bytes) / kGiB, s_.max_gib));
+      return fit;
     }
+    const int64_t block_bytes = footprint.kv_block_bytes(layers, kBlockSize);
+    for (const int64_t batch : o_.batches) {
+      const int64_t kv =
+          batch * blocks_for_tokens(o_.context + o_.steps + 1, kBlockSize) * block_bytes;
+      const int64_t need =
+          weight_bytes + kv + decode_workspace(c, batch, o_.context, s_.element_size);
+      if (need > s_.budget) {
+        note(spec.label,
+             fmt::format("depth {} batch {}: weights + KV + workspace ~{:.2f} GiB "
+                         "> --max-gib {}, skipped",
+                         depth_label, batch, static_cast<double>(need) / kGiB, s_.max_gib));
+      } else {
+        fit.batches.push_back(batch);
+      }
+    }
+    const int64_t tokens = s_.prefill_tokens;
+    if (tokens > 0) {
+      const int64_t need = weight_bytes + blocks_for_tokens(tokens, kBlockSize) * block_bytes +
+                           prefill_workspace(c, tokens, s_.element_size);
+      fit.prefill = need <= s_.budget;
+      if (!fit.prefill) {
+        note(spec.label,
+             fmt::format("depth {} prefill of {}: ~{:.2f} GiB > --max-gib {}, "
+                         "skipped",
+                         depth_label, tokens, static_cast<double>(need) / kGiB, s_.max_gib));
+      }
+    }
+    return fit;
   }
-  return failed ? 1 : 0;
+
+  // Times decode steps of one batch size, prints the row and records it.
+  void decode(const ModelSpec& spec, const ModelFootprint& footprint, const ModelHolder::View& view,
+              int64_t batch, const std::string& depth_label, const json& common) {
+    const Transformer& transformer = *view.transformer;
+    const std::string graphs = transformer.cuda_graphs() ? "on" : "off";
+    DecodeTiming timing;
+    try {
+      timing = time_decode(transformer, batch, o_.context, o_.steps, o_.warmup, rng_);
+    } catch (const std::exception& e) {
+      note(spec.label,
+           fmt::format("depth {} batch {}: decode failed: {}", depth_label, batch, message_of(e)));
+      failed_ = true;
+      return;
+    }
+    const StepBytes bytes = step_bytes(footprint, spec.config, view.weights, batch, o_.context);
+    const double step_ms = median(timing.step_ms);
+    const double achieved = static_cast<double>(bytes.total()) / (step_ms * 1e-3) / 1e9;
+    const double tokens_per_second = static_cast<double>(batch) / (step_ms * 1e-3);
+    fmt::print(
+        "{:<16} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9.3f} {:>9.3f} {:>10.1f} {:>8} {:>8.2f} "
+        "{:>6.1f}%\n",
+        spec.label, dtype_name(s_.dtype), s_.device.str(), depth_label, graphs, batch, step_ms,
+        mean(timing.step_ms), tokens_per_second, gb(bytes.total()), achieved,
+        100.0 * achieved / peak_.gbps);
+    std::fflush(stdout);
+    json row = common;
+    row.update({{"batch", batch},
+                {"context", o_.context},
+                {"steps", o_.steps},
+                {"step_ms_median", step_ms},
+                {"step_ms_mean", mean(timing.step_ms)},
+                {"step_ms_min", *std::min_element(timing.step_ms.begin(), timing.step_ms.end())},
+                {"step_ms", timing.step_ms},
+                {"tokens_per_second", tokens_per_second},
+                {"bytes",
+                 {{"layer_weights", bytes.layer_weights},
+                  {"final_norm", bytes.final_norm},
+                  {"lm_head", bytes.lm_head},
+                  {"embedding_rows", bytes.embedding_rows},
+                  {"kv_read", bytes.kv_read},
+                  {"kv_write", bytes.kv_write}}},
+                {"bytes_per_step", bytes.total()},
+                {"achieved_gbps", achieved},
+                {"fraction_of_peak", achieved / peak_.gbps},
+                {"exit_head_evaluations", timing.exit_heads}});
+    decode_rows_.push_back(row);
+  }
+
+  // Times the prefill of one sequence and records it for the prefill table.
+  void prefill(const ModelSpec& spec, const ModelFootprint& footprint,
+               const Transformer& transformer, int64_t layers, const std::string& depth_label,
+               const json& common) {
+    const int64_t tokens = s_.prefill_tokens;
+    std::vector<double> ms;
+    try {
+      ms = time_prefill(transformer, tokens, rng_);
+    } catch (const std::exception& e) {
+      note(spec.label, fmt::format("depth {}: prefill failed: {}", depth_label, message_of(e)));
+      failed_ = true;
+      return;
+    }
+    const double flops = prefill_flops(spec.config, footprint, s_.element_size, layers, tokens);
+    const double prefill_ms = median(ms);
+    const double tflops = flops / (prefill_ms * 1e-3) / 1e12;
+    const double prefill_tps = static_cast<double>(tokens) / (prefill_ms * 1e-3);
+    prefill_lines_.push_back({spec.label, depth_label, tokens, prefill_ms, tflops, prefill_tps});
+    json row = common;
+    row.update({{"tokens", tokens},
+                {"ms_median", prefill_ms},
+                {"ms", ms},
+                {"flops", flops},
+                {"tflops", tflops},
+                {"tokens_per_second", prefill_tps}});
+    prefill_rows_.push_back(row);
+  }
+
+  void note(const std::string& model, const std::string& what) {
+    fmt::print("  note: {}: {}\n", model, what);
+    notes_.push_back({{"model", model}, {"note", what}});
+  }
+
+  struct PrefillLine {
+    std::string model, depth;
+    int64_t tokens;
+    double ms, tflops, tokens_per_second;
+  };
+
+  const Options& o_;
+  const Setup& s_;
+  const Peak& peak_;
+  std::mt19937_64 rng_;
+  json decode_rows_ = json::array();
+  json prefill_rows_ = json::array();
+  json notes_ = json::array();
+  std::vector<PrefillLine> prefill_lines_;
+  bool failed_ = false;
+};
+
+void print_header(const Options& o, const Setup& s, const std::string& device_name,
+                  const Peak& peak) {
+  fmt::print("device {} ({}), {}, ATen threads {}\n", s.device.str(), device_name,
+             dtype_name(s.dtype), at::get_num_threads());
+  fmt::print("peak bandwidth {:.1f} GB/s ({}: {})\n", peak.gbps, peak.source, peak.method);
+  fmt::print(
+      "decode: context {} positions per sequence, {} timed steps after {} warm-up, early "
+      "exit off\n\n",
+      o.context, o.steps, o.warmup);
+  fmt::print("{:<16} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9} {:>9} {:>10} {:>8} {:>8} {:>7}\n", "model",
+             "dtype", "device", "depth", "graphs", "batch", "step ms", "mean ms", "tok/s",
+             "GB/step", "GB/s", "% peak");
+}
+
+void write_json(const Options& o, const Setup& s, const std::string& device_name, const Peak& peak,
+                const Sweep& sweep) {
+  const json result = {
+      {"benchmark", "roofline"},
+      {"device", s.device.str()},
+      {"device_name", device_name},
+      {"dtype", dtype_name(s.dtype)},
+      {"aten_threads", at::get_num_threads()},
+      {"peak", {{"gbps", peak.gbps}, {"source", peak.source}, {"method", peak.method}}},
+      {"settings",
+       {{"context", o.context},
+        {"steps", o.steps},
+        {"warmup", o.warmup},
+        {"batches", o.batches},
+        {"depths", o.depth_texts},
+        {"models", o.model_items},
+        {"prefill_tokens", s.prefill_tokens},
+        {"max_gib", s.max_gib},
+        {"rotary_positions", s.positions},
+        {"kv_block_size", kBlockSize},
+        {"seed", o.seed}}},
+      {"decode", sweep.decode_rows()},
+      {"prefill", sweep.prefill_rows()},
+      {"notes", sweep.notes()}};
+  std::ofstream out(o.json_out);
+  out << result.dump(2) << "\n";
+  if (!out) throw Fatal(fmt::format("cannot write {}", o.json_out.string()));
+}
+
+int run(const Options& o, const Setup& s) {
+  if (o.threads > 0 && !s.device.is_cuda()) at::set_num_threads(o.threads);
+  c10::InferenceMode inference;
+  const std::string name = device_name(s.device);
+  const Peak peak = o.peak_gbps ? Peak{*o.peak_gbps, "--peak-gbps", "given on the command line"}
+                                : measure_peak(s.device);
+  print_header(o, s, name, peak);
+  Sweep sweep(o, s, peak);
+  for (const ModelSpec& spec : s.models) sweep.model(spec);
+  sweep.print_prefill_table();
+  if (!o.json_out.empty()) write_json(o, s, name, peak, sweep);
+  return sweep.failed() ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"helios roofline: decode-step bandwidth against the device's peak, and prefill"};
+  Options options;
+  add_options(app, options);
+  // A parse error in CLI11's words, exiting 2 like any bad option.
+  const helios::CliErrorStyle style{
+      .prefix = "roofline", .one_line_parse_errors = false, .parse_error_status = 2};
+  return helios::run_cli(app, argc, argv, style, [&] { return run(options, resolve(options)); });
 }

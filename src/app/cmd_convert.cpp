@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "helios/common/dtype.h"
 #include "helios/common/error.h"
 #include "helios/model/checkpoint.h"
 
@@ -14,13 +15,6 @@ struct ConvertArgs {
   int64_t max_shard_bytes = 0;
 };
 
-c10::ScalarType parse_dtype(const std::string& name) {
-  if (name == "f32") return c10::kFloat;
-  if (name == "f16") return c10::kHalf;
-  if (name == "bf16") return c10::kBFloat16;
-  throw Error(ErrorCode::kInvalidArgument, "--dtype must be f32, f16 or bf16, got " + name);
-}
-
 // Rewrites a checkpoint in another dtype and/or shard layout. The tokenizer file, if any,
 // travels with it.
 void run_convert(const ConvertArgs& args) {
@@ -28,7 +22,7 @@ void run_convert(const ConvertArgs& args) {
       std::filesystem::equivalent(args.model_dir, args.out_dir)) {
     throw Error(ErrorCode::kInvalidArgument, "--out must differ from --model");
   }
-  const c10::ScalarType dtype = parse_dtype(args.dtype);
+  const c10::ScalarType dtype = parse_dtype(args.dtype, DtypeSpelling::kShort, "--dtype");
   model::LoadOptions load;
   load.dtype = dtype;  // f16/bf16 values round-trip exactly through their own dtype
   const model::LoadedModel loaded = model::load_model(args.model_dir, load);

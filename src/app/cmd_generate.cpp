@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "helios/common/error.h"
 #include "helios/engine/generator.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/model_instance.h"
 
 namespace helios::app {
@@ -92,7 +93,7 @@ void run_generate(const GenerateArgs& args) {
   const double n = static_cast<double>(result.tokens.size());
   fmt::print(
       "\nsummary: {} tokens in {:.3f} s ({:.1f} tokens/s), finish: {}, loaded layers {}/{}\n",
-      result.tokens.size(), seconds, n / seconds, engine::finish_reason_name(result.finish_reason),
+      result.tokens.size(), seconds, n / seconds, engine::finish_label(result.finish_reason),
       transformer.loaded_layers(), instance->config().num_hidden_layers);
   fmt::print("mean exit layer {:.2f}, greedy exits {} ({:.1f}%), threshold {}\n", exit_sum / n,
              greedy, 100.0 * greedy / n, args.threshold);

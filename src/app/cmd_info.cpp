@@ -2,8 +2,8 @@
 #include <fmt/ranges.h>
 
 #include "commands.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/model_instance.h"
-#include "helios/kv/kv_cache.h"
 
 namespace helios::app {
 
@@ -25,12 +25,7 @@ void add_info_command(CLI::App& app) {
     for (const auto& [name, tensor] : w.named_tensors(c.tie_word_embeddings)) {
       parameters += tensor.numel();
     }
-    const int64_t layer_bytes = [&] {
-      int64_t bytes = 0;
-      for (const at::Tensor& t : w.layers.front().tensors()) bytes += t.nbytes();
-      return bytes;
-    }();
-    const auto kv_shape = instance->transformer().kv_shape(16);
+    const engine::ModelFootprint footprint = engine::ModelFootprint::of(instance->transformer());
     fmt::print("model:            {}\n", dir->string());
     fmt::print("architecture:     {} ({} layers, hidden {}, intermediate {}, heads {}/{} kv)\n",
                c.architecture, c.num_hidden_layers, c.hidden_size, c.intermediate_size,
@@ -44,9 +39,9 @@ void add_info_command(CLI::App& app) {
     fmt::print("exit layers:      {}\n", fmt::join(c.exit_layers, ", "));
     fmt::print("loaded layers:    {} of {}\n", w.loaded_layers(), c.num_hidden_layers);
     fmt::print("resident weights: {} bytes (float32), {} bytes per layer\n", w.resident_bytes(),
-               layer_bytes);
+               footprint.layer_bytes);
     fmt::print("kv per token:     {} bytes at the loaded depth\n",
-               kv::KvCache::bytes_per_token(kv_shape, at::kFloat));
+               footprint.kv_bytes_per_token(w.loaded_layers()));
   });
 }
 

@@ -1,11 +1,7 @@
-#include <fmt/format.h>
-
 #include <CLI/CLI.hpp>
-#include <cstdio>
-#include <exception>
 
 #include "commands.h"
-#include "helios/common/error.h"
+#include "helios/common/cli_errors.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"helios: an inference server for early-exit LLMs"};
@@ -20,24 +16,7 @@ int main(int argc, char** argv) {
   helios::app::add_serve_command(app);
   helios::app::add_client_command(app);
   helios::app::add_validate_config_command(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    // One line, like every other helios error; --help has the details.
-    fmt::print(stderr, "helios: error: {}\n", e.what());
-    return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
-  } catch (const helios::Error& e) {
-    fmt::print(stderr, "helios: error: {}\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "helios: error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  // The subcommands run inside parsing, as CLI11 callbacks. A parse error is one line, like
+  // every other helios error (--help has the details), and exits with CLI11's code for it.
+  return helios::run_cli(app, argc, argv, {.prefix = "helios: error"}, [] { return 0; });
 }

@@ -1,6 +1,5 @@
 #include "helios/controller/controller.h"
 
-#include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -10,6 +9,7 @@
 #include "helios/common/error.h"
 #include "helios/common/files.h"
 #include "helios/controller/config_watcher.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/serving_engine.h"
 #include "controller_internal.h"
 
@@ -21,10 +21,34 @@ namespace {
 constexpr double kPerplexityDriftFactor = 2.0;
 
 }  // namespace
-namespace {
 
+std::string_view to_string(DecisionRecord::Kind kind) {
+  switch (kind) {
+    case DecisionRecord::Kind::kProfile: return "profile";
+    case DecisionRecord::Kind::kSwitch: return "switch";
+    case DecisionRecord::Kind::kExtend: return "extend";
+    case DecisionRecord::Kind::kTruncate: return "truncate";
+    case DecisionRecord::Kind::kKeep: return "keep";
+    case DecisionRecord::Kind::kLimit: return "limit";
+    case DecisionRecord::Kind::kPin: return "pin";
+    case DecisionRecord::Kind::kUnpin: return "unpin";
+  }
+  return "unknown";
+}
 
-}  // namespace
+std::string_view to_string(DecisionRecord::Trigger trigger) {
+  switch (trigger) {
+    case DecisionRecord::Trigger::kStartup: return "startup";
+    case DecisionRecord::Trigger::kProfiled: return "profiled";
+    case DecisionRecord::Trigger::kBreach: return "breach";
+    case DecisionRecord::Trigger::kDrift: return "drift";
+    case DecisionRecord::Trigger::kInterval: return "interval";
+    case DecisionRecord::Trigger::kSloChange: return "slo_change";
+    case DecisionRecord::Trigger::kOperator: return "operator";
+    case DecisionRecord::Trigger::kError: return "error";
+  }
+  return "unknown";
+}
 
 std::string Controller::phase_name(Phase phase) {
   switch (phase) {
@@ -87,8 +111,8 @@ void Controller::start(engine::ServingEngine* engine) {
   for (size_t i = 1; i < shortlist_.size(); ++i) profile_queue_.push_back(shortlist_[i].name);
   pass_started_ = std::chrono::steady_clock::now();
   begin_profile(find_candidate(current_name_));
-  record(DecisionRecord{.kind = "profile",
-                        .trigger = "startup",
+  record(DecisionRecord{.kind = DecisionRecord::Kind::kProfile,
+                        .trigger = DecisionRecord::Trigger::kStartup,
                         .to_model = current_name_,
                         .to_layers = current_->transformer().loaded_layers(),
                         .max_batch = max_batch_,
@@ -205,7 +229,8 @@ void Controller::run() {
     } catch (const std::exception& e) {
       // A failed load or switch leaves the engine on the model it had; the next trigger retries.
       spdlog::error("controller: {}", e.what());
-      record(staying("keep", "error", std::string("action failed, model kept: ") + e.what()));
+      record(keep_decision(DecisionRecord::Kind::kKeep, DecisionRecord::Trigger::kError,
+                           std::string("action failed, model kept: ") + e.what()));
       if (phase_ == Phase::kProfiling) phase_ = Phase::kServing;
     }
     // The engine wakes this thread every step; the status (which ranks the table) is rebuilt
@@ -311,11 +336,13 @@ void Controller::check_triggers() {
     breaches_.reset();
     const Decision d = decide_on_breach(table_, current_name_, depth, slo_, limits(), requests_seen_);
     switch (d.kind) {
-      case Decision::Kind::kReprofile: start_profiling("breach", why + "; " + d.reason); return;
+      case Decision::Kind::kReprofile:
+        start_profiling(DecisionRecord::Trigger::kBreach, why + "; " + d.reason);
+        return;
       case Decision::Kind::kExtend:
       case Decision::Kind::kSwitch:
-        apply(d.option, std::max<int64_t>(1, cap_for(d.option)), "breach", why + "; " + d.reason,
-              nlohmann::json{{"option", d.option.to_json()}});
+        apply(d.option, std::max<int64_t>(1, cap_for(d.option)), DecisionRecord::Trigger::kBreach,
+              why + "; " + d.reason, nlohmann::json{{"option", d.option.to_json()}});
         return;
       case Decision::Kind::kKeep: return;
     }
@@ -341,7 +368,8 @@ void Controller::check_triggers() {
       const std::string why = fmt::format(
           "live p95 time per output token {:.3f} ms > {:.3f} ms at a batch cap of {}", live,
           *slo_.p95_tpot_ms, max_batch_);
-      DecisionRecord limit = staying("limit", "drift", why);
+      DecisionRecord limit =
+          keep_decision(DecisionRecord::Kind::kLimit, DecisionRecord::Trigger::kDrift, why);
       limit.max_batch = cap;
       limit.figures = {{"live_p95_tpot_ms", live},
                        {"bound_ms", *slo_.p95_tpot_ms},
@@ -372,7 +400,8 @@ void Controller::check_triggers() {
   if (!violations.empty()) {
     std::string why;
     for (const auto& v : violations) why += (why.empty() ? "" : "; ") + v;
-    start_profiling("drift", "sustained SLO violation over the drift window: " + why);
+    start_profiling(DecisionRecord::Trigger::kDrift,
+                    "sustained SLO violation over the drift window: " + why);
     return;
   }
   // 3. Periodic re-profiling, once enough requests and enough serving time have passed: a pass
@@ -386,7 +415,7 @@ void Controller::check_triggers() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_ended_).count();
   if (served_seconds >= serving_seconds_before_reprofile(last_pass_seconds_,
                                                          slo_.max_profiling_share)) {
-    start_profiling("interval",
+    start_profiling(DecisionRecord::Trigger::kInterval,
                     fmt::format("{} requests and {:.1f} s since the last profile (which took {:.1f} "
                                 "s; at most {:.0f}% of the time goes to profiling)",
                                 requests_seen_ - last_profiled_at_, served_seconds,
@@ -394,13 +423,13 @@ void Controller::check_triggers() {
   }
 }
 
-void Controller::start_profiling(const std::string& trigger, const std::string& reason) {
+void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::string& reason) {
   profile_queue_.clear();
   for (const Candidate& c : shortlist_) profile_queue_.push_back(c.name);
   pass_started_ = std::chrono::steady_clock::now();
-  spdlog::info("controller: re-profiling {} candidates ({}: {})", profile_queue_.size(), trigger,
-               reason);
-  record(DecisionRecord{.kind = "profile",
+  spdlog::info("controller: re-profiling {} candidates ({}: {})", profile_queue_.size(),
+               to_string(trigger), reason);
+  record(DecisionRecord{.kind = DecisionRecord::Kind::kProfile,
                         .trigger = trigger,
                         .from_model = current_name_,
                         .from_layers = current_->transformer().loaded_layers(),
@@ -473,7 +502,7 @@ void Controller::finish_profile() {
   pass_ended_ = std::chrono::steady_clock::now();
   last_pass_seconds_ = std::chrono::duration<double>(pass_ended_ - pass_started_).count();
   phase_ = Phase::kServing;
-  decide("profiled", "profiling finished");
+  decide(DecisionRecord::Trigger::kProfiled, "profiling finished");
 }
 
 }  // namespace helios::controller

@@ -1,6 +1,6 @@
 // The controller's actions: deciding from the table, loading and switching within the memory
 // budget, applying SLO edits, and the operator commands.
-#include <ATen/ATen.h>
+#include <c10/core/ScalarType.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -11,37 +11,13 @@
 #include "helios/common/files.h"
 #include "helios/common/logging.h"
 #include "helios/controller/controller.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/serving_engine.h"
-#include "helios/kv/kv_cache.h"
 #include "controller_internal.h"
 
 namespace helios::controller {
-namespace {
 
-int64_t block_bytes(const engine::ModelInstance& model, int64_t block_size) {
-  const model::Transformer& t = model.transformer();
-  return block_size *
-         kv::KvCache::bytes_per_token(t.kv_shape(block_size), t.weights().embed_tokens.scalar_type());
-}
-
-bool same_directory(const std::filesystem::path& a, const std::filesystem::path& b) {
-  std::error_code ec;
-  const bool same = std::filesystem::equivalent(a, b, ec);
-  return !ec && same;
-}
-
-// Re-scores an option whose throughput or latency figures changed under a concurrency cap.
-void rescore(Option& option, Objective objective) {
-  switch (objective) {
-    case Objective::kThroughput: option.score = option.tokens_per_second; break;
-    case Objective::kLatency: option.score = -option.tpot_p95_ms; break;
-    case Objective::kEnergy: option.score = -option.energy_joules_per_token; break;
-  }
-}
-
-}  // namespace
-
-void Controller::decide(const std::string& trigger, const std::string& reason) {
+void Controller::decide(DecisionRecord::Trigger trigger, const std::string& reason) {
   // A bound on time per output token can be met by a concurrency cap where a model and depth
   // alone do not meet it: rank without the bound, then cap each option to meet it.
   SloConfig relaxed = slo_;
@@ -67,7 +43,8 @@ void Controller::decide(const std::string& trigger, const std::string& reason) {
         const double rate_most = static_cast<double>(most) / steps.seconds(static_cast<double>(most));
         option.tokens_per_second *= std::min(1.0, rate_cap / rate_most);
       }
-      rescore(option, slo_.objective);
+      // Its throughput or latency figures changed under the cap.
+      option.score = objective_score(slo_.objective, option);
     }
     ranked.emplace_back(std::move(option), cap);
   }
@@ -103,9 +80,9 @@ void Controller::decide(const std::string& trigger, const std::string& reason) {
       why += fmt::format("{}{}@{}: {}", why.empty() ? "" : "; ", option.model, option.depth,
                          option.infeasible_reason);
     }
-    DecisionRecord keep = staying("keep", trigger,
-                                  reason + "; no option meets the SLO (" +
-                                      (why.empty() ? "no profiled candidate" : why) + ")");
+    DecisionRecord keep = keep_decision(DecisionRecord::Kind::kKeep, trigger,
+                                        reason + "; no option meets the SLO (" +
+                                            (why.empty() ? "no profiled candidate" : why) + ")");
     keep.figures = std::move(figures);
     record(std::move(keep));
     if (phase_ != Phase::kPinned) phase_ = Phase::kServing;
@@ -129,10 +106,11 @@ int64_t Controller::cap_for(const Option& option) const {
   return batch_cap(*row, step_model_for(option.model), option, slo_, options_.max_running);
 }
 
-DecisionRecord Controller::staying(std::string kind, std::string trigger, std::string reason) const {
+DecisionRecord Controller::keep_decision(DecisionRecord::Kind kind, DecisionRecord::Trigger trigger,
+                                         std::string reason) const {
   const int64_t layers = current_->transformer().loaded_layers();
-  return DecisionRecord{.kind = std::move(kind),
-                        .trigger = std::move(trigger),
+  return DecisionRecord{.kind = kind,
+                        .trigger = trigger,
                         .from_model = current_name_,
                         .from_layers = layers,
                         .to_model = current_name_,
@@ -141,7 +119,7 @@ DecisionRecord Controller::staying(std::string kind, std::string trigger, std::s
                         .reason = std::move(reason)};
 }
 
-void Controller::apply(const Option& option, int64_t cap, const std::string& trigger,
+void Controller::apply(const Option& option, int64_t cap, DecisionRecord::Trigger trigger,
                        const std::string& reason, nlohmann::json figures) {
   const Candidate* candidate = find_candidate(option.model);
   if (candidate == nullptr) {
@@ -149,12 +127,13 @@ void Controller::apply(const Option& option, int64_t cap, const std::string& tri
   }
   const std::string from = current_name_;
   const int64_t from_layers = current_->transformer().loaded_layers();
-  std::string kind = option.model != from         ? "switch"
-                     : option.depth > from_layers ? "extend"
-                     : option.depth < from_layers ? "truncate"
-                                                  : "keep";
-  if (kind != "keep") switch_to(*candidate, option.depth, trigger);
-  if (kind == "keep" && cap != max_batch_) kind = "limit";
+  using Kind = DecisionRecord::Kind;
+  Kind kind = option.model != from         ? Kind::kSwitch
+              : option.depth > from_layers ? Kind::kExtend
+              : option.depth < from_layers ? Kind::kTruncate
+                                           : Kind::kKeep;
+  if (kind != Kind::kKeep) switch_to(*candidate, option.depth, std::string(to_string(trigger)));
+  if (kind == Kind::kKeep && cap != max_batch_) kind = Kind::kLimit;
   set_max_batch(cap);
   figures["chosen"] = option.to_json();
   figures["max_batch"] = cap;
@@ -176,7 +155,7 @@ void Controller::apply(const Option& option, int64_t cap, const std::string& tri
 void Controller::switch_to(const Candidate& candidate, int64_t depth, const std::string& reason) {
   const int64_t budget = options_.memory_budget_bytes;
   const int64_t block = options_.kv_block_size;
-  const bool same_model = same_directory(current_->loaded().dir, candidate.path);
+  const bool same_model = helios::same_directory(current_->loaded().dir, candidate.path);
   const int64_t current_depth = current_->transformer().loaded_layers();
   const int64_t current_weights = current_->loaded().weights.resident_bytes();
   // Bytes the load adds while the old model still serves: a deeper load of the same model
@@ -189,9 +168,9 @@ void Controller::switch_to(const Candidate& candidate, int64_t depth, const std:
   if (current_weights + kv_bytes + added > budget) {
     // Make room first: the pool shrinks (its sequences are recomputed into the smaller pool),
     // so weights of both models plus the KV cache stay within the budget during the load.
-    const int64_t per_block = block_bytes(*current_, block);
-    const int64_t one_sequence =
-        (current_->config().max_position_embeddings + block - 1) / block;
+    const ModelFootprint footprint = ModelFootprint::of(current_->transformer());
+    const int64_t per_block = footprint.kv_block_bytes(current_depth, block);
+    const int64_t one_sequence = footprint.sequence_blocks(block);
     int64_t blocks = (budget - current_weights - added) / per_block;
     if (blocks < one_sequence) {
       spdlog::warn("controller: loading {} at {} layers next to {} exceeds the memory budget by "
@@ -333,11 +312,12 @@ void Controller::apply_slo(const SloConfig& next, std::optional<Repository> resc
   if (phase_ == Phase::kPinned) return;
   const std::string reason = "SLO file changed: " + changes;
   if (rescanned) {
-    start_profiling("slo_change", reason);
+    start_profiling(DecisionRecord::Trigger::kSloChange, reason);
   } else if (threshold_changed) {
-    start_profiling("slo_change", reason + " (exits were measured at the old threshold)");
+    start_profiling(DecisionRecord::Trigger::kSloChange,
+                    reason + " (exits were measured at the old threshold)");
   } else if (phase_ == Phase::kServing) {
-    decide("slo_change", reason);
+    decide(DecisionRecord::Trigger::kSloChange, reason);
   }
 }
 
@@ -371,8 +351,8 @@ DecisionRecord Controller::pin(const std::string& model, int64_t layers) {
     phase_ = Phase::kPinned;
     engine_->set_prompt_sampling(slo_.monitor_sample_rate);
     reset_windows();
-    DecisionRecord decision{.kind = "pin",
-                            .trigger = "operator",
+    DecisionRecord decision{.kind = DecisionRecord::Kind::kPin,
+                            .trigger = DecisionRecord::Trigger::kOperator,
                             .from_model = from,
                             .from_layers = from_layers,
                             .to_model = model,
@@ -391,12 +371,13 @@ DecisionRecord Controller::unpin() {
     }
     phase_ = Phase::kServing;
     const DecisionRecord decision =
-        staying("unpin", "operator", "control handed back to the controller");
+        keep_decision(DecisionRecord::Kind::kUnpin, DecisionRecord::Trigger::kOperator,
+                      "control handed back to the controller");
     record(decision);
     if (table_.rows().empty()) {
-      start_profiling("operator", "unpinned with an empty table");
+      start_profiling(DecisionRecord::Trigger::kOperator, "unpinned with an empty table");
     } else {
-      decide("operator", "unpinned");
+      decide(DecisionRecord::Trigger::kOperator, "unpinned");
     }
     return decision;
   });
@@ -404,8 +385,8 @@ DecisionRecord Controller::unpin() {
 
 void Controller::record(DecisionRecord decision) {
   decision.time = std::chrono::system_clock::now();
-  nlohmann::ordered_json fields = {{"kind", decision.kind},
-                                   {"trigger", decision.trigger},
+  nlohmann::ordered_json fields = {{"kind", std::string(to_string(decision.kind))},
+                                   {"trigger", std::string(to_string(decision.trigger))},
                                    {"from_model", decision.from_model},
                                    {"from_layers", decision.from_layers},
                                    {"to_model", decision.to_model},

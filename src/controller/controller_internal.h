@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "helios/controller/controller.h"
+#include "helios/model/exit_scores.h"
 
 namespace helios::controller {
 

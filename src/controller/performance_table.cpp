@@ -5,18 +5,10 @@
 #include <limits>
 #include <optional>
 
-#include "helios/model/weights.h"
-
 namespace helios::controller {
 namespace {
 
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
-
-int64_t numel(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (const int64_t d : shape) n *= d;
-  return n;
-}
 
 int64_t generated_total(const ProfileRow& row) {
   int64_t total = 0;
@@ -25,34 +17,6 @@ int64_t generated_total(const ProfileRow& row) {
 }
 
 }  // namespace
-
-ModelFootprint ModelFootprint::of(const model::ModelConfig& config, int64_t element_size) {
-  ModelFootprint f;
-  // The layer shapes come from the same specs the loaders check tensors against, so the
-  // footprint cannot drift from what a load really holds.
-  int64_t layer_elements = 0;
-  int64_t linear_elements = 0;
-  int64_t kv_elements = 0;
-  const std::vector<model::TensorSpec> specs = model::layer_tensor_specs(config, 0);
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const int64_t n = numel(specs[i].shape);
-    layer_elements += n;
-    if (specs[i].shape.size() == 2) linear_elements += n;  // a linear: one MAC per weight
-    if (i == 2 || i == 3) kv_elements += n;                // k_proj, v_proj (tensors() order)
-  }
-  const int64_t embed = config.vocab_size * config.hidden_size;
-  f.fixed_bytes = (embed + config.hidden_size + (config.tie_word_embeddings ? 0 : embed)) *
-                  element_size;
-  f.layer_bytes = layer_elements * element_size;
-  f.kv_bytes_per_token_layer =
-      2 * config.num_key_value_heads * config.head_dim() * element_size;
-  f.context_length = config.max_position_embeddings;
-  f.total_layers = config.num_hidden_layers;
-  f.kv_projection_share = linear_elements > 0 ? static_cast<double>(kv_elements) /
-                                                    static_cast<double>(linear_elements)
-                                              : 0.0;
-  return f;
-}
 
 void PerformanceTable::upsert(ProfileRow row) {
   const auto it = std::find_if(rows_.begin(), rows_.end(),

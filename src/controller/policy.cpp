@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "helios/common/error.h"
+#include "helios/engine/memory_plan.h"
 
 namespace helios::controller {
 namespace {
@@ -22,15 +23,6 @@ bool better(const Option& a, const Option& b) {
   if (a.score != b.score) return a.score > b.score;
   if (a.tokens_per_second != b.tokens_per_second) return a.tokens_per_second > b.tokens_per_second;
   return a.model < b.model;
-}
-
-double score_for(Objective objective, const Option& o) {
-  switch (objective) {
-    case Objective::kThroughput: return o.tokens_per_second;
-    case Objective::kLatency: return -o.tpot_p95_ms;
-    case Objective::kEnergy: return -o.energy_joules_per_token;
-  }
-  return 0.0;
 }
 
 // The first violated constraint of `o`, or "" when it meets them all.
@@ -55,6 +47,15 @@ std::string first_violation(const Option& o, const SloConfig& slo) {
 
 }  // namespace
 
+double objective_score(Objective objective, const Option& option) {
+  switch (objective) {
+    case Objective::kThroughput: return option.tokens_per_second;
+    case Objective::kLatency: return -option.tpot_p95_ms;
+    case Objective::kEnergy: return -option.energy_joules_per_token;
+  }
+  return 0.0;
+}
+
 nlohmann::json Option::to_json() const {
   // JSON has no infinity; an unknown perplexity is written as null.
   const auto finite = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nullptr; };
@@ -76,19 +77,6 @@ nlohmann::json Option::to_json() const {
           {"score", finite(score)}};
 }
 
-KvCapacity kv_capacity(const ModelFootprint& footprint, int64_t depth,
-                       const PolicyLimits& limits) {
-  KvCapacity c;
-  c.weight_bytes = footprint.weight_bytes(depth);
-  const int64_t block_bytes = limits.kv_block_size * depth * footprint.kv_bytes_per_token_layer;
-  const int64_t free_bytes = limits.memory_budget_bytes - c.weight_bytes;
-  c.kv_blocks = free_bytes > 0 && block_bytes > 0 ? free_bytes / block_bytes : 0;
-  c.kv_sequences = footprint.context_length > 0
-                       ? c.kv_blocks * limits.kv_block_size / footprint.context_length
-                       : 0;
-  return c;
-}
-
 double token_cost(const ProfileRow& row, int64_t depth) {
   const double run = mean_layers_run(row, depth);
   return 1.0 + run + row.footprint.kv_projection_share * (static_cast<double>(depth) - run);
@@ -103,8 +91,10 @@ Option evaluate(const ProfileRow& row, int64_t depth, const SloConfig& slo,
   o.perplexity = policy_perplexity(row, depth);
   o.perplexity_bound = (1.0 + slo.max_perplexity_increase) * best_full_perplexity;
 
-  const KvCapacity here = kv_capacity(row.footprint, depth, limits);
-  const KvCapacity profiled = kv_capacity(row.footprint, row.profiled_layers, limits);
+  const engine::KvCapacity here =
+      engine::kv_capacity(row.footprint, depth, limits.memory_budget_bytes, limits.kv_block_size);
+  const engine::KvCapacity profiled = engine::kv_capacity(
+      row.footprint, row.profiled_layers, limits.memory_budget_bytes, limits.kv_block_size);
   o.weight_bytes = here.weight_bytes;
   o.kv_blocks = here.kv_blocks;
   o.kv_sequences = here.kv_sequences;
@@ -127,7 +117,7 @@ Option evaluate(const ProfileRow& row, int64_t depth, const SloConfig& slo,
 
   o.infeasible_reason = first_violation(o, slo);
   o.feasible = o.infeasible_reason.empty();
-  o.score = score_for(slo.objective, o);
+  o.score = objective_score(slo.objective, o);
   return o;
 }
 
@@ -275,7 +265,9 @@ std::vector<Candidate> scan_repository(const fs::path& dir, int64_t element_size
 std::vector<Candidate> shortlist(std::vector<Candidate> candidates, const SloConfig& slo,
                                  const PolicyLimits& limits) {
   std::erase_if(candidates, [&](const Candidate& c) {
-    const bool fits = kv_capacity(c.footprint, c.footprint.total_layers, limits).kv_sequences >= 1;
+    const bool fits = engine::kv_capacity(c.footprint, c.footprint.total_layers,
+                                          limits.memory_budget_bytes, limits.kv_block_size)
+                          .kv_sequences >= 1;
     if (!fits) spdlog::info("shortlist: {} does not fit the memory budget at full depth", c.name);
     return !fits;
   });
@@ -283,7 +275,9 @@ std::vector<Candidate> shortlist(std::vector<Candidate> candidates, const SloCon
     return c.footprint.weight_bytes(c.footprint.total_layers);
   };
   const auto sequences = [&](const Candidate& c) {
-    return std::min(kv_capacity(c.footprint, c.footprint.total_layers, limits).kv_sequences,
+    return std::min(engine::kv_capacity(c.footprint, c.footprint.total_layers,
+                                        limits.memory_budget_bytes, limits.kv_block_size)
+                        .kv_sequences,
                     limits.max_running);
   };
   std::stable_sort(candidates.begin(), candidates.end(),

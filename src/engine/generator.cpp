@@ -6,18 +6,6 @@
 
 namespace helios::engine {
 
-std::string_view finish_reason_name(FinishReason reason) {
-  return reason == FinishReason::kStop ? "stop" : "length";
-}
-
-kv::KvCache make_cache_for(const model::Transformer& transformer, int64_t sequences,
-                           int64_t max_length, int64_t block_size) {
-  const int64_t blocks_per_sequence = (max_length + block_size - 1) / block_size;
-  return kv::KvCache(transformer.kv_shape(block_size), sequences * blocks_per_sequence,
-                     transformer.weights().embed_tokens.scalar_type(),
-                     transformer.weights().embed_tokens.device());
-}
-
 namespace {
 
 struct Running {
@@ -37,10 +25,10 @@ void accept_token(Running& run, const GenerationRequest& request, const at::Tens
   result.tokens.push_back(GeneratedToken{token, exit});
   run.next_token = token;
   if (request.stop_at_eos && token == eos) {
-    result.finish_reason = FinishReason::kStop;
+    result.finish_reason = Finish::kStop;
     run.done = true;
   } else if (static_cast<int64_t>(result.tokens.size()) >= request.max_tokens) {
-    result.finish_reason = FinishReason::kLength;
+    result.finish_reason = Finish::kLength;
     run.done = true;
   }
   if (run.done) cache.release(run.kv);

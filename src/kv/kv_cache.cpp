@@ -40,16 +40,23 @@ KvCache::KvCache(const KvCacheShape& shape, int64_t num_blocks, at::ScalarType d
   }
 }
 
+int64_t kv_bytes_per_token(int64_t num_layers, int64_t kv_heads, int64_t head_dim,
+                           int64_t element_size) {
+  return 2 * num_layers * kv_heads * head_dim * element_size;
+}
+
+int64_t blocks_within(int64_t budget_bytes, int64_t block_bytes) {
+  return budget_bytes > 0 && block_bytes > 0 ? budget_bytes / block_bytes : 0;
+}
+
 int64_t KvCache::bytes_per_token(const KvCacheShape& shape, at::ScalarType dtype) {
-  return 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim *
-         static_cast<int64_t>(c10::elementSize(dtype));
+  return kv_bytes_per_token(shape.num_layers, shape.num_kv_heads, shape.head_dim,
+                            static_cast<int64_t>(c10::elementSize(dtype)));
 }
 
 int64_t KvCache::blocks_for_budget(const KvCacheShape& shape, at::ScalarType dtype,
                                    int64_t budget_bytes) {
-  const int64_t block_bytes = bytes_per_token(shape, dtype) * shape.block_size;
-  if (block_bytes <= 0 || budget_bytes <= 0) return 0;
-  return budget_bytes / block_bytes;
+  return blocks_within(budget_bytes, bytes_per_token(shape, dtype) * shape.block_size);
 }
 
 bool KvCache::reserve(SequenceKv& sequence, int64_t new_length) {

@@ -194,6 +194,16 @@ LoadedModel load_model(const fs::path& dir, const LoadOptions& options) {
     return source.load(spec.name, spec.shape, options.dtype).to(options.device);
   };
   ModelWeights& w = model.weights;
+  // Layers [first, depth), by depth.
+  const auto load_layers = [&](int64_t first) {
+    for (int64_t l = first; l < depth; ++l) {
+      LayerWeights layer;
+      const std::vector<TensorSpec> specs = layer_tensor_specs(config, l);
+      const std::vector<at::Tensor*> slots = layer.mutable_tensors();
+      for (size_t i = 0; i < specs.size(); ++i) *slots[i] = load(specs[i]);
+      w.layers.push_back(std::move(layer));
+    }
+  };
   if (options.reuse != nullptr) {
     const ModelWeights& reuse = *options.reuse;
     const int64_t shared = std::min(depth, reuse.loaded_layers());
@@ -224,13 +234,7 @@ LoadedModel load_model(const fs::path& dir, const LoadOptions& options) {
     }
     w.embed_tokens = reuse.embed_tokens;
     w.layers.assign(reuse.layers.begin(), reuse.layers.begin() + shared);
-    for (int64_t l = shared; l < depth; ++l) {
-      LayerWeights layer;
-      const std::vector<TensorSpec> specs = layer_tensor_specs(config, l);
-      const std::vector<at::Tensor*> slots = layer.mutable_tensors();
-      for (size_t i = 0; i < specs.size(); ++i) *slots[i] = load(specs[i]);
-      w.layers.push_back(std::move(layer));
-    }
+    load_layers(shared);
     w.final_norm = reuse.final_norm;
     w.lm_head = config.tie_word_embeddings ? w.embed_tokens : reuse.lm_head;
     model.bytes_read = source.bytes_read();
@@ -240,13 +244,7 @@ LoadedModel load_model(const fs::path& dir, const LoadOptions& options) {
   }
   // In file order (embeddings, layers by depth, head) so the reads sweep forward.
   w.embed_tokens = load({kEmbedName, {config.vocab_size, config.hidden_size}});
-  for (int64_t l = 0; l < depth; ++l) {
-    LayerWeights layer;
-    const std::vector<TensorSpec> specs = layer_tensor_specs(config, l);
-    const std::vector<at::Tensor*> slots = layer.mutable_tensors();
-    for (size_t i = 0; i < specs.size(); ++i) *slots[i] = load(specs[i]);
-    w.layers.push_back(std::move(layer));
-  }
+  load_layers(0);
   w.final_norm = load({kNormName, {config.hidden_size}});
   // Tied as in HF: the head is the embedding matrix whatever the file holds under its name.
   w.lm_head = config.tie_word_embeddings

@@ -14,6 +14,7 @@
 
 #include <memory>
 
+#include "decode_steps.h"
 #include "helios/kv/kv_cache.h"
 #include "helios/model/transformer.h"
 

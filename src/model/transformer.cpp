@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "decode_graphs.h"
+#include "decode_steps.h"
 #include "helios/common/error.h"
 #include "helios/ops/activation.h"
 #include "helios/ops/attention.h"
@@ -165,38 +166,15 @@ std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) con
   return exits;
 }
 
-void Transformer::fill_skipped_layers(kv::KvCache& cache, int64_t first_layer,
+void DecodeSteps::fill_skipped_layers(const Transformer& t, kv::KvCache& cache, int64_t first_layer,
                                       const at::Tensor& hidden, const at::Tensor& positions,
-                                      const at::Tensor& slots) const {
-  for (int64_t l = first_layer; l < loaded_layers(); ++l) {
-    const LayerWeights& layer = weights_.layers[l];
-    const at::Tensor x = ops::rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
+                                      const at::Tensor& slots) {
+  for (int64_t l = first_layer; l < t.loaded_layers(); ++l) {
+    const LayerWeights& layer = t.weights_.layers[l];
+    const at::Tensor x = ops::rms_norm(hidden, layer.input_norm, t.config_.rms_norm_eps);
     at::Tensor no_query;
-    cache_kv(config_, rotary_, layer, x, positions, slots, cache, l, no_query);
+    cache_kv(t.config_, t.rotary_, layer, x, positions, slots, cache, l, no_query);
   }
-}
-
-void ExitScores::add(const ExitScores& other) {
-  nll_sum.resize(std::max(nll_sum.size(), other.nll_sum.size()), 0.0);
-  exit_histogram.resize(std::max(exit_histogram.size(), other.exit_histogram.size()), 0);
-  for (size_t e = 0; e < other.nll_sum.size(); ++e) nll_sum[e] += other.nll_sum[e];
-  for (size_t e = 0; e < other.exit_histogram.size(); ++e) {
-    exit_histogram[e] += other.exit_histogram[e];
-  }
-  policy_nll_sum.resize(std::max(policy_nll_sum.size(), other.policy_nll_sum.size()), 0.0);
-  for (size_t e = 0; e < other.policy_nll_sum.size(); ++e) {
-    policy_nll_sum[e] += other.policy_nll_sum[e];
-  }
-  tokens += other.tokens;
-}
-
-double ExitScores::perplexity(size_t exit_index) const {
-  return std::exp(nll_sum.at(exit_index) / static_cast<double>(std::max<int64_t>(tokens, 1)));
-}
-
-double ExitScores::policy_perplexity(size_t exit_index) const {
-  return std::exp(policy_nll_sum.at(exit_index) /
-                  static_cast<double>(std::max<int64_t>(tokens, 1)));
 }
 
 ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
@@ -363,14 +341,14 @@ void Transformer::set_cuda_graphs(bool enabled) {
 #endif
 }
 
-std::vector<int32_t> Transformer::decode_segments(const ExitPolicy& policy) const {
-  if (can_exit_early(policy)) return exit_points_;
-  return {static_cast<int32_t>(loaded_layers())};
+std::vector<int32_t> DecodeSteps::decode_segments(const Transformer& t, const ExitPolicy& policy) {
+  if (Transformer::can_exit_early(policy)) return t.exit_points_;
+  return {static_cast<int32_t>(t.loaded_layers())};
 }
 
-DecodePlan Transformer::plan_decode(const kv::KvCache& cache,
+DecodePlan DecodeSteps::plan_decode(const Transformer& t, const kv::KvCache& cache,
                                     std::span<kv::SequenceKv* const> sequences,
-                                    std::span<const int32_t> tokens) const {
+                                    std::span<const int32_t> tokens) {
   DecodePlan plan;
   plan.batch = static_cast<int64_t>(sequences.size());
   if (plan.batch == 0 || static_cast<int64_t>(tokens.size()) != plan.batch) {
@@ -380,7 +358,7 @@ DecodePlan Transformer::plan_decode(const kv::KvCache& cache,
   for (const kv::SequenceKv* sequence : sequences) {
     plan.longest = std::max(plan.longest, sequence->length + 1);
   }
-  if (plan.longest > rotary_.max_positions()) {
+  if (plan.longest > t.rotary_.max_positions()) {
     throw Error(ErrorCode::kOutOfRange, "decode: sequence exceeds max_position_embeddings");
   }
   plan.max_blocks = (plan.longest + plan.block_size - 1) / plan.block_size;
@@ -407,18 +385,19 @@ DecodePlan Transformer::plan_decode(const kv::KvCache& cache,
   return plan;
 }
 
-void Transformer::run_layers(int64_t begin, int64_t end, at::Tensor& h,
+void DecodeSteps::run_layers(const Transformer& t, int64_t begin, int64_t end, at::Tensor& h,
                              const at::Tensor& positions, const at::Tensor& slots,
-                             const ops::DecodeBatch& batch, kv::KvCache& cache) const {
-  const double eps = config_.rms_norm_eps;
+                             const ops::DecodeBatch& batch, kv::KvCache& cache) {
+  const double eps = t.config_.rms_norm_eps;
   at::Tensor pending;  // the last MLP output, added to h by the next norm (one fused kernel)
   for (int64_t l = begin; l < end; ++l) {
-    const LayerWeights& layer = weights_.layers[l];
+    const LayerWeights& layer = t.weights_.layers[l];
     const at::Tensor x = pending.defined() ? ops::add_rms_norm(h, pending, layer.input_norm, eps)
                                            : ops::rms_norm(h, layer.input_norm, eps);
-    const at::Tensor q = query_and_cache(config_, rotary_, layer, x, positions, slots, cache, l);
+    const at::Tensor q =
+        query_and_cache(t.config_, t.rotary_, layer, x, positions, slots, cache, l);
     const at::Tensor attended =
-        ops::paged_decode_attention(q, cache.keys(l), cache.values(l), batch, attention_scale_);
+        ops::paged_decode_attention(q, cache.keys(l), cache.values(l), batch, t.attention_scale_);
     const at::Tensor post =
         ops::add_rms_norm(h, at::linear(attended, layer.o_proj), layer.post_norm, eps);
     pending = at::linear(
@@ -428,15 +407,15 @@ void Transformer::run_layers(int64_t begin, int64_t end, at::Tensor& h,
   if (pending.defined()) h.add_(pending);
 }
 
-at::Tensor Transformer::exit_confidence(const at::Tensor& h, const ExitPolicy& policy,
-                                        at::Tensor& logits) const {
-  logits = exit_logits(h);
-  return confidence(logits, policy.metric);
+at::Tensor DecodeSteps::exit_confidence(const Transformer& t, const at::Tensor& h,
+                                        const ExitPolicy& policy, at::Tensor& logits) {
+  logits = t.exit_logits(h);
+  return Transformer::confidence(logits, policy.metric);
 }
 
-ExitSplit Transformer::take_exits(StepOutput& out, std::vector<int64_t>& active,
+ExitSplit DecodeSteps::take_exits(StepOutput& out, std::vector<int64_t>& active,
                                   const at::Tensor& confidence, const at::Tensor& logits,
-                                  int32_t layer, bool last, const ExitPolicy& policy) const {
+                                  int32_t layer, bool last, const ExitPolicy& policy) {
   const float* conf = confidence.data_ptr<float>();
   const int64_t rows = static_cast<int64_t>(active.size());
   ExitSplit split;
@@ -465,7 +444,7 @@ ExitSplit Transformer::take_exits(StepOutput& out, std::vector<int64_t>& active,
 StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
                                std::span<const int32_t> tokens, const ExitPolicy& policy) const {
   c10::InferenceMode inference;
-  const DecodePlan plan = plan_decode(cache, sequences, tokens);
+  const DecodePlan plan = DecodeSteps::plan_decode(*this, cache, sequences, tokens);
   StepOutput out;
   out.logits = at::empty({plan.batch, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
   out.exits.resize(plan.batch);
@@ -492,21 +471,21 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
   std::vector<int64_t> active(batch);  // active row -> batch row
   for (int64_t b = 0; b < batch; ++b) active[b] = b;
   int64_t begin = 0;
-  for (const int32_t end : decode_segments(policy)) {
-    run_layers(begin, end, h, row_positions, row_slots, rows_batch, cache);
+  for (const int32_t end : DecodeSteps::decode_segments(*this, policy)) {
+    DecodeSteps::run_layers(*this, begin, end, h, row_positions, row_slots, rows_batch, cache);
     begin = end;
     const bool last = end == loaded_layers();
     at::Tensor logits;
-    const at::Tensor conf = exit_confidence(h, policy, logits).cpu();
-    const ExitSplit split = take_exits(out, active, conf, logits, end, last, policy);
+    const at::Tensor conf = DecodeSteps::exit_confidence(*this, h, policy, logits).cpu();
+    const ExitSplit split = DecodeSteps::take_exits(out, active, conf, logits, end, last, policy);
     if (last) break;
     if (split.leaving.empty()) continue;
     // Rows that left: their skipped layers' keys/values from the exit state; then the rest
     // continues as a smaller batch.
     const at::Tensor leaving_index = long_tensor(split.leaving, device);
-    fill_skipped_layers(cache, end, h.index_select(0, leaving_index),
-                        row_positions.index_select(0, leaving_index),
-                        row_slots.index_select(0, leaving_index));
+    DecodeSteps::fill_skipped_layers(*this, cache, end, h.index_select(0, leaving_index),
+                                     row_positions.index_select(0, leaving_index),
+                                     row_slots.index_select(0, leaving_index));
     if (active.empty()) break;
     const at::Tensor staying_index = long_tensor(split.staying, device);
     h = h.index_select(0, staying_index);

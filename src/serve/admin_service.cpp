@@ -1,11 +1,14 @@
 // helios.v1.Admin: status, models, and the controller's operator commands.
+#include "admin_service.h"
+
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <thread>
 
 #include "helios/common/error.h"
-#include "services.h"
+#include "helios/controller/controller.h"
+#include "helios/engine/serving_engine.h"
 
 namespace helios::serve {
 namespace {
@@ -34,8 +37,8 @@ double unix_seconds(std::chrono::system_clock::time_point t) {
 
 void fill_decision(const controller::DecisionRecord& d, v1::Decision* out) {
   out->set_unix_time(unix_seconds(d.time));
-  out->set_kind(d.kind);
-  out->set_trigger(d.trigger);
+  out->set_kind(std::string(controller::to_string(d.kind)));
+  out->set_trigger(std::string(controller::to_string(d.trigger)));
   out->set_from_model(d.from_model);
   out->set_from_layers(static_cast<uint32_t>(d.from_layers));
   out->set_to_model(d.to_model);

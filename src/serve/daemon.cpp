@@ -12,14 +12,24 @@
 
 #include "helios/common/error.h"
 #include "helios/controller/controller.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/model_instance.h"
 #include "helios/engine/serving_engine.h"
 #include "helios/metrics/energy_meter.h"
 #include "helios/metrics/http_endpoint.h"
 #include "helios/metrics/registry.h"
-#include "services.h"
+#include "admin_service.h"
+#include "inference_service.h"
 
 namespace helios::serve {
+
+// What the daemon registers with gRPC, with the context the services share.
+struct Services {
+  ServingContext context;
+  InferenceService inference{context};
+  AdminService admin{context};
+};
+
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;

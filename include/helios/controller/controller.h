@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -53,9 +54,21 @@ struct ControllerOptions {
 
 // One decision of the controller and the figures behind it.
 struct DecisionRecord {
+  enum class Kind { kProfile, kSwitch, kExtend, kTruncate, kKeep, kLimit, kPin, kUnpin };
+  enum class Trigger {
+    kStartup,
+    kProfiled,
+    kBreach,
+    kDrift,
+    kInterval,
+    kSloChange,
+    kOperator,
+    kError,
+  };
+
   std::chrono::system_clock::time_point time{};
-  std::string kind{};     // profile | switch | extend | truncate | keep | limit | pin | unpin
-  std::string trigger{};  // startup | profiled | breach | drift | interval | slo_change | operator | error
+  Kind kind = Kind::kKeep;
+  Trigger trigger = Trigger::kStartup;
   std::string from_model{};
   int64_t from_layers = 0;
   std::string to_model{};
@@ -64,6 +77,10 @@ struct DecisionRecord {
   std::string reason{};
   nlohmann::json figures{};
 };
+
+// The names logs, JSON and the Admin API give them: "profile", "slo_change", ...
+std::string_view to_string(DecisionRecord::Kind kind);
+std::string_view to_string(DecisionRecord::Trigger trigger);
 
 struct ControllerStatus {
   std::string phase;  // profiling | serving | pinned
@@ -138,13 +155,13 @@ class Controller final : public engine::TelemetrySink {
   // Prompt perplexity of the sampled prompts in the drift window (0 when none).
   double live_prompt_perplexity() const;
 
-  void start_profiling(const std::string& trigger, const std::string& reason);
+  void start_profiling(DecisionRecord::Trigger trigger, const std::string& reason);
   void profile_next();
   // Starts a table row for `candidate`, the model the engine serves now.
   void begin_profile(const Candidate* candidate);
   void finish_profile();
-  void decide(const std::string& trigger, const std::string& reason);
-  void apply(const Option& option, int64_t cap, const std::string& trigger,
+  void decide(DecisionRecord::Trigger trigger, const std::string& reason);
+  void apply(const Option& option, int64_t cap, DecisionRecord::Trigger trigger,
              const std::string& reason, nlohmann::json figures);
   // Sequences `option` may run at once: its KV capacity within the scheduler's limit.
   int64_t most_sequences(const Option& option) const;
@@ -154,7 +171,8 @@ class Controller final : public engine::TelemetrySink {
   // sequence meets the time-per-output-token bound.
   int64_t cap_for(const Option& option) const;
   // A decision that keeps the served model and depth (and the current cap).
-  DecisionRecord staying(std::string kind, std::string trigger, std::string reason) const;
+  DecisionRecord keep_decision(DecisionRecord::Kind kind, DecisionRecord::Trigger trigger,
+                               std::string reason) const;
   // Loads the candidate at `depth` within the memory budget and has the engine switch to it;
   // `reason` labels the switch metrics.
   void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);

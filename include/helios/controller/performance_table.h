@@ -6,25 +6,12 @@
 #include <string_view>
 #include <vector>
 
-#include "helios/model/config.h"
+#include "helios/engine/memory_plan.h"
 
 namespace helios::controller {
 
-// Memory and compute facts of a model at any depth, from its config (no weights loaded).
-struct ModelFootprint {
-  int64_t fixed_bytes = 0;               // embed_tokens + final norm (+ lm_head when not tied)
-  int64_t layer_bytes = 0;               // one decoder layer's nine tensors
-  int64_t kv_bytes_per_token_layer = 0;  // keys + values of one token in one layer
-  int64_t context_length = 0;            // max_position_embeddings
-  int64_t total_layers = 0;
-  // k_proj + v_proj flops over all linear flops of one layer per token: what a skipped layer
-  // still costs, since its K/V are filled from the exit state. (Attention-score flops depend on
-  // the context length and are left out.)
-  double kv_projection_share = 0.0;
-
-  int64_t weight_bytes(int64_t depth) const { return fixed_bytes + depth * layer_bytes; }
-  static ModelFootprint of(const model::ModelConfig& config, int64_t element_size);
-};
+// Memory arithmetic lives with the engine, which sizes pools and loads by the same figures.
+using engine::ModelFootprint;
 
 // One row of the Performance History Table: what profiling one candidate measured.
 struct ProfileRow {

@@ -42,11 +42,9 @@ struct Option {
   nlohmann::json to_json() const;
 };
 
-// The KV pool left beside `depth` layers of weights: whole blocks, and full-context sequences.
-struct KvCapacity {
-  int64_t weight_bytes = 0, kv_blocks = 0, kv_sequences = 0;
-};
-KvCapacity kv_capacity(const ModelFootprint& footprint, int64_t depth, const PolicyLimits& limits);
+// The option's figure for `objective`, higher is better: tokens per second, or the negated
+// p95 time per output token or energy per token.
+double objective_score(Objective objective, const Option& option);
 
 // Per generated token, in layer units: 1 (embedding + exit heads) + the layers run + the K/V
 // projections of the loaded layers a token skipped.

@@ -5,6 +5,8 @@
 #include <string_view>
 #include <vector>
 
+#include "helios/engine/finish.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/sampler.h"
 #include "helios/kv/kv_cache.h"
 #include "helios/model/transformer.h"
@@ -23,12 +25,9 @@ struct GeneratedToken {
   model::TokenExit exit;
 };
 
-enum class FinishReason { kStop, kLength };
-std::string_view finish_reason_name(FinishReason reason);
-
 struct GenerationResult {
   std::vector<GeneratedToken> tokens;
-  FinishReason finish_reason = FinishReason::kLength;
+  Finish finish_reason = Finish::kLength;  // kStop (EOS) or kLength
 };
 
 // Generates for a fixed batch: each prompt is prefilled, then every unfinished sequence
@@ -39,9 +38,5 @@ std::vector<GenerationResult> generate_batch(const model::Transformer& transform
                                              kv::KvCache& cache,
                                              std::span<const GenerationRequest> requests,
                                              const model::ExitPolicy& policy);
-
-// A cache large enough for `sequences` sequences of `max_length` tokens each.
-kv::KvCache make_cache_for(const model::Transformer& transformer, int64_t sequences,
-                           int64_t max_length, int64_t block_size = 16);
 
 }  // namespace helios::engine

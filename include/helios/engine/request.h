@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "helios/engine/finish.h"
 #include "helios/engine/sampler.h"
 #include "helios/model/transformer.h"
 
@@ -27,10 +28,6 @@ struct RequestSpec {
   bool score_prompt = false;  // report the prompt's perplexity in Usage
   Clock::time_point deadline = Clock::time_point::max();
 };
-
-// Why a served request ended (kNone while it runs).
-enum class Finish { kNone, kStop, kLength, kCancelled, kDeadline, kError };
-std::string_view finish_label(Finish finish);  // "stop", "length", ...
 
 struct TokenDetail {
   int32_t id = 0;

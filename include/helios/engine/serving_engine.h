@@ -13,8 +13,12 @@
 #include <unordered_set>
 #include <vector>
 
+#include "helios/engine/engine_metrics.h"
+#include "helios/engine/memory_plan.h"
 #include "helios/engine/model_instance.h"
+#include "helios/engine/output_processor.h"
 #include "helios/engine/request.h"
+#include "helios/engine/scheduler.h"
 #include "helios/engine/telemetry.h"
 #include "helios/kv/kv_cache.h"
 #include "helios/metrics/registry.h"
@@ -25,15 +29,6 @@ struct SchedulerLimits {
   int64_t max_running = 64;        // sequences in the batch (prefilling or decoding)
   int64_t max_batch_tokens = 512;  // tokens one step may run: decodes + prefill chunks
   int64_t max_queued = 256;        // requests waiting for admission
-};
-
-// Histogram buckets of the engine's latency and batch metrics (upper bounds, base units).
-struct MetricBuckets {
-  std::vector<double> time_to_first_token = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
-  std::vector<double> inter_token = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1};
-  std::vector<double> request = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
-  std::vector<double> queue = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30};
-  std::vector<double> batch_size = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 };
 
 struct EngineOptions {
@@ -50,39 +45,13 @@ struct EngineOptions {
   bool log_requests = true;
 };
 
-// KV blocks left by a memory budget once the model's resident weights are paid for; the
-// bytes per token follow the loaded depth, so a shallower load leaves more blocks. Throws
-// Error(kInvalidArgument) naming `field` when the budget does not hold the weights plus one
-// sequence of the full context.
-int64_t kv_blocks_for_budget(const ModelInstance& model, int64_t budget_bytes, int64_t block_size,
-                             std::string_view field);
-
-// Counters the engine keeps for status pages; read from any thread.
-struct EngineStats {
-  int64_t running = 0;
-  int64_t waiting = 0;
-  int64_t kv_blocks_total = 0;
-  int64_t kv_blocks_used = 0;
-  int64_t kv_cache_bytes = 0;
-  int64_t steps = 0;
-  int64_t preemptions = 0;
-  int64_t finished = 0;
-  std::string model_name;
-  int64_t loaded_layers = 0;
-  uint64_t model_epoch = 0;  // switches and resizes so far
-  int64_t kv_block_size = 0;
-  int64_t kv_sequences = 0;  // full-context sequences the pool holds
-  int64_t recomputes = 0;    // sequences recomputed by a switch or resize
-  int64_t weight_bytes = 0;  // resident weights of the current model
-};
-
 // The continuous-batching engine. One thread owns the model, the KV cache and the batch. Each
-// step it drops cancelled and expired requests, reserves a slot for every decoding sequence
-// (preempting the newest sequence when the pool is full), admits prefill chunks of waiting
-// requests within the step's token budget, runs the prefills and one batched decode, and
-// streams the sampled tokens back through each request's channel. A preempted sequence gives
-// up its blocks and is later recomputed with its recorded exit layers, so it resumes exactly
-// where it stopped.
+// step it drops cancelled and expired requests, asks the Scheduler for the step's work
+// (decodes and prefill chunks within the token budget, preempting the newest sequence when
+// the pool is full), runs the prefills and one batched decode, samples, and hands the tokens
+// to the OutputProcessor, which streams them back through each request's channel;
+// EngineMetrics counts it all. A preempted sequence gives up its blocks and is later
+// recomputed with its recorded exit layers, so it resumes exactly where it stopped.
 //
 // The model can be swapped while serving (switch_model, resize_kv): at the next step boundary
 // the engine drops the KV cache, builds one for the new model and recomputes every sequence
@@ -140,7 +109,7 @@ class ServingEngine {
   // latency bound); clamped to [1, max_running]. Running sequences are not evicted: admission
   // waits until the batch is under the cap.
   void set_max_running(int64_t cap);
-  int64_t max_running() const { return max_running_.load(); }
+  int64_t max_running() const { return scheduler_.max_running(); }
 
   int64_t in_flight() const { return in_flight_.load(); }
   EngineStats stats() const;
@@ -150,9 +119,8 @@ class ServingEngine {
   std::shared_ptr<const ModelInstance> model() const;
 
  private:
-  struct Sequence;
-  struct Metrics;
-  struct Command {
+  // A switch or resize posted by switch_model / resize_kv, applied at a step boundary.
+  struct SwitchCommand {
     std::shared_ptr<const ModelInstance> model;  // null: resize the current model's pool
     std::string name;
     int64_t kv_blocks = 0;
@@ -160,25 +128,21 @@ class ServingEngine {
   };
 
   void run();
-  // Queues a switch or resize for the engine thread.
-  std::future<void> post(Command command);
-  void apply(Command& command);
+  std::future<void> post(SwitchCommand command);
+  void apply_switch(SwitchCommand& command);
+  // Rebuilds the pool for `next` with `kv_blocks` blocks; on failure the old pool size is
+  // rebuilt for the current model and the batch recomputed into it before rethrowing.
+  void rebuild_cache(const ModelInstance& next, int64_t kv_blocks);
   void recompute_all(bool same_model);
-  void report_step(const StepTelemetry& partial, Clock::time_point start, int64_t batch);
   void step();
   void ingest();
   void reap();
-  void schedule_decodes(std::vector<Sequence*>& decodes, int64_t& budget);
-  void schedule_prefills(std::vector<std::pair<Sequence*, int64_t>>& prefills, int64_t& budget);
-  bool reserve_or_preempt(Sequence& sequence, int64_t new_length);
-  void preempt(Sequence& victim);
+  void admit(const StepPlan& plan);
   void run_prefill(Sequence& sequence, int64_t chunk);
   void run_decode(const std::vector<Sequence*>& decodes);
-  void accept_token(Sequence& sequence, const at::Tensor& logits, const model::TokenExit& exit);
+  void emit(Sequence& sequence, const at::Tensor& logits, const model::TokenExit& exit);
   void finish(Sequence& sequence, Finish reason, std::string error = {});
-  void log_finished(const Request& request, const Usage& usage, Finish reason,
-                    const std::string& error, const Sequence& sequence) const;
-  void remove_finished();
+  ServedModel served() const;
   void publish_stats();
 
   // Written by the engine thread only, under mutex_; the engine thread reads it without.
@@ -186,10 +150,11 @@ class ServingEngine {
   std::string model_name_;  // same rule as model_
   EngineOptions options_;
   std::unique_ptr<kv::KvCache> cache_;
-  std::unique_ptr<Metrics> metrics_;
+  Scheduler scheduler_;  // engine thread only, but for set_max_running
+  OutputProcessor output_;
+  EngineMetrics metrics_;
   std::atomic<double> exit_threshold_;
   std::atomic<double> prompt_sampling_{0.0};
-  std::atomic<int64_t> max_running_{0};
 
   // Shared with front-end threads.
   mutable std::mutex mutex_;
@@ -200,19 +165,16 @@ class ServingEngine {
   bool stopping_ = false;
   std::atomic<int64_t> in_flight_{0};
   std::atomic<bool> cancel_all_{false};
-  std::deque<Command> commands_;
+  std::deque<SwitchCommand> commands_;
   EngineStats stats_;  // guarded by mutex_
 
   // Engine thread only.
-  std::deque<std::unique_ptr<Sequence>> waiting_;
-  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
   int64_t steps_ = 0, preemptions_ = 0, finished_ = 0, recomputes_ = 0;
   uint64_t epoch_ = 0;
-  int64_t weight_bytes_ = 0;  // of model_, counted once per switch
-  uint64_t admissions_ = 0;      // requests admitted so far (prompt sampling)
-  model::ExitPolicy policy_;     // this step's
+  int64_t weight_bytes_ = 0;      // of model_, counted once per switch
+  uint64_t admissions_ = 0;       // requests admitted so far (prompt sampling)
+  model::ExitPolicy policy_;      // this step's
   double forward_seconds_ = 0.0;  // of the current step: prefill and decode calls only
-  StepTelemetry step_telemetry_;  // of the current step, filled as tokens are sampled
   std::thread thread_;
 };
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "helios/engine/request.h"
-#include "helios/model/transformer.h"
+#include "helios/model/exit_scores.h"
 
 namespace helios::engine {
 

@@ -40,6 +40,13 @@ struct KvCacheShape {
   int64_t block_size = 16;  // tokens per block
 };
 
+// Keys and values of one token in `num_layers` layers: the one definition of what the cache
+// costs per token, for a pool that exists (KvCache) and one that is only planned.
+int64_t kv_bytes_per_token(int64_t num_layers, int64_t kv_heads, int64_t head_dim,
+                           int64_t element_size);
+// Whole blocks of `block_bytes` in `budget_bytes`; 0 when either is not positive.
+int64_t blocks_within(int64_t budget_bytes, int64_t block_bytes);
+
 // Paged key/value storage for the loaded layers of one model. Layer l's keys live in one
 // tensor [num_blocks * block_size, kv_heads, head_dim]; a token at position p of a sequence
 // sits in slot block_table[p / block_size] * block_size + p % block_size.
@@ -48,9 +55,10 @@ class KvCache {
   KvCache(const KvCacheShape& shape, int64_t num_blocks, at::ScalarType dtype,
           const at::Device& device);
 
-  // Bytes one token occupies across all loaded layers (keys and values).
+  // Bytes one token occupies across the shape's layers (keys and values), and how many blocks
+  // fit in `budget_bytes`: kv_bytes_per_token / blocks_within for a cache shape. (A model's
+  // whole memory plan, weights included, is engine/memory_plan.h.)
   static int64_t bytes_per_token(const KvCacheShape& shape, at::ScalarType dtype);
-  // How many blocks fit in `budget_bytes`.
   static int64_t blocks_for_budget(const KvCacheShape& shape, at::ScalarType dtype,
                                    int64_t budget_bytes);
 

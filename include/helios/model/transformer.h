@@ -9,8 +9,8 @@
 
 #include "helios/kv/kv_cache.h"
 #include "helios/model/config.h"
+#include "helios/model/exit_scores.h"
 #include "helios/model/weights.h"
-#include "helios/ops/attention.h"
 #include "helios/ops/exit_head.h"
 #include "helios/ops/rotary.h"
 
@@ -43,42 +43,10 @@ struct TokenExit {
   bool greedy_exit = false;  // forced out at the last loaded layer below the threshold
 };
 
-// One row per sequence: the exit head's logits at the row's exit layer, and the exit.
-// Teacher-forced telemetry of positions with known next tokens, one entry per exit point:
-// the summed next-token loss if every position left there, and where each position's first
-// confident exit (under the policy) falls. Sums, so that scores of many texts add up.
-struct ExitScores {
-  std::vector<double> nll_sum;          // nats
-  std::vector<int64_t> exit_histogram;  // positions whose first confident exit is this point
-  // nats: the loss of early-exit decoding capped at this exit point. Each position leaves at
-  // its first confident exit point when that is at or before this one, and here otherwise.
-  // At the last exit point it is the loss of early-exit decoding at the loaded depth, so a
-  // controller can read both the quality of the current policy and of shallower loads.
-  std::vector<double> policy_nll_sum;
-  int64_t tokens = 0;  // scored positions
-
-  void add(const ExitScores& other);
-  double perplexity(size_t exit_index) const;
-  double policy_perplexity(size_t exit_index) const;
-};
-
-// One decode step's host-side metadata, built once for the eager and the graphed paths.
-struct DecodePlan {
-  int64_t batch = 0;
-  int64_t longest = 0;     // max context length after this step's token
-  int64_t block_size = 0;  // tokens per KV block
-  int64_t max_blocks = 0;  // blocks of the longest row
-  std::vector<int64_t> rows;    // token ids [batch], positions [batch], new slots [batch]
-  std::vector<int32_t> tables;  // block tables [batch, max_blocks], then context lengths [batch]
-};
-
-// Rows of an exit point's batch (indices into it) that left there, and those that go on.
-struct ExitSplit {
-  std::vector<int64_t> leaving, staying;
-};
-
 class DecodeGraphs;
+struct DecodeSteps;
 
+// One row per sequence: the exit head's logits at the row's exit layer, and the exit.
 struct StepOutput {
   at::Tensor logits;  // [rows, vocab] float32
   std::vector<TokenExit> exits;
@@ -161,30 +129,10 @@ class Transformer {
   void set_cuda_graphs(bool enabled);
   bool cuda_graphs() const { return graphs_ != nullptr; }
 
-  // Building blocks of a decode step, shared by the eager and the graphed paths.
-  // The layer counts after which decode evaluates an exit head: every exit point, or only
-  // the last loaded layer when no row can leave earlier.
-  std::vector<int32_t> decode_segments(const ExitPolicy& policy) const;
-  DecodePlan plan_decode(const kv::KvCache& cache, std::span<kv::SequenceKv* const> sequences,
-                         std::span<const int32_t> tokens) const;
-  // Layers [begin, end) for rows h [rows, hidden] (updated in place) at `positions`, writing
-  // their keys/values at `slots`. Device work only: no host synchronisation (capturable).
-  void run_layers(int64_t begin, int64_t end, at::Tensor& h, const at::Tensor& positions,
-                  const at::Tensor& slots, const ops::DecodeBatch& batch,
-                  kv::KvCache& cache) const;
-  // The exit head over h: sets `logits` and returns each row's confidence (device, float32).
-  at::Tensor exit_confidence(const at::Tensor& h, const ExitPolicy& policy,
-                             at::Tensor& logits) const;
-  // Host side of an exit point over the active rows: rows confident enough (every row at the
-  // last loaded layer) leave with their logits and exit recorded in `out`; `active` (active row
-  // -> batch row) keeps the rest. confidence: float32 on the CPU, one per active row.
-  ExitSplit take_exits(StepOutput& out, std::vector<int64_t>& active, const at::Tensor& confidence,
-                       const at::Tensor& logits, int32_t layer, bool last,
-                       const ExitPolicy& policy) const;
-  void fill_skipped_layers(kv::KvCache& cache, int64_t first_layer, const at::Tensor& hidden,
-                           const at::Tensor& positions, const at::Tensor& slots) const;
-
  private:
+  // The steps of decode, shared with the graphed path (src/model/decode_steps.h).
+  friend struct DecodeSteps;
+
   // The post-attention norm + SwiGLU block of a layer.
   at::Tensor mlp(const LayerWeights& layer, const at::Tensor& h) const;
 

@@ -32,7 +32,7 @@ namespace helios::serve {
 
 enum class ServerState { kLoading, kServing, kDraining, kStopped };
 
-struct Services;  // the gRPC services and the context they share (src/serve/services.h)
+struct Services;  // the gRPC services and the context they share (src/serve/daemon.cpp)
 
 // The helios daemon: the HTTP endpoint, the gRPC server (Inference, Admin, health,
 // reflection) and the serving engine, with their lifecycle. start() brings everything up and

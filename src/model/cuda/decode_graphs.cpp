@@ -143,8 +143,8 @@ void DecodeGraphs::run(const Transformer& t, kv::KvCache& cache, Buffers& b, int
                        int32_t end, const ExitPolicy& policy, at::Tensor& logits,
                        at::Tensor& confidence) {
   if (begin == 0) b.h.copy_(at::embedding(t.weights().embed_tokens, b.ids()));
-  t.run_layers(begin, end, b.h, b.positions(), b.slots(), *b.batch, cache);
-  confidence = t.exit_confidence(b.h, policy, logits);
+  DecodeSteps::run_layers(t, begin, end, b.h, b.positions(), b.slots(), *b.batch, cache);
+  confidence = DecodeSteps::exit_confidence(t, b.h, policy, logits);
 }
 
 DecodeGraphs::Segment& DecodeGraphs::segment(const Transformer& t, kv::KvCache& cache,
@@ -210,21 +210,22 @@ bool DecodeGraphs::decode(const Transformer& t, kv::KvCache& cache, const Decode
   std::vector<int64_t> active(batch);
   for (int64_t r = 0; r < batch; ++r) active[r] = r;
   int32_t begin = 0;
-  for (const int32_t end : t.decode_segments(policy)) {
+  for (const int32_t end : DecodeSteps::decode_segments(t, policy)) {
     Segment& s = segment(t, cache, *current, begin, end, policy);
     s.graph.replay();
     const int64_t rows = static_cast<int64_t>(active.size());
     const bool last = end == t.loaded_layers();
     const at::Tensor conf = s.confidence.narrow(0, 0, rows).cpu();
-    const ExitSplit split = t.take_exits(out, active, conf, s.logits, end, last, policy);
+    const ExitSplit split =
+        DecodeSteps::take_exits(out, active, conf, s.logits, end, last, policy);
     begin = end;
     if (last) break;
     if (split.leaving.empty()) continue;
     Buffers& from = *current;
     const at::Tensor leaving = index_tensor(split.leaving, device_);
-    t.fill_skipped_layers(cache, end, from.h.index_select(0, leaving),
-                          from.positions().index_select(0, leaving),
-                          from.slots().index_select(0, leaving));
+    DecodeSteps::fill_skipped_layers(t, cache, end, from.h.index_select(0, leaving),
+                                     from.positions().index_select(0, leaving),
+                                     from.slots().index_select(0, leaving));
     if (active.empty()) break;
     // The rows that go on move to the front of their bucket's buffers (a smaller bucket when
     // they fit one), the rest of which is padding.

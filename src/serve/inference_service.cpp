@@ -1,4 +1,5 @@
-#include "services.h"
+// helios.v1.Inference: request validation, admission and the streaming of results.
+#include "inference_service.h"
 
 #include <google/protobuf/unknown_field_set.h>
 #include <spdlog/spdlog.h>
@@ -261,21 +262,6 @@ class FailedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffe
 };
 
 }  // namespace
-
-grpc::Status to_status(const Error& error) {
-  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
-  switch (error.code()) {
-    case ErrorCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
-    case ErrorCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
-    case ErrorCode::kDataLoss: code = grpc::StatusCode::DATA_LOSS; break;
-    case ErrorCode::kOutOfRange: code = grpc::StatusCode::OUT_OF_RANGE; break;
-    case ErrorCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
-    case ErrorCode::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
-    case ErrorCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
-    case ErrorCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
-  }
-  return grpc::Status(code, error.what());
-}
 
 engine::RequestSpec build_request_spec(const v1::GenerateRequest& request,
                                        const ServingContext& context,

@@ -1,0 +1,95 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "helios/engine/sequence.h"
+#include "helios/kv/kv_cache.h"
+
+namespace helios::engine {
+
+struct PrefillChunk {
+  Sequence* sequence = nullptr;
+  int64_t tokens = 0;  // positions this step prefills, from sequence->kv.length on
+};
+
+// What one engine step runs: every sequence in it has its KV blocks reserved.
+struct StepPlan {
+  std::vector<Sequence*> decodes;      // one token each, oldest admission first
+  std::vector<PrefillChunk> prefills;  // chunks continuing in the batch, then new admissions
+  std::vector<Sequence*> admitted;     // admitted into the batch for the first time this step
+  int64_t preempted = 0;               // sequences that gave their blocks back this step
+
+  int64_t batch() const { return static_cast<int64_t>(decodes.size() + prefills.size()); }
+};
+
+// What a switch's requeue_all left behind.
+struct Requeue {
+  int64_t recomputed = 0;                 // sequences that were in the batch
+  std::vector<Sequence*> exceeds_context;  // longer than the new model's context
+};
+
+// Continuous batching over a paged KV pool: the waiting queue, the running batch (in admission
+// order), the concurrency cap, and the rules that pick each step's work. Pure bookkeeping over
+// a KvCache's block pool: no model, no metrics, no clock.
+//
+// Each step every decoding sequence gets one token of the budget and a block for it, oldest
+// first; when the pool runs dry the newest running sequence gives way (preemption: its blocks
+// go back and it waits at the front of the queue, to be recomputed). Sequences whose prefill
+// is chunked continue next, then waiting requests are admitted in order while the budget, the
+// cap and the pool allow. Neither of those preempts: a request waits for blocks rather than
+// evicting one that holds them.
+class Scheduler {
+ public:
+  // `max_running` bounds the batch and every later set_max_running.
+  Scheduler(kv::KvCache& cache, int64_t max_running);
+
+  // The pool of a new cache (a switch or resize); every sequence must have released its blocks.
+  void set_cache(kv::KvCache& cache) { cache_ = &cache; }
+  // Caps the batch below the constructor's bound (clamped to [1, bound]). Running sequences are
+  // not evicted: admission waits until the batch is under the cap. Any thread.
+  void set_max_running(int64_t cap);
+  int64_t max_running() const { return cap_.load(); }
+
+  // Queues a new request behind the others.
+  void enqueue(std::unique_ptr<Sequence> sequence);
+  // This step's work within `token_budget` tokens (decodes + prefill chunks).
+  StepPlan schedule(int64_t token_budget);
+  // Every sequence gives its blocks back (the pool is about to be freed).
+  void release_all();
+  // For a switch (or resize) to a model with `context` positions: the batch goes back to the
+  // front of the queue in admission order, ahead of work that has not started, as after a
+  // preemption (but not counted as one), to be recomputed on the new pool. With
+  // `same_model` false their recorded exits are reset (another model never produced them).
+  // Returns the sequences that no longer fit the context, for the caller to finish.
+  Requeue requeue_all(bool same_model, int64_t context);
+  // Drops the sequences that finished (their blocks were released when they finished).
+  void drop_finished();
+
+  // Calls f(Sequence&) for each sequence, running first.
+  template <class F>
+  void for_each(F&& f) {
+    for (auto& sequence : running_) f(*sequence);
+    for (auto& sequence : waiting_) f(*sequence);
+  }
+  int64_t running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  bool idle() const { return running_.empty() && waiting_.empty(); }
+
+ private:
+  void schedule_decodes(StepPlan& plan, int64_t& budget);
+  void schedule_prefills(StepPlan& plan, int64_t& budget);
+  bool reserve_or_preempt(Sequence& sequence, int64_t new_length, StepPlan& plan);
+  void preempt(Sequence& victim, StepPlan& plan);
+
+  kv::KvCache* cache_;
+  const int64_t max_running_bound_;
+  std::atomic<int64_t> cap_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;  // in admission order
+};
+
+}  // namespace helios::engine
