@@ -34,6 +34,10 @@ int64_t blocks_for_tokens(int64_t tokens, int64_t block_size) {
   return (tokens + block_size - 1) / block_size;
 }
 
+int64_t sequences_in(int64_t blocks, int64_t block_size, int64_t context) {
+  return context > 0 ? blocks * block_size / context : 0;
+}
+
 ModelFootprint ModelFootprint::of(const model::ModelConfig& config, int64_t element_size) {
   ModelFootprint f;
   // The layer shapes come from the same specs the loaders check tensors against, so the
@@ -72,8 +76,7 @@ KvCapacity kv_capacity(const ModelFootprint& footprint, int64_t depth, int64_t w
   c.weight_bytes = weight_bytes;
   c.kv_blocks =
       kv::blocks_within(budget_bytes - weight_bytes, footprint.kv_block_bytes(depth, block_size));
-  c.kv_sequences =
-      footprint.context_length > 0 ? c.kv_blocks * block_size / footprint.context_length : 0;
+  c.kv_sequences = sequences_in(c.kv_blocks, block_size, footprint.context_length);
   return c;
 }
 

@@ -146,7 +146,7 @@ void ServingEngine::apply_switch(SwitchCommand& command) {
     const std::string name = resize ? model_name_ : command.name;
     const int64_t block_size = options_.kv_block_size;
     const int64_t context = next->config().max_position_embeddings;
-    if (command.kv_blocks < 0 || command.kv_blocks * block_size < context) {
+    if (command.kv_blocks < blocks_for_tokens(context, block_size)) {
       throw Error(ErrorCode::kInvalidArgument,
                   fmt::format("{}: {} KV blocks of {} tokens cannot hold one full-context "
                               "sequence of {} tokens",
@@ -440,8 +440,8 @@ void ServingEngine::publish_stats() {
   stats.loaded_layers = model_->transformer().loaded_layers();
   stats.model_epoch = epoch_;
   stats.kv_block_size = options_.kv_block_size;
-  stats.kv_sequences =
-      stats.kv_blocks_total * options_.kv_block_size / model_->config().max_position_embeddings;
+  stats.kv_sequences = sequences_in(stats.kv_blocks_total, options_.kv_block_size,
+                                    model_->config().max_position_embeddings);
   stats.recomputes = recomputes_;
   stats.weight_bytes = weight_bytes_;
   {

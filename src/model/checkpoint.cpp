@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "helios/common/dtype.h"
 #include "helios/common/error.h"
 #include "helios/model/safetensors.h"
 
@@ -142,14 +143,6 @@ std::vector<TensorSpec> model_tensor_specs(const ModelConfig& config, int64_t la
   specs.push_back({kNormName, {config.hidden_size}});
   if (!config.tie_word_embeddings) specs.push_back({kHeadName, embed});
   return specs;
-}
-
-std::string torch_dtype_name(c10::ScalarType dtype) {
-  switch (dtype) {
-    case c10::kHalf: return "float16";
-    case c10::kBFloat16: return "bfloat16";
-    default: return "float32";
-  }
 }
 
 bool is_shard_name(const std::string& name) {
@@ -329,7 +322,7 @@ void save_model(const fs::path& dir, const ModelConfig& config, const ModelWeigh
   remove_stale(dir, written);
 
   ModelConfig on_disk = config;
-  on_disk.torch_dtype = torch_dtype_name(options.dtype);
+  on_disk.torch_dtype = dtype_name(options.dtype);
   on_disk.save(dir / kConfigFile);
 }
 

@@ -10,6 +10,7 @@
 #include <functional>
 #include <thread>
 
+#include "helios/common/dtype.h"
 #include "helios/common/error.h"
 #include "helios/controller/controller.h"
 #include "helios/engine/memory_plan.h"
@@ -33,12 +34,6 @@ struct Services {
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
-
-at::ScalarType parse_dtype(const std::string& dtype) {
-  if (dtype == "float16") return at::kHalf;
-  if (dtype == "bfloat16") return at::kBFloat16;
-  return at::kFloat;
-}
 
 // The CUDA device index of model.device ("cuda" is device 0); -1 for the CPU. A malformed index
 // also gives -1 here: loading the model reports it.
@@ -133,7 +128,7 @@ void Daemon::load_model() {
   const auto t0 = std::chrono::steady_clock::now();
   model::LoadOptions options;
   options.max_layers = config_.max_layers;
-  options.dtype = parse_dtype(config_.dtype);
+  options.dtype = parse_dtype(config_.dtype, DtypeSpelling::kTorch, "model.dtype");
   options.device = at::Device(config_.device);
   options.cuda_graphs = config_.cuda_graphs;
 

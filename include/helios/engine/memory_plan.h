@@ -23,6 +23,8 @@ class ModelInstance;
 
 // Whole blocks that hold `tokens` positions.
 int64_t blocks_for_tokens(int64_t tokens, int64_t block_size);
+// Full-context sequences (of `context` positions) a pool of `blocks` blocks holds.
+int64_t sequences_in(int64_t blocks, int64_t block_size, int64_t context);
 
 // Memory and compute facts of a model at any depth, from its config (no weights loaded).
 struct ModelFootprint {
