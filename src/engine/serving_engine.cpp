@@ -316,6 +316,10 @@ void ServingEngine::step() {
   preemptions_ += plan.preempted;
   metrics_.on_preempt(plan.preempted);
   admit(plan);
+  // Status shows the batch this step runs (its blocks reserved) before any of its tokens
+  // reach a client: a client that reads its first token and then asks for the status sees
+  // the blocks its request holds.
+  publish_stats();
 
   forward_seconds_ = 0.0;
   for (const PrefillChunk& prefill : plan.prefills) {
