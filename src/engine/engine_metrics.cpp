@@ -2,16 +2,9 @@
 
 #include "helios/engine/model_instance.h"
 #include "helios/engine/sequence.h"
+#include "durations.h"
 
 namespace helios::engine {
-namespace {
-
-double seconds_between(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration<double>(to - from).count();
-}
-
-}  // namespace
-
 struct EngineMetrics::Series {
   Series(metrics::Registry& r, const MetricBuckets& b) {
     ttft = &r.histogram("helios_time_to_first_token_seconds",
@@ -149,13 +142,14 @@ void EngineMetrics::on_step(int64_t batch, const ServedModel& model, int64_t run
   series_->steps->inc();
   series_->batch_size->observe(static_cast<double>(batch));
   series_->forward_seconds->inc(forward_seconds);
-  series_->step_seconds->inc(seconds_between(start, Clock::now()));
+  const double seconds = seconds_between(start, Clock::now());
+  series_->step_seconds->inc(seconds);
   if (sink_ == nullptr) return;
   step_.model_epoch = model.epoch;
   step_.batch = batch;
   step_.running = running;
   step_.waiting = waiting;
-  step_.seconds = seconds_between(start, Clock::now());
+  step_.seconds = seconds;
   step_.forward_seconds = forward_seconds;
   sink_->on_step(step_);
 }

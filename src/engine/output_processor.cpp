@@ -5,15 +5,9 @@
 
 #include "helios/common/logging.h"
 #include "helios/tokenizer/utf8.h"
+#include "durations.h"
 
 namespace helios::engine {
-namespace {
-
-double milliseconds_between(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration<double, std::milli>(to - from).count();
-}
-
-}  // namespace
 
 void OutputProcessor::bind(const model::ModelConfig& config) {
   eos_ = static_cast<int32_t>(config.eos_token_id);
@@ -62,11 +56,11 @@ Update OutputProcessor::final_update(Sequence& sequence, Finish reason, std::str
       sequence.generated > 0 ? sequence.exit_layer_sum / static_cast<double>(sequence.generated)
                              : 0.0;
   if (sequence.generated > 0) {
-    usage.time_to_first_token_ms = milliseconds_between(request.arrival(), sequence.first_token_at);
+    usage.time_to_first_token_ms = 1e3 * seconds_between(request.arrival(), sequence.first_token_at);
   }
   usage.queue_time_ms =
-      milliseconds_between(request.arrival(), sequence.admitted ? sequence.admitted_at : now);
-  usage.total_time_ms = milliseconds_between(request.arrival(), now);
+      1e3 * seconds_between(request.arrival(), sequence.admitted ? sequence.admitted_at : now);
+  usage.total_time_ms = 1e3 * seconds_between(request.arrival(), now);
   if (request.spec().score_prompt && sequence.prompt_scores && !sequence.score_prompt &&
       sequence.prompt_scores->tokens > 0) {
     const model::ExitScores& scores = *sequence.prompt_scores;

@@ -8,14 +8,11 @@
 
 #include "helios/common/error.h"
 #include "helios/common/files.h"
+#include "durations.h"
 
 namespace helios::engine {
 
 namespace {
-
-double seconds_between(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration<double>(to - from).count();
-}
 
 const ModelInstance& checked(const std::shared_ptr<const ModelInstance>& model) {
   if (!model) throw Error(ErrorCode::kInvalidArgument, "serving engine: no model");
