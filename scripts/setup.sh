@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus                          # promtool, and a real server for the scrape test
   gnuplot-nox npm
+  clang-16 libclang-rt-16-dev         # the sanitizer builds and libFuzzer (scripts/sanitize.sh)
 )
 
 missing=()
