@@ -86,6 +86,39 @@ TEST(Logging, JsonLinesCarryTimestampLevelAndTypedFields) {
   EXPECT_NE(parsed[2]["msg"].get<std::string>().find("are not UTF-8"), std::string::npos);
 }
 
+TEST(Logging, TextLinesEscapeControlCharactersSoNoLineCanBeForged) {
+  const std::string forged = "r1\n[2026-01-01 00:00:00.000] [info] admin token accepted";
+  CapturedLog log(logging::Format::kText);
+  logging::event(spdlog::level::info, "request_finished", {{"id", forged}, {"output_tokens", 4}});
+  spdlog::info("request rejected: {}", "id\r\nx\x1b[31m\x7f\xc2\x85\xe2\x80\xa8" "end");
+  const auto lines = log.lines();
+  ASSERT_EQ(lines.size(), 2u) << log.lines().back();
+  EXPECT_NE(lines[0].find("r1\\n[2026-01-01"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[1].find("id\\r\\nx\\x1b[31m\\x7f\\u0085\\u2028end"), std::string::npos)
+      << lines[1];
+  EXPECT_EQ(logging::printable("plain \xc3\xa9t\xc3\xa9 \\ text"), "plain \xc3\xa9t\xc3\xa9 \\ text");
+}
+
+TEST(Logging, LongClientStringsAreCutInTextEvents) {
+  const std::string model(10000, 'm');
+  const std::string fields = logging::text_fields({{"model", model}, {"layers", 3}});
+  EXPECT_LT(fields.size(), logging::kMaxTextFieldBytes + 64) << fields;
+  EXPECT_NE(fields.find("...(+" + std::to_string(10000 - logging::kMaxTextFieldBytes) + " bytes)"),
+            std::string::npos)
+      << fields;
+  EXPECT_NE(fields.find("layers=3"), std::string::npos);
+  // Never inside a UTF-8 sequence: 2-byte characters cut at an odd byte back off by one.
+  std::string accents;
+  for (int i = 0; i < 300; ++i) accents += "\xc3\xa9";
+  const std::string cut = logging::printable(accents, 255);
+  EXPECT_EQ(cut.substr(0, cut.find("...")).size(), 254u);
+  // JSON lines keep the whole value (they are escaped by construction).
+  CapturedLog log(logging::Format::kJson);
+  logging::event(spdlog::level::info, "pin", {{"model", model}});
+  ASSERT_EQ(log.lines().size(), 1u);
+  EXPECT_EQ(json::parse(log.lines()[0])["model"], model);
+}
+
 TEST(Logging, UnknownFormatNamesTheKey) {
   expect_error([] { logging::parse_format("xml"); }, ErrorCode::kInvalidArgument,
                {"logging.format", "xml"});

@@ -34,7 +34,20 @@ Format format();
 void event(spdlog::level::level_enum level, std::string_view name,
            const nlohmann::ordered_json& fields);
 
-// The text form of an event's fields (exposed for tests).
+// The text form of an event's fields (exposed for tests). String values pass through
+// printable(value, kMaxTextFieldBytes).
 std::string text_fields(const nlohmann::ordered_json& fields);
+
+// A string field of a text event (a request id, a model name a client sent) is cut after this
+// many bytes; the cut is marked "...(+N bytes)". JSON lines keep whole values (they are
+// escaped by construction).
+inline constexpr size_t kMaxTextFieldBytes = 256;
+
+// `text` with every control character escaped (C0 and DEL as \n, \r, \t or \xNN; the C1
+// controls and U+2028/U+2029 as \uNNNN), so that no client-supplied string can start a forged
+// line in a text log; longer than `max_bytes`, it is cut there (never inside a UTF-8
+// sequence) and the cut is marked. Every text log line goes through this (without the cap);
+// the text format escapes before it prints.
+std::string printable(std::string_view text, size_t max_bytes = std::string_view::npos);
 
 }  // namespace helios::logging
