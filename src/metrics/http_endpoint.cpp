@@ -5,16 +5,86 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <utility>
+#include <vector>
 
 #include "helios/common/error.h"
 
 namespace helios::metrics {
 namespace {
 
-// Scrapes and probes are rare and cheap; a few threads keep one slow scrape from stalling a
-// probe without spending a thread per core on a 2-core box.
-constexpr size_t kServerThreads = 3;
+// The limits that keep slow or hostile clients from starving the probes (each documented in
+// http_endpoint.h):
+// A connection holds a worker from its first byte until it closes. Workers start on demand up
+// to this many and are kept; past it, accepted connections wait for a free worker.
+constexpr size_t kMaxServerThreads = 32;
+// A client that sends nothing for this long (mid request line, headers or body) is cut off.
+constexpr time_t kReadTimeoutSeconds = 2;
+// A client that reads nothing of a response for this long is cut off.
+constexpr time_t kWriteTimeoutSeconds = 5;
+// The endpoint serves GETs: a request body past this gets 413 and is discarded unread into
+// memory (with Content-Length); a chunked body is streamed and dropped.
+constexpr size_t kMaxPayloadBytes = 64 * 1024;
+// A keep-alive connection idle this long is closed, and after this many requests.
+constexpr time_t kKeepAliveSeconds = 1;
+constexpr size_t kKeepAliveMaxRequests = 20;
+
+// httplib's task queue: one connection per task. Workers start when every running worker is
+// busy (so a few slow clients never leave a probe waiting behind them, up to
+// kMaxServerThreads) and are kept until shutdown.
+class ConnectionPool final : public httplib::TaskQueue {
+ public:
+  explicit ConnectionPool(size_t max_threads) : max_threads_(max_threads) {}
+
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard lock(mutex_);
+      jobs_.push_back(std::move(fn));
+      if (jobs_.size() > available_ && threads_.size() < max_threads_) {
+        ++available_;
+        threads_.emplace_back([this] { work(); });
+      }
+    }
+    ready_.notify_one();
+  }
+
+  // Called by the listen thread (the only caller of enqueue) once it stops accepting; runs the
+  // connections still queued, then joins.
+  void shutdown() override {
+    {
+      std::lock_guard lock(mutex_);
+      shutdown_ = true;
+    }
+    ready_.notify_all();
+    for (std::thread& thread : threads_) thread.join();
+  }
+
+ private:
+  void work() {
+    std::unique_lock lock(mutex_);
+    while (true) {
+      ready_.wait(lock, [this] { return !jobs_.empty() || shutdown_; });
+      if (jobs_.empty()) return;
+      std::function<void()> job = std::move(jobs_.front());
+      jobs_.pop_front();
+      --available_;
+      lock.unlock();
+      job();
+      lock.lock();
+      ++available_;
+    }
+  }
+
+  const size_t max_threads_;
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t available_ = 0;  // workers idle or starting
+  bool shutdown_ = false;
+};
 
 constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 constexpr const char* kTextContentType = "text/plain; charset=utf-8";
@@ -61,7 +131,11 @@ int HttpEndpoint::start(const std::string& host, int port) {
                 "metrics endpoint: port " + std::to_string(port) + " is out of range");
   }
   auto server = std::make_unique<httplib::Server>();
-  server->new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
+  server->new_task_queue = [] { return new ConnectionPool(kMaxServerThreads); };
+  server->set_read_timeout(kReadTimeoutSeconds, 0);
+  server->set_write_timeout(kWriteTimeoutSeconds, 0);
+  server->set_payload_max_length(kMaxPayloadBytes);
+  server->set_keep_alive_max_count(kKeepAliveMaxRequests);
   // httplib's default sets SO_REUSEPORT, which lets a second daemon bind the same port and
   // silently take half the scrapes. SO_REUSEADDR alone still allows a restart while old
   // connections sit in TIME_WAIT.
@@ -71,7 +145,7 @@ int HttpEndpoint::start(const std::string& host, int port) {
   });
   // A keep-alive connection holds a pool thread, and stop() waits for it, until it idles out;
   // scrapes come seconds apart, so a long keep-alive buys nothing.
-  server->set_keep_alive_timeout(1);
+  server->set_keep_alive_timeout(kKeepAliveSeconds);
 
   server->Get("/metrics", guarded("/metrics", [this](httplib::Response& res) {
                 res.set_content(handlers_.metrics(), kMetricsContentType);
@@ -94,6 +168,24 @@ int HttpEndpoint::start(const std::string& host, int port) {
                   res.set_content(reason, kTextContentType);
                 }
               }));
+  // Nothing here takes a body. httplib would buffer one whole before routing (a chunked body
+  // past kMaxPayloadBytes too); streaming it into nothing keeps memory flat, and the 404 says
+  // what the error handler says for any unknown route.
+  const auto drop_body = [](const httplib::Request&, httplib::Response& res,
+                            const httplib::ContentReader& read) {
+    // A failed read set 413 (past kMaxPayloadBytes) or 400 already.
+    if (read([](const char*, size_t) { return true; })) res.status = 404;
+  };
+  server->Post(".*", drop_body);
+  server->Put(".*", drop_body);
+  server->Patch(".*", drop_body);
+  server->Delete(".*", drop_body);
+  // The one other method httplib reads a body for (HTTP/2's preface): refused before it is read.
+  server->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (req.method != "PRI") return httplib::Server::HandlerResponse::Unhandled;
+    res.status = 400;
+    return httplib::Server::HandlerResponse::Handled;
+  });
   // Runs for every status >= 400; fills in a body only where a handler left none (the 404s).
   server->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (res.body.empty()) {

@@ -15,6 +15,18 @@ namespace helios::metrics {
 
 // The daemon's HTTP side: GET /metrics (text/plain; version=0.0.4), /healthz, /readyz. HEAD
 // works on each; other paths get 404. A handler that throws gives a 500 with its message.
+//
+// Limits, so that slow or hostile clients cannot starve the probes or grow memory:
+//   - connections are served by up to 32 worker threads, started on demand (past them, new
+//     connections wait for a free worker);
+//   - read timeout 2 s: a client silent for 2 s mid-request is disconnected;
+//   - write timeout 5 s: a client that reads nothing of a response for 5 s is disconnected;
+//   - request bodies: at most 64 KiB (past it: 413, the body is read and discarded, never
+//     buffered); no route takes a body (POST/PUT/PATCH/DELETE get 404 after the body is
+//     streamed into nothing);
+//   - keep-alive: 1 s idle, at most 20 requests per connection.
+// cpp-httplib 0.11 has no whole-request deadline: a client that sends one byte every < 2 s
+// keeps its worker until it stops, and a request line without a newline is buffered.
 class HttpEndpoint {
  public:
   struct Handlers {
