@@ -1,4 +1,5 @@
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -47,6 +48,20 @@ void wait_for_signal() {
   }
 }
 
+// Waits for a signal (true) or for `done_fd` to become readable (false).
+bool wait_for_signal_or(int done_fd) {
+  pollfd fds[2] = {{signal_pipe[0], POLLIN, 0}, {done_fd, POLLIN, 0}};
+  while (true) {
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (fds[1].revents != 0) return false;
+    char byte = 0;
+    if ((fds[0].revents & POLLIN) != 0 && ::read(signal_pipe[0], &byte, 1) == 1) return true;
+  }
+}
+
 // Written once the daemon serves, atomically (rename), so a supervisor or a test that polls
 // for the file never reads half of it.
 void write_ports_file(const std::filesystem::path& path, const serve::Daemon& daemon) {
@@ -89,20 +104,27 @@ void add_serve_command(CLI::App& app) {
     logging::configure(config.log_level, logging::parse_format(config.log_format));
     install_signal_handlers();
 
-    // Shared with the thread that watches for a second signal, which may outlive this scope.
-    auto daemon = std::make_shared<serve::Daemon>(config);
-    daemon->start();
-    if (!options->ports_file.empty()) write_ports_file(options->ports_file, *daemon);
+    serve::Daemon daemon(config);
+    daemon.start();
+    if (!options->ports_file.empty()) write_ports_file(options->ports_file, daemon);
 
     wait_for_signal();
     spdlog::info("shutdown requested: draining (a second signal cancels what is in flight)");
-    std::thread([daemon] {
-      while (true) {
-        wait_for_signal();
-        daemon->shutdown();
-      }
-    }).detach();
-    daemon->shutdown();
+    // A second signal while draining cancels what is in flight. The watcher is joined once the
+    // drain is over, so no thread outlives the daemon.
+    int drained[2] = {-1, -1};
+    if (::pipe2(drained, O_CLOEXEC) != 0) {
+      throw Error(ErrorCode::kInternal, "serve: cannot create the shutdown pipe");
+    }
+    std::thread watcher([&daemon, drained_fd = drained[0]] {
+      while (wait_for_signal_or(drained_fd)) daemon.shutdown();
+    });
+    daemon.shutdown();
+    const char byte = 1;
+    [[maybe_unused]] const ssize_t n = ::write(drained[1], &byte, 1);
+    watcher.join();
+    ::close(drained[0]);
+    ::close(drained[1]);
   });
 }
 

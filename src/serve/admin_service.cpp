@@ -3,8 +3,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cctype>
 #include <chrono>
 #include <thread>
+#include <utility>
 
 #include "helios/common/error.h"
 #include "helios/controller/controller.h"
@@ -105,14 +107,6 @@ void fill_controller(const controller::ControllerStatus& s, v1::ControllerStatus
   out->set_live_window_requests(static_cast<uint32_t>(s.live_window_requests));
 }
 
-bool loopback_peer(const std::string& peer) {
-  // gRPC peers read "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000" (brackets may be %-encoded) or
-  // "unix:/path".
-  return peer.rfind("ipv4:127.", 0) == 0 || peer.rfind("ipv6:[::1]", 0) == 0 ||
-         peer.rfind("ipv6:%5B::1%5D", 0) == 0 || peer.rfind("ipv6:[::ffff:127.", 0) == 0 ||
-         peer.rfind("unix:", 0) == 0;
-}
-
 // Compares without an early exit on the first difference, so timing reveals nothing.
 bool equal_secret(std::string_view a, std::string_view b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
@@ -126,57 +120,133 @@ grpc::ServerUnaryReactor* finish(grpc::CallbackServerContext* call, const grpc::
   return reactor;
 }
 
-// Runs a controller command off the gRPC thread (loads can take a while) and finishes the call
-// with its status. The call counts as open, so shutdown waits for it.
-grpc::ServerUnaryReactor* run_controller_call(grpc::CallbackServerContext* call,
-                                              ServingContext& context,
-                                              std::function<void()> body) {
-  if (context.controller == nullptr) {
+}  // namespace
+
+bool local_peer(std::string_view peer) {
+  // gRPC peers read "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000" (the brackets may come
+  // %-encoded) or "unix:/path". Only the loopback addresses themselves count: other
+  // 127.0.0.0/8 sources are what a service-mesh sidecar (127.0.0.6) relays remote callers from.
+  if (peer.rfind("unix:", 0) == 0) return true;  // only local processes reach a Unix socket
+  std::string host;
+  if (peer.rfind("ipv4:", 0) == 0) {
+    const std::string_view rest = peer.substr(5);
+    host = rest.substr(0, rest.rfind(':'));
+    return host == "127.0.0.1";
+  }
+  if (peer.rfind("ipv6:", 0) != 0) return false;
+  std::string rest(peer.substr(5));
+  for (const auto& [encoded, plain] : {std::pair{"%5B", "["}, std::pair{"%5D", "]"}}) {
+    for (size_t at; (at = rest.find(encoded)) != std::string::npos;) rest.replace(at, 3, plain);
+  }
+  if (rest.empty() || rest.front() != '[') return false;
+  const size_t close = rest.find(']');
+  if (close == std::string::npos) return false;
+  host = rest.substr(1, close - 1);
+  for (char& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return host == "::1" || host == "::ffff:127.0.0.1";
+}
+
+std::string_view bearer_token(std::string_view value) {
+  // RFC 7235: the scheme is case-insensitive and followed by one or more spaces; RFC 9110
+  // allows optional whitespace (space, tab) around a field value.
+  const auto is_space = [](char c) { return c == ' ' || c == '\t'; };
+  while (!value.empty() && is_space(value.front())) value.remove_prefix(1);
+  while (!value.empty() && is_space(value.back())) value.remove_suffix(1);
+  constexpr std::string_view kScheme = "bearer";
+  if (value.size() <= kScheme.size() || !is_space(value[kScheme.size()])) return {};
+  for (size_t i = 0; i < kScheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(value[i])) != kScheme[i]) return {};
+  }
+  value.remove_prefix(kScheme.size());
+  while (!value.empty() && is_space(value.front())) value.remove_prefix(1);
+  return value;
+}
+
+grpc::Status check_admin_access(std::string_view peer, const grpc::string_ref* authorization,
+                                const ServerConfig& config) {
+  if (config.admin_token.empty()) {
+    if (local_peer(peer)) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "admin calls from " + std::string(peer) +
+                            " are refused: without admin.token only 127.0.0.1, ::1 and Unix "
+                            "socket peers may call");
+  }
+  if (authorization == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "authorization: missing (send \"authorization: Bearer <admin.token>\")");
+  }
+  const std::string_view token =
+      bearer_token(std::string_view(authorization->data(), authorization->size()));
+  if (token.empty() || !equal_secret(token, config.admin_token)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: invalid bearer token");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status check_admin_access(const grpc::CallbackServerContext& call,
+                                const ServerConfig& config) {
+  const auto& metadata = call.client_metadata();
+  const auto it = metadata.find("authorization");
+  return check_admin_access(call.peer(), it == metadata.end() ? nullptr : &it->second, config);
+}
+
+AdminService::~AdminService() { stop(); }
+
+void AdminService::stop() {
+  std::thread worker;
+  {
+    std::lock_guard lock(worker_mutex_);
+    stopped_ = true;
+    worker.swap(worker_);
+  }
+  if (worker.joinable()) worker.join();
+}
+
+grpc::ServerUnaryReactor* AdminService::run_controller_action(
+    grpc::CallbackServerContext* call, std::function<void(controller::Controller&)> body) {
+  const ServingContext::Served* served = context_.served();
+  if (served == nullptr) {
+    return finish(call, grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading"));
+  }
+  if (served->controller == nullptr) {
     return finish(call, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                      "controller.policy: the server runs the \"static\" policy; "
                                      "pinning and SLO reloads need \"helios\""));
   }
+  std::lock_guard lock(worker_mutex_);
+  if (stopped_) {
+    return finish(call,
+                  grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+  }
+  if (worker_busy_) {
+    return finish(call, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                     "an admin action is already running; retry once it has "
+                                     "finished"));
+  }
+  // Not busy: the last action's thread has cleared the flag and at most finishes its call.
+  if (worker_.joinable()) worker_.join();
+  worker_busy_ = true;
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
-  context.open_calls.fetch_add(1);
-  std::thread([reactor, &context, body = std::move(body)] {
+  context_.open_calls.fetch_add(1);
+  worker_ = std::thread([this, reactor, controller = served->controller, body = std::move(body)] {
     grpc::Status status = grpc::Status::OK;
     try {
-      body();
+      body(*controller);
     } catch (const Error& e) {
       status = to_status(e);
     } catch (const std::exception& e) {
       status = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
     }
+    // Free before the client hears back, so that its next action is not refused; the next
+    // action joins this thread, which only finishes the call.
+    {
+      std::lock_guard lock(worker_mutex_);
+      worker_busy_ = false;
+    }
     reactor->Finish(status);
-    context.open_calls.fetch_sub(1);
-  }).detach();
+    context_.open_calls.fetch_sub(1);
+  });
   return reactor;
-}
-
-}  // namespace
-
-grpc::Status check_admin_access(const grpc::CallbackServerContext& call,
-                                const ServerConfig& config) {
-  if (config.admin_token.empty()) {
-    const std::string peer = call.peer();
-    if (loopback_peer(peer)) return grpc::Status::OK;
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        "admin calls from " + peer +
-                            " are refused: without admin.token only loopback peers may call");
-  }
-  const auto& metadata = call.client_metadata();
-  const auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "authorization: missing (send \"authorization: Bearer <admin.token>\")");
-  }
-  const std::string_view value(it->second.data(), it->second.size());
-  constexpr std::string_view kBearer = "Bearer ";
-  if (value.substr(0, kBearer.size()) != kBearer ||
-      !equal_secret(value.substr(kBearer.size()), config.admin_token)) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: invalid bearer token");
-  }
-  return grpc::Status::OK;
 }
 
 grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* call,
@@ -199,7 +269,8 @@ grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* c
   response->set_exit_threshold(context_.config->exit_policy.threshold);
   response->set_kv_block_size(static_cast<uint32_t>(context_.config->kv_block_size));
   response->set_policy(context_.config->policy);
-  if (engine::ServingEngine* engine = context_.engine.load()) {
+  const ServingContext::Served* served = context_.served();
+  if (engine::ServingEngine* engine = served != nullptr ? served->engine : nullptr) {
     const engine::EngineStats stats = engine->stats();
     response->set_running_requests(static_cast<uint32_t>(stats.running));
     response->set_waiting_requests(static_cast<uint32_t>(stats.waiting));
@@ -213,8 +284,8 @@ grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* c
     fill_model_info(*engine->model(), *context_.config, stats.model_name,
                     response->mutable_model());
   }
-  if (context_.controller != nullptr) {
-    const controller::ControllerStatus status = context_.controller->status();
+  if (served != nullptr && served->controller != nullptr) {
+    const controller::ControllerStatus status = served->controller->status();
     response->set_exit_threshold(status.slo.exit_threshold);
     fill_controller(status, response->mutable_controller());
   }
@@ -227,7 +298,8 @@ grpc::ServerUnaryReactor* AdminService::ListModels(grpc::CallbackServerContext* 
   if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
     return finish(call, access);
   }
-  if (engine::ServingEngine* engine = context_.engine.load()) {
+  const ServingContext::Served* served = context_.served();
+  if (engine::ServingEngine* engine = served != nullptr ? served->engine : nullptr) {
     fill_model_info(*engine->model(), *context_.config, engine->stats().model_name,
                     response->add_models());
   }
@@ -245,8 +317,8 @@ grpc::ServerUnaryReactor* AdminService::PinModel(grpc::CallbackServerContext* ca
   }
   const std::string model = request->model();
   const int64_t layers = request->layers();
-  return run_controller_call(call, context_, [this, model, layers, response] {
-    fill_decision(context_.controller->pin(model, layers), response->mutable_decision());
+  return run_controller_action(call, [model, layers, response](controller::Controller& c) {
+    fill_decision(c.pin(model, layers), response->mutable_decision());
   });
 }
 
@@ -256,8 +328,8 @@ grpc::ServerUnaryReactor* AdminService::Unpin(grpc::CallbackServerContext* call,
   if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
     return finish(call, access);
   }
-  return run_controller_call(call, context_, [this, response] {
-    fill_decision(context_.controller->unpin(), response->mutable_decision());
+  return run_controller_action(call, [response](controller::Controller& c) {
+    fill_decision(c.unpin(), response->mutable_decision());
   });
 }
 
@@ -267,9 +339,9 @@ grpc::ServerUnaryReactor* AdminService::ReloadConfig(grpc::CallbackServerContext
   if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
     return finish(call, access);
   }
-  return run_controller_call(call, context_, [this, response] {
-    response->set_changed(context_.controller->reload());
-    response->set_slo_json(context_.controller->status().slo.to_json().dump());
+  return run_controller_action(call, [response](controller::Controller& c) {
+    response->set_changed(c.reload());
+    response->set_slo_json(c.status().slo.to_json().dump());
   });
 }
 

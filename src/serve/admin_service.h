@@ -2,18 +2,31 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
+#include <mutex>
+#include <string_view>
+#include <thread>
+
+#include "helios/serve/admin_access.h"
 #include "helios/v1/admin.grpc.pb.h"
 #include "serving_context.h"
 
 namespace helios::serve {
 
-// Admin calls need the configured bearer token, or come from a loopback peer when none is set.
+// check_admin_access over a call's peer and metadata.
 grpc::Status check_admin_access(const grpc::CallbackServerContext& call,
                                 const ServerConfig& config);
 
+// Controller actions (PinModel, Unpin, ReloadConfig) can take a while (a load), so they run off
+// the gRPC threads, on one worker thread at a time: a call while one runs gets
+// RESOURCE_EXHAUSTED "an admin action is already running". stop() (the daemon's shutdown, and
+// the destructor) waits for the running action, so no thread outlives the controller.
 class AdminService final : public v1::Admin::CallbackService {
  public:
   explicit AdminService(ServingContext& context) : context_(context) {}
+  ~AdminService() override;
+  // Waits for a running action; later actions get UNAVAILABLE.
+  void stop();
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* call,
                                       const v1::GetStatusRequest* request,
@@ -32,7 +45,14 @@ class AdminService final : public v1::Admin::CallbackService {
                                          v1::ReloadConfigResponse* response) override;
 
  private:
+  grpc::ServerUnaryReactor* run_controller_action(
+      grpc::CallbackServerContext* call, std::function<void(controller::Controller&)> body);
+
   ServingContext& context_;
+  std::mutex worker_mutex_;
+  std::thread worker_;        // the running or last action's thread
+  bool worker_busy_ = false;  // an action runs
+  bool stopped_ = false;
 };
 
 }  // namespace helios::serve

@@ -5,8 +5,13 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
+#include <arpa/inet.h>
+#include <grpcpp/resource_quota.h>
+
 #include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <limits>
 #include <functional>
 #include <thread>
 
@@ -46,6 +51,26 @@ int gpu_index(const std::string& device) {
   return ec == std::errc() && ptr == end && index >= 0 ? index : -1;
 }
 
+// A config value as a gRPC channel argument (an int), saturating.
+int channel_int(int64_t value) {
+  return static_cast<int>(std::clamp<int64_t>(value, 0, std::numeric_limits<int>::max()));
+}
+
+// Whether a gRPC listening address is reachable only from this host: a Unix socket,
+// localhost, or a loopback address ([::1], 127.0.0.0/8).
+bool loopback_only(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0 || address.rfind("unix-abstract:", 0) == 0) return true;
+  const size_t colon = address.rfind(':');
+  std::string host = address.substr(0, colon == std::string::npos ? address.size() : colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  for (char& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (host == "localhost" || host == "::1" || host == "::ffff:127.0.0.1") return true;
+  in_addr ipv4{};
+  return host.rfind("127.", 0) == 0 && ::inet_pton(AF_INET, host.c_str(), &ipv4) == 1;
+}
+
 // Polls `done` until it holds or `until` passes; true when it held.
 bool wait_until(const std::function<bool()>& done, std::chrono::steady_clock::time_point until) {
   while (!done()) {
@@ -56,6 +81,15 @@ bool wait_until(const std::function<bool()>& done, std::chrono::steady_clock::ti
 }
 
 }  // namespace
+
+void check_admin_exposure(const ServerConfig& config) {
+  if (!config.admin_token.empty() || loopback_only(config.grpc_address)) return;
+  throw Error(ErrorCode::kInvalidArgument,
+              "admin.token: must be set when grpc.address (\"" + config.grpc_address +
+                  "\") is reachable from other hosts: without it the Admin service (PinModel, "
+                  "Unpin, ReloadConfig) would have no authentication. Set admin.token, or "
+                  "listen on 127.0.0.1, [::1] or localhost");
+}
 
 Daemon::Daemon(ServerConfig config) : config_(std::move(config)) {}
 
@@ -68,6 +102,7 @@ Daemon::~Daemon() {
 }
 
 void Daemon::start() {
+  check_admin_exposure(config_);
   started_ = std::chrono::steady_clock::now();
   registry_ = std::make_unique<metrics::Registry>();
   services_ = std::make_unique<Services>();
@@ -104,6 +139,24 @@ void Daemon::start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config_.grpc_address, grpc::InsecureServerCredentials(), &grpc_port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.grpc_max_message_bytes));
+  // The network limits of server_config.h (grpc.*): streams per connection, keepalive pings
+  // the server tolerates, connection idle time and age, gRPC's memory and threads.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             channel_int(config_.grpc_max_concurrent_streams));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             channel_int(config_.grpc_keepalive_min_ping_interval_ms));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES,
+                             channel_int(config_.grpc_keepalive_max_ping_strikes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             channel_int(config_.grpc_max_connection_idle_ms));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                             channel_int(config_.grpc_max_connection_age_ms));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                             channel_int(config_.grpc_max_connection_age_grace_ms));
+  grpc::ResourceQuota quota("helios-grpc");
+  quota.Resize(static_cast<size_t>(config_.grpc_memory_quota_bytes));
+  quota.SetMaxThreads(channel_int(config_.grpc_max_threads));
+  builder.SetResourceQuota(quota);
   builder.RegisterService(&services_->inference);
   builder.RegisterService(&services_->admin);
   server_ = builder.BuildAndStart();
@@ -164,19 +217,24 @@ void Daemon::load_model() {
   }
   engine_ = std::make_unique<engine::ServingEngine>(model_, engine_options, registry_.get());
   engine_->start();
-  if (controller_) {
-    controller_->start(engine_.get());
-    services_->context.controller = controller_.get();
-  }
+  if (controller_) controller_->start(engine_.get());
 
-  ServingContext& context = services_->context;
+  // Handlers may run already (they see kLoading): everything they need of the model is
+  // published at once, and never changes after.
+  ServingContext::Served served;
+  served.engine = engine_.get();
+  served.controller = controller_.get();
   const int64_t context_length = model_->config().max_position_embeddings;
-  context.max_prompt_tokens = config_.max_prompt_tokens > 0
-                                  ? std::min(config_.max_prompt_tokens, context_length)
-                                  : context_length;
-  context.max_output_tokens = config_.max_output_tokens > 0 ? config_.max_output_tokens
-                                                             : context_length;
-  context.engine.store(engine_.get());
+  served.limits.context_length = context_length;
+  served.limits.max_prompt_tokens = config_.max_prompt_tokens > 0
+                                        ? std::min(config_.max_prompt_tokens, context_length)
+                                        : context_length;
+  served.limits.max_output_tokens =
+      config_.max_output_tokens > 0 ? config_.max_output_tokens : context_length;
+  served.limits.max_prompt_bytes = config_.max_prompt_bytes;
+  served.limits.max_stop_strings = config_.max_stop_strings;
+  served.limits.max_stop_bytes = config_.max_stop_bytes;
+  services_->context.publish(served);
 
   const engine::EngineStats stats = engine_->stats();
   spdlog::info(
@@ -263,6 +321,9 @@ void Daemon::shutdown() {
   if (services_) {
     wait_until([this] { return services_->context.open_calls.load() == 0; },
                std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    // An admin action still running (a long load) is waited for: its thread uses the
+    // controller, which goes away with the daemon.
+    services_->admin.stop();
   }
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
   if (engine_) engine_->stop();

@@ -1,14 +1,13 @@
 // helios.v1.Inference: request validation, admission and the streaming of results.
 #include "inference_service.h"
 
-#include <google/protobuf/unknown_field_set.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <random>
 
 #include "helios/common/error.h"
-#include "helios/tokenizer/utf8.h"
+#include "helios/serve/request_validation.h"
 
 namespace helios::serve {
 namespace {
@@ -24,20 +23,6 @@ std::string next_request_id() {
   }();
   static std::atomic<uint64_t> counter{0};
   return fmt::format("req-{}-{}", prefix, counter.fetch_add(1) + 1);
-}
-
-// Byte offset of the first ill-formed UTF-8 sequence, or npos.
-size_t invalid_utf8_at(std::string_view text) {
-  for (size_t pos = 0; pos < text.size();) {
-    const size_t length = tokenizer::utf8_sequence_length(text, pos);
-    if (length == 0) return pos;
-    pos += length;
-  }
-  return std::string_view::npos;
-}
-
-[[noreturn]] void invalid(const std::string& message) {
-  throw Error(ErrorCode::kInvalidArgument, message);
 }
 
 v1::FinishReason to_proto(Finish finish) {
@@ -261,146 +246,55 @@ class FailedWriteReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffe
   void OnDone() override { delete this; }
 };
 
+// The request's bytes in one piece.
+std::string flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) {
+    throw Error(ErrorCode::kInvalidArgument, "request: unreadable message");
+  }
+  std::string bytes;
+  bytes.reserve(buffer.Length());
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return bytes;
+}
+
 }  // namespace
 
-engine::RequestSpec build_request_spec(const v1::GenerateRequest& request,
-                                       const ServingContext& context,
-                                       const engine::ModelInstance& model,
-                                       std::chrono::system_clock::time_point deadline) {
-  const ServerConfig& config = *context.config;
-  engine::RequestSpec spec;
-
-  if (request.request_id().size() > 128) invalid("request_id: longer than 128 bytes");
-  if (invalid_utf8_at(request.request_id()) != std::string_view::npos) {
-    invalid("request_id: not valid UTF-8");
+std::shared_ptr<engine::Request> InferenceService::prepare(grpc::CallbackServerContext* call,
+                                                           const grpc::ByteBuffer& bytes,
+                                                           const ServingContext::Served& served) {
+  const v1::GenerateRequest request = parse_generate_request(flatten(bytes));
+  engine::ServingEngine& engine = *served.engine;
+  // Refused before any real work: the engine checks again when the request is submitted (the
+  // queue may fill in between), but a flood of requests it would refuse is never tokenized.
+  const int64_t queued = engine.in_flight() - engine.stats().running;
+  const int64_t max_queued = engine.options().limits.max_queued;
+  if (queued >= max_queued) {
+    throw Error(ErrorCode::kResourceExhausted,
+                fmt::format("request queue is full ({} requests waiting, limit "
+                            "scheduler.max_queued_requests = {})",
+                            queued, max_queued));
   }
-  spec.id = request.request_id().empty() ? next_request_id() : request.request_id();
-
-  const std::string& prompt = request.prompt();
-  if (prompt.empty()) invalid("prompt: must not be empty");
-  if (const size_t at = invalid_utf8_at(prompt); at != std::string_view::npos) {
-    invalid(fmt::format("prompt: not valid UTF-8 (ill-formed sequence at byte {})", at));
-  }
-
-  if (request.max_tokens() == 0) invalid("max_tokens: must be at least 1");
-  if (request.max_tokens() > context.max_output_tokens) {
-    invalid(fmt::format("max_tokens: {} exceeds the limit of {}", request.max_tokens(),
-                        context.max_output_tokens));
-  }
-  spec.max_tokens = request.max_tokens();
-
-  const float temperature = request.temperature();
-  if (!std::isfinite(temperature) || temperature < 0.0f) {
-    invalid(fmt::format("temperature: must be a finite number >= 0, got {}", temperature));
-  }
-  spec.sampling.temperature = temperature;
-  if (request.has_top_p()) {
-    const float top_p = request.top_p();
-    if (!(top_p > 0.0f && top_p <= 1.0f)) {
-      invalid(fmt::format("top_p: must be in (0, 1], got {}", top_p));
-    }
-    spec.sampling.top_p = top_p;
-  }
-  if (request.top_k() > static_cast<uint32_t>(std::numeric_limits<int32_t>::max())) {
-    invalid("top_k: too large");
-  }
-  spec.sampling.top_k = static_cast<int32_t>(request.top_k());
-  spec.sampling.seed = request.seed();
-
-  if (request.stop_size() > config.max_stop_strings) {
-    invalid(fmt::format("stop: {} strings exceed the limit of {}", request.stop_size(),
-                        config.max_stop_strings));
-  }
-  for (int i = 0; i < request.stop_size(); ++i) {
-    const std::string& stop = request.stop(i);
-    if (stop.empty()) invalid(fmt::format("stop[{}]: must not be empty", i));
-    if (static_cast<int64_t>(stop.size()) > config.max_stop_bytes) {
-      invalid(fmt::format("stop[{}]: {} bytes exceed the limit of {}", i, stop.size(),
-                          config.max_stop_bytes));
-    }
-    if (invalid_utf8_at(stop) != std::string_view::npos) {
-      invalid(fmt::format("stop[{}]: not valid UTF-8", i));
-    }
-    spec.stop.push_back(stop);
-  }
-  spec.token_details = request.include_token_details();
-  spec.score_prompt = request.score_prompt();
-
-  // Tokenize last: the cheap checks above reject bad requests before any real work.
-  spec.prompt.push_back(model.tokenizer().bos_id());
-  const std::vector<int32_t> ids = model.tokenizer().encode(prompt);
-  spec.prompt.insert(spec.prompt.end(), ids.begin(), ids.end());
-  const int64_t prompt_tokens = static_cast<int64_t>(spec.prompt.size());
-  const int64_t context_length = model.config().max_position_embeddings;
-  if (prompt_tokens > context.max_prompt_tokens) {
-    invalid(fmt::format("prompt: {} tokens (with BOS) exceed the limit of {}", prompt_tokens,
-                        context.max_prompt_tokens));
-  }
-  if (prompt_tokens >= context_length) {
-    invalid(fmt::format("prompt: {} tokens (with BOS) leave no room to generate within the "
-                        "model's context of {} tokens",
-                        prompt_tokens, context_length));
-  }
-
-  if (deadline != std::chrono::system_clock::time_point::max()) {
+  engine::RequestSpec spec =
+      validate_request(request, served.limits, engine.model()->tokenizer());
+  if (spec.id.empty()) spec.id = next_request_id();
+  if (const auto deadline = call->deadline();
+      deadline != std::chrono::system_clock::time_point::max()) {
     const auto remaining = deadline - std::chrono::system_clock::now();
     spec.deadline = engine::Clock::now() +
                     std::chrono::duration_cast<engine::Clock::duration>(remaining);
   }
-  return spec;
-}
-
-grpc::Status parse_generate_request(const grpc::ByteBuffer& buffer, v1::GenerateRequest& out) {
-  std::vector<grpc::Slice> slices;
-  if (!buffer.Dump(&slices).ok()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request: unreadable message");
-  }
-  std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  google::protobuf::UnknownFieldSet fields;
-  if (!fields.ParseFromString(bytes)) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "request: not a serialized helios.v1.GenerateRequest");
-  }
-  // Everything but the string fields goes through the regular parser; the string fields are
-  // set directly, bytes as sent, for validation to judge.
-  const google::protobuf::Descriptor* descriptor = out.GetDescriptor();
-  const google::protobuf::Reflection* reflection = out.GetReflection();
-  google::protobuf::UnknownFieldSet rest;
-  std::vector<std::pair<const google::protobuf::FieldDescriptor*, const std::string*>> strings;
-  for (int i = 0; i < fields.field_count(); ++i) {
-    const google::protobuf::UnknownField& field = fields.field(i);
-    const google::protobuf::FieldDescriptor* fd = descriptor->FindFieldByNumber(field.number());
-    if (fd != nullptr && fd->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
-      if (field.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            fd->name() + ": wrong wire type for a string");
-      }
-      strings.emplace_back(fd, &field.length_delimited());
-    } else {
-      rest.AddField(field);
-    }
-  }
-  std::string rest_bytes;
-  if (!rest.SerializeToString(&rest_bytes) || !out.ParseFromString(rest_bytes)) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "request: not a serialized helios.v1.GenerateRequest");
-  }
-  for (const auto& [fd, value] : strings) {
-    if (fd->is_repeated()) {
-      reflection->AddString(&out, fd, *value);
-    } else {
-      reflection->SetString(&out, fd, *value);
-    }
-  }
-  return grpc::Status::OK;
+  auto admitted = std::make_shared<engine::Request>(std::move(spec));
+  engine.submit(admitted);
+  return admitted;
 }
 
 grpc::Status InferenceService::admit(grpc::CallbackServerContext* call,
                                      const grpc::ByteBuffer& bytes,
                                      std::shared_ptr<engine::Request>& out) {
-  v1::GenerateRequest request;
-  grpc::Status status = parse_generate_request(bytes, request);
+  grpc::Status status;
   switch (context_.state->load()) {
     case ServerState::kLoading:
       status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the model is still loading");
@@ -409,20 +303,15 @@ grpc::Status InferenceService::admit(grpc::CallbackServerContext* call,
     case ServerState::kStopped:
       status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
       break;
-    case ServerState::kServing: {
-      if (!status.ok()) break;
-      engine::ServingEngine* engine = context_.engine.load();
+    case ServerState::kServing:
       try {
-        out = std::make_shared<engine::Request>(
-            build_request_spec(request, context_, *engine->model(), call->deadline()));
-        engine->submit(out);
+        out = prepare(call, bytes, *context_.served());
       } catch (const Error& e) {
         status = to_status(e);
       } catch (const std::exception& e) {
         status = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
       }
       break;
-    }
   }
   if (!status.ok()) {
     out.reset();
@@ -440,8 +329,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
   std::shared_ptr<engine::Request> admitted;
   const grpc::Status status = admit(call, *request, admitted);
   if (!status.ok()) return new FailedWriteReactor(status);
-  auto reactor =
-      std::make_shared<GenerateReactor>(admitted, context_.engine.load(), context_.open_calls);
+  auto reactor = std::make_shared<GenerateReactor>(admitted, context_.served()->engine,
+                                                   context_.open_calls);
   reactor->begin();
   return reactor.get();
 }
@@ -456,7 +345,7 @@ grpc::ServerUnaryReactor* InferenceService::Complete(grpc::CallbackServerContext
     reactor->Finish(status);
     return reactor;
   }
-  auto reactor = std::make_shared<CompleteReactor>(admitted, context_.engine.load(),
+  auto reactor = std::make_shared<CompleteReactor>(admitted, context_.served()->engine,
                                                    context_.open_calls, response);
   reactor->begin();
   return reactor.get();

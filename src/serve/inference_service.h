@@ -11,20 +11,9 @@
 
 namespace helios::serve {
 
-// Validates a GenerateRequest against the server's limits and tokenizes it. Throws
-// helios::Error(kInvalidArgument) naming the offending field.
-engine::RequestSpec build_request_spec(const v1::GenerateRequest& request,
-                                       const ServingContext& context,
-                                       const engine::ModelInstance& model,
-                                       std::chrono::system_clock::time_point deadline);
-
-// Parses a serialized GenerateRequest without protobuf's UTF-8 check on string fields, so
-// that a prompt with invalid UTF-8 reaches validation (and gets INVALID_ARGUMENT naming the
-// field) instead of failing inside gRPC with a status that names nothing.
-grpc::Status parse_generate_request(const grpc::ByteBuffer& buffer, v1::GenerateRequest& out);
-
-// The Inference service takes its request bytes raw (see parse_generate_request) and writes
-// serialized responses; to clients it is the plain helios.v1.Inference service.
+// The Inference service takes its request bytes raw (see parse_generate_request in
+// helios/serve/request_validation.h) and writes serialized responses; to clients it is the
+// plain helios.v1.Inference service.
 using RawInferenceBase = v1::Inference::WithRawCallbackMethod_Generate<
     v1::Inference::WithRawCallbackMethod_Complete<v1::Inference::Service>>;
 
@@ -42,6 +31,11 @@ class InferenceService final : public RawInferenceBase {
   // Admits a request into the engine or returns why not.
   grpc::Status admit(grpc::CallbackServerContext* call, const grpc::ByteBuffer& bytes,
                      std::shared_ptr<engine::Request>& out);
+  // admit() while serving: parse, the cheap refusals (a full queue, then the field checks),
+  // tokenization, submission. Throws helios::Error.
+  std::shared_ptr<engine::Request> prepare(grpc::CallbackServerContext* call,
+                                           const grpc::ByteBuffer& bytes,
+                                           const ServingContext::Served& served);
 
   ServingContext& context_;
 };

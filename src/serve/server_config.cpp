@@ -83,6 +83,18 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   Section grpc(root, "grpc");
   grpc.string("address", c.grpc_address);
   grpc.integer("max_message_bytes", c.grpc_max_message_bytes, 1024, int64_t{1} << 30);
+  grpc.integer("max_concurrent_streams", c.grpc_max_concurrent_streams, 1, 65535);
+  double quota_mib = static_cast<double>(c.grpc_memory_quota_bytes) / kMiB;
+  grpc.number("memory_quota_mib", quota_mib, 16.0, 1 << 20);
+  c.grpc_memory_quota_bytes = static_cast<int64_t>(quota_mib * kMiB);
+  grpc.integer("max_threads", c.grpc_max_threads, 2, 4096);
+  grpc.integer("keepalive_min_ping_interval_ms", c.grpc_keepalive_min_ping_interval_ms, 0,
+               int64_t{1} << 31);
+  grpc.integer("keepalive_max_ping_strikes", c.grpc_keepalive_max_ping_strikes, 0, 1000);
+  grpc.integer("max_connection_idle_ms", c.grpc_max_connection_idle_ms, 1000, int64_t{1} << 31);
+  grpc.integer("max_connection_age_ms", c.grpc_max_connection_age_ms, 1000, int64_t{1} << 31);
+  grpc.integer("max_connection_age_grace_ms", c.grpc_max_connection_age_grace_ms, 0,
+               int64_t{1} << 31);
   grpc.check_unknown();
 
   Section http(root, "http");
@@ -119,6 +131,7 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   scheduler.integer("max_output_tokens", c.max_output_tokens, 0, 1 << 24);
   scheduler.integer("max_stop_strings", c.max_stop_strings, 0, 64);
   scheduler.integer("max_stop_bytes", c.max_stop_bytes, 1, 1024);
+  scheduler.integer("max_prompt_bytes", c.max_prompt_bytes, 1, int64_t{1} << 30);
   scheduler.check_unknown();
 
   Section exit(root, "early_exit");
@@ -222,7 +235,17 @@ void ServerConfig::validate() const {
 
 nlohmann::json ServerConfig::to_json() const {
   return json{
-      {"grpc", {{"address", grpc_address}, {"max_message_bytes", grpc_max_message_bytes}}},
+      {"grpc",
+       {{"address", grpc_address},
+        {"max_message_bytes", grpc_max_message_bytes},
+        {"max_concurrent_streams", grpc_max_concurrent_streams},
+        {"memory_quota_mib", static_cast<double>(grpc_memory_quota_bytes) / kMiB},
+        {"max_threads", grpc_max_threads},
+        {"keepalive_min_ping_interval_ms", grpc_keepalive_min_ping_interval_ms},
+        {"keepalive_max_ping_strikes", grpc_keepalive_max_ping_strikes},
+        {"max_connection_idle_ms", grpc_max_connection_idle_ms},
+        {"max_connection_age_ms", grpc_max_connection_age_ms},
+        {"max_connection_age_grace_ms", grpc_max_connection_age_grace_ms}}},
       {"http", {{"host", http_host}, {"port", http_port}}},
       {"model",
        {{"path", model_path.string()},
@@ -241,7 +264,8 @@ nlohmann::json ServerConfig::to_json() const {
         {"max_prompt_tokens", max_prompt_tokens},
         {"max_output_tokens", max_output_tokens},
         {"max_stop_strings", max_stop_strings},
-        {"max_stop_bytes", max_stop_bytes}}},
+        {"max_stop_bytes", max_stop_bytes},
+        {"max_prompt_bytes", max_prompt_bytes}}},
       {"early_exit",
        {{"threshold", exit_policy.threshold},
         {"metric", exit_policy.metric == model::ConfidenceMetric::kEntropy ? "entropy"

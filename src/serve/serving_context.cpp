@@ -2,6 +2,14 @@
 
 namespace helios::serve {
 
+void ServingContext::publish(const Served& served) {
+  if (served_.load(std::memory_order_acquire) != nullptr) {
+    throw Error(ErrorCode::kFailedPrecondition, "the serving context was published already");
+  }
+  storage_ = served;
+  served_.store(&storage_, std::memory_order_release);
+}
+
 grpc::Status to_status(const Error& error) {
   grpc::StatusCode code = grpc::StatusCode::INTERNAL;
   switch (error.code()) {

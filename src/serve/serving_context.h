@@ -9,23 +9,39 @@
 #include "helios/common/error.h"
 #include "helios/metrics/registry.h"
 #include "helios/serve/daemon.h"
+#include "helios/serve/request_validation.h"
 #include "helios/serve/server_config.h"
 
 namespace helios::serve {
 
-// What the gRPC handlers need to see of the daemon. The engine pointer is set once the model
-// is loaded; handlers read the state first and only touch the engine when it is kServing or
-// kDraining (it outlives the gRPC server).
+// What the gRPC handlers need to see of the daemon.
+//
+// Thread safety: the plain fields are set before the gRPC server starts and never change
+// after. What exists only once the model has loaded (the engine, the controller, the request
+// limits resolved against the model's context) comes while handlers may already run: it is
+// written once into a Served and published by publish() (a release store), and handlers see
+// it through served() (an acquire load): null until then, complete and immutable after.
 struct ServingContext {
+  struct Served {
+    engine::ServingEngine* engine = nullptr;       // outlives the gRPC server
+    controller::Controller* controller = nullptr;  // with policy "helios"; outlives the server
+    RequestLimits limits;
+  };
+
   const ServerConfig* config = nullptr;
   std::atomic<ServerState>* state = nullptr;
-  std::atomic<engine::ServingEngine*> engine{nullptr};
   std::chrono::steady_clock::time_point started;
-  int64_t max_prompt_tokens = 0;  // resolved against the model's context
-  int64_t max_output_tokens = 0;
   metrics::Family<metrics::Counter>* rejected = nullptr;  // by gRPC status code
-  std::atomic<int64_t> open_calls{0};  // Generate/Complete calls gRPC has not finished with
-  controller::Controller* controller = nullptr;  // with policy "helios"; outlives the server
+  std::atomic<int64_t> open_calls{0};  // calls gRPC has not finished with (shutdown waits)
+
+  // Once, before the state becomes kServing; a second call throws kFailedPrecondition.
+  void publish(const Served& served);
+  // Null until publish(); a handler that read kServing or kDraining finds it set.
+  const Served* served() const { return served_.load(std::memory_order_acquire); }
+
+ private:
+  Served storage_;
+  std::atomic<const Served*> served_{nullptr};
 };
 
 // Maps a helios::Error onto the gRPC status code of the same meaning.

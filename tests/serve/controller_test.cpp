@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <future>
+#include <iostream>
 #include <mutex>
 #include <regex>
 #include <thread>
@@ -435,6 +437,50 @@ TEST(HeliosController, AdminCallsNeedTheTokenAndNameBadFields) {
   EXPECT_EQ(status.controller().phase(), "pinned");
   EXPECT_EQ(status.policy(), "helios");
   EXPECT_EQ(daemon.stop(), 0);
+}
+
+// Controller actions run one at a time on one worker: concurrent pins are refused with
+// RESOURCE_EXHAUSTED while one runs, and the worker is joined when the daemon stops.
+TEST(HeliosController, OneAdminActionAtATime) {
+  ScratchDir dir("controller-single-flight");
+  const auto slo_path = dir.path() / "slo.json";
+  write_slo(slo_path, slo_file().dump(2));
+  DaemonProcess daemon(helios_config(slo_path));
+  ASSERT_TRUE(daemon.wait_ready());
+  constexpr int kCalls = 8;
+  std::vector<std::future<grpc::Status>> calls;
+  for (int i = 0; i < kCalls; ++i) {
+    calls.push_back(std::async(std::launch::async, [&daemon, i] {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      v1::PinModelRequest pin;
+      pin.set_model(i % 2 == 0 ? "code-micro" : "mix-micro");
+      pin.set_layers(2 + i % 2);
+      v1::PinModelResponse response;
+      return daemon.admin()->PinModel(&context, pin, &response);
+    }));
+  }
+  int done = 0, refused = 0;
+  for (auto& call : calls) {
+    const grpc::Status s = call.get();
+    if (s.ok()) {
+      ++done;
+    } else {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+      EXPECT_NE(s.error_message().find("already running"), std::string::npos)
+          << s.error_message();
+      ++refused;
+    }
+  }
+  std::cout << "[admin] " << kCalls << " concurrent pins: " << done << " done, " << refused
+            << " refused" << std::endl;
+  EXPECT_GE(done, 1);
+  EXPECT_GE(refused, 1);
+  // Once the action is over, the next one runs.
+  grpc::ClientContext context;
+  v1::UnpinResponse response;
+  EXPECT_TRUE(daemon.admin()->Unpin(&context, v1::UnpinRequest(), &response).ok());
+  EXPECT_EQ(daemon.stop(), 0) << daemon.log();
 }
 
 TEST(HeliosController, StaticPolicyRefusesControllerCommands) {

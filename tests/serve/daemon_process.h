@@ -58,6 +58,9 @@ class DaemonProcess {
     std::ofstream(config_path) << config.dump(2);
     ports_path_ = dir_.path() / "ports.json";
     log_path_ = dir_.path() / "daemon.log";
+    // Clients connect to the configured loopback address (127.0.0.6, say), else to 127.0.0.1.
+    const std::string address = config.contains("grpc") ? config["grpc"].value("address", "") : "";
+    if (address.rfind("127.", 0) == 0) host_ = address.substr(0, address.rfind(':'));
     std::vector<std::string> args = {HELIOS_BINARY, "serve", "--config", config_path.string(),
                                      "--ports-file", ports_path_.string()};
     std::vector<char*> argv;
@@ -102,6 +105,32 @@ class DaemonProcess {
     return false;
   }
 
+  // Waits for a daemon expected to refuse to start; its exit code, or -1 on a crash or when it
+  // still runs after `timeout`.
+  int wait_exit(std::chrono::seconds timeout = std::chrono::seconds(60)) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < until) {
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+
+  pid_t pid() const { return pid_; }
+
+  // The daemon's peak resident set so far (VmHWM), in MiB; -1 when unreadable.
+  double peak_rss_mib() const {
+    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+    }
+    return -1.0;
+  }
+
   // Sends `signal` and waits for the exit; returns the exit code (or -1 on a crash/timeout).
   int stop(int signal = SIGTERM, std::chrono::seconds timeout = std::chrono::seconds(60)) {
     if (pid_ <= 0) return -1;
@@ -118,7 +147,7 @@ class DaemonProcess {
     return -1;
   }
 
-  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  std::string address() const { return host_ + ":" + std::to_string(grpc_port_); }
   int http_port() const { return http_port_; }
   std::string log() const {
     return std::filesystem::exists(log_path_) ? helios::read_file(log_path_) : "";
@@ -142,6 +171,7 @@ class DaemonProcess {
   ScratchDir dir_{"daemon"};
   std::filesystem::path ports_path_, log_path_;
   pid_t pid_ = -1;
+  std::string host_ = "127.0.0.1";
   int grpc_port_ = 0, http_port_ = 0;
 };
 

@@ -5,6 +5,7 @@
 #include <google/protobuf/unknown_field_set.h>
 
 #include <future>
+#include <optional>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "serve/daemon_process.h"
@@ -166,6 +167,66 @@ TEST(Serve, FullQueueRejectsAtOnce) {
       << rejected.status.error_message();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);  // refused at once, not after a wait
   for (auto& f : accepted) EXPECT_TRUE(f.get().status.ok());
+  EXPECT_EQ(daemon.stop(), 0) << daemon.log();
+}
+
+// A full queue and an oversized prompt are refused before the prompt is tokenized: at a full
+// queue even a prompt too long for the model gets RESOURCE_EXHAUSTED, and a prompt past
+// scheduler.max_prompt_bytes is refused by its size in bytes.
+TEST(Serve, CheapRefusalsComeBeforeTokenization) {
+  DaemonProcess daemon(daemon_config(
+      kModel, {{"scheduler",
+                {{"max_running_requests", 1}, {"max_queued_requests", 1}, {"max_prompt_bytes", 1000}}}}));
+  ASSERT_TRUE(daemon.wait_ready());
+  auto stub = daemon.inference();
+  const std::vector<std::string> prompts = test_prompts(2);
+  // One request runs and one waits while the probe goes out; on a loaded machine the running
+  // one may finish first, so the scene is set up again (a drained queue shows as waiting < 1).
+  const auto probe_at_full_queue = [&]() -> std::optional<grpc::StatusCode> {
+    std::vector<std::future<StreamResult>> accepted;
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    accepted.push_back(std::async(std::launch::async, [&] {
+      return generate(*stub, greedy_request(prompts[0], 190));
+    }));
+    while (daemon.status().running_requests() < 1 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(1ms);
+    }
+    accepted.push_back(std::async(std::launch::async, [&] {
+      return generate(*stub, greedy_request(prompts[1], 190));
+    }));
+    while (daemon.status().waiting_requests() < 1 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(1ms);
+    }
+    std::optional<grpc::StatusCode> code;
+    if (daemon.status().waiting_requests() == 1) {
+      // 300 bytes: within max_prompt_bytes, over the model's 256-token context once tokenized.
+      code = generate(*stub, greedy_request(std::string(300, 'a'), 4)).status.error_code();
+    }
+    for (auto& f : accepted) EXPECT_TRUE(f.get().status.ok());
+    return code;
+  };
+  std::optional<grpc::StatusCode> at_full_queue;
+  for (int attempt = 0; attempt < 3 && !at_full_queue; ++attempt) {
+    at_full_queue = probe_at_full_queue();
+  }
+  ASSERT_TRUE(at_full_queue.has_value()) << "never saw a request waiting";
+  EXPECT_EQ(*at_full_queue, grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  const StreamResult too_big = generate(*stub, greedy_request(std::string(1001, 'a'), 4));
+  EXPECT_EQ(too_big.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(too_big.status.error_message(),
+            "prompt: 1001 bytes exceed the limit of 1000 (scheduler.max_prompt_bytes)");
+  const StreamResult too_long = generate(*stub, greedy_request(std::string(300, 'a'), 4));
+  EXPECT_EQ(too_long.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(too_long.status.error_message().rfind("prompt: 301 tokens", 0), 0u)
+      << too_long.status.error_message();
+  // A request id with control characters would forge lines in a text log.
+  v1::GenerateRequest forged = greedy_request("The man", 4);
+  forged.set_request_id("r1\n[2026-01-01 00:00:00.000] [info] forged");
+  const StreamResult control = generate(*stub, forged);
+  EXPECT_EQ(control.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(control.status.error_message().rfind("request_id:", 0), 0u)
+      << control.status.error_message();
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
 }
 

@@ -34,6 +34,12 @@ enum class ServerState { kLoading, kServing, kDraining, kStopped };
 
 struct Services;  // the gRPC services and the context they share (src/serve/daemon.cpp)
 
+// Refuses a config whose Admin service would be reachable from other hosts without
+// authentication: grpc.address on anything but a loopback address, localhost or a Unix socket
+// (0.0.0.0, [::], a host name, an interface address) with no admin.token. Throws
+// helios::Error(kInvalidArgument) naming both keys. Daemon::start() calls it first.
+void check_admin_exposure(const ServerConfig& config);
+
 // The helios daemon: the HTTP endpoint, the gRPC server (Inference, Admin, health,
 // reflection) and the serving engine, with their lifecycle. start() brings everything up and
 // returns once the model serves; shutdown() drains: health goes NOT_SERVING, new calls get

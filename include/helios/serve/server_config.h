@@ -57,6 +57,23 @@ struct ServerConfig {
   double cpu_watts_per_core = 10.0;
   // admin: bearer token the Admin service requires; empty = loopback peers only
   std::string admin_token;
+  // Network limits of the gRPC server (grpc.*). A client past them: a stream over
+  // max_concurrent_streams waits for a free one (HTTP/2 SETTINGS); a client pinging more often
+  // than keepalive_min_ping_interval_ms without data gets GOAWAY after keepalive_max_ping_strikes;
+  // a connection idle for max_connection_idle_ms or older than max_connection_age_ms gets GOAWAY
+  // (calls in flight get max_connection_age_grace_ms to finish); past memory_quota_bytes gRPC
+  // shrinks flow-control windows and refuses new streams.
+  int64_t grpc_max_concurrent_streams = 128;                 // per connection
+  int64_t grpc_memory_quota_bytes = int64_t{512} << 20;       // all of gRPC's buffers
+  int64_t grpc_max_threads = 32;                              // gRPC's resource-quota threads
+  int64_t grpc_keepalive_min_ping_interval_ms = 10'000;       // 10 s
+  int64_t grpc_keepalive_max_ping_strikes = 2;
+  int64_t grpc_max_connection_idle_ms = 10 * 60'000;          // 10 min
+  int64_t grpc_max_connection_age_ms = 30 * 60'000;           // 30 min
+  int64_t grpc_max_connection_age_grace_ms = 10 * 60'000;     // 10 min
+  // scheduler.max_prompt_bytes: a longer prompt gets INVALID_ARGUMENT naming `prompt` before it
+  // is tokenized.
+  int64_t max_prompt_bytes = int64_t{1} << 20;  // 1 MiB
 
   // Throws helios::Error(kInvalidArgument) naming the key (e.g. "scheduler.max_batch_tokens").
   static ServerConfig from_json(const nlohmann::json& json, const std::filesystem::path& base_dir);
