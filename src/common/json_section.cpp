@@ -1,8 +1,11 @@
 #include "helios/common/json_section.h"
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 
 #include "helios/common/error.h"
+#include "helios/common/json_limits.h"
 
 namespace helios {
 
@@ -40,9 +43,25 @@ bool JsonSection::integer(const std::string& key, int64_t& out) {
   const json* v = find(key);
   if (v == nullptr) return false;
   if (!(v->is_number_integer() || v->is_number_unsigned())) {
-    fail(path(key), "must be an integer, got " + v->dump());
+    fail(path(key), "must be an integer, got " + json_excerpt(*v));
+  }
+  // get<int64_t>() would wrap an unsigned value past INT64_MAX into a negative one.
+  if (v->is_number_unsigned() &&
+      v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    fail(path(key), std::to_string(v->get<uint64_t>()) + " is out of range");
   }
   out = v->get<int64_t>();
+  return true;
+}
+
+bool JsonSection::integer(const std::string& key, int64_t& out, int64_t min, int64_t max) {
+  int64_t value = 0;
+  if (!integer(key, value)) return false;
+  if (value < min || value > max) {
+    fail(path(key), "must be in [" + std::to_string(min) + ", " + std::to_string(max) +
+                        "], got " + std::to_string(value));
+  }
+  out = value;
   return true;
 }
 
@@ -50,7 +69,7 @@ bool JsonSection::number(const std::string& key, double& out) {
   const json* v = find(key);
   if (v == nullptr) return false;
   if (!v->is_number() || !std::isfinite(v->get<double>())) {
-    fail(path(key), "must be a number, got " + v->dump());
+    fail(path(key), "must be a number, got " + json_excerpt(*v));
   }
   out = v->get<double>();
   return true;
@@ -59,7 +78,7 @@ bool JsonSection::number(const std::string& key, double& out) {
 bool JsonSection::string(const std::string& key, std::string& out) {
   const json* v = find(key);
   if (v == nullptr) return false;
-  if (!v->is_string()) fail(path(key), "must be a string, got " + v->dump());
+  if (!v->is_string()) fail(path(key), "must be a string, got " + json_excerpt(*v));
   out = v->get<std::string>();
   return true;
 }
@@ -67,7 +86,7 @@ bool JsonSection::string(const std::string& key, std::string& out) {
 bool JsonSection::boolean(const std::string& key, bool& out) {
   const json* v = find(key);
   if (v == nullptr) return false;
-  if (!v->is_boolean()) fail(path(key), "must be true or false, got " + v->dump());
+  if (!v->is_boolean()) fail(path(key), "must be true or false, got " + json_excerpt(*v));
   out = v->get<bool>();
   return true;
 }

@@ -11,7 +11,8 @@ namespace helios {
 // One object of a JSON config file ("scheduler", "constraints", or the root itself): typed
 // getters that name the full dotted key in their errors (helios::Error, kInvalidArgument) and
 // leave the target untouched when the key is absent, plus a check that no key is left unread.
-// Shared by the server config and the SLO file so both report errors the same way.
+// Shared by the server config and the SLO file so both report errors the same way. Values in
+// messages are json_excerpt()s: bounded, whatever the document holds.
 class JsonSection {
  public:
   enum class Null { kAbsent, kValue };
@@ -27,7 +28,10 @@ class JsonSection {
   const nlohmann::json* find(const std::string& key);
 
   // Each returns whether the key was present (and `out` set).
+  // An integer: a float, or an unsigned value past INT64_MAX, fails naming the key.
   bool integer(const std::string& key, int64_t& out);
+  // The same within [min, max]; out of range fails naming the key, the range and the value.
+  bool integer(const std::string& key, int64_t& out, int64_t min, int64_t max);
   bool number(const std::string& key, double& out);  // finite
   bool string(const std::string& key, std::string& out);
   bool boolean(const std::string& key, bool& out);
