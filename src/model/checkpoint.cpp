@@ -8,10 +8,10 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "helios/common/dtype.h"
 #include "helios/common/error.h"
+#include "helios/common/json_limits.h"
 #include "helios/model/safetensors.h"
 
 namespace helios::model {
@@ -76,30 +76,7 @@ class TensorSource {
 
  private:
   void read_index() {
-    std::ifstream in(index_path_, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
-    json index;
-    try {
-      index = json::parse(text.str());
-    } catch (const json::exception& e) {
-      throw Error(ErrorCode::kDataLoss, index_path_.string() + ": invalid JSON: " + e.what());
-    }
-    const auto map = index.is_object() ? index.find("weight_map") : index.end();
-    if (map == index.end() || !map->is_object()) {
-      throw Error(ErrorCode::kDataLoss, index_path_.string() + ": no \"weight_map\" object");
-    }
-    for (const auto& [name, shard] : map->items()) {
-      // A shard is a file next to the index: anything with a directory part could point
-      // outside the model directory.
-      if (!shard.is_string() || shard.get<std::string>().empty() ||
-          fs::path(shard.get<std::string>()).filename() != shard.get<std::string>() ||
-          shard.get<std::string>() == "." || shard.get<std::string>() == "..") {
-        throw Error(ErrorCode::kDataLoss, index_path_.string() + ": tensor \"" + name +
-                                              "\": shard " + shard.dump() + " is not a file name");
-      }
-      weight_map_[name] = shard.get<std::string>();
-    }
+    weight_map_ = parse_weight_map(read_json_file(index_path_), index_path_.string());
   }
 
   const SafetensorsFile& file_for(const std::string& name) {
@@ -161,6 +138,28 @@ void remove_stale(const fs::path& dir, const std::set<std::string>& keep) {
 }
 
 }  // namespace
+
+std::map<std::string, std::string> parse_weight_map(std::string_view text,
+                                                   const std::string& source) {
+  const json index = parse_json(text, source, {.syntax_error = ErrorCode::kDataLoss});
+  const auto map = index.is_object() ? index.find("weight_map") : index.end();
+  if (map == index.end() || !map->is_object()) {
+    throw Error(ErrorCode::kDataLoss, source + ": no \"weight_map\" object");
+  }
+  std::map<std::string, std::string> weight_map;
+  for (const auto& [name, shard] : map->items()) {
+    // A shard is a file next to the index: anything with a directory part could point
+    // outside the model directory.
+    if (!shard.is_string() || shard.get<std::string>().empty() ||
+        fs::path(shard.get<std::string>()).filename() != shard.get<std::string>() ||
+        shard.get<std::string>() == "." || shard.get<std::string>() == "..") {
+      throw Error(ErrorCode::kDataLoss, source + ": tensor \"" + name + "\": shard " +
+                                            json_excerpt(shard) + " is not a file name");
+    }
+    weight_map[name] = shard.get<std::string>();
+  }
+  return weight_map;
+}
 
 LoadedModel load_model(const fs::path& dir, const LoadOptions& options) {
   if (!fs::is_directory(dir)) {

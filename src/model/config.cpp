@@ -1,10 +1,11 @@
 #include "helios/model/config.h"
 
 #include <cmath>
+#include <cstdint>
 #include <fstream>
-#include <sstream>
 
 #include "helios/common/error.h"
+#include "helios/common/json_limits.h"
 
 namespace helios::model {
 namespace {
@@ -40,16 +41,27 @@ class FieldReader {
     return &*it;
   }
 
-  int64_t positive_int(const std::string& field) const {
+  // An integer in [1, max]. Checked on the JSON value itself: an unsigned value past INT64_MAX
+  // must not wrap into a small or negative one.
+  int64_t positive_int(const std::string& field, int64_t max) const {
     const json* value = find(field);
     if (value == nullptr) fail(field, "is missing");
-    if (!is_integer(*value) || value->get<int64_t>() <= 0)
+    const bool is_unsigned = value->is_number_unsigned();
+    if (!is_integer(*value) || (is_unsigned ? value->get<uint64_t>() == 0
+                                            : value->get<int64_t>() <= 0)) {
       fail(field, "must be a positive integer");
+    }
+    if (is_unsigned ? value->get<uint64_t>() > static_cast<uint64_t>(max)
+                    : value->get<int64_t>() > max) {
+      fail(field, "must be at most " + std::to_string(max) + ", got " +
+                      (is_unsigned ? std::to_string(value->get<uint64_t>())
+                                   : std::to_string(value->get<int64_t>())));
+    }
     return value->get<int64_t>();
   }
 
-  int64_t positive_int_or(const std::string& field, int64_t fallback) const {
-    return find(field) == nullptr ? fallback : positive_int(field);
+  int64_t positive_int_or(const std::string& field, int64_t fallback, int64_t max) const {
+    return find(field) == nullptr ? fallback : positive_int(field, max);
   }
 
   // Token ids: HF allows a list for eos_token_id (several stop tokens); helios keeps the first.
@@ -61,8 +73,12 @@ class FieldReader {
       if (value->empty()) fail(field, "must be a non-negative integer or a non-empty list");
       id = &(*value)[0];
     }
-    if (!is_integer(*id) || id->get<int64_t>() < 0) {
+    if (!is_integer(*id) || (!id->is_number_unsigned() && id->get<int64_t>() < 0)) {
       fail(field, "must be a non-negative integer or a non-empty list");
+    }
+    // Ids are checked against vocab_size later; one past INT64_MAX must not wrap below it.
+    if (id->is_number_unsigned() && id->get<uint64_t>() > static_cast<uint64_t>(kMaxVocabSize)) {
+      fail(field, "must be in [0, vocab_size), got " + std::to_string(id->get<uint64_t>()));
     }
     return id->get<int64_t>();
   }
@@ -120,6 +136,20 @@ void validate_as(const ModelConfig& c, const std::string& source) {
   for (const auto& [field, value] : sizes) {
     if (value <= 0) fail(field, "must be a positive integer");
   }
+  const std::pair<const char*, int64_t> bounds[] = {
+      {"hidden_size", kMaxHiddenSize},
+      {"intermediate_size", kMaxIntermediateSize},
+      {"num_hidden_layers", kMaxLayers},
+      {"num_attention_heads", kMaxAttentionHeads},
+      {"num_key_value_heads", kMaxAttentionHeads},
+      {"vocab_size", kMaxVocabSize},
+      {"max_position_embeddings", kMaxPositionEmbeddings}};
+  for (size_t i = 0; i < std::size(bounds); ++i) {
+    if (sizes[i].second > bounds[i].second) {
+      fail(sizes[i].first, "must be at most " + std::to_string(bounds[i].second) + ", got " +
+                               std::to_string(sizes[i].second));
+    }
+  }
   if (c.hidden_size % c.num_attention_heads != 0) {
     fail("num_attention_heads", "must divide hidden_size (" + std::to_string(c.hidden_size) +
                                     "), got " + std::to_string(c.num_attention_heads));
@@ -128,6 +158,13 @@ void validate_as(const ModelConfig& c, const std::string& source) {
   if (c.head_dim() % 2 != 0) {
     fail("num_attention_heads", "must leave an even head dimension (hidden_size / heads = " +
                                     std::to_string(c.head_dim()) + ")");
+  }
+  // Both factors are bounded above, so the product cannot overflow.
+  if (c.max_position_embeddings * c.head_dim() > kMaxRopeTableElements) {
+    fail("max_position_embeddings",
+         "times the head dimension (" + std::to_string(c.head_dim()) + ") must be at most " +
+             std::to_string(kMaxRopeTableElements) + " (the rotary tables), got " +
+             std::to_string(c.max_position_embeddings));
   }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     fail("num_key_value_heads", "must divide num_attention_heads (" +
@@ -179,14 +216,17 @@ ModelConfig parse_as(const json& root, const std::string& source) {
     c.architecture = (*archs)[0].get<std::string>();
   }
   if (r.string_or("model_type", "llama") != "llama") r.fail("model_type", "must be \"llama\"");
-  c.hidden_size = r.positive_int("hidden_size");
-  c.intermediate_size = r.positive_int("intermediate_size");
-  c.num_hidden_layers = r.positive_int("num_hidden_layers");
-  c.num_attention_heads = r.positive_int("num_attention_heads");
-  c.num_key_value_heads = r.positive_int_or("num_key_value_heads", c.num_attention_heads);
-  c.vocab_size = r.positive_int("vocab_size");
+  // Bounded as they are read: the exit list below is sized from num_hidden_layers.
+  c.hidden_size = r.positive_int("hidden_size", kMaxHiddenSize);
+  c.intermediate_size = r.positive_int("intermediate_size", kMaxIntermediateSize);
+  c.num_hidden_layers = r.positive_int("num_hidden_layers", kMaxLayers);
+  c.num_attention_heads = r.positive_int("num_attention_heads", kMaxAttentionHeads);
+  c.num_key_value_heads =
+      r.positive_int_or("num_key_value_heads", c.num_attention_heads, kMaxAttentionHeads);
+  c.vocab_size = r.positive_int("vocab_size", kMaxVocabSize);
   // HF LlamaConfig's own defaults, for configs that omit the optional keys.
-  c.max_position_embeddings = r.positive_int_or("max_position_embeddings", 2048);
+  c.max_position_embeddings =
+      r.positive_int_or("max_position_embeddings", 2048, kMaxPositionEmbeddings);
   c.rms_norm_eps = r.positive_number_or("rms_norm_eps", 1e-6);
   c.rope_theta = r.positive_number_or("rope_theta", 10000.0);
   c.tie_word_embeddings = r.bool_or("tie_word_embeddings", false);
@@ -201,8 +241,13 @@ ModelConfig parse_as(const json& root, const std::string& source) {
   if (r.bool_or("mlp_bias", false)) r.fail("mlp_bias", "is not supported");
   if (r.find("rope_scaling") != nullptr) r.fail("rope_scaling", "is not supported");
   if (const json* head_dim = r.find("head_dim")) {
-    if (!FieldReader::is_integer(*head_dim) ||
-        head_dim->get<int64_t>() * c.num_attention_heads != c.hidden_size) {
+    // Compared by division: head_dim is unbounded and the product could overflow.
+    const bool matches = FieldReader::is_integer(*head_dim) &&
+                         c.hidden_size % c.num_attention_heads == 0 &&
+                         (head_dim->is_number_unsigned() || head_dim->get<int64_t>() >= 0) &&
+                         head_dim->get<uint64_t>() ==
+                             static_cast<uint64_t>(c.hidden_size / c.num_attention_heads);
+    if (!matches) {
       r.fail("head_dim", "must equal hidden_size / num_attention_heads");
     }
   }
@@ -214,12 +259,19 @@ ModelConfig parse_as(const json& root, const std::string& source) {
     if (layers == early_exit->end() || !layers->is_array()) {
       r.fail("early_exit.exit_layers", "must be a list of integers");
     }
+    // Strictly increasing entries in [1, num_hidden_layers] are at most that many.
+    if (static_cast<int64_t>(layers->size()) > c.num_hidden_layers) {
+      r.fail("early_exit.exit_layers",
+             "has " + std::to_string(layers->size()) + " entries, more than num_hidden_layers = " +
+                 std::to_string(c.num_hidden_layers));
+    }
     c.exit_layers.clear();
     for (const json& layer : *layers) {
       if (!FieldReader::is_integer(layer)) {
         r.fail("early_exit.exit_layers", "must be a list of integers");
       }
-      const int64_t value = layer.get<int64_t>();
+      const bool huge = layer.is_number_unsigned() && layer.get<uint64_t>() > uint64_t{INT64_MAX};
+      const int64_t value = huge ? INT64_MAX : layer.get<int64_t>();
       if (value < 1 || value > c.num_hidden_layers) {
         r.fail("early_exit.exit_layers",
                "entries must be in [1, num_hidden_layers = " + std::to_string(c.num_hidden_layers) +
@@ -252,19 +304,12 @@ ModelConfig ModelConfig::from_json(const json& json) {
   return parse_as(json, "config.json");
 }
 
+ModelConfig ModelConfig::parse(std::string_view text, const std::string& source) {
+  return parse_as(parse_json(text, source, {.syntax_error = ErrorCode::kDataLoss}), source);
+}
+
 ModelConfig ModelConfig::from_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!std::filesystem::is_regular_file(path) || !in)
-    throw Error(ErrorCode::kNotFound, path.string() + ": cannot open config file");
-  std::stringstream text;
-  text << in.rdbuf();
-  json root;
-  try {
-    root = json::parse(text.str());
-  } catch (const json::exception& e) {
-    throw Error(ErrorCode::kDataLoss, path.string() + ": invalid JSON: " + e.what());
-  }
-  return parse_as(root, path.string());
+  return parse(read_json_file(path), path.string());
 }
 
 void ModelConfig::validate() const {

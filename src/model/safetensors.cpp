@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include <string_view>
 
 #include "helios/common/error.h"
+#include "helios/common/json_limits.h"
 
 namespace helios::model {
 namespace {
@@ -24,9 +24,6 @@ using nlohmann::json;
 
 // The format is little-endian and tensors are copied byte for byte.
 static_assert(std::endian::native == std::endian::little, "helios assumes a little-endian host");
-
-// The reference implementation refuses headers above 100 MB; a larger length is corruption.
-constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
 // Element sizes of every dtype the format defines, so files holding tensors helios does not
 // load (int8 buffers, say) are still validated and the rest of them remain usable.
@@ -71,19 +68,25 @@ SafetensorsEntry parse_entry(const std::filesystem::path& file, const std::strin
 
   const auto shape = value.find("shape");
   if (shape == value.end() || !shape->is_array()) fail_tensor(file, name, "missing shape");
+  // numel is the element count; extent multiplies the dimensions with zeros counted as ones,
+  // so a shape like [0, 2^62, 2^62] (no bytes, but strides no int64 can hold) is refused too.
   uint64_t numel = 1;
+  uint64_t extent = 1;
   for (const json& dim : *shape) {
     if (dim.is_number_integer() && !dim.is_number_unsigned() && dim.get<int64_t>() < 0) {
       fail_tensor(file, name,
                   "negative dimension " + std::to_string(dim.get<int64_t>()) + " in shape " +
-                      shape->dump());
+                      json_excerpt(*shape));
     }
     if (!is_non_negative_integer(dim) || dim.get<uint64_t>() > uint64_t{INT64_MAX}) {
-      fail_tensor(file, name, "shape " + shape->dump() + " is not a list of integers");
+      fail_tensor(file, name, "shape " + json_excerpt(*shape) + " is not a list of integers");
     }
-    e.shape.push_back(dim.get<int64_t>());
-    if (__builtin_mul_overflow(numel, dim.get<uint64_t>(), &numel)) {
-      fail_tensor(file, name, "shape " + shape->dump() + " overflows");
+    const uint64_t size = dim.get<uint64_t>();
+    e.shape.push_back(static_cast<int64_t>(size));
+    if (__builtin_mul_overflow(numel, size, &numel) ||
+        __builtin_mul_overflow(extent, std::max<uint64_t>(size, 1), &extent) ||
+        extent > uint64_t{INT64_MAX}) {
+      fail_tensor(file, name, "shape " + json_excerpt(*shape) + " overflows");
     }
   }
 
@@ -103,23 +106,16 @@ SafetensorsEntry parse_entry(const std::filesystem::path& file, const std::strin
                     " bytes; truncated file?)");
   }
   uint64_t expected = 0;
-  if (__builtin_mul_overflow(numel, static_cast<uint64_t>(item_bytes), &expected) ||
-      expected != e.nbytes()) {
+  if (__builtin_mul_overflow(numel, static_cast<uint64_t>(item_bytes), &expected)) {
+    fail_tensor(file, name, "shape " + shape_string(e.shape) + " of " + e.dtype + " overflows");
+  }
+  if (expected != e.nbytes()) {
     fail_tensor(file, name,
                 span + " hold " + std::to_string(e.nbytes()) + " bytes but shape " +
                     shape_string(e.shape) + " of " + e.dtype + " needs " +
-                    std::to_string(numel * item_bytes));
+                    std::to_string(expected));
   }
   return e;
-}
-
-// madvise wants page-aligned ranges: widen [ptr, ptr + bytes) to whole pages.
-void advise(const std::byte* ptr, uint64_t bytes, int advice) {
-  if (bytes == 0) return;
-  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(ptr) & ~(page - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(ptr) + bytes;
-  ::madvise(reinterpret_cast<void*>(begin), end - begin, advice);  // a hint: failure is harmless
 }
 
 }  // namespace
@@ -136,47 +132,51 @@ c10::ScalarType SafetensorsEntry::scalar_type(const std::filesystem::path& file)
 }
 
 SafetensorsFile::SafetensorsFile(std::filesystem::path path) : path_(std::move(path)) {
-  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) {
     throw Error(ErrorCode::kNotFound, path_.string() + ": cannot open: " + std::strerror(errno));
   }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(ErrorCode::kNotFound, path_.string() + ": not a regular file");
-  }
-  size_ = static_cast<uint64_t>(st.st_size);
-  if (size_ < 8) {
-    ::close(fd);
-    fail_file(path_, "file is " + std::to_string(size_) +
-                         " bytes, too short for the 8-byte header length (truncated file?)");
-  }
-  void* mapped = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  if (mapped == MAP_FAILED) {
-    throw Error(ErrorCode::kUnavailable,
-                path_.string() + ": cannot map: " + std::strerror(map_errno));
-  }
-  data_ = static_cast<const std::byte*>(mapped);
-  // No read-ahead across the file: loading a prefix of the layers must not pull the pages of
-  // the others in. load() asks for each tensor's own pages in bulk instead.
-  advise(data_, size_, MADV_RANDOM);
   try {
-    parse_header();
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+      throw Error(ErrorCode::kNotFound, path_.string() + ": not a regular file");
+    }
+    size_ = static_cast<uint64_t>(st.st_size);
+    if (size_ < 8) {
+      fail_file(path_, "file is " + std::to_string(size_) +
+                           " bytes, too short for the 8-byte header length (truncated file?)");
+    }
+    uint64_t header_bytes = 0;
+    read_data(reinterpret_cast<std::byte*>(&header_bytes), 0, sizeof(header_bytes), "");
+    if (header_bytes > size_ - 8) {
+      fail_file(path_, "header length " + std::to_string(header_bytes) +
+                           " extends past the end of the file (" + std::to_string(size_) +
+                           " bytes)");
+    }
+    if (header_bytes > kMaxSafetensorsHeaderBytes) {
+      fail_file(path_, "header length " + std::to_string(header_bytes) + " exceeds the limit of " +
+                           std::to_string(kMaxSafetensorsHeaderBytes) + " bytes");
+    }
+    std::string header(header_bytes, '\0');
+    read_data(reinterpret_cast<std::byte*>(header.data()), 8, header_bytes, "");
+    data_offset_ = 8 + header_bytes;
+    // No read-ahead across the file: loading a prefix of the layers must not pull the pages of
+    // the others in. Each load reads its own tensor's bytes in bulk instead.
+    ::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);  // a hint: failure is harmless
+    parse_header(header);
   } catch (...) {
-    unmap();
+    close();
     throw;
   }
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  unmap();
+  close();
 }
 
 SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
     : path_(std::move(other.path_)),
-      data_(std::exchange(other.data_, nullptr)),
+      fd_(std::exchange(other.fd_, -1)),
       size_(std::exchange(other.size_, 0)),
       data_offset_(other.data_offset_),
       entries_(std::move(other.entries_)),
@@ -185,9 +185,9 @@ SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
 
 SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
   if (this != &other) {
-    unmap();
+    close();
     path_ = std::move(other.path_);
-    data_ = std::exchange(other.data_, nullptr);
+    fd_ = std::exchange(other.fd_, -1);
     size_ = std::exchange(other.size_, 0);
     data_offset_ = other.data_offset_;
     entries_ = std::move(other.entries_);
@@ -197,29 +197,33 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
   return *this;
 }
 
-void SafetensorsFile::unmap() {
-  if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
-  data_ = nullptr;
+void SafetensorsFile::close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
 }
 
-void SafetensorsFile::parse_header() {
-  uint64_t header_bytes = 0;
-  std::memcpy(&header_bytes, data_, sizeof(header_bytes));
-  if (header_bytes > size_ - 8) {
-    fail_file(path_, "header length " + std::to_string(header_bytes) +
-                         " extends past the end of the file (" + std::to_string(size_) + " bytes)");
+void SafetensorsFile::read_data(std::byte* out, uint64_t offset, uint64_t bytes,
+                                const std::string& tensor) const {
+  uint64_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = ::pread(fd_, out + done, bytes - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string what =
+          n < 0 ? std::string("cannot read: ") + std::strerror(errno)
+                : "file ends at byte " + std::to_string(offset + done) + ", before byte " +
+                      std::to_string(offset + bytes) +
+                      " (truncated or rewritten since it was opened?)";
+      if (tensor.empty()) fail_file(path_, what);
+      fail_tensor(path_, tensor, what);
+    }
+    done += static_cast<uint64_t>(n);
   }
-  if (header_bytes > kMaxHeaderBytes) {
-    fail_file(path_, "header length " + std::to_string(header_bytes) + " exceeds 100 MB");
-  }
-  data_offset_ = 8 + header_bytes;
-  const std::string_view text(reinterpret_cast<const char*>(data_) + 8, header_bytes);
-  json header;
-  try {
-    header = json::parse(text);
-  } catch (const json::exception& e) {
-    fail_file(path_, std::string("invalid JSON header: ") + e.what());
-  }
+}
+
+void SafetensorsFile::parse_header(std::string_view text) {
+  const json header = parse_json(text, path_.string() + " header",
+                                 {.syntax_error = ErrorCode::kDataLoss});
   if (!header.is_object()) fail_file(path_, "header is not a JSON object");
 
   const uint64_t buffer_bytes = size_ - data_offset_;
@@ -288,20 +292,26 @@ at::Tensor SafetensorsFile::load(const std::string& name, c10::ScalarType dtype)
                                                  "\": cannot load as non-float dtype " +
                                                  std::string(c10::toString(dtype)));
   }
-  const std::byte* src = data_ + data_offset_ + e.begin;
-  advise(src, e.nbytes(), MADV_WILLNEED);
-  const auto options = at::TensorOptions().dtype(stored);
-  at::Tensor out;
-  const bool aligned = reinterpret_cast<uintptr_t>(src) % c10::elementSize(stored) == 0;
-  if (stored != dtype && aligned) {
-    // Convert straight out of the mapping: .to() allocates the owned result.
-    out = at::from_blob(const_cast<std::byte*>(src), e.shape, options).to(dtype);
+  const uint64_t offset = data_offset_ + e.begin;
+  at::Tensor out = at::empty(e.shape, at::TensorOptions().dtype(dtype));
+  if (stored == dtype) {
+    read_data(static_cast<std::byte*>(out.data_ptr()), offset, e.nbytes(), name);
   } else {
-    // Same dtype (the copy is the result) or bytes misaligned by a foreign writer (ATen
-    // kernels expect element alignment): copy into an aligned owned tensor first.
-    out = at::empty(e.shape, options);
-    if (e.nbytes() > 0) std::memcpy(out.data_ptr(), src, e.nbytes());
-    if (stored != dtype) out = out.to(dtype);
+    // Converted a chunk at a time through one bounce buffer, so a converting load never holds
+    // a second copy of a large tensor.
+    const uint64_t item = c10::elementSize(stored);
+    const uint64_t chunk_items = kReadChunkBytes / item;
+    const at::Tensor flat = out.view({-1});
+    const uint64_t numel = e.nbytes() / item;
+    at::Tensor bounce = at::empty({static_cast<int64_t>(std::min(numel, chunk_items))},
+                                  at::TensorOptions().dtype(stored));
+    for (uint64_t first = 0; first < numel; first += chunk_items) {
+      const uint64_t count = std::min(chunk_items, numel - first);
+      at::Tensor part = bounce.narrow(0, 0, static_cast<int64_t>(count));
+      read_data(static_cast<std::byte*>(part.data_ptr()), offset + first * item, count * item,
+                name);
+      flat.narrow(0, static_cast<int64_t>(first), static_cast<int64_t>(count)).copy_(part);
+    }
   }
   bytes_read_ += e.nbytes();
   return out;

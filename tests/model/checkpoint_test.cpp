@@ -343,6 +343,29 @@ TEST(CheckpointTest, ShardedIndexDefects) {
 
   std::ofstream(index_path, std::ios::trunc) << "{\"weight_map\": ";
   expect_error([&] { load_model(dir.path()); }, ErrorCode::kDataLoss, {index_path.string()});
+
+  // A shard name nested 200000 levels deep: refused while parsing, never dumped whole.
+  std::ofstream(index_path, std::ios::trunc)
+      << R"({"weight_map": {"model.norm.weight": )" << std::string(200000, '[')
+      << std::string(200000, ']') << "}}";
+  expect_error([&] { load_model(dir.path()); }, ErrorCode::kInvalidArgument,
+               {index_path.string(), "64 levels"});
+
+  // Nested within the limit: the message shows an excerpt.
+  std::ofstream(index_path, std::ios::trunc)
+      << R"({"weight_map": {"model.norm.weight": [["a.safetensors"]]}})";
+  expect_error([&] { load_model(dir.path()); }, ErrorCode::kDataLoss,
+               {"\"model.norm.weight\"", "shard [[... 1 items]] is not a file name"});
+}
+
+TEST(CheckpointTest, WeightMapParsesFromText) {
+  const auto map = parse_weight_map(
+      R"({"metadata": {}, "weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}})",
+      "index.json");
+  EXPECT_EQ(map.at("a"), "model-1.safetensors");
+  EXPECT_EQ(map.at("b"), "model-2.safetensors");
+  expect_error([] { parse_weight_map(R"({"weight_map": {"a": "../x"}})", "index.json"); },
+               ErrorCode::kDataLoss, {"index.json", "\"a\""});
 }
 
 TEST(CheckpointTest, MissingFilesAreNotFound) {

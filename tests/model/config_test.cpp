@@ -285,5 +285,70 @@ TEST(ModelConfigTest, FieldErrorsFromFileNameThePath) {
   }
 }
 
+// Sizes are bounded as they are read, before the exit list or any table is sized from them.
+TEST(ModelConfigTest, SizesPastTheirBoundsAreRefusedNamingTheField) {
+  struct Case {
+    std::string field;
+    std::string patch;  // JSON members replacing hf_config()'s
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {"num_hidden_layers", R"("num_hidden_layers": 4000000000)", "at most 1024"},
+      {"num_hidden_layers", R"("num_hidden_layers": 18446744073709551615)",
+       "got 18446744073709551615"},
+      {"max_position_embeddings", R"("max_position_embeddings": 400000000)", "at most 1048576"},
+      {"hidden_size", R"("hidden_size": 131072)", "at most 65536"},
+      {"intermediate_size", R"("intermediate_size": 1000000)", "at most 262144"},
+      {"num_attention_heads", R"("num_attention_heads": 2048)", "at most 1024"},
+      {"num_key_value_heads", R"("num_key_value_heads": 4096)", "at most 1024"},
+      {"vocab_size", R"("vocab_size": 8388608)", "at most 4194304"},
+      // Each within its bound, but the RoPE tables they ask for (2^20 x 65536) are not.
+      {"max_position_embeddings",
+       R"("hidden_size": 65536, "num_attention_heads": 1, "max_position_embeddings": 1048576)",
+       "rotary"},
+      {"bos_token_id", R"("bos_token_id": 18446744073709551615)", "18446744073709551615"},
+      {"head_dim", R"("head_dim": 9223372036854775807)", "head_dim"},
+      {"head_dim", R"("head_dim": 18446744073709551615)", "head_dim"},
+      {"exit_layers", R"("early_exit": {"exit_layers": [1, 2, 3, 4, 5, 6, 7]})",
+       "more than num_hidden_layers = 6"},
+      {"exit_layers", R"("early_exit": {"exit_layers": [18446744073709551615]})", "exit_layers"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.patch);
+    const json patch = json::parse("{" + c.patch + "}");
+    json j = hf_config();
+    for (const auto& [key, value] : patch.items()) j[key] = value;
+    try {
+      ModelConfig::parse(j.dump(), "bounds/config.json");
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(c.field), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(c.needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("bounds/config.json"), std::string::npos) << e.what();
+    }
+  }
+  // A programmatic config gets the same bounds from validate().
+  ModelConfig c = ModelConfig::from_json(hf_config());
+  c.num_hidden_layers = int64_t{4} << 30;
+  EXPECT_THROW(c.validate(), Error);
+}
+
+TEST(ModelConfigTest, DeeplyNestedConfigIsRefusedNamingFileAndLimit) {
+  ScratchDir dir;
+  const fs::path path = dir.path() / "config.json";
+  std::string text = hf_config().dump();
+  text.insert(1, R"("notes": )" + std::string(200000, '[') + std::string(200000, ']') + ",");
+  std::ofstream(path) << text;
+  try {
+    ModelConfig::from_file(path);
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("64 levels"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace helios::model

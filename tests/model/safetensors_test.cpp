@@ -185,7 +185,7 @@ TEST(SafetensorsTest, BadJsonHeader) {
   ScratchDir dir;
   const fs::path path = dir.path() / "json.safetensors";
   write_raw(path, R"({"x":{"dtype":"F32","shape":[1],)", float_bytes({1}));
-  expect_open_fails(path, {"invalid JSON header"});
+  expect_open_fails(path, {"header: invalid JSON"});
   write_raw(path, "[1, 2, 3]", "");
   expect_open_fails(path, {"not a JSON object"});
 }
@@ -270,6 +270,72 @@ TEST(SafetensorsTest, TruncatedFileNamesTheCutTensor) {
   // Cut inside the header: the header length now runs past the end.
   fs::resize_file(path, 20);
   expect_open_fails(path, {"header length"});
+}
+
+TEST(SafetensorsTest, DeeplyNestedShapeIsRefusedNotACrash) {
+  ScratchDir dir;
+  const fs::path path = dir.path() / "deep.safetensors";
+  // 200000 levels: a recursive dump() of it in an error message would overflow the stack.
+  const std::string shape = std::string(200000, '[') + std::string(200000, ']');
+  write_raw(path, R"({"x":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,4]}})",
+            float_bytes({1}));
+  expect_error([&] { SafetensorsFile file(path); }, ErrorCode::kInvalidArgument,
+               {path.string(), "64 levels"});
+}
+
+TEST(SafetensorsTest, ShapeErrorsShowABoundedExcerpt) {
+  ScratchDir dir;
+  const fs::path path = dir.path() / "nested.safetensors";
+  write_raw(path, R"({"x":{"dtype":"F32","shape":[[1,2],[3]],"data_offsets":[0,4]}})",
+            float_bytes({1}));
+  expect_open_fails(path, {"tensor \"x\"", "shape [[... 2 items], [... 1 items]]"});
+}
+
+TEST(SafetensorsTest, EmptyShapeWithDimensionsNoStrideCanHoldIsRefused) {
+  ScratchDir dir;
+  const fs::path path = dir.path() / "extent.safetensors";
+  // No elements and no bytes, yet the strides of such a tensor overflow int64.
+  write_raw(path,
+            R"({"x":{"dtype":"F32","shape":[0,4611686018427387904,4],"data_offsets":[0,0]}})",
+            "");
+  expect_open_fails(path, {"tensor \"x\"", "overflows"});
+  // The element count itself overflowing uint64.
+  write_raw(path,
+            R"({"x":{"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,4]}})",
+            float_bytes({1}));
+  expect_open_fails(path, {"tensor \"x\"", "overflows"});
+}
+
+TEST(SafetensorsTest, FileTruncatedAfterOpenIsDataLossNotSigbus) {
+  ScratchDir dir;
+  const fs::path path = dir.path() / "shrinking.safetensors";
+  save_safetensors(path, {{"head", at::ones({4})}, {"tail", at::ones({4096})}}, c10::kHalf);
+  SafetensorsFile file(path);
+  // Another process truncates the file between the header parse and the tensor reads.
+  fs::resize_file(path, file.data_offset() + 8 + 100);
+  EXPECT_TRUE(at::equal(file.load("head"), at::ones({4}, at::kHalf)));
+  for (const c10::ScalarType dtype : {c10::kHalf, c10::kFloat}) {  // a plain and a converting read
+    SCOPED_TRACE(c10::toString(dtype));
+    expect_error([&] { file.load("tail", dtype); }, ErrorCode::kDataLoss,
+                 {path.string(), "tensor \"tail\"", "truncated"});
+  }
+  // Cut to nothing at all: the same error, not a signal.
+  fs::resize_file(path, 0);
+  expect_error([&] { file.load("head", c10::kFloat); }, ErrorCode::kDataLoss,
+               {path.string(), "tensor \"head\""});
+}
+
+TEST(SafetensorsTest, ConvertingLoadSpanningSeveralReadChunksIsExact) {
+  ScratchDir dir;
+  const fs::path path = dir.path() / "big.safetensors";
+  // Just over one read chunk of F16 elements, so the bounce buffer is refilled mid-tensor.
+  const int64_t count = static_cast<int64_t>(SafetensorsFile::kReadChunkBytes / 2) + 1000;
+  const at::Tensor values = (at::arange(count, at::kInt) % 2048).to(at::kHalf);
+  save_safetensors(path, {{"v", values}}, c10::kHalf);
+  SafetensorsFile file(path);
+  const at::Tensor loaded = file.load("v", c10::kFloat);
+  EXPECT_TRUE(at::equal(loaded, values.to(at::kFloat)));
+  EXPECT_EQ(file.bytes_read(), static_cast<uint64_t>(count * 2));
 }
 
 }  // namespace

@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
 
 #include "helios/model/config.h"
 #include "helios/model/weights.h"
@@ -43,6 +46,13 @@ struct LoadedModel {
 // malformed input (missing/misshapen tensor, truncated file, offsets out of bounds, unknown
 // dtype, bad JSON).
 LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+// The weight_map of a model.safetensors.index.json (tensor name -> shard file name next to the
+// index), nested at most kMaxJsonDepth deep; load_model reads the file at most
+// kMaxJsonConfigBytes. Throws helios::Error naming `source`: kDataLoss for bad JSON, a missing
+// map or a shard that is not a plain file name; kInvalidArgument for a document nested too deep.
+std::map<std::string, std::string> parse_weight_map(std::string_view text,
+                                                   const std::string& source);
 
 struct SaveOptions {
   c10::ScalarType dtype = c10::kFloat;  // F32, F16 or BF16 on disk

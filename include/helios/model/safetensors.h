@@ -30,13 +30,28 @@ struct SafetensorsEntry {
   c10::ScalarType scalar_type(const std::filesystem::path& file) const;
 };
 
-// A safetensors file mapped read-only. The header is parsed and fully validated on open
-// (header length, JSON, dtypes, shapes, offsets against the file size, overlaps); tensor bytes
-// are touched only when a tensor is loaded, so loading a subset reads only those pages.
+// Largest safetensors header helios accepts: 100 MiB, the reference implementation's limit (a
+// larger length is corruption, and the header is read whole before it is parsed).
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{100} << 20;
+
+// A safetensors file opened read-only. The header is read, parsed and fully validated on open
+// (header length, JSON nesting, dtypes, shapes, element and byte counts without overflow,
+// offsets within the file, overlaps); tensor bytes are read only when a tensor is loaded, so
+// loading a subset reads only those bytes.
+//
+// Tensor bytes are read with pread() into the owned result, not copied out of a mapping: a file
+// truncated or rewritten while it is open then gives a short read, reported as
+// Error(kDataLoss) naming the file and tensor, where a mapping would kill the process with
+// SIGBUS. The cost is nil for a load in the stored dtype (one copy from the page cache either
+// way) and one bounce buffer of at most kReadChunkBytes for a converting load.
 // Every error is a helios::Error naming the file and, where one is at fault, the tensor.
 class SafetensorsFile {
  public:
-  // Throws kNotFound if the file cannot be opened, kDataLoss if it is malformed.
+  // Bytes read per pread() when a load converts dtypes: 64 MiB of stored elements at a time.
+  static constexpr uint64_t kReadChunkBytes = uint64_t{64} << 20;
+
+  // Throws kNotFound if the file cannot be opened, kDataLoss if it is malformed,
+  // kInvalidArgument if its header nests deeper than kMaxJsonDepth.
   explicit SafetensorsFile(std::filesystem::path path);
   ~SafetensorsFile();
   SafetensorsFile(SafetensorsFile&& other) noexcept;
@@ -58,9 +73,9 @@ class SafetensorsFile {
   // Throws kNotFound naming the file and tensor when absent.
   const SafetensorsEntry& entry(const std::string& name) const;
 
-  // Copies one tensor out of the mapping into an owned CPU tensor of `dtype` (conversion from
+  // Reads one tensor into an owned CPU tensor of `dtype` (conversion from
   // the stored F32/F16/BF16 included). Throws kNotFound for an absent tensor and kDataLoss for
-  // a dtype helios cannot load.
+  // a dtype helios cannot load or a file that no longer holds the tensor's bytes.
   at::Tensor load(const std::string& name, c10::ScalarType dtype) const;
   // The same, keeping the stored dtype.
   at::Tensor load(const std::string& name) const;
@@ -69,11 +84,14 @@ class SafetensorsFile {
   uint64_t bytes_read() const { return bytes_read_.load(); }
 
  private:
-  void unmap();
-  void parse_header();
+  void close();
+  void parse_header(std::string_view text);
+  // Reads exactly `bytes` at file offset `offset` into `out`; a short read (the file
+  // shrank since it was opened) throws kDataLoss naming `tensor`.
+  void read_data(std::byte* out, uint64_t offset, uint64_t bytes, const std::string& tensor) const;
 
   std::filesystem::path path_;
-  const std::byte* data_ = nullptr;  // the whole file, mapped
+  int fd_ = -1;
   uint64_t size_ = 0;
   uint64_t data_offset_ = 0;
   std::map<std::string, SafetensorsEntry> entries_;
