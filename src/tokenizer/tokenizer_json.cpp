@@ -15,11 +15,11 @@
 #include <re2/re2.h>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
 #include <limits>
-#include <sstream>
 
+#include "helios/tokenizer/tokenizer_json.h"
 #include "helios/common/error.h"
+#include "helios/common/json_limits.h"
 #include "helios/tokenizer/bpe_tokenizer.h"
 #include "helios/tokenizer/byte_tokenizer.h"
 
@@ -63,6 +63,11 @@ class Fields {
   }
   int64_t integer(const json& value, const std::string& field) const {
     if (!value.is_number_integer()) throw malformed(field, "is not an integer");
+    // get<int64_t>() would wrap an unsigned value past INT64_MAX into a negative one.
+    if (value.is_number_unsigned() &&
+        value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      throw malformed(field, std::to_string(value.get<uint64_t>()) + " is out of range");
+    }
     return value.get<int64_t>();
   }
   void expect_object(const json& value, const std::string& field) const {
@@ -257,23 +262,21 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_json(const nlohmann::json& json
   return std::make_unique<BpeTokenizer>(std::move(spec), config, std::move(source));
 }
 
+std::unique_ptr<BpeTokenizer> parse_tokenizer_json(std::string_view text,
+                                                   const model::ModelConfig& config,
+                                                   std::string source) {
+  const json document = parse_json(text, source, {.syntax_error = ErrorCode::kDataLoss});
+  return BpeTokenizer::from_json(document, config, std::move(source));
+}
+
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_file(const std::filesystem::path& path,
                                                       const model::ModelConfig& config) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
     throw Error(ErrorCode::kNotFound, path.string() + ": tokenizer file does not exist");
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorCode::kNotFound, path.string() + ": cannot open the tokenizer file");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(ErrorCode::kDataLoss, path.string() + ": invalid JSON: " + e.what());
-  }
-  return from_json(json, config, path.string());
+  return parse_tokenizer_json(read_json_file(path, kMaxTokenizerJsonBytes), config,
+                              path.string());
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir,

@@ -8,6 +8,7 @@
 #include "helios/common/error.h"
 #include "helios/tokenizer/bpe_tokenizer.h"
 #include "helios/tokenizer/tokenizer.h"
+#include "helios/tokenizer/tokenizer_json.h"
 #include "tokenizer/test_util.h"
 
 namespace helios::tokenizer {
@@ -244,6 +245,35 @@ TEST(LoadTokenizer, ConcurrentEncode) {
   }
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(ok, (std::vector<int>(4, 20)));
+}
+
+TEST(LoadTokenizer, DeeplyNestedDocumentIsRefusedNamingFileAndLimit) {
+  json document = fixture_json();
+  std::string text = document.dump();
+  text.insert(1, R"("notes": )" + std::string(200000, '[') + std::string(200000, ']') + ",");
+  expect_error("deep", text, ErrorCode::kInvalidArgument, "64 levels");
+}
+
+TEST(LoadTokenizer, IdsPastInt64MaxAreOutOfRangeNotWrapped) {
+  // Spliced in as text: a json built in C++ cannot hold 2^64-1 and an int64 at once.
+  std::string text = fixture_json().dump();
+  text.insert(text.find("\"vocab\":{") + 9, R"("zzz":18446744073709551615,)");
+  expect_error("huge_id", text, ErrorCode::kDataLoss, "18446744073709551615 is out of range");
+  expect_error("float_overflow", R"({"model": {"vocab": {"a": 1e400}}})", ErrorCode::kDataLoss,
+               "invalid JSON");
+}
+
+TEST(LoadTokenizer, ParsesFromText) {
+  const std::string text = read_file(testing::fixture_path());
+  const auto tokenizer = parse_tokenizer_json(text, fixture_config(), "memory");
+  EXPECT_EQ(tokenizer->decode(tokenizer->encode("the fox")), "the fox");
+  try {
+    parse_tokenizer_json("[]", fixture_config(), "memory");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kDataLoss);
+    EXPECT_EQ(std::string(e.what()).rfind("memory: ", 0), 0u) << e.what();
+  }
 }
 
 }  // namespace
