@@ -8,7 +8,7 @@
 #include <string>
 
 #include "helios/common/error.h"
-#include "helios/common/files.h"
+#include "helios/common/json_limits.h"
 #include "helios/common/json_section.h"
 
 namespace helios::controller {
@@ -39,7 +39,7 @@ class Section : public JsonSection {
       return;
     }
     if (!v->is_number() || !std::isfinite(v->get<double>()) || !(v->get<double>() > 0)) {
-      fail(path(key), "must be a positive number or null, got " + v->dump());
+      fail(path(key), "must be a positive number or null, got " + json_excerpt(*v));
     }
     out = v->get<double>();
   }
@@ -117,19 +117,13 @@ std::string_view objective_name(Objective objective) {
 
 SloConfig SloConfig::parse(std::string_view text, const fs::path& base_dir,
                            std::string_view source_name) {
-  json root;
-  try {
-    root = json::parse(text, nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
-    // nlohmann's message carries "at line L, column C".
-    throw Error(ErrorCode::kInvalidArgument,
-                std::string(source_name) + ": not valid JSON: " + e.what());
-  }
+  // Syntax errors carry nlohmann's "at line L, column C".
+  const json root = parse_json(text, source_name, {.comments = true});
   return from_json(root, base_dir);
 }
 
 SloConfig SloConfig::from_file(const fs::path& path) {
-  const std::string text = read_file(path);
+  const std::string text = read_json_file(path);
   return parse(text, path.parent_path(), path.string());
 }
 
@@ -149,21 +143,24 @@ void SloConfig::validate() const {
           exit_threshold);
   require(finite(load_quantile) && load_quantile > 0 && load_quantile <= 1,
           "early_exit.load_quantile", "in (0, 1]", load_quantile);
-  const auto at_least = [](int64_t value, int64_t minimum, const std::string& key) {
-    if (value < minimum) fail(key, "must be >= " + std::to_string(minimum) + ", got " + std::to_string(value));
+  const auto within = [](int64_t value, int64_t minimum, const std::string& key) {
+    if (value < minimum || value > kMaxSloCount) {
+      fail(key, "must be in [" + std::to_string(minimum) + ", " + std::to_string(kMaxSloCount) +
+                    "], got " + std::to_string(value));
+    }
   };
-  at_least(candidates_top_k, 1, "controller.candidates_top_k");
-  at_least(profile_requests, 1, "controller.profile_requests");
-  at_least(reprofile_interval_requests, 0, "controller.reprofile_interval_requests");
+  within(candidates_top_k, 1, "controller.candidates_top_k");
+  within(profile_requests, 1, "controller.profile_requests");
+  within(reprofile_interval_requests, 0, "controller.reprofile_interval_requests");
   require(finite(max_profiling_share) && max_profiling_share > 0 && max_profiling_share <= 1,
           "controller.max_profiling_share", "in (0, 1]", max_profiling_share);
-  at_least(breach_window_tokens, 1, "controller.breach_window_tokens");
+  within(breach_window_tokens, 1, "controller.breach_window_tokens");
   if (breach_max < 1 || breach_max > breach_window_tokens) {
     fail("controller.breach_max", "must be in [1, controller.breach_window_tokens = " +
                                       std::to_string(breach_window_tokens) + "], got " +
                                       std::to_string(breach_max));
   }
-  at_least(drift_window_requests, 4, "controller.drift_window_requests");
+  within(drift_window_requests, 4, "controller.drift_window_requests");
   require(finite(monitor_sample_rate) && monitor_sample_rate >= 0 && monitor_sample_rate <= 1,
           "controller.monitor_sample_rate", "in [0, 1]", monitor_sample_rate);
 }

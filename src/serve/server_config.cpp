@@ -7,7 +7,7 @@
 #include <set>
 
 #include "helios/common/error.h"
-#include "helios/common/files.h"
+#include "helios/common/json_limits.h"
 #include "helios/common/json_section.h"
 #include "helios/metrics/registry.h"
 
@@ -25,15 +25,6 @@ class Section : public JsonSection {
  public:
   using JsonSection::JsonSection;
 
-  void integer(const std::string& key, int64_t& out, int64_t min, int64_t max) {
-    int64_t value = 0;
-    if (!JsonSection::integer(key, value)) return;
-    if (value < min || value > max) {
-      fail(path(key), "must be in [" + std::to_string(min) + ", " + std::to_string(max) +
-                          "], got " + std::to_string(value));
-    }
-    out = value;
-  }
   void number(const std::string& key, double& out, double min, double max) {
     double value = 0;
     if (!JsonSection::number(key, value)) return;
@@ -126,7 +117,8 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   Section scheduler(root, "scheduler");
   scheduler.integer("max_running_requests", c.limits.max_running, 1, 4096);
   scheduler.integer("max_batch_tokens", c.limits.max_batch_tokens, 1, 1 << 20);
-  scheduler.integer("max_queued_requests", c.limits.max_queued, 0, 1 << 20);
+  // 0 would refuse every request with RESOURCE_EXHAUSTED: a server that serves nothing.
+  scheduler.integer("max_queued_requests", c.limits.max_queued, 1, 1 << 20);
   scheduler.integer("max_prompt_tokens", c.max_prompt_tokens, 0, 1 << 24);
   scheduler.integer("max_output_tokens", c.max_output_tokens, 0, 1 << 24);
   scheduler.integer("max_stop_strings", c.max_stop_strings, 0, 64);
@@ -184,19 +176,18 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   return c;
 }
 
-ServerConfig ServerConfig::from_file(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
-  json root;
+ServerConfig ServerConfig::parse(std::string_view text, const std::filesystem::path& base_dir,
+                                 std::string_view source) {
+  const json root = parse_json(text, source, {.comments = true});
   try {
-    root = json::parse(text, nullptr, true, /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
-    throw Error(ErrorCode::kInvalidArgument, path.string() + ": not valid JSON: " + e.what());
-  }
-  try {
-    return from_json(root, path.parent_path());
+    return from_json(root, base_dir);
   } catch (const Error& e) {
-    throw Error(e.code(), path.string() + ": " + e.what());
+    throw Error(e.code(), std::string(source) + ": " + e.what());
   }
+}
+
+ServerConfig ServerConfig::from_file(const std::filesystem::path& path) {
+  return parse(read_json_file(path), path.parent_path(), path.string());
 }
 
 void ServerConfig::validate() const {

@@ -171,5 +171,41 @@ TEST(SloConfigDetection, TellsSloFilesFromServerConfigs) {
   EXPECT_FALSE(looks_like_slo_config(json::array()));
 }
 
+TEST_F(SloConfigTest, CountsAndWindowsAreBoundedAbove) {
+  for (const char* key : {"candidates_top_k", "profile_requests", "reprofile_interval_requests",
+                          "breach_window_tokens", "drift_window_requests"}) {
+    SCOPED_TRACE(key);
+    expect_error([&] { parse(with("controller", key, 1'000'001)); }, ErrorCode::kInvalidArgument,
+                 {std::string("controller.") + key, "1000000]", "got 1000001"});
+    json at_limit = json::parse(with("controller", key, 1'000'000));
+    EXPECT_NO_THROW(parse(at_limit.dump()));
+  }
+  // A hand-built config gets the same bound from validate().
+  SloConfig c;
+  c.drift_window_requests = int64_t{1} << 40;
+  expect_error([&] { c.validate(); }, ErrorCode::kInvalidArgument,
+               {"controller.drift_window_requests"});
+}
+
+TEST_F(SloConfigTest, UnsignedValuesPastInt64MaxDoNotWrap) {
+  std::string text = with("controller", "breach_window_tokens", 0);
+  text.replace(text.find("\"breach_window_tokens\":0"), 24,
+               "\"breach_window_tokens\":18446744073709551615");
+  expect_error([&] { parse(text); }, ErrorCode::kInvalidArgument,
+               {"controller.breach_window_tokens", "18446744073709551615 is out of range"});
+}
+
+TEST_F(SloConfigTest, DeeplyNestedValuesAreRefusedNotDumped) {
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  expect_error(
+      [&] {
+        parse(R"({"model_repository": "../zoo", "constraints": {"p95_tpot_ms": )" + deep + "}}");
+      },
+      ErrorCode::kInvalidArgument, {"slo.json", "64 levels"});
+  expect_error([&] { parse(with("constraints", "p95_tpot_ms", json::parse("[[1, 2]]"))); },
+               ErrorCode::kInvalidArgument,
+               {"constraints.p95_tpot_ms: must be a positive number or null, got [[... 2 items]]"});
+}
+
 }  // namespace
 }  // namespace helios::controller

@@ -126,10 +126,74 @@ TEST(ServerConfig, FileErrorsNameTheFile) {
   const auto path = dir.path() / "bad.json";
   std::ofstream(path) << "{ not json";
   expect_error([&] { ServerConfig::from_file(path); }, ErrorCode::kInvalidArgument,
-               {path.string(), "not valid JSON"});
+               {path.string(), "invalid JSON"});
   std::ofstream(path) << R"({"model": {"path": "m", "max_layers": -1}})";
   expect_error([&] { ServerConfig::from_file(path); }, ErrorCode::kInvalidArgument,
                {path.string(), "model.max_layers"});
+}
+
+// Errors of ServerConfig::parse on `text`, or "" when it parses.
+std::string parse_error(const std::string& text) {
+  try {
+    ServerConfig::parse(text, "/etc/h", "server.json");
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ServerConfig, UnsignedValuesPastInt64MaxDoNotWrap) {
+  // 2^64-1 read as int64 is -1, which would silently disable the HTTP endpoint.
+  EXPECT_EQ(parse_error(R"({"model": {"path": "m"}, "http": {"port": 18446744073709551615}})"),
+            "server.json: http.port: 18446744073709551615 is out of range");
+  EXPECT_NE(parse_error(R"({"model": {"path": "m"}, "scheduler": {"max_batch_tokens":
+            9223372036854775808}})")
+                .find("scheduler.max_batch_tokens: 9223372036854775808 is out of range"),
+            std::string::npos);
+}
+
+TEST(ServerConfig, EveryIntegerKeyIsRangeChecked) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"("grpc": {"max_message_bytes": 4294967296})", "grpc.max_message_bytes: must be in"},
+      {R"("http": {"port": 65536})", "http.port: must be in [-1, 65535]"},
+      {R"("http": {"port": -2})", "http.port: must be in [-1, 65535]"},
+      {R"("memory": {"kv_block_size": 0})", "memory.kv_block_size: must be in [1, 1024]"},
+      {R"("scheduler": {"max_running_requests": 0})", "scheduler.max_running_requests"},
+      {R"("scheduler": {"max_queued_requests": 0})",
+       "scheduler.max_queued_requests: must be in [1, 1048576], got 0"},
+      {R"("scheduler": {"max_prompt_tokens": 100000000})", "scheduler.max_prompt_tokens"},
+      {R"("scheduler": {"max_stop_bytes": 0})", "scheduler.max_stop_bytes"},
+      {R"("controller": {"decisions_kept": 0})", "controller.decisions_kept"},
+  };
+  for (const auto& [section, needle] : cases) {
+    SCOPED_TRACE(section);
+    const std::string error = parse_error(R"({"model": {"path": "m"}, )" + section + "}");
+    EXPECT_NE(error.find(needle), std::string::npos) << error;
+  }
+}
+
+TEST(ServerConfig, DeeplyNestedValuesAreRefusedNotDumped) {
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  const std::string error = parse_error(R"({"model": {"path": "m"}, "http": {"port": )" + deep +
+                                        "}}");
+  EXPECT_NE(error.find("server.json"), std::string::npos) << error;
+  EXPECT_NE(error.find("64 levels"), std::string::npos) << error;
+  // Nested within the limit, a type error shows a bounded excerpt.
+  EXPECT_EQ(parse_error(R"({"model": {"path": "m"}, "http": {"port": [[1, 2], 3]}})"),
+            "server.json: http.port: must be an integer, got [[... 2 items], 3]");
+}
+
+TEST(ServerConfig, NumbersPastDoubleRangeAreAnError) {
+  // nlohmann reports these as out_of_range, not parse_error: still a helios::Error.
+  const std::string error = parse_error(R"({"memory": {"budget_mib": 1e400}})");
+  EXPECT_NE(error.find("server.json: invalid JSON"), std::string::npos) << error;
+}
+
+TEST(ServerConfig, ParseAcceptsCommentsAndResolvesAgainstBaseDir) {
+  const ServerConfig c = ServerConfig::parse("// notes\n{\"model\": {\"path\": \"m\"}}", "/etc/h",
+                                             "server.json");
+  EXPECT_EQ(c.model_path, std::filesystem::path("/etc/h/m"));
 }
 
 }  // namespace

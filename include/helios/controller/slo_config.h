@@ -9,6 +9,11 @@
 
 namespace helios::controller {
 
+// Largest value of every count and window in the SLO file's controller section: 1,000,000.
+// Windows are allocated whole, so a larger one is refused at parse time rather than failing
+// an allocation in the controller.
+inline constexpr int64_t kMaxSloCount = 1'000'000;
+
 // What the controller maximises among the options that meet every constraint.
 enum class Objective { kThroughput, kLatency, kEnergy };
 std::string_view objective_name(Objective objective);
@@ -41,11 +46,13 @@ struct SloConfig {
   // Absolute once parsed (relative paths are resolved against the SLO file's directory).
   std::filesystem::path model_repository;
 
-  // Parses `text`; `base_dir` resolves a relative model_repository, which must exist and be a
-  // directory. JSON syntax errors name `source_name` and the line.
+  // Parses `text` (nested at most kMaxJsonDepth deep); `base_dir` resolves a relative
+  // model_repository, which must exist and be a directory. JSON syntax errors name
+  // `source_name` and the line.
   static SloConfig parse(std::string_view text, const std::filesystem::path& base_dir,
                          std::string_view source_name);
-  // Reads and parses `path`; a missing or unreadable file is an error naming the path.
+  // Reads (at most kMaxJsonConfigBytes) and parses `path`; a missing or unreadable file is an
+  // error naming the path.
   static SloConfig from_file(const std::filesystem::path& path);
 
   // Checks every range (not the repository on disk): parse() calls it, and so may code that

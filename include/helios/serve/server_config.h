@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 #include "helios/engine/serving_engine.h"
 
@@ -77,6 +78,12 @@ struct ServerConfig {
 
   // Throws helios::Error(kInvalidArgument) naming the key (e.g. "scheduler.max_batch_tokens").
   static ServerConfig from_json(const nlohmann::json& json, const std::filesystem::path& base_dir);
+  // Parses `text` (JSON with comments, nested at most kMaxJsonDepth deep); every error is
+  // prefixed with `source`. A relative model.path or controller.slo_file resolves against
+  // `base_dir`.
+  static ServerConfig parse(std::string_view text, const std::filesystem::path& base_dir,
+                            std::string_view source);
+  // Reads (at most kMaxJsonConfigBytes) and parses `path`.
   static ServerConfig from_file(const std::filesystem::path& path);
   void validate() const;
   nlohmann::json to_json() const;
