@@ -11,9 +11,32 @@
 namespace helios::engine {
 namespace {
 
-int64_t numel(const std::vector<int64_t>& shape) {
+// Byte counts of a config nobody checked against a real load (a scanned repository, a typo of
+// a size): a product or sum past int64 would wrap into a plausible small or negative figure.
+[[noreturn]] void overflows(const model::ModelConfig& config) {
+  throw Error(ErrorCode::kInvalidArgument,
+              fmt::format("config: the model's size overflows 64-bit byte counts (vocab_size {}, "
+                          "hidden_size {}, intermediate_size {}, num_hidden_layers {}, "
+                          "max_position_embeddings {})",
+                          config.vocab_size, config.hidden_size, config.intermediate_size,
+                          config.num_hidden_layers, config.max_position_embeddings));
+}
+
+int64_t mul(int64_t a, int64_t b, const model::ModelConfig& config) {
+  int64_t out = 0;
+  if (__builtin_mul_overflow(a, b, &out)) overflows(config);
+  return out;
+}
+
+int64_t add(int64_t a, int64_t b, const model::ModelConfig& config) {
+  int64_t out = 0;
+  if (__builtin_add_overflow(a, b, &out)) overflows(config);
+  return out;
+}
+
+int64_t numel(const std::vector<int64_t>& shape, const model::ModelConfig& config) {
   int64_t n = 1;
-  for (const int64_t d : shape) n *= d;
+  for (const int64_t d : shape) n = mul(n, d, config);
   return n;
 }
 
@@ -47,19 +70,27 @@ ModelFootprint ModelFootprint::of(const model::ModelConfig& config, int64_t elem
   int64_t kv_elements = 0;
   const std::vector<model::TensorSpec> specs = model::layer_tensor_specs(config, 0);
   for (size_t i = 0; i < specs.size(); ++i) {
-    const int64_t n = numel(specs[i].shape);
-    layer_elements += n;
+    const int64_t n = numel(specs[i].shape, config);
+    layer_elements = add(layer_elements, n, config);
     if (specs[i].shape.size() == 2) linear_elements += n;  // a linear: one MAC per weight
     if (i == 2 || i == 3) kv_elements += n;                // k_proj, v_proj (tensors() order)
   }
-  const int64_t embed = config.vocab_size * config.hidden_size;
-  f.fixed_bytes = (embed + config.hidden_size + (config.tie_word_embeddings ? 0 : embed)) *
-                  element_size;
-  f.layer_bytes = layer_elements * element_size;
+  const int64_t embed = mul(config.vocab_size, config.hidden_size, config);
+  const int64_t fixed_elements =
+      add(add(embed, config.hidden_size, config), config.tie_word_embeddings ? 0 : embed, config);
+  f.fixed_bytes = mul(fixed_elements, element_size, config);
+  f.layer_bytes = mul(layer_elements, element_size, config);
+  // kv_bytes_per_token multiplies 2 x layers x kv_heads x head_dim x element size.
+  mul(mul(mul(2, config.num_key_value_heads, config), config.head_dim(), config), element_size,
+      config);
   f.kv_bytes_per_token_layer =
       kv::kv_bytes_per_token(1, config.num_key_value_heads, config.head_dim(), element_size);
   f.context_length = config.max_position_embeddings;
   f.total_layers = config.num_hidden_layers;
+  // What the figures above are later multiplied into must fit as well: the weights of a full
+  // load, and the KV cache of one full-context sequence at full depth.
+  add(f.fixed_bytes, mul(f.total_layers, f.layer_bytes, config), config);
+  mul(mul(f.kv_bytes_per_token_layer, f.total_layers, config), f.context_length, config);
   f.kv_projection_share = linear_elements > 0 ? static_cast<double>(kv_elements) /
                                                     static_cast<double>(linear_elements)
                                               : 0.0;

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "helios/common/error.h"
 #include "helios/model/weights.h"
 
 namespace helios::controller {
@@ -21,6 +22,42 @@ model::ModelConfig small_config(bool tied) {
   c.tie_word_embeddings = tied;
   c.exit_layers = {1, 2, 3, 4};
   return c;
+}
+
+TEST(ModelFootprint, RefusesSizesThatOverflowAByteCount) {
+  // Built by hand (no config.json bounds): each product must be checked, not wrapped into a
+  // small or negative byte count.
+  model::ModelConfig embeddings = small_config(false);
+  embeddings.vocab_size = int64_t{1} << 40;
+  embeddings.hidden_size = int64_t{1} << 24;  // 2^64 embedding elements
+  embeddings.num_attention_heads = 4;
+  model::ModelConfig layers = small_config(true);
+  layers.num_hidden_layers = int64_t{1} << 40;
+  layers.intermediate_size = int64_t{1} << 20;  // 2^40 layers of ~2^26 bytes
+  model::ModelConfig context = small_config(true);
+  context.max_position_embeddings = int64_t{1} << 58;  // x 64 KV bytes per token, x 4 layers
+  for (const model::ModelConfig& config : {embeddings, layers, context}) {
+    try {
+      ModelFootprint::of(config, sizeof(float));
+      ADD_FAILURE() << "no error for vocab " << config.vocab_size << ", layers "
+                    << config.num_hidden_layers << ", context " << config.max_position_embeddings;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("overflows"), std::string::npos) << e.what();
+    }
+  }
+  // A large real model still fits, and is counted exactly.
+  model::ModelConfig large = small_config(false);
+  large.hidden_size = 8192;
+  large.intermediate_size = 28672;
+  large.num_hidden_layers = 80;
+  large.num_attention_heads = 64;
+  large.num_key_value_heads = 8;
+  large.vocab_size = 128256;
+  large.max_position_embeddings = 131072;
+  const ModelFootprint f = ModelFootprint::of(large, 2);
+  EXPECT_EQ(f.fixed_bytes, (int64_t{2} * 128256 * 8192 + 8192) * 2);
+  EXPECT_EQ(f.kv_bytes_per_token_layer, 2 * 8 * 128 * 2);
 }
 
 TEST(ModelFootprint, WeightBytesMatchWhatALoadHolds) {

@@ -38,6 +38,9 @@ struct ModelFootprint {
   // the context length and are left out.)
   double kv_projection_share = 0.0;
 
+  // Throws Error(kInvalidArgument) when a figure, or the weights of a full load or the KV
+  // cache of one full-context sequence at full depth, overflows int64 (a config no device
+  // could hold, or a corrupt one).
   static ModelFootprint of(const model::ModelConfig& config, int64_t element_size);
   // Of a loaded transformer: its config at its weights' element size.
   static ModelFootprint of(const model::Transformer& transformer);
