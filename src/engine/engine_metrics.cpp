@@ -60,6 +60,12 @@ struct EngineMetrics::Series {
     kv_sequences = &r.gauge("helios_kv_capacity_sequences",
                             "Full-context sequences the KV cache pool holds.")
                        .get();
+    faults = &r.counter("helios_engine_faults_total",
+                        "Faults the engine contained, by kind: forward (a model forward failed), "
+                        "sampling (a row's token could not be sampled), step (an exception "
+                        "escaped a step), kv_cache (a KV pool could not be allocated).",
+                        {"fault"});
+    for (const char* fault : {"forward", "sampling", "step", "kv_cache"}) faults->labels({fault});
     for (const Finish f : {Finish::kStop, Finish::kLength, Finish::kCancelled, Finish::kDeadline,
                            Finish::kError}) {
       finished->labels({std::string(finish_label(f))});
@@ -86,7 +92,7 @@ struct EngineMetrics::Series {
   metrics::Gauge *running, *waiting, *blocks_total, *blocks_used, *usage, *kv_bytes, *kv_sequences;
   metrics::Counter *prompt_tokens, *generated_tokens, *greedy = nullptr, *preemptions, *steps,
       *step_seconds, *forward_seconds;
-  metrics::Family<metrics::Counter>*finished, *exits, *greedy_family;
+  metrics::Family<metrics::Counter>*finished, *exits, *greedy_family, *faults;
   metrics::Family<metrics::Gauge>*weight_bytes, *loaded_layers;
   std::vector<metrics::Counter*> exit_by_layer;  // by exit layer; null where no exit point
 };
@@ -186,6 +192,10 @@ void EngineMetrics::on_finish(Sequence& sequence, Finish reason, const ServedMod
   }
   t.total_s = seconds_between(request.arrival(), now);
   sink_->on_request(std::move(t));
+}
+
+void EngineMetrics::on_fault(std::string_view fault) {
+  series_->faults->labels({std::string(fault)}).inc();
 }
 
 void EngineMetrics::publish(const EngineStats& stats, int64_t waiting) {

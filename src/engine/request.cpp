@@ -21,6 +21,7 @@ void Update::merge(Update&& later) {
   if (later.finished()) {
     finish = later.finish;
     error = std::move(later.error);
+    error_code = later.error_code;
     usage = std::move(later.usage);
   }
 }

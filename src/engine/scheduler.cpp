@@ -8,6 +8,11 @@
 
 namespace helios::engine {
 
+bool fits_context(const Sequence& sequence, int64_t context) {
+  return sequence.generated > 0 ? static_cast<int64_t>(sequence.tokens.size()) <= context
+                                : sequence.prompt_length < context;
+}
+
 Scheduler::Scheduler(kv::KvCache& cache, int64_t max_running)
     : cache_(&cache), max_running_bound_(max_running), cap_(max_running) {
   if (max_running < 1) {
@@ -121,7 +126,7 @@ Requeue Scheduler::requeue_all(bool same_model, int64_t context) {
   for (auto& sequence : waiting_) {
     sequence->restart_prompt_scoring();
     if (!same_model) sequence->forget_exits();
-    if (static_cast<int64_t>(sequence->tokens.size()) > context) {
+    if (!fits_context(*sequence, context)) {
       result.exceeds_context.push_back(sequence.get());
     }
   }

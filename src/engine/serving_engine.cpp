@@ -181,6 +181,12 @@ void ServingEngine::apply_switch(SwitchCommand& command) {
                  next->transformer().loaded_layers(), command.kv_blocks, batch);
     command.done.set_value();
   } catch (...) {
+    // Whatever pool the engine kept is visible by the time the caller's future is ready.
+    try {
+      publish_stats();
+    } catch (const std::exception& e) {
+      spdlog::error("engine: status not refreshed after a failed switch: {}", e.what());
+    }
     command.done.set_exception(std::current_exception());
   }
 }
@@ -192,30 +198,92 @@ void ServingEngine::rebuild_cache(const ModelInstance& next, int64_t kv_blocks) 
   const int64_t old_blocks = cache_->pool().total_blocks();
   cache_.reset();
   try {
-    cache_ = make_kv_cache(next.transformer(), options_.kv_block_size, kv_blocks);
-  } catch (...) {
-    // Keep serving the old model with its old pool size.
-    cache_ = make_kv_cache(model_->transformer(), options_.kv_block_size, old_blocks);
-    scheduler_.set_cache(*cache_);
-    recompute_all(true);
+    cache_ = allocate_cache(next, kv_blocks);
+  } catch (const std::exception& e) {
+    spdlog::error("KV pool of {} blocks could not be allocated: {}", kv_blocks, e.what());
+    metrics_.on_fault("kv_cache");
+    restore_cache(old_blocks);
     throw;
   }
   scheduler_.set_cache(*cache_);
 }
 
+std::unique_ptr<kv::KvCache> ServingEngine::allocate_cache(const ModelInstance& model,
+                                                           int64_t blocks) {
+  if (options_.faults.kv_cache) options_.faults.kv_cache(blocks);
+  return make_kv_cache(model.transformer(), options_.kv_block_size, blocks);
+}
+
+void ServingEngine::restore_cache(int64_t blocks) {
+  // Keep serving the current model: its old pool size, or the smallest pool that still runs one
+  // full-context sequence when the memory the old one held is gone.
+  const int64_t minimum =
+      blocks_for_tokens(model_->config().max_position_embeddings, options_.kv_block_size);
+  for (const int64_t size : {blocks, std::min(blocks, minimum)}) {
+    try {
+      cache_ = allocate_cache(*model_, size);
+      break;
+    } catch (const std::exception& e) {
+      spdlog::error("KV pool of {} blocks for {} could not be allocated: {}", size, model_name_,
+                    e.what());
+      metrics_.on_fault("kv_cache");
+    }
+  }
+  if (!cache_) {
+    // No pool at all: an empty one keeps the engine consistent, nothing can run until a later
+    // step rebuilds it.
+    cache_ = make_kv_cache(model_->transformer(), options_.kv_block_size, 0);
+    lost_pool_blocks_ = blocks;
+  }
+  scheduler_.set_cache(*cache_);
+  recompute_all(true);
+  if (lost_pool_blocks_ > 0) regrow_lost_pool();
+}
+
+bool ServingEngine::regrow_lost_pool() {
+  if (lost_pool_blocks_ == 0) return true;
+  std::string why;
+  try {
+    std::unique_ptr<kv::KvCache> cache = allocate_cache(*model_, lost_pool_blocks_);
+    scheduler_.release_all();
+    cache_ = std::move(cache);
+    scheduler_.set_cache(*cache_);
+    spdlog::info("KV pool of {} blocks rebuilt for {}", lost_pool_blocks_, model_name_);
+    lost_pool_blocks_ = 0;
+    return true;
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  metrics_.on_fault("kv_cache");
+  spdlog::error("no KV pool: {} blocks for {} could not be allocated: {}", lost_pool_blocks_,
+                model_name_, why);
+  const std::string error = "the engine has no KV cache (" + why + ")";
+  scheduler_.for_each([&](Sequence& sequence) { finish(sequence, Finish::kError, error); });
+  scheduler_.drop_finished();
+  return false;
+}
+
 void ServingEngine::recompute_all(bool same_model) {
-  const Requeue requeue =
-      scheduler_.requeue_all(same_model, model_->config().max_position_embeddings);
+  const int64_t context = model_->config().max_position_embeddings;
+  const Requeue requeue = scheduler_.requeue_all(same_model, context);
   recomputes_ += requeue.recomputed;
   for (Sequence* sequence : requeue.exceeds_context) {
     // The new model's context cannot hold what the sequence already has.
-    if (sequence->generated > 0) {
-      finish(*sequence, Finish::kLength);
-    } else {
-      finish(*sequence, Finish::kError, "the prompt exceeds the context of the model now serving");
-    }
+    if (!refuse_if_too_long(*sequence, context)) finish(*sequence, Finish::kLength);
   }
   scheduler_.drop_finished();
+}
+
+bool ServingEngine::refuse_if_too_long(Sequence& sequence, int64_t context) {
+  if (sequence.generated > 0 || sequence.prompt_length < context) return false;
+  // What the front end answers a prompt that long, for a request it accepted under a model
+  // with a longer context.
+  finish(sequence, Finish::kError,
+         fmt::format("prompt: {} tokens (with BOS) leave no room to generate within the "
+                     "context of {} tokens of {}, the model now serving",
+                     sequence.prompt_length, context, model_name_),
+         ErrorCode::kInvalidArgument);
+  return true;
 }
 
 // ---- Settings and status (any thread) ----
@@ -266,15 +334,42 @@ void ServingEngine::run() {
       commands.swap(commands_);
       work = !incoming_.empty() || !scheduler_.idle() || cancel_all_.load();
     }
-    // At the step boundary: nothing holds a pointer into the batch or the cache.
-    for (SwitchCommand& command : commands) apply_switch(command);
-    if (work) step();
+    // An exception escaping the thread would end the process: whatever escapes a step fails
+    // that step's batch, and the engine goes on with the next.
+    try {
+      // At the step boundary: nothing holds a pointer into the batch or the cache.
+      for (SwitchCommand& command : commands) apply_switch(command);
+      if (work) step();
+    } catch (const std::exception& e) {
+      recover(e.what());
+    } catch (...) {
+      recover("unknown exception");
+    }
   }
   // Stopping: whatever is still in flight ends now, cancelled.
-  ingest();
-  scheduler_.for_each([&](Sequence& sequence) { finish(sequence, Finish::kCancelled); });
-  scheduler_.drop_finished();
-  publish_stats();
+  try {
+    ingest();
+    scheduler_.for_each([&](Sequence& sequence) { finish(sequence, Finish::kCancelled); });
+    scheduler_.drop_finished();
+    publish_stats();
+  } catch (const std::exception& e) {
+    spdlog::error("engine: stopping: {}", e.what());
+  }
+}
+
+void ServingEngine::recover(const char* what) {
+  spdlog::error("engine step failed: {}; its batch fails, the engine goes on", what);
+  try {
+    metrics_.on_fault("step");
+    const std::string error = std::string("engine step failed: ") + what;
+    scheduler_.for_each_running([&](Sequence& sequence) {
+      finish(sequence, Finish::kError, error);
+    });
+    scheduler_.drop_finished();
+    publish_stats();
+  } catch (const std::exception& e) {
+    spdlog::error("engine: recovering from a failed step: {}", e.what());
+  }
 }
 
 void ServingEngine::ingest() {
@@ -283,8 +378,12 @@ void ServingEngine::ingest() {
     std::lock_guard lock(mutex_);
     arrived.swap(incoming_);
   }
+  // Validated by the front end against the model serving then, which a switch may since have
+  // replaced with one of a shorter context.
+  const int64_t context = model_->config().max_position_embeddings;
   for (auto& request : arrived) {
-    scheduler_.enqueue(std::make_unique<Sequence>(std::move(request), model_->shared_tokenizer()));
+    auto sequence = std::make_unique<Sequence>(std::move(request), model_->shared_tokenizer());
+    if (!refuse_if_too_long(*sequence, context)) scheduler_.enqueue(std::move(sequence));
   }
 }
 
@@ -293,10 +392,12 @@ void ServingEngine::reap() {
   const Clock::time_point now = Clock::now();
   scheduler_.for_each([&](Sequence& sequence) {
     if (sequence.finished()) return;
-    if (cancel_everything || sequence.request->cancelled()) {
-      finish(sequence, Finish::kCancelled);
-    } else if (now >= sequence.request->spec().deadline) {
+    // The deadline first: a call cut by its deadline is cancelled as well (gRPC cancels it at
+    // the deadline), and it must count as what it was.
+    if (now >= sequence.request->spec().deadline) {
       finish(sequence, Finish::kDeadline);
+    } else if (cancel_everything || sequence.request->cancelled()) {
+      finish(sequence, Finish::kCancelled);
     }
   });
   scheduler_.drop_finished();
@@ -308,6 +409,10 @@ void ServingEngine::step() {
   metrics_.begin_step();
   ingest();
   reap();
+  if (!regrow_lost_pool()) {
+    publish_stats();
+    return;
+  }
 
   const StepPlan plan = scheduler_.schedule(options_.limits.max_batch_tokens);
   preemptions_ += plan.preempted;
@@ -317,25 +422,13 @@ void ServingEngine::step() {
   // reach a client: a client that reads its first token and then asks for the status sees
   // the blocks its request holds.
   publish_stats();
+  if (options_.faults.step) options_.faults.step();
 
   forward_seconds_ = 0.0;
   for (const PrefillChunk& prefill : plan.prefills) {
-    try {
-      run_prefill(*prefill.sequence, prefill.tokens);
-    } catch (const std::exception& e) {
-      spdlog::error("request {}: prefill failed: {}", prefill.sequence->request->spec().id,
-                    e.what());
-      finish(*prefill.sequence, Finish::kError, e.what());
-    }
+    run_prefill(*prefill.sequence, prefill.tokens);
   }
-  if (!plan.decodes.empty()) {
-    try {
-      run_decode(plan.decodes);
-    } catch (const std::exception& e) {
-      spdlog::error("decode step of {} sequences failed: {}", plan.decodes.size(), e.what());
-      for (Sequence* sequence : plan.decodes) finish(*sequence, Finish::kError, e.what());
-    }
-  }
+  if (!plan.decodes.empty()) run_decode(plan.decodes);
   scheduler_.drop_finished();
   ++steps_;
   publish_stats();
@@ -361,40 +454,108 @@ void ServingEngine::run_prefill(Sequence& sequence, int64_t chunk) {
   const int64_t begin = sequence.kv.length;
   const std::span<const int32_t> tokens(sequence.tokens.data() + begin, chunk);
   const std::vector<int32_t> exits = sequence.replay_exits(begin, chunk);
-  const Clock::time_point t0 = Clock::now();
   const bool score = sequence.score_prompt && exits.empty();
-  const model::StepOutput out =
-      model_->transformer().prefill(*cache_, sequence.kv, tokens, policy_, score, exits,
-                                    score && begin + chunk < sequence.prompt_length
-                                        ? sequence.tokens[begin + chunk]
-                                        : -1);
-  forward_seconds_ += seconds_between(t0, Clock::now());
+  model::StepOutput out;
+  try {
+    out = forward({&sequence}, [&] {
+      return model_->transformer().prefill(*cache_, sequence.kv, tokens, policy_, score, exits,
+                                           score && begin + chunk < sequence.prompt_length
+                                               ? sequence.tokens[begin + chunk]
+                                               : -1);
+    });
+  } catch (const std::exception& e) {
+    fail(sequence, "forward", "prefill forward", e.what());
+    return;
+  }
   if (score) {
     sequence.prompt_scores->add(out.prompt_scores);
     // Scored once: a later recompute of the prompt is not.
     if (sequence.kv.length >= sequence.prompt_length) sequence.score_prompt = false;
   }
   if (sequence.kv.length == sequence.prefill_target() && sequence.generated == 0) {
-    emit(sequence, out.logits[0], out.exits[0]);
+    emit_row(sequence, out, 0, false);
   }
 }
 
 void ServingEngine::run_decode(const std::vector<Sequence*>& decodes) {
+  model::StepOutput out;
+  try {
+    out = forward_decode(decodes);
+  } catch (const std::exception& e) {
+    if (decodes.size() == 1) {
+      fail(*decodes[0], "forward", "decode forward", e.what());
+      return;
+    }
+    // The batch's forward failed (out of memory for its activations, say): each row alone may
+    // still run, so only a row whose own forward fails too is lost.
+    spdlog::warn("decode forward of {} sequences failed ({}); running them one at a time",
+                 decodes.size(), e.what());
+    metrics_.on_fault("forward");
+    for (Sequence* sequence : decodes) {
+      model::StepOutput alone;
+      try {
+        alone = forward_decode({sequence});
+      } catch (const std::exception& row_error) {
+        fail(*sequence, "forward", "decode forward", row_error.what());
+        continue;
+      }
+      emit_row(*sequence, alone, 0, true);
+    }
+    return;
+  }
+  for (size_t b = 0; b < decodes.size(); ++b) emit_row(*decodes[b], out, b, true);
+}
+
+model::StepOutput ServingEngine::forward_decode(const std::vector<Sequence*>& rows) {
   std::vector<kv::SequenceKv*> kvs;
   std::vector<int32_t> tokens;
-  kvs.reserve(decodes.size());
-  tokens.reserve(decodes.size());
-  for (Sequence* sequence : decodes) {
+  kvs.reserve(rows.size());
+  tokens.reserve(rows.size());
+  for (Sequence* sequence : rows) {
     kvs.push_back(&sequence->kv);
     tokens.push_back(sequence->tokens.back());
   }
+  return forward(rows, [&] { return model_->transformer().decode(*cache_, kvs, tokens, policy_); });
+}
+
+model::StepOutput ServingEngine::forward(const std::vector<Sequence*>& rows,
+                                         const std::function<model::StepOutput()>& run) {
+  std::vector<int64_t> lengths;
+  lengths.reserve(rows.size());
+  for (const Sequence* sequence : rows) lengths.push_back(sequence->kv.length);
   const Clock::time_point t0 = Clock::now();
-  const model::StepOutput out = model_->transformer().decode(*cache_, kvs, tokens, policy_);
-  forward_seconds_ += seconds_between(t0, Clock::now());
-  for (size_t b = 0; b < decodes.size(); ++b) {
-    decodes[b]->decoded_exits.push_back(out.exits[b].exit_layer);
-    emit(*decodes[b], out.logits[b], out.exits[b]);
+  try {
+    model::StepOutput out = run();
+    if (options_.faults.forward) {
+      c10::InferenceMode inference;  // the logits are inference tensors
+      std::vector<std::string> ids;
+      for (const Sequence* sequence : rows) ids.push_back(sequence->request->spec().id);
+      options_.faults.forward(ids, out.logits);
+    }
+    forward_seconds_ += seconds_between(t0, Clock::now());
+    return out;
+  } catch (...) {
+    forward_seconds_ += seconds_between(t0, Clock::now());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i]->kv.length = lengths[i];
+    throw;
   }
+}
+
+void ServingEngine::emit_row(Sequence& sequence, const model::StepOutput& out, size_t row,
+                             bool decoded) {
+  try {
+    if (decoded) sequence.decoded_exits.push_back(out.exits[row].exit_layer);
+    emit(sequence, out.logits[static_cast<int64_t>(row)], out.exits[row]);
+  } catch (const std::exception& e) {
+    fail(sequence, "sampling", "sampling", e.what());
+  }
+}
+
+void ServingEngine::fail(Sequence& sequence, std::string_view fault, std::string_view stage,
+                         std::string_view what) {
+  spdlog::error("request {}: {} failed: {}", sequence.request->spec().id, stage, what);
+  metrics_.on_fault(fault);
+  finish(sequence, Finish::kError, fmt::format("{} failed: {}", stage, what));
 }
 
 void ServingEngine::emit(Sequence& sequence, const at::Tensor& logits,
@@ -406,7 +567,8 @@ void ServingEngine::emit(Sequence& sequence, const at::Tensor& logits,
   if (end != Finish::kNone) finish(sequence, end);
 }
 
-void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error) {
+void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error,
+                           ErrorCode code) {
   if (sequence.finished()) return;
   sequence.finish = reason;
   cache_->release(sequence.kv);
@@ -414,6 +576,7 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error)
   const ServedModel model = served();
   Update last = output_.final_update(sequence, reason, std::move(error), model_name_,
                                      model.loaded_layers, now);
+  last.error_code = code;
   ++finished_;
   metrics_.on_finish(sequence, reason, model, now);
   sequence.request->channel().push(std::move(last));

@@ -2,11 +2,15 @@
 // the same one, and resizing the KV pool, must not change or lose what clients receive.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "common/expect_error.h"
+#include "common/scratch_dir.h"
 #include "common/held_out_text.h"
 #include "engine/wait_for_result.h"
 #include "helios/common/files.h"
@@ -301,6 +305,69 @@ TEST(ModelSwitch, TooFewBlocksFailsAndTheOldModelKeepsServing) {
   EXPECT_EQ(stats.kv_blocks_total, 64);
   EXPECT_EQ(stats.recomputes, 0);
   EXPECT_EQ(engine.model(), prose());
+}
+
+// prose-micro with a context of `context` positions (the same weights).
+std::shared_ptr<const ModelInstance> with_context(const helios::testing::ScratchDir& dir,
+                                                  int64_t context) {
+  const std::filesystem::path to = dir.path() / "short-micro";
+  std::filesystem::create_directories(to);
+  nlohmann::json config = nlohmann::json::parse(read_file(zoo("prose-micro") + "/config.json"));
+  config["max_position_embeddings"] = context;
+  std::ofstream(to / "config.json") << config.dump();
+  std::filesystem::create_symlink(zoo("prose-micro") + "/model.safetensors",
+                                  to / "model.safetensors");
+  return ModelInstance::load(to);
+}
+
+// The first `count` prompt tokens of a held-out text, BOS included.
+std::vector<int32_t> prompt_of_length(size_t count) {
+  std::vector<int32_t> ids =
+      encode(held_out_prompts("prose", 1, 9000, 1, [](size_t) { return size_t{400}; })[0]);
+  EXPECT_GE(ids.size(), count);
+  ids.resize(count);
+  return ids;
+}
+
+TEST(ModelSwitch, QueuedRequestsThatNoLongerFitASmallerContextFailAsInvalid) {
+  helios::testing::ScratchDir dir("short_context");
+  const std::shared_ptr<const ModelInstance> short_model = with_context(dir, 128);
+  Recorder recorder;
+  EngineOptions o = options("prose-micro", 64, &recorder);
+  o.limits.max_running = 1;  // the others wait in the queue
+  ServingEngine engine(prose(), o);
+  auto running = make_request(prompt_ids(1)[0], 24, "running");
+  // Fits the serving model's 256 positions, not the next one's 128: no room to generate.
+  auto queued = make_request(prompt_of_length(128), 8, "queued");
+  auto fits = make_request(prompt_of_length(100), 8, "fits");
+  std::shared_ptr<Request> arriving = make_request(prompt_of_length(140), 8, "arriving");
+  std::future<void> switched;
+  recorder.at_step(3, [&] {
+    switched = engine.switch_model(short_model, "short-micro", 64);
+    // Accepted by the front end under the old model, still in the engine's inbox at the switch.
+    engine.submit(arriving);
+  });
+  engine.submit(running);
+  engine.submit(queued);
+  engine.submit(fits);
+  engine.start();
+  const Update running_result = result_of(*running);
+  const Update queued_result = result_of(*queued);
+  const Update fits_result = result_of(*fits);
+  const Update arriving_result = result_of(*arriving);
+  switched.get();
+
+  EXPECT_EQ(running_result.finish, Finish::kLength) << running_result.error;
+  EXPECT_EQ(running_result.usage.model, "short-micro");
+  EXPECT_EQ(fits_result.finish, Finish::kLength) << fits_result.error;
+  for (const Update* refused : {&queued_result, &arriving_result}) {
+    EXPECT_EQ(refused->finish, Finish::kError);
+    EXPECT_EQ(refused->error_code, ErrorCode::kInvalidArgument) << refused->error;
+    EXPECT_NE(refused->error.find("context of 128 tokens"), std::string::npos) << refused->error;
+    EXPECT_EQ(refused->usage.completion_tokens, 0);
+  }
+  EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+  EXPECT_EQ(engine.in_flight(), 0);
 }
 
 TEST(ModelSwitch, RunsWhileIdleAndFailsWhenStopped) {

@@ -124,6 +124,33 @@ TEST(ServingEngine, CancelFreesBlocksAndFinishesCancelled) {
   EXPECT_EQ(engine.stats().kv_blocks_used, 0);
 }
 
+TEST(ServingEngine, RequestPastItsDeadlineCountsAsDeadlineEvenWhenCancelled) {
+  // gRPC cancels a call when its deadline passes: the engine sees both, and the deadline is
+  // what ended the request.
+  metrics::Registry registry;
+  ServingEngine engine(micro_model(), options(64), &registry);
+  auto late = make_request(prompts(1)[0], 8, "late");
+  auto cancelled = make_request(prompts(1)[0], 8, "cancelled");
+  {
+    RequestSpec spec = late->spec();
+    spec.deadline = Clock::now() - 1ms;
+    late = std::make_shared<Request>(std::move(spec));
+  }
+  late->cancel();
+  cancelled->cancel();
+  engine.submit(late);
+  engine.submit(cancelled);
+  engine.start();
+  EXPECT_EQ(result_of(*late).finish, Finish::kDeadline);
+  EXPECT_EQ(result_of(*cancelled).finish, Finish::kCancelled);
+  const std::string text = registry.render();
+  EXPECT_NE(text.find("helios_requests_finished_total{reason=\"deadline\"} 1"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("helios_requests_finished_total{reason=\"cancelled\"} 1"),
+            std::string::npos)
+      << text;
+}
+
 TEST(ServingEngine, QueueLimitDuplicateIdsAndClose) {
   EngineOptions o = options(64);
   o.limits.max_queued = 1;

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "helios/engine/finish.h"
@@ -75,6 +76,10 @@ class EngineMetrics {
   // exit counts and prompt scores).
   void on_finish(Sequence& sequence, Finish reason, const ServedModel& model,
                  Clock::time_point now);
+  // A fault the engine contained (helios_engine_faults_total{fault}): "forward" (a model
+  // forward threw), "sampling" (a row's token could not be sampled or emitted), "step" (an
+  // exception escaped a step) or "kv_cache" (a KV pool could not be allocated).
+  void on_fault(std::string_view fault);
   // The gauges of the batch and the pool; `waiting` is the engine's own queue.
   void publish(const EngineStats& stats, int64_t waiting);
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "helios/common/error.h"
 #include "helios/engine/finish.h"
 #include "helios/engine/sampler.h"
 #include "helios/model/transformer.h"
@@ -55,7 +56,11 @@ struct Update {
   std::vector<TokenDetail> tokens;
   Finish finish = Finish::kNone;
   std::string error;  // with kError
-  Usage usage;        // with any finish
+  // With kError: what kind of failure, for the status the front end returns. kInternal for an
+  // engine failure; kInvalidArgument for a request the model now serving cannot run (its prompt
+  // leaves no room to generate within a smaller context after a switch).
+  ErrorCode error_code = ErrorCode::kInternal;
+  Usage usage;  // with any finish
 
   bool finished() const { return finish != Finish::kNone; }
   bool empty() const { return text.empty() && tokens.empty() && !finished(); }

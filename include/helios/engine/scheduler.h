@@ -28,9 +28,14 @@ struct StepPlan {
 
 // What a switch's requeue_all left behind.
 struct Requeue {
-  int64_t recomputed = 0;                 // sequences that were in the batch
-  std::vector<Sequence*> exceeds_context;  // longer than the new model's context
+  int64_t recomputed = 0;                  // sequences that were in the batch
+  std::vector<Sequence*> exceeds_context;  // see fits_context
 };
+
+// Whether `sequence` can go on within a model of `context` positions: one that has generated
+// must still fit (its next decode feeds its last token); one that has not must leave its
+// prompt room for a token (the front end's rule for a new request).
+bool fits_context(const Sequence& sequence, int64_t context);
 
 // Continuous batching over a paged KV pool: the waiting queue, the running batch (in admission
 // order), the concurrency cap, and the rules that pick each step's work. Pure bookkeeping over
@@ -64,7 +69,8 @@ class Scheduler {
   // front of the queue in admission order, ahead of work that has not started, as after a
   // preemption (but not counted as one), to be recomputed on the new pool. With
   // `same_model` false their recorded exits are reset (another model never produced them).
-  // Returns the sequences that no longer fit the context, for the caller to finish.
+  // Returns the sequences, running or waiting, that no longer fit the context (fits_context),
+  // for the caller to finish.
   Requeue requeue_all(bool same_model, int64_t context);
   // Drops the sequences that finished (their blocks were released when they finished).
   void drop_finished();
@@ -74,6 +80,12 @@ class Scheduler {
   void for_each(F&& f) {
     for (auto& sequence : running_) f(*sequence);
     for (auto& sequence : waiting_) f(*sequence);
+  }
+  template <class F>
+  void for_each_running(F&& f) {
+    for (auto& sequence : running_) {
+      if (sequence) f(*sequence);
+    }
   }
   int64_t running() const { return static_cast<int64_t>(running_.size()); }
   int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }

@@ -4,11 +4,13 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -31,6 +33,21 @@ struct SchedulerLimits {
   int64_t max_queued = 256;        // requests waiting for admission
 };
 
+// Fault injection for tests: hooks the engine thread calls where a real failure would strike.
+// Each may throw what that failure throws (std::bad_alloc, helios::Error); an unset hook costs
+// nothing. Not for production use.
+struct EngineFaults {
+  // After each model forward (a prefill chunk, a batched or a one-row decode), before
+  // sampling, with the request ids of its rows in row order and their logits ([rows, vocab],
+  // float32, CPU; the hook runs in inference mode). It may overwrite logits (a row turned NaN)
+  // or throw (the forward failed).
+  std::function<void(const std::vector<std::string>& ids, at::Tensor& logits)> forward;
+  // Before each KV pool of `blocks` blocks is allocated (a switch, a resize, their fallbacks).
+  std::function<void(int64_t blocks)> kv_cache;
+  // Once per step, after scheduling and before the forwards: a throw escapes the step.
+  std::function<void()> step;
+};
+
 struct EngineOptions {
   std::string model_name;  // of the initial model; switch_model names the next ones
   MetricBuckets buckets;
@@ -43,6 +60,7 @@ struct EngineOptions {
   // reason, prompt/output tokens, TTFT, queue and total time, mean exit layer, greedy exits,
   // preemptions, and the error of a failed request.
   bool log_requests = true;
+  EngineFaults faults;  // tests only
 };
 
 // The continuous-batching engine. One thread owns the model, the KV cache and the batch. Each
@@ -52,6 +70,16 @@ struct EngineOptions {
 // to the OutputProcessor, which streams them back through each request's channel;
 // EngineMetrics counts it all. A preempted sequence gives up its blocks and is later
 // recomputed with its recorded exit layers, so it resumes exactly where it stopped.
+//
+// Faults stay with the request they belong to. A row whose logits cannot be sampled (NaN or
+// +inf) or whose token cannot be emitted fails alone (kError, the cause in the message). A
+// batched decode forward that throws (out of memory for the batch, say) is retried one row at
+// a time, so only a row whose own forward fails too is lost; a prefill runs one sequence and
+// fails only it. An exception that escapes a whole step fails the sequences of that batch and
+// the engine goes on. A KV pool that cannot be allocated at a switch or resize leaves the
+// current model on its old pool size, else on a one-sequence pool, else on an empty pool that
+// each later step tries to rebuild (the sequences in flight fail meanwhile). Every fault is
+// counted in helios_engine_faults_total{fault} (forward, sampling, step, kv_cache).
 //
 // The model can be swapped while serving (switch_model, resize_kv): at the next step boundary
 // the engine drops the KV cache, builds one for the new model and recomputes every sequence
@@ -71,7 +99,9 @@ class ServingEngine {
   void start();
   // Queues a request. Throws Error(kResourceExhausted) when max_queued requests wait already,
   // Error(kUnavailable) once close() was called, Error(kFailedPrecondition) when a request
-  // with the same id is in flight.
+  // with the same id is in flight. A request whose prompt leaves no room to generate within the
+  // context of the model serving when the engine takes it in (a switch to a shorter context
+  // since the front end checked it) finishes kError with error_code kInvalidArgument.
   void submit(std::shared_ptr<Request> request);
   // Wakes the engine thread (after a request was cancelled from outside).
   void wake();
@@ -130,18 +160,43 @@ class ServingEngine {
   void run();
   std::future<void> post(SwitchCommand command);
   void apply_switch(SwitchCommand& command);
-  // Rebuilds the pool for `next` with `kv_blocks` blocks; on failure the old pool size is
-  // rebuilt for the current model and the batch recomputed into it before rethrowing.
+  // Rebuilds the pool for `next` with `kv_blocks` blocks; on failure restore_cache rebuilds one
+  // for the current model before rethrowing.
   void rebuild_cache(const ModelInstance& next, int64_t kv_blocks);
+  // A pool of `blocks` blocks for `model` (through EngineFaults::kv_cache).
+  std::unique_ptr<kv::KvCache> allocate_cache(const ModelInstance& model, int64_t blocks);
+  // After a failed allocation: the current model's pool at `blocks`, else at the one-sequence
+  // minimum, else empty (the sequences in flight fail; later steps retry `blocks`). Never
+  // leaves the engine without a cache; the batch is recomputed into whatever was built.
+  void restore_cache(int64_t blocks);
+  // With an empty pool left by restore_cache: tries to rebuild it; false (and every sequence
+  // in flight failed) while it cannot.
+  bool regrow_lost_pool();
   void recompute_all(bool same_model);
+  // An exception escaped a step or a switch: the batch's sequences fail, the engine goes on.
+  void recover(const char* what);
   void step();
   void ingest();
   void reap();
   void admit(const StepPlan& plan);
   void run_prefill(Sequence& sequence, int64_t chunk);
   void run_decode(const std::vector<Sequence*>& decodes);
+  // One model forward over `rows` through EngineFaults::forward; when it throws, the rows'
+  // KV lengths are what they were (a retry rewrites the same positions).
+  model::StepOutput forward(const std::vector<Sequence*>& rows,
+                            const std::function<model::StepOutput()>& run);
+  model::StepOutput forward_decode(const std::vector<Sequence*>& rows);
+  // Samples and emits row `row` of `out` for `sequence`; a failure fails only that sequence.
+  void emit_row(Sequence& sequence, const model::StepOutput& out, size_t row, bool decoded);
   void emit(Sequence& sequence, const at::Tensor& logits, const model::TokenExit& exit);
-  void finish(Sequence& sequence, Finish reason, std::string error = {});
+  // The sequence fails with `what` (the cause, e.what()) after `stage` ("model forward").
+  void fail(Sequence& sequence, std::string_view fault, std::string_view stage,
+            std::string_view what);
+  void finish(Sequence& sequence, Finish reason, std::string error = {},
+              ErrorCode code = ErrorCode::kInternal);
+  // Finishes an arrival or a waiting sequence whose prompt leaves no room to generate within
+  // `context` positions (the front end's rule, applied again after a switch); true if it did.
+  bool refuse_if_too_long(Sequence& sequence, int64_t context);
   ServedModel served() const;
   void publish_stats();
 
@@ -175,6 +230,7 @@ class ServingEngine {
   uint64_t admissions_ = 0;       // requests admitted so far (prompt sampling)
   model::ExitPolicy policy_;      // this step's
   double forward_seconds_ = 0.0;  // of the current step: prefill and decode calls only
+  int64_t lost_pool_blocks_ = 0;  // > 0: the pool is empty and should be rebuilt this large
   std::thread thread_;
 };
 
