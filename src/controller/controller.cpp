@@ -65,6 +65,7 @@ Controller::Controller(ControllerOptions options, metrics::Registry* registry)
   if (!options_.energy_meter) {
     options_.energy_meter = metrics::make_energy_meter({.source = "cpu_estimate"});
   }
+  if (!options_.loader) options_.loader = default_model_loader(options_.load);
 }
 
 Controller::~Controller() { stop(); }
@@ -84,15 +85,47 @@ void Controller::prepare() {
   slo_text_ = read_file(options_.slo_file);
   slo_ = SloConfig::parse(slo_text_, options_.slo_file.parent_path(), options_.slo_file.string());
   Repository repository = scan(slo_);
-  repository_ = std::move(repository.candidates);
-  shortlist_ = std::move(repository.shortlist);
-  const Candidate& first = shortlist_.front();
-  model::LoadOptions load = options_.load;
-  load.max_layers = 0;
-  current_ = engine::ModelInstance::load(first.path, load);
-  current_name_ = first.name;
-  initial_kv_blocks_ = engine::kv_blocks_for_budget(*current_, options_.memory_budget_bytes,
-                                                    options_.kv_block_size, "memory.budget_mib");
+  std::vector<Candidate> order = repository.ranked;
+  adopt(std::move(repository));
+  // The first candidate that loads serves; one that fails is unavailable and the next one in
+  // the shortlist's order takes its place (a broken folder must not keep the rest from serving).
+  for (const Candidate& c : order) {
+    try {
+      std::shared_ptr<const engine::ModelInstance> model = load(c, 0);  // marks a failure
+      try {
+        initial_kv_blocks_ = engine::kv_blocks_for_budget(*model, options_.memory_budget_bytes,
+                                                          options_.kv_block_size,
+                                                          "memory.budget_mib");
+      } catch (const std::exception& e) {
+        mark_unavailable(c.name, e.what());
+        throw;
+      }
+      current_ = std::move(model);
+      current_name_ = c.name;
+      break;
+    } catch (const std::exception& e) {
+      spdlog::error("controller: {} cannot serve, trying the next candidate: {}", c.name,
+                    e.what());
+    }
+  }
+  if (!current_) {
+    std::string why;
+    for (const UnavailableModel& u : unavailable_) {
+      why += fmt::format("{}{}: {}", why.empty() ? "" : "; ", u.name, u.reason);
+    }
+    throw Error(ErrorCode::kFailedPrecondition,
+                fmt::format("model_repository: no model in {} could be loaded ({})",
+                            slo_.model_repository.string(), why));
+  }
+  // The shortlist: the first candidates_top_k of those not found unavailable.
+  std::erase_if(order, [&](const Candidate& c) {
+    return std::any_of(unavailable_.begin(), unavailable_.end(),
+                       [&](const UnavailableModel& u) { return u.name == c.name; });
+  });
+  if (static_cast<int64_t>(order.size()) > slo_.candidates_top_k) {
+    order.resize(static_cast<size_t>(slo_.candidates_top_k));
+  }
+  shortlist_ = std::move(order);
   max_batch_ = options_.max_running;
   breaches_ = BreachCounter(slo_.breach_window_tokens);
   reset_windows();
@@ -101,6 +134,8 @@ void Controller::prepare() {
   spdlog::info("controller: objective {}, {} candidates in {}, shortlist [{}]",
                objective_name(slo_.objective), repository_.size(),
                slo_.model_repository.string(), names);
+  // Readable before start(): a daemon that fails later can still report what was found.
+  publish();
 }
 
 void Controller::start(engine::ServingEngine* engine) {
@@ -220,7 +255,7 @@ void Controller::run() {
       if (changed) {
         try {
           reload_from(*changed);
-        } catch (const Error& e) {
+        } catch (const std::exception& e) {
           // Counted and logged in reload_from; the running configuration stays.
         }
       }
@@ -229,15 +264,29 @@ void Controller::run() {
     } catch (const std::exception& e) {
       // A failed load or switch leaves the engine on the model it had; the next trigger retries.
       spdlog::error("controller: {}", e.what());
-      record(keep_decision(DecisionRecord::Kind::kKeep, DecisionRecord::Trigger::kError,
-                           std::string("action failed, model kept: ") + e.what()));
-      if (phase_ == Phase::kProfiling) phase_ = Phase::kServing;
+      try {
+        record(keep_decision(DecisionRecord::Kind::kKeep, DecisionRecord::Trigger::kError,
+                             std::string("action failed, model kept: ") + e.what()));
+        if (phase_ == Phase::kProfiling) {
+          phase_ = Phase::kServing;
+          profile_.reset();
+          engine_->set_prompt_sampling(slo_.monitor_sample_rate);
+        }
+      } catch (const std::exception& again) {
+        spdlog::error("controller: recording a failed action: {}", again.what());
+      }
     }
     // The engine wakes this thread every step; the status (which ranks the table) is rebuilt
-    // at most every 50 ms, and at once after an operator command or a file change.
+    // at most every 50 ms, and at once after an operator command or a file change. Nothing
+    // may escape the thread (it would end the process): a status that cannot be built waits
+    // for the next round.
     const auto now = std::chrono::steady_clock::now();
     if (!commands.empty() || changed || now - published_at >= std::chrono::milliseconds(50)) {
-      publish();
+      try {
+        publish();
+      } catch (const std::exception& e) {
+        spdlog::error("controller: status not refreshed: {}", e.what());
+      }
       published_at = now;
     }
   }
@@ -440,17 +489,30 @@ void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::str
 }
 
 void Controller::profile_next() {
-  const std::string name = profile_queue_.front();
-  profile_queue_.pop_front();
-  const Candidate* candidate = find_candidate(name);
-  if (candidate == nullptr) throw Error(ErrorCode::kNotFound, "candidate " + name + " is gone");
-  const int64_t full = candidate->config.num_hidden_layers;
-  // Profiling runs at full depth, so the row sees every exit the traffic would take.
-  if (name != current_name_ || current_->transformer().loaded_layers() != full) {
-    switch_to(*candidate, full, "profile");
+  while (!profile_queue_.empty()) {
+    const std::string name = profile_queue_.front();
+    profile_queue_.pop_front();
+    const Candidate* candidate = find_candidate(name);
+    if (candidate == nullptr) {
+      spdlog::warn("controller: profiling skips {}: no longer in the repository", name);
+      continue;
+    }
+    const int64_t full = candidate->config.num_hidden_layers;
+    // Profiling runs at full depth, so the row sees every exit the traffic would take.
+    if (name != current_name_ || current_->transformer().loaded_layers() != full) {
+      try {
+        switch_to(*candidate, full, "profile");
+      } catch (const std::exception& e) {
+        // Unavailable now (switch_to recorded why); the pass goes on with the others.
+        spdlog::warn("controller: profiling skips {}: {}", name, e.what());
+        continue;
+      }
+    }
+    set_max_batch(options_.max_running);
+    begin_profile(candidate);
+    return;
   }
-  set_max_batch(options_.max_running);
-  begin_profile(candidate);
+  end_profiling_pass();
 }
 
 void Controller::begin_profile(const Candidate* candidate) {
@@ -498,6 +560,11 @@ void Controller::finish_profile() {
     profile_next();
     return;
   }
+  end_profiling_pass();
+}
+
+void Controller::end_profiling_pass() {
+  profile_.reset();
   last_profiled_at_ = requests_seen_;
   pass_ended_ = std::chrono::steady_clock::now();
   last_pass_seconds_ = std::chrono::duration<double>(pass_ended_ - pass_started_).count();

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "helios/common/error.h"
 #include "helios/common/files.h"
@@ -16,6 +17,37 @@
 #include "controller_internal.h"
 
 namespace helios::controller {
+namespace {
+
+// Runs `undo` when the scope is left by an exception or an early return, unless dismissed.
+template <class F>
+class UndoGuard {
+ public:
+  explicit UndoGuard(F undo) : undo_(std::move(undo)) {}
+  ~UndoGuard() {
+    if (armed_) undo_();
+  }
+  UndoGuard(const UndoGuard&) = delete;
+  UndoGuard& operator=(const UndoGuard&) = delete;
+  void arm() { armed_ = true; }
+  void dismiss() { armed_ = false; }
+
+ private:
+  F undo_;
+  bool armed_ = false;
+};
+
+}  // namespace
+
+ModelLoader default_model_loader(model::LoadOptions load) {
+  return [load](const std::filesystem::path& dir, int64_t depth,
+                const engine::ModelInstance* serving) -> std::shared_ptr<const engine::ModelInstance> {
+    if (serving != nullptr) return engine::ModelInstance::with_depth(*serving, depth);
+    model::LoadOptions options = load;
+    options.max_layers = depth;
+    return engine::ModelInstance::load(dir, options);
+  };
+}
 
 void Controller::decide(DecisionRecord::Trigger trigger, const std::string& reason) {
   // A bound on time per output token can be met by a concurrency cap where a model and depth
@@ -164,6 +196,11 @@ void Controller::switch_to(const Candidate& candidate, int64_t depth, const std:
                             ? std::max<int64_t>(0, depth - current_depth) * candidate.footprint.layer_bytes
                             : candidate.footprint.weight_bytes(depth);
   const engine::EngineStats before = engine_->stats();
+  // Whatever fails from here on (the load, the budget, the engine's switch) leaves the engine
+  // serving as before: a pool shrunk to make room for the load grows back. Declared before
+  // `next` so that a failed load's weights are freed before the pool grows.
+  auto regrow = [this, blocks = before.kv_blocks_total] { restore_pool(blocks); };
+  UndoGuard<decltype(regrow)> restore(regrow);
   int64_t kv_bytes = before.kv_cache_bytes;
   if (current_weights + kv_bytes + added > budget) {
     // Make room first: the pool shrinks (its sequences are recomputed into the smaller pool),
@@ -180,6 +217,7 @@ void Controller::switch_to(const Candidate& candidate, int64_t depth, const std:
       blocks = one_sequence;
     }
     if (blocks < before.kv_blocks_total) {
+      restore.arm();
       engine_->resize_kv(blocks).get();
       kv_bytes = blocks * per_block;
     }
@@ -187,18 +225,12 @@ void Controller::switch_to(const Candidate& candidate, int64_t depth, const std:
   peak_memory_bytes_ = std::max(peak_memory_bytes_, current_weights + kv_bytes + added);
 
   const auto t0 = std::chrono::steady_clock::now();
-  std::shared_ptr<const engine::ModelInstance> next;
-  if (same_model) {
-    next = engine::ModelInstance::with_depth(*current_, depth);
-  } else {
-    model::LoadOptions load = options_.load;
-    load.max_layers = depth;
-    next = engine::ModelInstance::load(candidate.path, load);
-  }
+  std::shared_ptr<const engine::ModelInstance> next = load(candidate, depth);
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t blocks = engine::kv_blocks_for_budget(*next, budget, block, "memory.budget_mib");
   engine_->switch_model(next, candidate.name, blocks).get();
+  restore.dismiss();  // the new model's pool is sized for the budget
   const std::string old_name = current_name_;
   current_ = std::move(next);
   current_name_ = candidate.name;
@@ -220,6 +252,70 @@ void Controller::switch_to(const Candidate& candidate, int64_t depth, const std:
                "blocks, {} full-context sequences",
                candidate.name, depth, candidate.config.num_hidden_layers, load_seconds,
                after.kv_blocks_total, after.kv_sequences);
+}
+
+void Controller::restore_pool(int64_t blocks) noexcept {
+  try {
+    engine_->resize_kv(blocks).get();
+    // The resize is a new epoch of the same model: telemetry of the old one still counts.
+    epoch_ = engine_->stats().model_epoch;
+    if (profile_) profile_->epoch = epoch_;
+    spdlog::warn("controller: the switch failed; {} keeps serving with its KV pool of {} blocks",
+                 current_name_, blocks);
+  } catch (const std::exception& e) {
+    spdlog::error("controller: the switch failed and the KV pool could not grow back to {} "
+                  "blocks: {}",
+                  blocks, e.what());
+  }
+}
+
+std::shared_ptr<const engine::ModelInstance> Controller::load(const Candidate& candidate,
+                                                              int64_t depth) {
+  const engine::ModelInstance* serving =
+      current_ && helios::same_directory(current_->loaded().dir, candidate.path) ? current_.get()
+                                                                                 : nullptr;
+  try {
+    std::shared_ptr<const engine::ModelInstance> model =
+        options_.loader(candidate.path, depth, serving);
+    if (!model) throw Error(ErrorCode::kInternal, "the model loader returned no model");
+    mark_available(candidate.name);
+    return model;
+  } catch (const std::exception& e) {
+    if (metrics_) metrics_->load_failures->labels({candidate.name}).inc();
+    mark_unavailable(candidate.name, fmt::format("load failed: {}", e.what()));
+    throw;
+  }
+}
+
+void Controller::mark_unavailable(const std::string& name, const std::string& reason) {
+  const auto it = std::find_if(unavailable_.begin(), unavailable_.end(),
+                               [&](const UnavailableModel& u) { return u.name == name; });
+  if (it != unavailable_.end()) {
+    it->reason = reason;
+  } else {
+    unavailable_.push_back({name, reason});
+  }
+  if (metrics_) metrics_->unavailable->labels({name}).set(1);
+}
+
+void Controller::mark_available(const std::string& name) {
+  const auto removed = std::erase_if(unavailable_, [&](const UnavailableModel& u) {
+    return u.name == name;
+  });
+  if (removed > 0 && metrics_) metrics_->unavailable->labels({name}).set(0);
+}
+
+void Controller::adopt(Repository r) {
+  std::vector<UnavailableModel> old = std::exchange(unavailable_, std::move(r.unavailable));
+  repository_ = std::move(r.candidates);
+  shortlist_ = std::move(r.shortlist);
+  if (!metrics_) return;
+  try {
+    for (const UnavailableModel& u : old) metrics_->unavailable->labels({u.name}).set(0);
+    for (const UnavailableModel& u : unavailable_) metrics_->unavailable->labels({u.name}).set(1);
+  } catch (const std::exception& e) {
+    spdlog::error("controller: model availability metrics not updated: {}", e.what());
+  }
 }
 
 void Controller::set_max_batch(int64_t cap) {
@@ -246,35 +342,66 @@ bool Controller::reload_from(const std::string& text) {
     next = SloConfig::parse(text, options_.slo_file.parent_path(), options_.slo_file.string());
     if (next != slo_) rescanned = rescan_for(next);
   } catch (const Error& e) {
-    ++reloads_rejected_;
-    last_reload_error_ = e.what();
-    if (metrics_) metrics_->reloads->labels({"rejected"}).inc();
-    spdlog::error("controller: SLO file {} rejected, the running configuration stays: {}",
-                  options_.slo_file.string(), e.what());
+    reject_reload(e.what());
     throw;
+  } catch (const std::exception& e) {
+    reject_reload(e.what());
+    throw Error(ErrorCode::kInvalidArgument, "SLO file: " + std::string(e.what()));
   }
-  slo_text_ = text;
-  last_reload_error_.clear();
   if (next == slo_) {
+    slo_text_ = text;
+    last_reload_error_.clear();
     if (metrics_) metrics_->reloads->labels({"unchanged"}).inc();
     return false;
   }
+  const SloConfig old = slo_;
+  const bool repository_changed = rescanned.has_value();
+  std::string changes;
+  try {
+    changes = commit_slo(next, std::move(rescanned));
+  } catch (const std::exception& e) {
+    const std::string why = std::string("applying it failed: ") + e.what();
+    reject_reload(why);
+    throw Error(ErrorCode::kInvalidArgument, "SLO file: " + why);
+  }
+  // Counted as applied only now that every part of it is in force.
+  slo_text_ = text;
+  last_reload_error_.clear();
   ++reloads_applied_;
   if (metrics_) metrics_->reloads->labels({"applied"}).inc();
-  apply_slo(next, std::move(rescanned));
+  spdlog::info("controller: SLO file applied: {}", changes);
+  act_on_slo(old, repository_changed, changes);
   return true;
+}
+
+void Controller::reject_reload(const std::string& why) {
+  ++reloads_rejected_;
+  last_reload_error_ = why;
+  if (metrics_) metrics_->reloads->labels({"rejected"}).inc();
+  spdlog::error("controller: SLO file {} rejected, the running configuration stays: {}",
+                options_.slo_file.string(), why);
 }
 
 Controller::Repository Controller::scan(const SloConfig& slo) const {
   Repository r;
   r.candidates = scan_repository(slo.model_repository,
-                                 static_cast<int64_t>(c10::elementSize(options_.load.dtype)));
-  r.shortlist = shortlist(r.candidates, slo, limits());
+                                 static_cast<int64_t>(c10::elementSize(options_.load.dtype)),
+                                 &r.unavailable);
+  SloConfig every = slo;
+  every.candidates_top_k = std::numeric_limits<int64_t>::max();
+  r.ranked = shortlist(r.candidates, every, limits());
+  r.shortlist.assign(r.ranked.begin(),
+                     r.ranked.begin() + std::min<int64_t>(static_cast<int64_t>(r.ranked.size()),
+                                                          slo.candidates_top_k));
   if (r.shortlist.empty()) {
+    std::string broken;
+    for (const UnavailableModel& u : r.unavailable) {
+      broken += fmt::format("; {} is unavailable: {}", u.name, u.reason);
+    }
     throw Error(ErrorCode::kInvalidArgument,
                 fmt::format("model_repository: no candidate in {} fits memory.budget_mib ({} "
-                            "models found)",
-                            slo.model_repository.string(), r.candidates.size()));
+                            "models found{})",
+                            slo.model_repository.string(), r.candidates.size(), broken));
   }
   return r;
 }
@@ -287,33 +414,45 @@ std::optional<Controller::Repository> Controller::rescan_for(const SloConfig& ne
   return scan(next);
 }
 
-void Controller::apply_slo(const SloConfig& next, std::optional<Repository> rescanned) {
-  const SloConfig old = std::exchange(slo_, next);
+std::string Controller::commit_slo(const SloConfig& next, std::optional<Repository> rescanned) {
+  // Everything that can fail is built first, aside: until all of it is, nothing changes.
   std::string changes;
-  const nlohmann::json diff = nlohmann::json::diff(old.to_json(), slo_.to_json());
+  const nlohmann::json diff = nlohmann::json::diff(slo_.to_json(), next.to_json());
   for (const auto& op : diff) {
     changes += (changes.empty() ? "" : ", ") + op.value("path", std::string()) + " -> " +
                op.value("value", nlohmann::json()).dump();
   }
-  spdlog::info("controller: SLO file applied: {}", changes);
-  engine_->set_exit_threshold(slo_.exit_threshold);
-  breaches_.set_window(slo_.breach_window_tokens);
-  reset_windows();
-  const bool threshold_changed = old.exit_threshold != slo_.exit_threshold;
-  if (rescanned) {
-    repository_ = std::move(rescanned->candidates);
-    shortlist_ = std::move(rescanned->shortlist);
-  }
+  SloConfig staged = next;
+  BreachCounter breaches = breaches_;
+  breaches.set_window(staged.breach_window_tokens);
+  const size_t window = static_cast<size_t>(std::max<int64_t>(1, staged.drift_window_requests));
+  PercentileWindow ttft(window), tpot(window);
+  if (options_.applying_slo) options_.applying_slo(staged);
+  // The engine's threshold last: it is the one part outside the controller, and it validates.
+  engine_->set_exit_threshold(staged.exit_threshold);
+  // From here on nothing throws.
+  const bool threshold_changed = slo_.exit_threshold != staged.exit_threshold;
+  slo_ = std::move(staged);
+  breaches_ = std::move(breaches);
+  ttft_window_ = std::move(ttft);
+  tpot_window_ = std::move(tpot);
+  prompt_window_.clear();
+  if (rescanned) adopt(std::move(*rescanned));
   if (rescanned || threshold_changed) {
     // New candidates, or exit distributions measured under the old threshold.
     table_.clear();
     step_models_.clear();
   }
+  return changes;
+}
+
+void Controller::act_on_slo(const SloConfig& old, bool repository_changed,
+                            const std::string& changes) {
   if (phase_ == Phase::kPinned) return;
   const std::string reason = "SLO file changed: " + changes;
-  if (rescanned) {
+  if (repository_changed) {
     start_profiling(DecisionRecord::Trigger::kSloChange, reason);
-  } else if (threshold_changed) {
+  } else if (old.exit_threshold != slo_.exit_threshold) {
     start_profiling(DecisionRecord::Trigger::kSloChange,
                     reason + " (exits were measured at the old threshold)");
   } else if (phase_ == Phase::kServing) {
@@ -344,9 +483,10 @@ DecisionRecord Controller::pin(const std::string& model, int64_t layers) {
     }
     const std::string from = current_name_;
     const int64_t from_layers = current_->transformer().loaded_layers();
+    // A switch that fails leaves everything as it was, profiling included.
+    if (model != from || depth != from_layers) switch_to(*candidate, depth, "operator");
     profile_.reset();
     profile_queue_.clear();
-    if (model != from || depth != from_layers) switch_to(*candidate, depth, "operator");
     set_max_batch(options_.max_running);
     phase_ = Phase::kPinned;
     engine_->set_prompt_sampling(slo_.monitor_sample_rate);
@@ -417,6 +557,7 @@ void Controller::publish() {
     s.profiling_model = profile_->candidate->name;
   }
   for (const Candidate& c : shortlist_) s.candidates.push_back(c.name);
+  s.unavailable = unavailable_;
   s.table = table_.rows();
   for (const ProfileRow& row : s.table) {
     s.stale.push_back(table_.stale(row, requests_seen_, slo_.reprofile_interval_requests));

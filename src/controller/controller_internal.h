@@ -48,12 +48,19 @@ struct Controller::Metrics {
     max_batch = &r.gauge("helios_controller_max_batch",
                          "Concurrency cap the controller applies to the scheduler.")
                      .get();
+    unavailable = &r.gauge("helios_model_unavailable",
+                           "1 for a model of the repository that cannot be served (its config "
+                           "did not scan or its weights failed to load), 0 once it loads.",
+                           {"model"});
+    load_failures = &r.counter("helios_model_load_failures_total",
+                               "Model loads that failed (start-up and switches), per model.",
+                               {"model"});
     peak_memory = &r.gauge("helios_memory_peak_bytes",
                            "Highest weights + KV cache bytes accounted, switches included.")
                        .get();
   }
-  metrics::Family<metrics::Gauge>* active;
-  metrics::Family<metrics::Counter>*switches, *layer_loads, *reloads;
+  metrics::Family<metrics::Gauge>*active, *unavailable;
+  metrics::Family<metrics::Counter>*switches, *layer_loads, *reloads, *load_failures;
   metrics::Counter *breaches, *profiling_runs;
   metrics::Gauge *breach_window, *max_batch, *peak_memory;
 };

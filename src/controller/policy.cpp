@@ -238,27 +238,34 @@ Decision decide_on_breach(const PerformanceTable& table, std::string_view curren
   return decision;
 }
 
-std::vector<Candidate> scan_repository(const fs::path& dir, int64_t element_size) {
+std::vector<Candidate> scan_repository(const fs::path& dir, int64_t element_size,
+                                       std::vector<UnavailableModel>* unavailable) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     throw Error(ErrorCode::kNotFound, "model repository " + dir.string() + " is not a directory");
   }
   std::vector<Candidate> candidates;
+  std::vector<UnavailableModel> broken;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
-    if (!entry.is_directory() || !fs::exists(entry.path() / "config.json")) continue;
+    // One model folder must not take the others down with it, whatever it throws.
     try {
+      if (!entry.is_directory() || !fs::exists(entry.path() / "config.json")) continue;
       Candidate c;
       c.name = entry.path().filename().string();
       c.path = entry.path();
       c.config = model::ModelConfig::from_file(entry.path() / "config.json");
       c.footprint = ModelFootprint::of(c.config, element_size);
       candidates.push_back(std::move(c));
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       spdlog::warn("model repository: skipping {}: {}", entry.path().string(), e.what());
+      broken.push_back({entry.path().filename().string(), e.what()});
     }
   }
   std::sort(candidates.begin(), candidates.end(),
             [](const Candidate& a, const Candidate& b) { return a.name < b.name; });
+  std::sort(broken.begin(), broken.end(),
+            [](const UnavailableModel& a, const UnavailableModel& b) { return a.name < b.name; });
+  if (unavailable != nullptr) *unavailable = std::move(broken);
   return candidates;
 }
 

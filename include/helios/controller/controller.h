@@ -39,6 +39,14 @@ namespace helios::controller {
 
 class ConfigWatcher;
 
+// Loads model directory `dir` to `depth` layers (0: all), for the start-up model or a switch.
+// `serving` is the instance serving now when it comes from the same directory (the load may
+// share its weights), else null.
+using ModelLoader = std::function<std::shared_ptr<const engine::ModelInstance>(
+    const std::filesystem::path& dir, int64_t depth, const engine::ModelInstance* serving)>;
+// engine::ModelInstance::load with `load`'s dtype and device, or with_depth of `serving`.
+ModelLoader default_model_loader(model::LoadOptions load);
+
 struct ControllerOptions {
   std::filesystem::path slo_file;
   int64_t memory_budget_bytes = 0;  // weights + KV cache, held during switches too
@@ -50,6 +58,13 @@ struct ControllerOptions {
   std::shared_ptr<metrics::EnergyMeter> energy_meter;
   size_t decisions_kept = 32;
   std::chrono::milliseconds watch_interval{200};
+  // Every model load goes through it; null: default_model_loader(load). A test replaces it to
+  // make a load fail.
+  ModelLoader loader;
+  // Fault injection for tests: called while an SLO edit is applied, once the controller's parts
+  // of it are built and before any takes effect; a throw fails the edit as a failed allocation
+  // would.
+  std::function<void(const SloConfig& next)> applying_slo;
 };
 
 // One decision of the controller and the figures behind it.
@@ -89,6 +104,10 @@ struct ControllerStatus {
   int64_t loaded_layers = 0, total_layers = 0, max_batch = 0, weight_bytes = 0;
   std::string profiling_model;
   std::vector<std::string> candidates;
+  // Models of the repository that cannot be served now, and why: a config.json that did not
+  // scan, or weights that failed to load (at start-up or at a switch). A model leaves the list
+  // when a later load of it succeeds, or when the repository is scanned again.
+  std::vector<UnavailableModel> unavailable;
   std::vector<ProfileRow> table;
   std::vector<Option> options;  // one per row, at the depth the policy picks, best first
   std::vector<bool> stale;      // per table row
@@ -115,8 +134,11 @@ class Controller final : public engine::TelemetrySink {
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
-  // Reads the SLO file, scans and shortlists the repository and loads the first candidate at
-  // full depth (profiling starts with it). Throws helios::Error naming the problem.
+  // Reads the SLO file, scans and shortlists the repository and loads the first candidate that
+  // loads at full depth (profiling starts with it); a candidate that fails is unavailable and
+  // the next one in the shortlist's order is tried, beyond candidates_top_k if need be. Throws
+  // helios::Error naming the problem, or listing every candidate and why it failed when none
+  // loads.
   void prepare();
   // The model and pool size the engine starts with (after prepare()).
   std::shared_ptr<const engine::ModelInstance> initial_model() const { return current_; }
@@ -177,18 +199,37 @@ class Controller final : public engine::TelemetrySink {
   // `reason` labels the switch metrics.
   void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);
   void set_max_batch(int64_t cap);
-  // The repository as an SLO file would have it: its candidates and shortlist.
+  // The repository as an SLO file would have it: its candidates, every one that fits the
+  // budget in shortlist order (ranked), the first candidates_top_k of those (shortlist), and
+  // the models whose config did not scan.
   struct Repository {
-    std::vector<Candidate> candidates, shortlist;
+    std::vector<Candidate> candidates, ranked, shortlist;
+    std::vector<UnavailableModel> unavailable;
   };
+  // Takes `r` as the repository served from (its unavailable models replace the old ones).
+  void adopt(Repository r);
+  // A load of `candidate` at `depth` through the loader; a failure marks it unavailable.
+  std::shared_ptr<const engine::ModelInstance> load(const Candidate& candidate, int64_t depth);
+  void mark_unavailable(const std::string& name, const std::string& reason);
+  void mark_available(const std::string& name);
+  // Nothing (more) to profile: the pass ends and the controller decides from the table.
+  void end_profiling_pass();
+  // Grows the engine's pool back after a switch that shrank it failed; logs what it cannot.
+  void restore_pool(int64_t blocks) noexcept;
   // Scans and shortlists `slo`'s repository; throws helios::Error naming model_repository
   // when no candidate fits the memory budget.
   Repository scan(const SloConfig& slo) const;
   // Scans and shortlists `next`'s repository when it (or candidates_top_k) differs from the
   // running one; throws helios::Error when no candidate fits, before anything changes.
   std::optional<Repository> rescan_for(const SloConfig& next) const;
-  void apply_slo(const SloConfig& slo, std::optional<Repository> rescanned);
+  // Puts `next` (and the rescanned repository) in force, all of it or, when any part throws,
+  // none of it; returns the changes as the log names them.
+  std::string commit_slo(const SloConfig& next, std::optional<Repository> rescanned);
+  // Re-profiles or decides for the SLO just committed (`old` was in force before).
+  void act_on_slo(const SloConfig& old, bool repository_changed, const std::string& changes);
   bool reload_from(const std::string& text);
+  // Counts and logs a rejected SLO file; the running configuration stays.
+  void reject_reload(const std::string& why);
   void record(DecisionRecord decision);
   void reset_windows();
   PolicyLimits limits() const;
@@ -205,6 +246,7 @@ class Controller final : public engine::TelemetrySink {
   SloConfig slo_;
   std::string slo_text_;
   std::vector<Candidate> repository_, shortlist_;
+  std::vector<UnavailableModel> unavailable_;
   PerformanceTable table_;
   std::shared_ptr<const engine::ModelInstance> current_;
   std::string current_name_;

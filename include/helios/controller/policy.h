@@ -94,9 +94,19 @@ struct Candidate {
   ModelFootprint footprint;
 };
 
-// Every subdirectory of `dir` with a valid config.json, sorted by name; the rest are skipped
-// with a warning.
-std::vector<Candidate> scan_repository(const std::filesystem::path& dir, int64_t element_size);
+// A model of the repository that cannot be served, and why.
+struct UnavailableModel {
+  std::string name;  // directory name
+  std::string reason;
+  bool operator==(const UnavailableModel&) const = default;
+};
+
+// Every subdirectory of `dir` with a valid config.json, sorted by name. A subdirectory whose
+// config.json cannot be read, parsed or sized (any exception: a malformed file, a symlink
+// loop, a size that overflows) is skipped with a warning and, with `unavailable`, listed
+// there (sorted by name) with the reason; the others are still scanned.
+std::vector<Candidate> scan_repository(const std::filesystem::path& dir, int64_t element_size,
+                                       std::vector<UnavailableModel>* unavailable = nullptr);
 
 // Drops candidates whose full depth cannot hold one full-context sequence in the budget, orders
 // the rest by an estimate for the objective (latency, energy: weight bytes per token
