@@ -483,6 +483,31 @@ TEST(HeliosController, OneAdminActionAtATime) {
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
 }
 
+// A SIGTERM while a pin loads: the shutdown waits for the action's thread (which uses the
+// controller) and the daemon exits cleanly; the call ends with an answer, not a dropped stream.
+TEST(HeliosController, ShutdownWaitsForTheAdminActionInFlight) {
+  ScratchDir dir("controller-shutdown-pin");
+  const auto slo_path = dir.path() / "slo.json";
+  write_slo(slo_path, slo_file().dump(2));
+  DaemonProcess daemon(helios_config(slo_path));
+  ASSERT_TRUE(daemon.wait_ready());
+  auto admin = daemon.admin();
+  auto pin = std::async(std::launch::async, [&admin] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::PinModelRequest request;
+    request.set_model("code-micro");
+    request.set_layers(2);
+    v1::PinModelResponse response;
+    return admin->PinModel(&context, request, &response);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(daemon.stop(), 0) << daemon.log();
+  const grpc::Status s = pin.get();
+  EXPECT_TRUE(s.ok() || s.error_code() == grpc::StatusCode::UNAVAILABLE)
+      << s.error_code() << " " << s.error_message();
+}
+
 TEST(HeliosController, StaticPolicyRefusesControllerCommands) {
   DaemonProcess daemon(daemon_config("prose-micro", {{"controller", {{"policy", "static"}}}}));
   ASSERT_TRUE(daemon.wait_ready());
