@@ -6,6 +6,8 @@
 #include "helios/common/error.h"
 #include "helios/common/files.h"
 #include "helios/controller/slo_config.h"
+#include "helios/common/json_limits.h"
+#include "helios/serve/daemon.h"
 #include "helios/serve/server_config.h"
 
 namespace helios::app {
@@ -21,16 +23,26 @@ struct ValidateArgs {
 // Reads the file once to tell the kinds apart; a file that is not even JSON is reported by the
 // SLO parser, which accepts comments and names the line.
 bool is_slo_file(const fs::path& file) {
-  const nlohmann::json root = nlohmann::json::parse(read_file(file), nullptr,
-                                                    /*allow_exceptions=*/false,
-                                                    /*ignore_comments=*/true);
-  return root.is_discarded() || controller::looks_like_slo_config(root);
+  try {
+    return controller::looks_like_slo_config(
+        parse_json(read_file(file), file.string(), {.comments = true}));
+  } catch (const Error&) {
+    return true;
+  }
+}
+
+// The checks the daemon makes before it serves, on the file alone (the admin token file is
+// read only at start: it is a mounted secret).
+nlohmann::json validate_server_config(const fs::path& file) {
+  const serve::ServerConfig config = serve::ServerConfig::from_file(file);
+  serve::check_admin_exposure(config);
+  return config.to_json();
 }
 
 void run_validate(const ValidateArgs& args) {
   const bool slo = args.kind == "slo" || (args.kind == "auto" && is_slo_file(args.file));
   const nlohmann::json effective = slo ? controller::SloConfig::from_file(args.file).to_json()
-                                       : serve::ServerConfig::from_file(args.file).to_json();
+                                       : validate_server_config(args.file);
   fmt::print("{}: valid {} config\n{}\n", args.file.string(), slo ? "SLO" : "server",
              effective.dump(2));
 }

@@ -1,4 +1,7 @@
 #include "helios/common/error.h"
+#include "helios/common/exception_message.h"
+
+#include <c10/util/Exception.h>
 
 namespace helios {
 
@@ -14,6 +17,13 @@ std::string_view error_code_name(ErrorCode code) {
     case ErrorCode::kInternal: return "INTERNAL";
   }
   return "UNKNOWN";
+}
+
+std::string exception_message(const std::exception& e) {
+  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) {
+    return torch_error->what_without_backtrace();
+  }
+  return e.what();
 }
 
 }  // namespace helios

@@ -1,5 +1,7 @@
 #include "helios/controller/config_watcher.h"
 
+#include "helios/common/exception_message.h"
+
 #include <spdlog/spdlog.h>
 
 #include <fstream>
@@ -52,7 +54,7 @@ void ConfigWatcher::run() {
       try {
         on_change_(*last_);
       } catch (const std::exception& e) {
-        spdlog::warn("{}: change handler failed: {}", file_.string(), e.what());
+        spdlog::warn("{}: change handler failed: {}", file_.string(), exception_message(e));
       }
     }
     lock.lock();

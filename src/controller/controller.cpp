@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "helios/common/exception_message.h"
 #include "helios/common/error.h"
 #include "helios/common/files.h"
 #include "helios/controller/config_watcher.h"
@@ -97,7 +98,7 @@ void Controller::prepare() {
                                                           options_.kv_block_size,
                                                           "memory.budget_mib");
       } catch (const std::exception& e) {
-        mark_unavailable(c.name, e.what());
+        mark_unavailable(c.name, exception_message(e));
         throw;
       }
       current_ = std::move(model);
@@ -105,7 +106,7 @@ void Controller::prepare() {
       break;
     } catch (const std::exception& e) {
       spdlog::error("controller: {} cannot serve, trying the next candidate: {}", c.name,
-                    e.what());
+                    exception_message(e));
     }
   }
   if (!current_) {
@@ -263,10 +264,10 @@ void Controller::run() {
       check_triggers();
     } catch (const std::exception& e) {
       // A failed load or switch leaves the engine on the model it had; the next trigger retries.
-      spdlog::error("controller: {}", e.what());
+      spdlog::error("controller: {}", exception_message(e));
       try {
         record(keep_decision(DecisionRecord::Kind::kKeep, DecisionRecord::Trigger::kError,
-                             std::string("action failed, model kept: ") + e.what()));
+                             std::string("action failed, model kept: ") + exception_message(e)));
         if (phase_ == Phase::kProfiling) {
           phase_ = Phase::kServing;
           profile_.reset();
@@ -285,7 +286,7 @@ void Controller::run() {
       try {
         publish();
       } catch (const std::exception& e) {
-        spdlog::error("controller: status not refreshed: {}", e.what());
+        spdlog::error("controller: status not refreshed: {}", exception_message(e));
       }
       published_at = now;
     }
@@ -504,7 +505,7 @@ void Controller::profile_next() {
         switch_to(*candidate, full, "profile");
       } catch (const std::exception& e) {
         // Unavailable now (switch_to recorded why); the pass goes on with the others.
-        spdlog::warn("controller: profiling skips {}: {}", name, e.what());
+        spdlog::warn("controller: profiling skips {}: {}", name, exception_message(e));
         continue;
       }
     }

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "helios/common/error.h"
+#include "helios/common/exception_message.h"
 #include "helios/common/files.h"
 #include "helios/common/logging.h"
 #include "helios/controller/controller.h"
@@ -265,7 +266,7 @@ void Controller::restore_pool(int64_t blocks) noexcept {
   } catch (const std::exception& e) {
     spdlog::error("controller: the switch failed and the KV pool could not grow back to {} "
                   "blocks: {}",
-                  blocks, e.what());
+                  blocks, exception_message(e));
   }
 }
 
@@ -282,7 +283,7 @@ std::shared_ptr<const engine::ModelInstance> Controller::load(const Candidate& c
     return model;
   } catch (const std::exception& e) {
     if (metrics_) metrics_->load_failures->labels({candidate.name}).inc();
-    mark_unavailable(candidate.name, fmt::format("load failed: {}", e.what()));
+    mark_unavailable(candidate.name, fmt::format("load failed: {}", exception_message(e)));
     throw;
   }
 }
@@ -311,10 +312,19 @@ void Controller::adopt(Repository r) {
   shortlist_ = std::move(r.shortlist);
   if (!metrics_) return;
   try {
+    // Every model of the repository has its series (0: servable), so a dashboard or an alert
+    // sees a model turn unavailable rather than a series appear.
     for (const UnavailableModel& u : old) metrics_->unavailable->labels({u.name}).set(0);
-    for (const UnavailableModel& u : unavailable_) metrics_->unavailable->labels({u.name}).set(1);
+    for (const Candidate& c : repository_) {
+      metrics_->unavailable->labels({c.name}).set(0);
+      metrics_->load_failures->labels({c.name});
+    }
+    for (const UnavailableModel& u : unavailable_) {
+      metrics_->unavailable->labels({u.name}).set(1);
+      metrics_->load_failures->labels({u.name});
+    }
   } catch (const std::exception& e) {
-    spdlog::error("controller: model availability metrics not updated: {}", e.what());
+    spdlog::error("controller: model availability metrics not updated: {}", exception_message(e));
   }
 }
 
@@ -342,11 +352,11 @@ bool Controller::reload_from(const std::string& text) {
     next = SloConfig::parse(text, options_.slo_file.parent_path(), options_.slo_file.string());
     if (next != slo_) rescanned = rescan_for(next);
   } catch (const Error& e) {
-    reject_reload(e.what());
+    reject_reload(exception_message(e));
     throw;
   } catch (const std::exception& e) {
-    reject_reload(e.what());
-    throw Error(ErrorCode::kInvalidArgument, "SLO file: " + std::string(e.what()));
+    reject_reload(exception_message(e));
+    throw Error(ErrorCode::kInvalidArgument, "SLO file: " + std::string(exception_message(e)));
   }
   if (next == slo_) {
     slo_text_ = text;
@@ -360,7 +370,7 @@ bool Controller::reload_from(const std::string& text) {
   try {
     changes = commit_slo(next, std::move(rescanned));
   } catch (const std::exception& e) {
-    const std::string why = std::string("applying it failed: ") + e.what();
+    const std::string why = std::string("applying it failed: ") + exception_message(e);
     reject_reload(why);
     throw Error(ErrorCode::kInvalidArgument, "SLO file: " + why);
   }

@@ -8,6 +8,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "helios/common/exception_message.h"
 #include "helios/common/error.h"
 #include "helios/engine/memory_plan.h"
 
@@ -257,8 +258,8 @@ std::vector<Candidate> scan_repository(const fs::path& dir, int64_t element_size
       c.footprint = ModelFootprint::of(c.config, element_size);
       candidates.push_back(std::move(c));
     } catch (const std::exception& e) {
-      spdlog::warn("model repository: skipping {}: {}", entry.path().string(), e.what());
-      broken.push_back({entry.path().filename().string(), e.what()});
+      spdlog::warn("model repository: skipping {}: {}", entry.path().string(), exception_message(e));
+      broken.push_back({entry.path().filename().string(), exception_message(e)});
     }
   }
   std::sort(candidates.begin(), candidates.end(),

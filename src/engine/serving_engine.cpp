@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "helios/common/exception_message.h"
 #include "helios/common/error.h"
 #include "helios/common/files.h"
 #include "durations.h"
@@ -185,7 +186,7 @@ void ServingEngine::apply_switch(SwitchCommand& command) {
     try {
       publish_stats();
     } catch (const std::exception& e) {
-      spdlog::error("engine: status not refreshed after a failed switch: {}", e.what());
+      spdlog::error("engine: status not refreshed after a failed switch: {}", exception_message(e));
     }
     command.done.set_exception(std::current_exception());
   }
@@ -200,7 +201,7 @@ void ServingEngine::rebuild_cache(const ModelInstance& next, int64_t kv_blocks) 
   try {
     cache_ = allocate_cache(next, kv_blocks);
   } catch (const std::exception& e) {
-    spdlog::error("KV pool of {} blocks could not be allocated: {}", kv_blocks, e.what());
+    spdlog::error("KV pool of {} blocks could not be allocated: {}", kv_blocks, exception_message(e));
     metrics_.on_fault("kv_cache");
     restore_cache(old_blocks);
     throw;
@@ -225,7 +226,7 @@ void ServingEngine::restore_cache(int64_t blocks) {
       break;
     } catch (const std::exception& e) {
       spdlog::error("KV pool of {} blocks for {} could not be allocated: {}", size, model_name_,
-                    e.what());
+                    exception_message(e));
       metrics_.on_fault("kv_cache");
     }
   }
@@ -252,7 +253,7 @@ bool ServingEngine::regrow_lost_pool() {
     lost_pool_blocks_ = 0;
     return true;
   } catch (const std::exception& e) {
-    why = e.what();
+    why = exception_message(e);
   }
   metrics_.on_fault("kv_cache");
   spdlog::error("no KV pool: {} blocks for {} could not be allocated: {}", lost_pool_blocks_,
@@ -341,7 +342,7 @@ void ServingEngine::run() {
       for (SwitchCommand& command : commands) apply_switch(command);
       if (work) step();
     } catch (const std::exception& e) {
-      recover(e.what());
+      recover(exception_message(e).c_str());
     } catch (...) {
       recover("unknown exception");
     }
@@ -353,7 +354,7 @@ void ServingEngine::run() {
     scheduler_.drop_finished();
     publish_stats();
   } catch (const std::exception& e) {
-    spdlog::error("engine: stopping: {}", e.what());
+    spdlog::error("engine: stopping: {}", exception_message(e));
   }
 }
 
@@ -368,7 +369,7 @@ void ServingEngine::recover(const char* what) {
     scheduler_.drop_finished();
     publish_stats();
   } catch (const std::exception& e) {
-    spdlog::error("engine: recovering from a failed step: {}", e.what());
+    spdlog::error("engine: recovering from a failed step: {}", exception_message(e));
   }
 }
 
@@ -464,7 +465,7 @@ void ServingEngine::run_prefill(Sequence& sequence, int64_t chunk) {
                                                : -1);
     });
   } catch (const std::exception& e) {
-    fail(sequence, "forward", "prefill forward", e.what());
+    fail(sequence, "forward", "prefill forward", exception_message(e));
     return;
   }
   if (score) {
@@ -483,13 +484,13 @@ void ServingEngine::run_decode(const std::vector<Sequence*>& decodes) {
     out = forward_decode(decodes);
   } catch (const std::exception& e) {
     if (decodes.size() == 1) {
-      fail(*decodes[0], "forward", "decode forward", e.what());
+      fail(*decodes[0], "forward", "decode forward", exception_message(e));
       return;
     }
     // The batch's forward failed (out of memory for its activations, say): each row alone may
     // still run, so only a row whose own forward fails too is lost.
     spdlog::warn("decode forward of {} sequences failed ({}); running them one at a time",
-                 decodes.size(), e.what());
+                 decodes.size(), exception_message(e));
     metrics_.on_fault("forward");
     for (Sequence* sequence : decodes) {
       model::StepOutput alone;
@@ -547,7 +548,7 @@ void ServingEngine::emit_row(Sequence& sequence, const model::StepOutput& out, s
     if (decoded) sequence.decoded_exits.push_back(out.exits[row].exit_layer);
     emit(sequence, out.logits[static_cast<int64_t>(row)], out.exits[row]);
   } catch (const std::exception& e) {
-    fail(sequence, "sampling", "sampling", e.what());
+    fail(sequence, "sampling", "sampling", exception_message(e));
   }
 }
 

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "helios/common/error.h"
+#include "helios/common/exception_message.h"
 #include "helios/controller/controller.h"
 #include "helios/engine/serving_engine.h"
 
@@ -59,6 +60,11 @@ void fill_controller(const controller::ControllerStatus& s, v1::ControllerStatus
   out->set_max_batch(static_cast<uint32_t>(s.max_batch));
   out->set_profiling_model(s.profiling_model);
   for (const auto& c : s.candidates) out->add_candidates(c);
+  for (const controller::UnavailableModel& u : s.unavailable) {
+    v1::UnavailableModel* m = out->add_unavailable();
+    m->set_model(u.name);
+    m->set_reason(u.reason);
+  }
   for (size_t i = 0; i < s.table.size(); ++i) {
     const controller::ProfileRow& row = s.table[i];
     v1::ProfileRow* r = out->add_table();
@@ -235,7 +241,7 @@ grpc::ServerUnaryReactor* AdminService::run_controller_action(
     } catch (const Error& e) {
       status = to_status(e);
     } catch (const std::exception& e) {
-      status = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+      status = grpc::Status(grpc::StatusCode::INTERNAL, exception_message(e));
     }
     // Free before the client hears back, so that its next action is not refused; the next
     // action joins this thread, which only finishes the call.

@@ -10,11 +10,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <fstream>
 #include <charconv>
 #include <limits>
 #include <functional>
 #include <thread>
 
+#include "helios/common/exception_message.h"
 #include "helios/common/dtype.h"
 #include "helios/common/error.h"
 #include "helios/controller/controller.h"
@@ -83,12 +85,40 @@ bool wait_until(const std::function<bool()>& done, std::chrono::steady_clock::ti
 }  // namespace
 
 void check_admin_exposure(const ServerConfig& config) {
-  if (!config.admin_token.empty() || loopback_only(config.grpc_address)) return;
+  if (!config.admin_token.empty() || !config.admin_token_file.empty() ||
+      loopback_only(config.grpc_address)) {
+    return;
+  }
   throw Error(ErrorCode::kInvalidArgument,
               "admin.token: must be set when grpc.address (\"" + config.grpc_address +
                   "\") is reachable from other hosts: without it the Admin service (PinModel, "
-                  "Unpin, ReloadConfig) would have no authentication. Set admin.token, or "
-                  "listen on 127.0.0.1, [::1] or localhost");
+                  "Unpin, ReloadConfig) would have no authentication. Set admin.token or "
+                  "admin.token_file, or listen on 127.0.0.1, [::1] or localhost");
+}
+
+void read_admin_token(ServerConfig& config) {
+  if (config.admin_token_file.empty()) return;
+  std::ifstream in(config.admin_token_file, std::ios::binary);
+  std::string token;
+  if (in) {
+    // A token is one line; more than 4 KiB is not a token file.
+    token.resize(4096);
+    in.read(token.data(), static_cast<std::streamsize>(token.size()));
+    token.resize(static_cast<size_t>(in.gcount()));
+  }
+  if (!in && !in.eof()) {
+    throw Error(ErrorCode::kInvalidArgument, "admin.token_file: cannot read " +
+                                                 config.admin_token_file.string());
+  }
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
+    token.pop_back();
+  }
+  if (token.empty() || token.find_first_of("\r\n") != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "admin.token_file: " + config.admin_token_file.string() +
+                    " must hold the token on one line (it is empty or has several lines)");
+  }
+  config.admin_token = std::move(token);
 }
 
 Daemon::Daemon(ServerConfig config) : config_(std::move(config)) {}
@@ -97,12 +127,13 @@ Daemon::~Daemon() {
   try {
     shutdown();
   } catch (const std::exception& e) {
-    spdlog::error("shutdown: {}", e.what());
+    spdlog::error("shutdown: {}", exception_message(e));
   }
 }
 
 void Daemon::start() {
   check_admin_exposure(config_);
+  read_admin_token(config_);
   started_ = std::chrono::steady_clock::now();
   registry_ = std::make_unique<metrics::Registry>();
   services_ = std::make_unique<Services>();

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "helios/common/error.h"
+#include "helios/common/exception_message.h"
 #include "helios/serve/request_validation.h"
 
 namespace helios::serve {
@@ -84,6 +85,11 @@ Ending ending_for(const engine::Update& update, bool client_cancelled) {
                            "the server shut down before the request finished"),
               true};
     case Finish::kError:
+      // The engine's own failures are INTERNAL; a request it refuses after admission (its
+      // prompt no longer fits the context of the model switched to) keeps its own code.
+      if (update.error_code == ErrorCode::kInvalidArgument) {
+        return {grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, update.error), true};
+      }
       return {grpc::Status(grpc::StatusCode::INTERNAL, "engine error: " + update.error), true};
     case Finish::kNone: break;
   }
@@ -309,7 +315,7 @@ grpc::Status InferenceService::admit(grpc::CallbackServerContext* call,
       } catch (const Error& e) {
         status = to_status(e);
       } catch (const std::exception& e) {
-        status = grpc::Status(grpc::StatusCode::INTERNAL, e.what());
+        status = grpc::Status(grpc::StatusCode::INTERNAL, exception_message(e));
       }
       break;
   }

@@ -170,6 +170,15 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
 
   Section admin(root, "admin");
   admin.string("token", c.admin_token);
+  std::string token_file;
+  if (admin.string("token_file", token_file) && !token_file.empty()) {  // "": unset
+    if (!c.admin_token.empty()) {
+      JsonSection::fail("admin.token_file", "set admin.token or admin.token_file, not both");
+    }
+    c.admin_token_file = std::filesystem::path(token_file).is_absolute()
+                             ? std::filesystem::path(token_file)
+                             : base_dir / token_file;
+  }
   admin.check_unknown();
 
   c.validate();
@@ -272,7 +281,9 @@ nlohmann::json ServerConfig::to_json() const {
       {"controller",
        {{"policy", policy}, {"slo_file", slo_file.string()}, {"decisions_kept", decisions_kept}}},
       {"energy", {{"source", energy_source}, {"cpu_watts_per_core", cpu_watts_per_core}}},
-      {"admin", {{"token", admin_token.empty() ? "" : "(set)"}}},
+      {"admin",
+       {{"token", admin_token.empty() ? "" : "(set)"},
+        {"token_file", admin_token_file.string()}}},
   };
 }
 

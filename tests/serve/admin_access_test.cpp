@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "common/expect_error.h"
+#include "common/scratch_dir.h"
 #include "helios/serve/daemon.h"
 #include "serve/daemon_process.h"
 
@@ -111,6 +114,38 @@ TEST(AdminAccess, DaemonOnAllInterfacesStartsOnlyWithAToken) {
   EXPECT_EQ(admin->GetStatus(&context, v1::GetStatusRequest(), &response).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
+}
+
+
+// admin.token_file (a mounted secret) counts as a token for the exposure check, is read when
+// the daemon starts (one line, trailing newline dropped), and is exclusive with admin.token.
+TEST(AdminAccess, TokenFileIsReadAtStartAndExclusiveWithTheToken) {
+  ScratchDir dir("admin_token_file");
+  const std::filesystem::path token = dir.path() / "token";
+  std::ofstream(token) << "s3cret-from-a-file\n";
+  const serve::ServerConfig config = serve::ServerConfig::parse(
+      R"({"grpc": {"address": "0.0.0.0:50051"}, "model": {"path": "m"},
+          "admin": {"token_file": "token"}})", dir.path(),
+      "server.json");
+  EXPECT_EQ(config.admin_token_file, token);
+  EXPECT_NO_THROW(serve::check_admin_exposure(config));
+  serve::ServerConfig started = config;
+  serve::read_admin_token(started);
+  EXPECT_EQ(started.admin_token, "s3cret-from-a-file");
+
+  std::ofstream(token, std::ios::trunc) << "\n";
+  expect_error([&] { serve::ServerConfig c = config; serve::read_admin_token(c); },
+               ErrorCode::kInvalidArgument, {"admin.token_file", token.string()});
+  serve::ServerConfig missing = config;
+  missing.admin_token_file = dir.path() / "absent";
+  expect_error([&] { serve::read_admin_token(missing); }, ErrorCode::kInvalidArgument,
+               {"admin.token_file", "absent"});
+  expect_error(
+      [&] {
+        serve::ServerConfig::parse(R"({"model": {"path": "m"}, "admin": {"token": "a", "token_file": "token"}})",
+                                   dir.path(), "server.json");
+      },
+      ErrorCode::kInvalidArgument, {"admin.token_file", "not both"});
 }
 
 }  // namespace

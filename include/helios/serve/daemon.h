@@ -39,6 +39,8 @@ struct Services;  // the gRPC services and the context they share (src/serve/dae
 // (0.0.0.0, [::], a host name, an interface address) with no admin.token. Throws
 // helios::Error(kInvalidArgument) naming both keys. Daemon::start() calls it first.
 void check_admin_exposure(const ServerConfig& config);
+// Reads admin.token_file (when set) into admin_token; the file must hold one non-empty line.
+void read_admin_token(ServerConfig& config);
 
 // The helios daemon: the HTTP endpoint, the gRPC server (Inference, Admin, health,
 // reflection) and the serving engine, with their lifecycle. start() brings everything up and

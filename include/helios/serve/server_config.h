@@ -58,6 +58,9 @@ struct ServerConfig {
   double cpu_watts_per_core = 10.0;
   // admin: bearer token the Admin service requires; empty = loopback peers only
   std::string admin_token;
+  // admin.token_file: a file holding the token (a mounted Secret), read when the daemon starts;
+  // relative to the config file. Exclusive with admin.token.
+  std::filesystem::path admin_token_file;
   // Network limits of the gRPC server (grpc.*). A client past them: a stream over
   // max_concurrent_streams waits for a free one (HTTP/2 SETTINGS); a client pinging more often
   // than keepalive_min_ping_interval_ms without data gets GOAWAY after keepalive_max_ping_strikes;
