@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds helios with sanitizers (clang-16) beside the plain build and runs the test suites under
-# them. Needs the plain build's micro zoo (scripts/test.sh builds it first).
+# them. The suites need the plain build's micro zoo (scripts/test.sh builds it first).
 #   scripts/sanitize.sh address   ASan + UBSan (and the libFuzzer targets) -> build-address/: the
 #                                 suites of helios's parsers, engine, controller, daemon, metrics
 #                                 and logs (not the trainer's, the CLI's, the zoo's, the GPU's)
@@ -51,8 +51,6 @@ for module in "${modules[@]}"; do targets+=("helios_${module}_tests"); done
 select=(-L "^($(IFS='|'; echo "${modules[*]}"))\$")
 
 command -v "$CXX" >/dev/null || { echo "sanitize.sh: $CXX not found (scripts/setup.sh installs it)" >&2; exit 1; }
-[[ -f "$ZOO/mix-micro/model.safetensors" ]] || {
-  echo "sanitize.sh: no micro zoo at $ZOO (run scripts/test.sh first)" >&2; exit 1; }
 
 if ((BUILD_STEP)); then
   start=$SECONDS
@@ -61,6 +59,8 @@ if ((BUILD_STEP)); then
   echo "sanitize.sh: $KIND build took $((SECONDS - start)) s"
 fi
 ((TEST_STEP)) || exit 0
+[[ -f "$ZOO/mix-micro/model.safetensors" ]] || {
+  echo "sanitize.sh: no micro zoo at $ZOO (run scripts/test.sh first)" >&2; exit 1; }
 start=$SECONDS
 status=0
 ctest --test-dir "$BUILD" --output-on-failure -j "$(nproc)" "${select[@]}" "$@" || status=$?
