@@ -21,6 +21,10 @@ esac
 BUILD="$ROOT/build-$KIND"
 ZOO="${HELIOS_MICRO_ZOO:-${HELIOS_BUILD_DIR:-$ROOT/build}/zoo-micro}"
 SUPP="$ROOT/scripts/sanitizers"
+# Symbolized reports (file:line) when LLVM's symbolizer is installed (clang-16 brings it).
+SYMBOLIZER=""
+[[ -x /usr/bin/llvm-symbolizer ]] &&
+  SYMBOLIZER=":external_symbolizer_path=/usr/bin/llvm-symbolizer"
 CXX="${HELIOS_SANITIZE_CXX:-clang++-16}"
 
 flags=(-DCMAKE_CXX_COMPILER="$CXX" -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -31,13 +35,13 @@ case "$KIND" in
   address)
     flags+=(-DHELIOS_FUZZ=ON)
     modules=(common model tokenizer kv ops transformer engine controller serve metrics logging)
-    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0:strict_string_checks=1"
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0:strict_string_checks=1$SYMBOLIZER"
     export LSAN_OPTIONS="suppressions=$SUPP/lsan.supp:print_suppressions=0"
-    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$SUPP/ubsan.supp"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$SUPP/ubsan.supp$SYMBOLIZER"
     ;;
   thread)
     modules=(engine controller serve)
-    export TSAN_OPTIONS="suppressions=$SUPP/tsan.supp:halt_on_error=1:second_deadlock_stack=1:report_signal_unsafe=0"
+    export TSAN_OPTIONS="suppressions=$SUPP/tsan.supp:halt_on_error=1:second_deadlock_stack=1:report_signal_unsafe=0$SYMBOLIZER"
     # libtorch's intra-op pool is OpenMP (libgomp), whose barriers TSan cannot see: one thread
     # keeps its parallel regions inline, so every report is about helios's own threads.
     export OMP_NUM_THREADS=1
