@@ -26,6 +26,8 @@ SYMBOLIZER=""
 [[ -x /usr/bin/llvm-symbolizer ]] &&
   SYMBOLIZER=":external_symbolizer_path=/usr/bin/llvm-symbolizer"
 CXX="${HELIOS_SANITIZE_CXX:-clang++-16}"
+# Counted before OMP_NUM_THREADS is set below: GNU nproc reports OMP_NUM_THREADS when it is set.
+JOBS="$(nproc)"
 
 flags=(-DCMAKE_CXX_COMPILER="$CXX" -DCMAKE_BUILD_TYPE=RelWithDebInfo
        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG"
@@ -59,7 +61,7 @@ command -v "$CXX" >/dev/null || { echo "sanitize.sh: $CXX not found (scripts/set
 if ((BUILD_STEP)); then
   start=$SECONDS
   cmake -S "$ROOT" -B "$BUILD" -G Ninja "${flags[@]}" >/dev/null
-  cmake --build "$BUILD" -j "$(nproc)" --target "${targets[@]}"
+  cmake --build "$BUILD" -j "$JOBS" --target "${targets[@]}"
   echo "sanitize.sh: $KIND build took $((SECONDS - start)) s"
 fi
 ((TEST_STEP)) || exit 0
@@ -67,6 +69,6 @@ fi
   echo "sanitize.sh: no micro zoo at $ZOO (run scripts/test.sh first)" >&2; exit 1; }
 start=$SECONDS
 status=0
-ctest --test-dir "$BUILD" --output-on-failure -j "$(nproc)" "${select[@]}" "$@" || status=$?
+ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS" "${select[@]}" "$@" || status=$?
 echo "sanitize.sh: $KIND suites took $((SECONDS - start)) s"
 exit $status

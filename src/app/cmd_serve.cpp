@@ -1,6 +1,8 @@
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/signalfd.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -18,8 +20,12 @@
 namespace helios::app {
 namespace {
 
-// SIGTERM/SIGINT reach the daemon through a pipe: the handler only writes a byte (which is
-// async-signal-safe), and an ordinary thread acts on it.
+// SIGTERM/SIGINT are blocked in every thread (the mask is set before the daemon starts any, and
+// threads inherit it) and read from a signalfd by an ordinary thread. No handler runs in an
+// arbitrary thread that may sit in a library's futex wait (where a sanitizer's deferred
+// signal delivery would never reach it). A thread some library started before the mask was
+// set still gets the handler below, which only writes a byte to a pipe (async-signal-safe).
+int signal_fd = -1;
 int signal_pipe[2] = {-1, -1};
 
 extern "C" void on_signal(int) {
@@ -30,8 +36,16 @@ extern "C" void on_signal(int) {
 }
 
 void install_signal_handlers() {
-  if (::pipe2(signal_pipe, O_CLOEXEC) != 0) {
-    throw Error(ErrorCode::kInternal, "serve: cannot create the signal pipe");
+  sigset_t shutdown_signals;
+  sigemptyset(&shutdown_signals);
+  sigaddset(&shutdown_signals, SIGTERM);
+  sigaddset(&shutdown_signals, SIGINT);
+  if (::pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr) != 0) {
+    throw Error(ErrorCode::kInternal, "serve: cannot block SIGTERM and SIGINT");
+  }
+  signal_fd = ::signalfd(-1, &shutdown_signals, SFD_CLOEXEC);
+  if (signal_fd < 0 || ::pipe2(signal_pipe, O_CLOEXEC) != 0) {
+    throw Error(ErrorCode::kInternal, "serve: cannot create the signalfd or the signal pipe");
   }
   struct sigaction action {};
   action.sa_handler = on_signal;
@@ -42,25 +56,27 @@ void install_signal_handlers() {
   ::signal(SIGPIPE, SIG_IGN);
 }
 
-void wait_for_signal() {
-  char byte = 0;
-  while (::read(signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
-  }
-}
-
-// Waits for a signal (true) or for `done_fd` to become readable (false).
+// Waits for a shutdown signal (true) or for `done_fd` to become readable (false); a negative
+// `done_fd` waits for a signal only.
 bool wait_for_signal_or(int done_fd) {
-  pollfd fds[2] = {{signal_pipe[0], POLLIN, 0}, {done_fd, POLLIN, 0}};
+  pollfd fds[3] = {{signal_fd, POLLIN, 0}, {signal_pipe[0], POLLIN, 0}, {done_fd, POLLIN, 0}};
   while (true) {
-    if (::poll(fds, 2, -1) < 0) {
+    if (::poll(fds, 3, -1) < 0) {
       if (errno == EINTR) continue;
       return false;
     }
-    if (fds[1].revents != 0) return false;
+    if (fds[2].revents != 0) return false;
+    if ((fds[0].revents & POLLIN) != 0) {
+      signalfd_siginfo info{};
+      if (::read(signal_fd, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) return true;
+    }
     char byte = 0;
-    if ((fds[0].revents & POLLIN) != 0 && ::read(signal_pipe[0], &byte, 1) == 1) return true;
+    if ((fds[1].revents & POLLIN) != 0 && ::read(signal_pipe[0], &byte, 1) == 1) return true;
   }
 }
+
+// Returns on a shutdown signal (or should poll itself fail: the daemon then shuts down).
+void wait_for_signal() { wait_for_signal_or(-1); }
 
 // Written once the daemon serves, atomically (rename), so a supervisor or a test that polls
 // for the file never reads half of it.

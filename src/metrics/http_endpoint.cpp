@@ -1,5 +1,9 @@
 #include "helios/metrics/http_endpoint.h"
 
+// cpp-httplib listens with a backlog of 5: a burst of probes and scrapes past it has its SYNs
+// dropped and retried a second later. Only this file instantiates httplib::Server (the one user
+// of the macro), so defining it here keeps every translation unit's httplib code the same.
+#define CPPHTTPLIB_LISTEN_BACKLOG 128
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>

@@ -319,8 +319,13 @@ TEST(Serve, SigtermDuringLoadLosesNoRequest) {
     std::this_thread::sleep_for(1ms);
   }
   auto exit_code = std::async(std::launch::async, [&] { return daemon.stop(SIGTERM); });
-  // Once draining, new calls are refused.
-  std::this_thread::sleep_for(20ms);
+  // Once draining (the engine closed, which the daemon logs), new calls are refused.
+  const auto drain_deadline = std::chrono::steady_clock::now() + 30s;
+  while (daemon.log().find("draining ") == std::string::npos &&
+         std::chrono::steady_clock::now() < drain_deadline) {
+    std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_NE(daemon.log().find("draining "), std::string::npos) << daemon.log();
   const StreamResult refused = generate(*stub, greedy_request("The man", 4), 2000ms);
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << refused.status.error_message();

@@ -18,7 +18,7 @@ namespace helios::metrics {
 //
 // Limits, so that slow or hostile clients cannot starve the probes or grow memory:
 //   - connections are served by up to 32 worker threads, started on demand (past them, new
-//     connections wait for a free worker);
+//     connections wait for a free worker); the listen backlog is 128;
 //   - read timeout 2 s: a client silent for 2 s mid-request is disconnected;
 //   - write timeout 5 s: a client that reads nothing of a response for 5 s is disconnected;
 //   - request bodies: at most 64 KiB (past it: 413, the body is read and discarded, never
