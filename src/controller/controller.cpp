@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <string>
 
 #include "helios/common/exception_message.h"
 #include "helios/common/error.h"
@@ -128,6 +130,7 @@ void Controller::prepare() {
   }
   shortlist_ = std::move(order);
   max_batch_ = options_.max_running;
+  evidence_.set_capacity(static_cast<size_t>(slo_.evidence_prompts));
   breaches_ = BreachCounter(slo_.breach_window_tokens);
   reset_windows();
   std::string names;
@@ -200,32 +203,58 @@ void Controller::on_request(engine::RequestTelemetry request) {
   wakeup_.notify_one();
 }
 
+namespace {
+
+// What a command hands back to the thread that asked for it: a value, or the code and message
+// of what it threw. Exceptions do not cross threads here: the caller throws a fresh Error of
+// its own (an exception object shared between threads is freed by whichever drops the last
+// reference, through reference counts that thread sanitizers cannot see).
+template <typename T>
+struct Outcome {
+  std::optional<T> value;
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;
+};
+
+}  // namespace
+
 template <typename T>
 T Controller::run_command(std::function<T()> body) {
-  auto promise = std::make_shared<std::promise<T>>();
-  std::future<T> result = promise->get_future();
+  auto promise = std::make_shared<std::promise<Outcome<T>>>();
+  std::future<Outcome<T>> result = promise->get_future();
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || !thread_.joinable()) {
       throw Error(ErrorCode::kUnavailable, "the controller is not running");
     }
     commands_.push_back([this, promise, body = std::move(body)] {
+      Outcome<T> outcome;
       if (stopping_) {
-        promise->set_exception(std::make_exception_ptr(
-            Error(ErrorCode::kUnavailable, "the controller is stopping")));
-        return;
+        outcome.code = ErrorCode::kUnavailable;
+        outcome.message = "the controller is stopping";
+      } else {
+        try {
+          outcome.value = body();
+          publish();
+        } catch (const Error& e) {
+          outcome.value.reset();
+          outcome.code = e.code();
+          outcome.message = e.what();
+        } catch (const std::exception& e) {
+          outcome.value.reset();
+          outcome.message = exception_message(e);
+        } catch (...) {
+          outcome.value.reset();
+          outcome.message = "unknown exception";
+        }
       }
-      try {
-        T value = body();
-        publish();
-        promise->set_value(std::move(value));
-      } catch (...) {
-        promise->set_exception(std::current_exception());
-      }
+      promise->set_value(std::move(outcome));
     });
   }
   wakeup_.notify_one();
-  return result.get();
+  Outcome<T> outcome = result.get();
+  if (!outcome.value) throw Error(outcome.code, outcome.message);
+  return std::move(*outcome.value);
 }
 
 template bool Controller::run_command<bool>(std::function<bool()>);
@@ -324,6 +353,10 @@ void Controller::handle_request(const engine::RequestTelemetry& request) {
                      (request.finish == engine::Finish::kStop ||
                       request.finish == engine::Finish::kLength);
   if (!clean) return;
+  if (request.prompt_scores && !request.prompt_ids.empty()) {
+    const auto tokenizer = tokenizers_.find(request.model);
+    if (tokenizer != tokenizers_.end()) evidence_.add(request.prompt_ids, tokenizer->second);
+  }
   if (phase_ == Phase::kProfiling && profile_) {
     // A row needs prompt perplexity: requests whose prompt scoring was cut short (a preemption
     // mid-prompt drops partial scores) do not count towards it.
@@ -476,6 +509,7 @@ void Controller::check_triggers() {
 void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::string& reason) {
   profile_queue_.clear();
   for (const Candidate& c : shortlist_) profile_queue_.push_back(c.name);
+  evidence_.begin_pass();
   pass_started_ = std::chrono::steady_clock::now();
   spdlog::info("controller: re-profiling {} candidates ({}: {})", profile_queue_.size(),
                to_string(trigger), reason);
@@ -534,9 +568,11 @@ void Controller::finish_profile() {
   row.footprint = c.footprint;
   row.profiled_layers = current_->transformer().loaded_layers();
   row.exit_points = current_->transformer().exit_points();
-  row.prompt_nll_sum = p.prompt.nll_sum;
-  row.prompt_policy_nll_sum = p.prompt.policy_nll_sum;
-  row.prompt_tokens = p.prompt.tokens;
+  if (!score_evidence(row)) {
+    row.prompt_nll_sum = p.prompt.nll_sum;
+    row.prompt_policy_nll_sum = p.prompt.policy_nll_sum;
+    row.prompt_tokens = p.prompt.tokens;
+  }
   row.decode_tokens_per_second = p.step_seconds > 0 ? static_cast<double>(p.generated) / p.step_seconds : 0;
   row.mean_batch = p.steps > 0 ? p.batch_sum / static_cast<double>(p.steps) : 0;
   row.peak_concurrency = p.peak;
@@ -553,15 +589,46 @@ void Controller::finish_profile() {
   table_.upsert(row);
   if (metrics_) metrics_->profiling_runs->inc();
   spdlog::info("controller: profiled {} at {} layers on {} requests: {:.0f} tok/s, p95 TPOT {:.2f} "
-               "ms, prompt perplexity {:.2f}",
+               "ms, prompt perplexity {:.2f} ({})",
                c.name, row.profiled_layers, row.requests, row.decode_tokens_per_second,
-               row.tpot_p95_ms, row.prompt_tokens > 0 ? full_depth_perplexity(row) : 0.0);
+               row.tpot_p95_ms, row.prompt_tokens > 0 ? full_depth_perplexity(row) : 0.0,
+               row.evidence_prompts > 0
+                   ? fmt::format("{} shared sample prompts, scored in {:.3f} s",
+                                 row.evidence_prompts, row.evidence_seconds)
+                   : std::string("its own requests"));
   profile_.reset();
   if (!profile_queue_.empty()) {
     profile_next();
     return;
   }
   end_profiling_pass();
+}
+
+bool Controller::score_evidence(ProfileRow& row) {
+  if (slo_.evidence_prompts <= 0) return false;
+  const auto tokenizer = tokenizers_.find(row.model);
+  if (tokenizer == tokenizers_.end()) return false;
+  model::ExitPolicy policy = engine_->options().exit_policy;
+  policy.threshold = engine_->exit_threshold();
+  // Off the engine's path: the candidate's weights are shared read-only, nothing of the
+  // engine's KV cache or batch is touched. A failure keeps the live telemetry.
+  try {
+    const std::optional<Evidence> evidence = score_on_sample(
+        current_->transformer(), evidence_.pass_sample(), tokenizer->second, policy);
+    if (!evidence || evidence->scores.tokens == 0) return false;
+    row.prompt_nll_sum = evidence->scores.nll_sum;
+    row.prompt_policy_nll_sum = evidence->scores.policy_nll_sum;
+    row.prompt_tokens = evidence->scores.tokens;
+    row.evidence_prompts = evidence->prompts;
+    row.evidence_seconds = evidence->seconds;
+    if (metrics_) metrics_->evidence_seconds->inc(evidence->seconds);
+    return true;
+  } catch (const std::exception& e) {
+    spdlog::warn("controller: scoring {} on the shared prompt sample failed, its own requests' "
+                 "telemetry stands: {}",
+                 row.model, exception_message(e));
+    return false;
+  }
 }
 
 void Controller::end_profiling_pass() {

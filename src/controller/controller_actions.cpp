@@ -310,6 +310,7 @@ void Controller::adopt(Repository r) {
   std::vector<UnavailableModel> old = std::exchange(unavailable_, std::move(r.unavailable));
   repository_ = std::move(r.candidates);
   shortlist_ = std::move(r.shortlist);
+  tokenizers_ = std::move(r.tokenizers);
   if (!metrics_) return;
   try {
     // Every model of the repository has its series (0: servable), so a dashboard or an alert
@@ -397,6 +398,7 @@ Controller::Repository Controller::scan(const SloConfig& slo) const {
   r.candidates = scan_repository(slo.model_repository,
                                  static_cast<int64_t>(c10::elementSize(options_.load.dtype)),
                                  &r.unavailable);
+  for (const Candidate& c : r.candidates) r.tokenizers[c.name] = tokenizer_fingerprint(c.path);
   SloConfig every = slo;
   every.candidates_top_k = std::numeric_limits<int64_t>::max();
   r.ranked = shortlist(r.candidates, every, limits());
@@ -447,6 +449,7 @@ std::string Controller::commit_slo(const SloConfig& next, std::optional<Reposito
   ttft_window_ = std::move(ttft);
   tpot_window_ = std::move(tpot);
   prompt_window_.clear();
+  evidence_.set_capacity(static_cast<size_t>(slo_.evidence_prompts));
   if (rescanned) adopt(std::move(*rescanned));
   if (rescanned || threshold_changed) {
     // New candidates, or exit distributions measured under the old threshold.

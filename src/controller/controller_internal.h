@@ -55,13 +55,17 @@ struct Controller::Metrics {
     load_failures = &r.counter("helios_model_load_failures_total",
                                "Model loads that failed (start-up and switches), per model.",
                                {"model"});
+    evidence_seconds = &r.counter("helios_controller_evidence_seconds_total",
+                                  "Seconds the controller spent scoring candidates on the shared "
+                                  "sample of recent prompts (off the engine's path).")
+                           .get();
     peak_memory = &r.gauge("helios_memory_peak_bytes",
                            "Highest weights + KV cache bytes accounted, switches included.")
                        .get();
   }
   metrics::Family<metrics::Gauge>*active, *unavailable;
   metrics::Family<metrics::Counter>*switches, *layer_loads, *reloads, *load_failures;
-  metrics::Counter *breaches, *profiling_runs;
+  metrics::Counter *breaches, *profiling_runs, *evidence_seconds;
   metrics::Gauge *breach_window, *max_batch, *peak_memory;
 };
 

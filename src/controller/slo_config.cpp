@@ -84,6 +84,7 @@ SloConfig from_json(const json& root, const fs::path& base_dir) {
 
   controller.integer("candidates_top_k", c.candidates_top_k);
   controller.integer("profile_requests", c.profile_requests);
+  controller.integer("evidence_prompts", c.evidence_prompts);
   controller.integer("reprofile_interval_requests", c.reprofile_interval_requests);
   controller.number("max_profiling_share", c.max_profiling_share);
   controller.integer("breach_window_tokens", c.breach_window_tokens);
@@ -151,6 +152,10 @@ void SloConfig::validate() const {
   };
   within(candidates_top_k, 1, "controller.candidates_top_k");
   within(profile_requests, 1, "controller.profile_requests");
+  if (evidence_prompts < 0 || evidence_prompts > kMaxEvidencePrompts) {
+    fail("controller.evidence_prompts", "must be in [0, " + std::to_string(kMaxEvidencePrompts) +
+                                            "], got " + std::to_string(evidence_prompts));
+  }
   within(reprofile_interval_requests, 0, "controller.reprofile_interval_requests");
   require(finite(max_profiling_share) && max_profiling_share > 0 && max_profiling_share <= 1,
           "controller.max_profiling_share", "in (0, 1]", max_profiling_share);
@@ -177,6 +182,7 @@ nlohmann::json SloConfig::to_json() const {
       {"controller",
        {{"candidates_top_k", candidates_top_k},
         {"profile_requests", profile_requests},
+        {"evidence_prompts", evidence_prompts},
         {"reprofile_interval_requests", reprofile_interval_requests},
         {"max_profiling_share", max_profiling_share},
         {"breach_window_tokens", breach_window_tokens},

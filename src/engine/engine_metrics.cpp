@@ -1,5 +1,8 @@
 #include "helios/engine/engine_metrics.h"
 
+#include <algorithm>
+#include <cstddef>
+
 #include "helios/engine/model_instance.h"
 #include "helios/engine/sequence.h"
 #include "durations.h"
@@ -182,6 +185,10 @@ void EngineMetrics::on_finish(Sequence& sequence, Finish reason, const ServedMod
   // Complete scores only: a prompt whose prefill never finished reports none.
   if (sequence.prompt_scores && !sequence.score_prompt) {
     t.prompt_scores = std::move(sequence.prompt_scores);
+    const auto prompt_end = sequence.tokens.begin() +
+                            std::min<std::ptrdiff_t>(sequence.prompt_length,
+                                                     static_cast<std::ptrdiff_t>(sequence.tokens.size()));
+    t.prompt_ids.assign(sequence.tokens.begin(), prompt_end);
   }
   if (sequence.generated > 0) {
     t.ttft_s = seconds_between(request.arrival(), sequence.first_token_at);

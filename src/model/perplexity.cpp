@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <string>
 
 #include "helios/common/error.h"
 
@@ -53,6 +54,53 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
     out.perplexity.push_back(scores.perplexity(e));
   }
   return out;
+}
+
+ExitScores score_prompts(const Transformer& transformer,
+                         std::span<const std::vector<int32_t>> prompts, const ExitPolicy& policy,
+                         int64_t batch) {
+  c10::InferenceMode inference;
+  policy.validate();
+  if (batch <= 0) throw Error(ErrorCode::kInvalidArgument, "score_prompts: batch must be > 0");
+  const ModelConfig& config = transformer.config();
+  const int64_t limit = config.max_position_embeddings;
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    for (size_t t = 0; t < prompts[p].size(); ++t) {
+      const int32_t id = prompts[p][t];
+      if (id < 0 || id >= config.vocab_size) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "score_prompts: prompt " + std::to_string(p) + " position " +
+                        std::to_string(t) + ": token id " + std::to_string(id) +
+                        " is outside the vocabulary of " + std::to_string(config.vocab_size));
+      }
+    }
+  }
+  ExitScores scores;
+  const auto device = transformer.weights().embed_tokens.device();
+  const auto length_of = [limit](const std::vector<int32_t>& prompt) {
+    return std::min<int64_t>(static_cast<int64_t>(prompt.size()), limit);
+  };
+  for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(batch)) {
+    const size_t last = std::min(prompts.size(), first + static_cast<size_t>(batch));
+    int64_t length = 0;
+    for (size_t p = first; p < last; ++p) length = std::max(length, length_of(prompts[p]));
+    if (length < 2) continue;  // nothing to predict in this batch
+    const auto count = static_cast<int64_t>(last - first);
+    at::Tensor inputs = at::full({count, length}, config.bos_token_id, at::kLong);
+    at::Tensor targets = at::full({count, length}, -1, at::kLong);
+    auto in = inputs.accessor<int64_t, 2>();
+    auto tg = targets.accessor<int64_t, 2>();
+    for (int64_t row = 0; row < count; ++row) {
+      const std::vector<int32_t>& prompt = prompts[first + static_cast<size_t>(row)];
+      const int64_t n = length_of(prompt);
+      for (int64_t t = 0; t < n; ++t) in[row][t] = prompt[t];
+      for (int64_t t = 0; t + 1 < n; ++t) tg[row][t] = prompt[t + 1];
+    }
+    std::vector<at::Tensor> hidden = transformer.forward_exits(inputs.to(device));
+    for (at::Tensor& h : hidden) h = h.reshape({count * length, -1});
+    scores.add(transformer.score_exits(hidden, targets.view({-1}).to(device), policy));
+  }
+  return scores;
 }
 
 }  // namespace helios::model

@@ -219,6 +219,17 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
   const v1::Decision first_decision = *find_decision(s, "profiled", 0);
   const v1::Decision* first = &first_decision;
   EXPECT_EQ(s.controller().table_size(), 3) << s.controller().DebugString();
+  // Every candidate of the pass was scored on the same sample of live prompts.
+  for (const v1::ProfileRow& row : s.controller().table()) {
+    EXPECT_GT(row.evidence_prompts(), 0u) << row.model();
+    EXPECT_EQ(row.evidence_prompts(), s.controller().table(0).evidence_prompts()) << row.model();
+    EXPECT_EQ(row.prompt_tokens(), s.controller().table(0).prompt_tokens()) << row.model();
+    EXPECT_GT(row.evidence_seconds(), 0.0) << row.model();
+    std::cout << "evidence: " << row.model() << " scored on " << row.evidence_prompts()
+              << " shared prompts (" << row.prompt_tokens() << " positions) in "
+              << row.evidence_seconds() * 1e3 << " ms, full-depth perplexity "
+              << row.full_depth_perplexity() << "\n";
+  }
   EXPECT_EQ(first->to_model(), "prose-micro") << first->reason() << "\n" << first->figures_json();
   const int64_t depth = first->to_layers();
   EXPECT_LT(depth, 4) << first->figures_json();

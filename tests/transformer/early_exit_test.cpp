@@ -4,6 +4,7 @@
 #include "helios/engine/generator.h"
 #include "helios/model/perplexity.h"
 #include "helios/model/transformer.h"
+#include "common/expect_error.h"
 #include "test_model.h"
 
 namespace helios {
@@ -313,6 +314,54 @@ TEST(SeededSampling, SameTokensAloneOrInABatch) {
   for (const auto& t : batched[0].tokens) first.push_back(t.id);
   for (const auto& t : batched[1].tokens) second.push_back(t.id);
   EXPECT_NE(first, second) << "different seeds and prompts should not collapse to one output";
+}
+
+// score_prompts (the controller's same-prompt evidence) gives what prefilling each prompt with
+// score_prompt gives, whether the prompts are batched (padded on the right) or not.
+TEST(PromptScores, ScoringPromptsInBatchesEqualsPrefillingEachAlone) {
+  const auto config = testing::tiny_config(4);
+  const auto weights = testing::peaked_weights(config);
+  const model::Transformer transformer(config, weights);
+  const auto bos = static_cast<int32_t>(config.bos_token_id);
+  const std::vector<std::vector<int32_t>> prompts = {
+      {bos, 5, 9, 14, 3, 3, 27, 41, 8, 19, 22, 6, 30},
+      {bos, 7},
+      {bos, 12, 40, 40, 2, 17},
+      {bos},  // nothing to predict
+      {bos, 33, 21, 9, 48, 11, 5, 5, 5, 26},
+  };
+  const model::ExitPolicy policy{0.5};
+
+  model::ExitScores prefilled;
+  kv::KvCache cache = engine::make_cache_for(transformer, 8, 32, 4);
+  for (const auto& prompt : prompts) {
+    kv::SequenceKv sequence;
+    ASSERT_TRUE(cache.reserve(sequence, static_cast<int64_t>(prompt.size())));
+    prefilled.add(transformer.prefill(cache, sequence, prompt, policy, /*score_prompt=*/true)
+                      .prompt_scores);
+    cache.release(sequence);
+  }
+  for (const int64_t batch : {1, 2, 8}) {
+    SCOPED_TRACE(batch);
+    const model::ExitScores scored = model::score_prompts(transformer, prompts, policy, batch);
+    ASSERT_EQ(scored.tokens, prefilled.tokens);
+    ASSERT_EQ(scored.tokens, 12 + 1 + 5 + 9);
+    EXPECT_EQ(scored.exit_histogram, prefilled.exit_histogram);
+    for (size_t e = 0; e < prefilled.nll_sum.size(); ++e) {
+      EXPECT_NEAR(scored.nll_sum[e], prefilled.nll_sum[e], 1e-3 * prefilled.nll_sum[e]);
+      EXPECT_NEAR(scored.policy_nll_sum[e], prefilled.policy_nll_sum[e],
+                  1e-3 * prefilled.policy_nll_sum[e]);
+    }
+  }
+}
+
+TEST(PromptScores, ScoringRefusesIdsOutsideTheVocabularyNamingThePosition) {
+  const auto config = testing::tiny_config(2);
+  const auto weights = testing::peaked_weights(config);
+  const model::Transformer transformer(config, weights);
+  const std::vector<std::vector<int32_t>> prompts = {{1, 4, 5}, {1, 6, 50}};
+  testing::expect_error([&] { model::score_prompts(transformer, prompts, model::ExitPolicy{}); },
+               ErrorCode::kInvalidArgument, {"prompt 1 position 2", "token id 50", "vocabulary of 50"});
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -21,6 +22,7 @@
 
 #include "helios/controller/batch_cap.h"
 #include "helios/controller/breach_counter.h"
+#include "helios/controller/evidence.h"
 #include "helios/controller/performance_table.h"
 #include "helios/controller/policy.h"
 #include "helios/controller/slo_config.h"
@@ -182,6 +184,9 @@ class Controller final : public engine::TelemetrySink {
   // Starts a table row for `candidate`, the model the engine serves now.
   void begin_profile(const Candidate* candidate);
   void finish_profile();
+  // The row's prompt columns from scoring the served candidate on the pass's shared sample;
+  // false (the row keeps the live requests' telemetry) when there is no sample for it.
+  bool score_evidence(ProfileRow& row);
   void decide(DecisionRecord::Trigger trigger, const std::string& reason);
   void apply(const Option& option, int64_t cap, DecisionRecord::Trigger trigger,
              const std::string& reason, nlohmann::json figures);
@@ -205,6 +210,7 @@ class Controller final : public engine::TelemetrySink {
   struct Repository {
     std::vector<Candidate> candidates, ranked, shortlist;
     std::vector<UnavailableModel> unavailable;
+    std::map<std::string, uint64_t> tokenizers;  // per candidate: tokenizer_fingerprint
   };
   // Takes `r` as the repository served from (its unavailable models replace the old ones).
   void adopt(Repository r);
@@ -260,6 +266,8 @@ class Controller final : public engine::TelemetrySink {
   BreachCounter breaches_{100};
   PercentileWindow ttft_window_{32}, tpot_window_{32};
   std::deque<std::pair<double, int64_t>> prompt_window_;  // sampled prompts: NLL, tokens
+  EvidenceSample evidence_;                        // recent sampled prompts (token ids)
+  std::map<std::string, uint64_t> tokenizers_;     // per candidate: tokenizer_fingerprint
   int64_t requests_seen_ = 0, last_profiled_at_ = 0, breaches_total_ = 0;
   // The profiling pass under way (or the last one) began here; the last one took this long and
   // ended here. Periodic re-profiles are spaced by them (SloConfig::max_profiling_share).
@@ -279,7 +287,9 @@ class Controller final : public engine::TelemetrySink {
   std::optional<std::string> changed_file_;  // from the watcher
   std::deque<DecisionRecord> decisions_;
   ControllerStatus published_;  // refreshed by the controller thread
-  bool stopping_ = false;
+  // Set under mutex_ (the wake-up condition reads it there); a command that runs on the thread
+  // reads it without the lock.
+  std::atomic<bool> stopping_{false};
   std::thread thread_;
 
   void publish();

@@ -27,6 +27,11 @@ struct ProfileRow {
   std::vector<double> prompt_policy_nll_sum;  // NLL if each position left at its first
                                               // confident exit, capped at this exit point
   int64_t prompt_tokens = 0;                  // scored positions
+  // The prompt columns' source: > 0, this many prompts of the profiling pass's shared sample
+  // (every candidate of the pass scored teacher-forced on the same ones); 0, the live
+  // requests the candidate served while profiled.
+  int64_t evidence_prompts = 0;
+  double evidence_seconds = 0;  // scoring the sample took this long
   double decode_tokens_per_second = 0;  // generated tokens / engine-step seconds in the window
   double mean_batch = 0;                // mean sequences per engine step in the window
   double peak_concurrency = 0;          // most requests in flight (running + waiting)

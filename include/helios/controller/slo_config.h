@@ -13,6 +13,10 @@ namespace helios::controller {
 // Windows are allocated whole, so a larger one is refused at parse time rather than failing
 // an allocation in the controller.
 inline constexpr int64_t kMaxSloCount = 1'000'000;
+// Most evidence prompts (controller.evidence_prompts), and the tokens kept of each (BOS
+// included): scoring them costs one teacher-forced forward of every candidate.
+inline constexpr int64_t kMaxEvidencePrompts = 1024;
+inline constexpr int64_t kEvidencePromptTokens = 512;
 
 // What the controller maximises among the options that meet every constraint.
 enum class Objective { kThroughput, kLatency, kEnergy };
@@ -34,6 +38,11 @@ struct SloConfig {
   // controller
   int64_t candidates_top_k = 3;
   int64_t profile_requests = 5;
+  // Same-prompt quality evidence: every candidate of a profiling pass is scored teacher-forced
+  // on the same recent live prompts (at most this many, each cut to kEvidencePromptTokens), so
+  // the prompts' difficulty cancels out of the comparison. 0: each candidate's quality comes
+  // from the live requests it served while profiled (different prompts per candidate).
+  int64_t evidence_prompts = 16;
   int64_t reprofile_interval_requests = 150;  // 0 = never
   // Periodic re-profiles wait until the time spent profiling stays under this share of the
   // wall time (a pass that took t seconds is followed by at least t * (1 - share) / share

@@ -27,6 +27,9 @@ struct RequestTelemetry {
   // counts always sum to `generated`.
   std::vector<int64_t> exit_counts;
   std::optional<model::ExitScores> prompt_scores;  // when the prompt was sampled
+  // With prompt_scores: the prompt's token ids as prefilled (BOS included), so that a
+  // controller can score other models on the same prompts.
+  std::vector<int32_t> prompt_ids;
   double ttft_s = 0, tpot_s = 0, total_s = 0;  // tpot: mean time between generated tokens (0 when < 2)
 };
 

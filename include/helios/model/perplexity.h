@@ -26,4 +26,14 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
                                    const ExitPolicy& policy, int64_t window = 0,
                                    int64_t batch_windows = 8);
 
+// Teacher-forced scores of prompts as a server prefills them (token ids, BOS included): every
+// position with a next prompt token predicts it, at every exit point. Prompts longer than the
+// model's max_position_embeddings are cut there. Prompts are batched `batch` at a time, padded
+// on the right (causal attention: padding never reaches the positions scored). The sums equal
+// those of prefilling each prompt alone with score_prompt. Throws Error(kInvalidArgument)
+// naming the prompt and position when a token id is outside the model's vocabulary.
+ExitScores score_prompts(const Transformer& transformer,
+                         std::span<const std::vector<int32_t>> prompts, const ExitPolicy& policy,
+                         int64_t batch = 8);
+
 }  // namespace helios::model

@@ -1,0 +1,65 @@
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "helios/model/exit_scores.h"
+#include "helios/model/transformer.h"
+
+// Same-prompt quality evidence for the controller: a sample of recent live prompts (token ids,
+// as the engine prefilled them) on which every candidate of a profiling pass is scored
+// teacher-forced, so that the candidates are compared on the same text rather than each on
+// the requests that happened to arrive while it served.
+namespace helios::controller {
+
+// One sampled prompt and the tokenizer that produced its ids.
+struct EvidencePrompt {
+  std::vector<int32_t> ids;  // BOS included, cut to kEvidencePromptTokens
+  uint64_t tokenizer = 0;    // tokenizer_fingerprint of the model that tokenized it
+};
+
+// The last `capacity` sampled prompts, and the sample a profiling pass freezes so that all of
+// its candidates see the same prompts.
+class EvidenceSample {
+ public:
+  // Keeps at most `capacity` recent prompts (0: keeps none), dropping the oldest.
+  void set_capacity(size_t capacity);
+  size_t capacity() const { return capacity_; }
+  // A prompt of fewer than two tokens predicts nothing and is not kept.
+  void add(std::span<const int32_t> ids, uint64_t tokenizer);
+  size_t size() const { return recent_.size(); }
+  // A new pass: the next pass_sample() freezes the recent prompts of that moment.
+  void begin_pass() { frozen_.reset(); }
+  // The pass's sample: the recent prompts as of the pass's first call (empty when none had
+  // been sampled then, in which case the next call tries again).
+  const std::vector<EvidencePrompt>& pass_sample();
+
+ private:
+  size_t capacity_ = 0;
+  std::deque<EvidencePrompt> recent_;
+  std::optional<std::vector<EvidencePrompt>> frozen_;
+};
+
+// What scoring one candidate on the sample gave.
+struct Evidence {
+  model::ExitScores scores;
+  int64_t prompts = 0;  // prompts of the sample scored (those of the candidate's tokenizer)
+  double seconds = 0;   // wall time of the scoring
+};
+
+// Scores `transformer` teacher-forced, at every exit point, on the prompts of `sample` whose
+// tokenizer is `tokenizer`; nullopt when none is (or `tokenizer` is 0, unknown).
+std::optional<Evidence> score_on_sample(const model::Transformer& transformer,
+                                        std::span<const EvidencePrompt> sample, uint64_t tokenizer,
+                                        const model::ExitPolicy& policy);
+
+// A fingerprint (64-bit FNV-1a) of `model_dir`/tokenizer.json's bytes, so that prompts
+// tokenized by one model are scored only by models with the same tokenizer; 0 when the file
+// cannot be read or is larger than 256 MiB.
+uint64_t tokenizer_fingerprint(const std::filesystem::path& model_dir);
+
+}  // namespace helios::controller
