@@ -249,6 +249,62 @@ LoadedModel load_model(const fs::path& dir, const LoadOptions& options) {
   return model;
 }
 
+struct LayerReader::Impl {
+  Impl(const fs::path& dir, c10::ScalarType dtype, c10::Device device)
+      : config(ModelConfig::from_file(dir / kConfigFile)), source(dir), dtype(dtype),
+        device(device) {}
+  at::Tensor load(const TensorSpec& spec) {
+    return source.load(spec.name, spec.shape, dtype).to(device);
+  }
+  ModelConfig config;
+  TensorSource source;
+  c10::ScalarType dtype;
+  c10::Device device;
+};
+
+LayerReader::LayerReader(const fs::path& dir, c10::ScalarType dtype, c10::Device device) {
+  if (!fs::is_directory(dir)) {
+    throw Error(ErrorCode::kNotFound, dir.string() + ": model directory not found");
+  }
+  if (!c10::isFloatingType(dtype)) {
+    throw Error(ErrorCode::kInvalidArgument, "LayerReader: dtype must be a floating type, got " +
+                                                 std::string(c10::toString(dtype)));
+  }
+  impl_ = std::make_unique<Impl>(dir, dtype, device);
+}
+
+LayerReader::~LayerReader() = default;
+
+const ModelConfig& LayerReader::config() const { return impl_->config; }
+
+ModelWeights LayerReader::shared_weights() {
+  const ModelConfig& config = impl_->config;
+  ModelWeights w;
+  w.embed_tokens = impl_->load({kEmbedName, {config.vocab_size, config.hidden_size}});
+  w.final_norm = impl_->load({kNormName, {config.hidden_size}});
+  w.lm_head = config.tie_word_embeddings
+                  ? w.embed_tokens
+                  : impl_->load({kHeadName, {config.vocab_size, config.hidden_size}});
+  w.layers.resize(static_cast<size_t>(config.num_hidden_layers));
+  return w;
+}
+
+LayerWeights LayerReader::layer(int64_t layer) {
+  const ModelConfig& config = impl_->config;
+  if (layer < 0 || layer >= config.num_hidden_layers) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "LayerReader: layer " + std::to_string(layer) + " is outside [0, " +
+                    std::to_string(config.num_hidden_layers) + ")");
+  }
+  LayerWeights out;
+  const std::vector<TensorSpec> specs = layer_tensor_specs(config, layer);
+  const std::vector<at::Tensor*> slots = out.mutable_tensors();
+  for (size_t i = 0; i < specs.size(); ++i) *slots[i] = impl_->load(specs[i]);
+  return out;
+}
+
+int64_t LayerReader::bytes_read() const { return impl_->source.bytes_read(); }
+
 void save_model(const fs::path& dir, const ModelConfig& config, const ModelWeights& weights,
                 const SaveOptions& options) {
   config.validate();

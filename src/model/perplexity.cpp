@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <string>
 
+#include "helios/model/checkpoint.h"
+
 #include "helios/common/error.h"
 
 namespace helios::model {
@@ -56,14 +58,10 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
   return out;
 }
 
-ExitScores score_prompts(const Transformer& transformer,
-                         std::span<const std::vector<int32_t>> prompts, const ExitPolicy& policy,
-                         int64_t batch) {
-  c10::InferenceMode inference;
-  policy.validate();
-  if (batch <= 0) throw Error(ErrorCode::kInvalidArgument, "score_prompts: batch must be > 0");
-  const ModelConfig& config = transformer.config();
-  const int64_t limit = config.max_position_embeddings;
+namespace {
+
+// Refuses token ids outside the vocabulary, naming the prompt and position.
+void check_prompt_ids(std::span<const std::vector<int32_t>> prompts, const ModelConfig& config) {
   for (size_t p = 0; p < prompts.size(); ++p) {
     for (size_t t = 0; t < prompts[p].size(); ++t) {
       const int32_t id = prompts[p][t];
@@ -75,32 +73,117 @@ ExitScores score_prompts(const Transformer& transformer,
       }
     }
   }
-  ExitScores scores;
-  const auto device = transformer.weights().embed_tokens.device();
+}
+
+// Prompts [first, last) right-padded into one batch: inputs [count, length] and the targets of
+// each position ([count * length], -1 where there is no next prompt token). Prompts are cut
+// at max_position_embeddings. Undefined tensors when no prompt of the batch predicts anything.
+struct PromptBatch {
+  at::Tensor inputs, targets;
+};
+
+PromptBatch prompt_batch(std::span<const std::vector<int32_t>> prompts, size_t first, size_t last,
+                         const ModelConfig& config) {
+  const int64_t limit = config.max_position_embeddings;
   const auto length_of = [limit](const std::vector<int32_t>& prompt) {
     return std::min<int64_t>(static_cast<int64_t>(prompt.size()), limit);
   };
+  int64_t length = 0;
+  for (size_t p = first; p < last; ++p) length = std::max(length, length_of(prompts[p]));
+  if (length < 2) return {};
+  const auto count = static_cast<int64_t>(last - first);
+  at::Tensor inputs = at::full({count, length}, config.bos_token_id, at::kLong);
+  at::Tensor targets = at::full({count, length}, -1, at::kLong);
+  auto in = inputs.accessor<int64_t, 2>();
+  auto tg = targets.accessor<int64_t, 2>();
+  for (int64_t row = 0; row < count; ++row) {
+    const std::vector<int32_t>& prompt = prompts[first + static_cast<size_t>(row)];
+    const int64_t n = length_of(prompt);
+    for (int64_t t = 0; t < n; ++t) in[row][t] = prompt[t];
+    for (int64_t t = 0; t + 1 < n; ++t) tg[row][t] = prompt[t + 1];
+  }
+  return PromptBatch{inputs, targets.view({-1})};
+}
+
+}  // namespace
+
+ExitScores score_prompts(const Transformer& transformer,
+                         std::span<const std::vector<int32_t>> prompts, const ExitPolicy& policy,
+                         int64_t batch) {
+  c10::InferenceMode inference;
+  policy.validate();
+  if (batch <= 0) throw Error(ErrorCode::kInvalidArgument, "score_prompts: batch must be > 0");
+  const ModelConfig& config = transformer.config();
+  check_prompt_ids(prompts, config);
+  ExitScores scores;
+  const auto device = transformer.weights().embed_tokens.device();
   for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(batch)) {
     const size_t last = std::min(prompts.size(), first + static_cast<size_t>(batch));
-    int64_t length = 0;
-    for (size_t p = first; p < last; ++p) length = std::max(length, length_of(prompts[p]));
-    if (length < 2) continue;  // nothing to predict in this batch
-    const auto count = static_cast<int64_t>(last - first);
-    at::Tensor inputs = at::full({count, length}, config.bos_token_id, at::kLong);
-    at::Tensor targets = at::full({count, length}, -1, at::kLong);
-    auto in = inputs.accessor<int64_t, 2>();
-    auto tg = targets.accessor<int64_t, 2>();
-    for (int64_t row = 0; row < count; ++row) {
-      const std::vector<int32_t>& prompt = prompts[first + static_cast<size_t>(row)];
-      const int64_t n = length_of(prompt);
-      for (int64_t t = 0; t < n; ++t) in[row][t] = prompt[t];
-      for (int64_t t = 0; t + 1 < n; ++t) tg[row][t] = prompt[t + 1];
-    }
-    std::vector<at::Tensor> hidden = transformer.forward_exits(inputs.to(device));
-    for (at::Tensor& h : hidden) h = h.reshape({count * length, -1});
-    scores.add(transformer.score_exits(hidden, targets.view({-1}).to(device), policy));
+    const PromptBatch b = prompt_batch(prompts, first, last, config);
+    if (!b.inputs.defined()) continue;  // nothing to predict in this batch
+    const int64_t rows = b.targets.size(0);
+    std::vector<at::Tensor> hidden = transformer.forward_exits(b.inputs.to(device));
+    for (at::Tensor& h : hidden) h = h.reshape({rows, -1});
+    scores.add(transformer.score_exits(hidden, b.targets.to(device), policy));
   }
   return scores;
+}
+
+StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
+                                      std::span<const std::vector<int32_t>> prompts,
+                                      const ExitPolicy& policy, c10::ScalarType dtype,
+                                      c10::Device device, int64_t batch) {
+  c10::InferenceMode inference;
+  policy.validate();
+  if (batch <= 0) throw Error(ErrorCode::kInvalidArgument, "score_prompts: batch must be > 0");
+  LayerReader reader(dir, dtype, device);
+  const ModelConfig& config = reader.config();
+  check_prompt_ids(prompts, config);
+  ModelWeights weights = reader.shared_weights();
+  const Transformer transformer(config, weights);
+  const std::vector<int32_t>& points = transformer.exit_points();
+
+  StreamedScores out;
+  out.exit_points = points;
+  const int64_t shared_bytes = weights.resident_bytes();
+  // Every batch's hidden states and targets stay resident from layer to layer, and each
+  // batch's exit columns grow as its exit points are passed.
+  struct Pending {
+    at::Tensor hidden, targets;
+    std::vector<Transformer::ExitColumn> columns;
+  };
+  std::vector<Pending> pending;
+  for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(batch)) {
+    const size_t last = std::min(prompts.size(), first + static_cast<size_t>(batch));
+    const PromptBatch b = prompt_batch(prompts, first, last, config);
+    if (!b.inputs.defined()) continue;
+    Pending p;
+    p.hidden = transformer.embed(b.inputs.to(device));
+    p.targets = b.targets.to(device);
+    out.hidden_bytes += static_cast<int64_t>(p.hidden.nbytes());
+    pending.push_back(std::move(p));
+  }
+  size_t next_exit = 0;
+  for (int64_t l = 0; l < config.num_hidden_layers && !pending.empty(); ++l) {
+    const LayerWeights layer = reader.layer(l);
+    int64_t layer_bytes = 0;
+    for (const at::Tensor& t : layer.tensors()) layer_bytes += static_cast<int64_t>(t.nbytes());
+    out.peak_weight_bytes = std::max(out.peak_weight_bytes, shared_bytes + layer_bytes);
+    const bool exits_here = next_exit < points.size() && l + 1 == points[next_exit];
+    for (Pending& p : pending) {
+      p.hidden = transformer.forward_layer(layer, p.hidden);
+      if (exits_here) {
+        p.columns.push_back(transformer.score_exit(
+            next_exit, p.hidden.reshape({p.targets.size(0), -1}), p.targets, policy));
+      }
+    }
+    if (exits_here) ++next_exit;
+  }
+  for (const Pending& p : pending) {
+    out.scores.add(Transformer::combine_exit_columns(p.columns, p.targets));
+  }
+  out.bytes_read = reader.bytes_read();
+  return out;
 }
 
 }  // namespace helios::model

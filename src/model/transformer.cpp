@@ -134,32 +134,54 @@ at::Tensor query_and_cache(const ModelConfig& config, const ops::RotaryEmbedding
 
 }  // namespace
 
-std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) const {
-  const int64_t batch = tokens.size(0), time = tokens.size(1);
+namespace {
+
+// Positions and causal mask of `batch` windows of `time` positions from 0.
+struct WindowInputs {
+  at::Tensor positions, causal;
+};
+
+WindowInputs window_inputs(int64_t batch, int64_t time, const at::Device& device) {
+  return WindowInputs{
+      at::arange(time, at::TensorOptions().dtype(at::kLong).device(device)).repeat({batch}),
+      at::full({time, time}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device))
+          .triu(1)};
+}
+
+}  // namespace
+
+at::Tensor Transformer::embed(const at::Tensor& tokens) const {
   const auto device = weights_.embed_tokens.device();
-  if (time > rotary_.max_positions()) {
-    throw Error(ErrorCode::kOutOfRange,
-                "window of " + std::to_string(time) + " tokens exceeds max_position_embeddings");
+  if (tokens.size(1) > rotary_.max_positions()) {
+    throw Error(ErrorCode::kOutOfRange, "window of " + std::to_string(tokens.size(1)) +
+                                            " tokens exceeds max_position_embeddings");
   }
-  const at::Tensor positions =
-      at::arange(time, at::TensorOptions().dtype(at::kLong).device(device)).repeat({batch});
-  const at::Tensor causal =
-      at::full({time, time}, kMasked, at::TensorOptions().dtype(at::kFloat).device(device)).triu(1);
-  at::Tensor h = at::embedding(weights_.embed_tokens, tokens.to(device)).view({batch * time, -1});
+  return at::embedding(weights_.embed_tokens, tokens.to(device));
+}
+
+at::Tensor Transformer::forward_layer(const LayerWeights& layer, const at::Tensor& h) const {
+  const int64_t batch = h.size(0), time = h.size(1);
+  const WindowInputs in = window_inputs(batch, time, h.device());
+  const at::Tensor rows = h.reshape({batch * time, -1});
+  const Qkv qkv = project_qkv(config_, rotary_, layer, rows, in.positions);
+  const at::Tensor attended =
+      ops::attention(qkv.q.view({batch, time, config_.num_attention_heads, -1}),
+                     qkv.k.view({batch, time, config_.num_key_value_heads, -1}),
+                     qkv.v.view({batch, time, config_.num_key_value_heads, -1}), in.causal,
+                     attention_scale_);
+  at::Tensor out = rows + at::linear(attended.view({batch * time, -1}), layer.o_proj);
+  out = out + mlp(layer, out);
+  return out.view({batch, time, -1});
+}
+
+std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) const {
+  at::Tensor h = embed(tokens);
   std::vector<at::Tensor> exits;
   size_t next_exit = 0;
   for (int64_t l = 0; l < loaded_layers(); ++l) {
-    const LayerWeights& layer = weights_.layers[l];
-    const Qkv qkv = project_qkv(config_, rotary_, layer, h, positions);
-    const at::Tensor attended =
-        ops::attention(qkv.q.view({batch, time, config_.num_attention_heads, -1}),
-                       qkv.k.view({batch, time, config_.num_key_value_heads, -1}),
-                       qkv.v.view({batch, time, config_.num_key_value_heads, -1}), causal,
-                       attention_scale_);
-    h = h + at::linear(attended.view({batch * time, -1}), layer.o_proj);
-    h = h + mlp(layer, h);
+    h = forward_layer(weights_.layers[l], h);
     if (next_exit < exit_points_.size() && l + 1 == exit_points_[next_exit]) {
-      exits.push_back(h.view({batch, time, -1}));
+      exits.push_back(h);
       ++next_exit;
     }
   }
@@ -177,26 +199,36 @@ void DecodeSteps::fill_skipped_layers(const Transformer& t, kv::KvCache& cache, 
   }
 }
 
-ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
-                                    const at::Tensor& targets, const ExitPolicy& policy) const {
-  const size_t exits = hidden.size();
+Transformer::ExitColumn Transformer::score_exit(size_t exit_index, const at::Tensor& hidden,
+                                               const at::Tensor& targets,
+                                               const ExitPolicy& policy) const {
+  const at::Tensor logits = exit_logits(hidden).to(at::kFloat);
+  ExitColumn column;
+  column.nll =
+      at::nll_loss(at::log_softmax(logits, -1), targets.clamp_min(0), {}, at::Reduction::None);
+  if (exit_index + 1 < exit_points_.size()) {
+    column.confident = confidence(logits, policy.metric).ge(policy.threshold);
+  }
+  return column;
+}
+
+ExitScores Transformer::combine_exit_columns(const std::vector<ExitColumn>& columns,
+                                             const at::Tensor& targets) {
+  const size_t exits = columns.size();
   const int64_t last = static_cast<int64_t>(exits) - 1;
   const at::Tensor valid = targets.ge(0);
-  const at::Tensor safe_targets = targets.clamp_min(0);
   ExitScores scores;
   scores.nll_sum.assign(exits, 0.0);
   // Positions not yet confident carry `last`: the last loaded layer is where they leave.
   at::Tensor first_exit = at::full({targets.size(0)}, last, targets.options());
   std::vector<at::Tensor> nlls;  // [N] per exit point, zero where there is no target
   for (size_t e = 0; e < exits; ++e) {
-    const at::Tensor logits = exit_logits(hidden[e]).to(at::kFloat);
-    const at::Tensor nll =
-        at::nll_loss(at::log_softmax(logits, -1), safe_targets, {}, at::Reduction::None);
+    const at::Tensor& nll = columns[e].nll;
     scores.nll_sum[e] = nll.masked_select(valid).sum().item<double>();
     nlls.push_back(nll.to(at::kDouble).masked_fill(valid.logical_not(), 0.0));
     if (static_cast<int64_t>(e) < last) {
-      const at::Tensor confident = confidence(logits, policy.metric).ge(policy.threshold);
-      first_exit.masked_fill_(confident.logical_and(first_exit.eq(last)), static_cast<int64_t>(e));
+      first_exit.masked_fill_(columns[e].confident.logical_and(first_exit.eq(last)),
+                              static_cast<int64_t>(e));
     }
   }
   const at::Tensor counts =
@@ -210,6 +242,15 @@ ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
   }
   scores.tokens = valid.sum().item<int64_t>();
   return scores;
+}
+
+ExitScores Transformer::score_exits(const std::vector<at::Tensor>& hidden,
+                                    const at::Tensor& targets, const ExitPolicy& policy) const {
+  std::vector<ExitColumn> columns;
+  for (size_t e = 0; e < hidden.size(); ++e) {
+    columns.push_back(score_exit(e, hidden[e], targets, policy));
+  }
+  return combine_exit_columns(columns, targets);
 }
 
 StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,

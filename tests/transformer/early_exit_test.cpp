@@ -2,9 +2,11 @@
 
 #include "helios/common/error.h"
 #include "helios/engine/generator.h"
+#include "helios/model/checkpoint.h"
 #include "helios/model/perplexity.h"
 #include "helios/model/transformer.h"
 #include "common/expect_error.h"
+#include "common/scratch_dir.h"
 #include "test_model.h"
 
 namespace helios {
@@ -362,6 +364,49 @@ TEST(PromptScores, ScoringRefusesIdsOutsideTheVocabularyNamingThePosition) {
   const std::vector<std::vector<int32_t>> prompts = {{1, 4, 5}, {1, 6, 50}};
   testing::expect_error([&] { model::score_prompts(transformer, prompts, model::ExitPolicy{}); },
                ErrorCode::kInvalidArgument, {"prompt 1 position 2", "token id 50", "vocabulary of 50"});
+}
+
+// Streamed scoring (one layer resident at a time, the controller's off-path evidence) gives
+// the sums of scoring the model loaded whole, and holds far less than the whole model.
+TEST(PromptScores, StreamedLayerByLayerEqualsTheModelLoadedWhole) {
+  const auto config = testing::tiny_config(4);
+  const auto weights = testing::peaked_weights(config);
+  const testing::ScratchDir dir("helios_streamed");
+  model::save_model(dir.path(), config, weights);
+  const model::LoadedModel loaded = model::load_model(dir.path());
+  const model::Transformer transformer(loaded.config, loaded.weights);
+  const auto bos = static_cast<int32_t>(config.bos_token_id);
+  const std::vector<std::vector<int32_t>> prompts = {
+      {bos, 5, 9, 14, 3, 3, 27, 41, 8, 19, 22, 6, 30}, {bos, 7}, {bos},
+      {bos, 12, 40, 40, 2, 17}, {bos, 33, 21, 9, 48, 11, 5, 5, 5, 26}};
+  const model::ExitPolicy policy{0.5};
+  const model::ExitScores whole = model::score_prompts(transformer, prompts, policy, 2);
+  const model::StreamedScores streamed =
+      model::score_prompts_streamed(dir.path(), prompts, policy, c10::kFloat, c10::kCPU, 2);
+  EXPECT_EQ(streamed.exit_points, transformer.exit_points());
+  ASSERT_EQ(streamed.scores.tokens, whole.tokens);
+  EXPECT_EQ(streamed.scores.exit_histogram, whole.exit_histogram);
+  ASSERT_EQ(streamed.scores.nll_sum.size(), whole.nll_sum.size());
+  for (size_t e = 0; e < whole.nll_sum.size(); ++e) {
+    EXPECT_NEAR(streamed.scores.nll_sum[e], whole.nll_sum[e], 1e-4 * whole.nll_sum[e]);
+    EXPECT_NEAR(streamed.scores.policy_nll_sum[e], whole.policy_nll_sum[e],
+                1e-4 * whole.policy_nll_sum[e]);
+  }
+  // Every tensor was read once; at most one layer beside the shared tensors was resident.
+  EXPECT_EQ(streamed.bytes_read, loaded.bytes_read);
+  int64_t layer_bytes = 0;
+  for (const at::Tensor& t : loaded.weights.layers[0].tensors()) {
+    layer_bytes += static_cast<int64_t>(t.nbytes());
+  }
+  EXPECT_EQ(streamed.peak_weight_bytes,
+            loaded.weights.resident_bytes() - (config.num_hidden_layers - 1) * layer_bytes);
+  EXPECT_GT(streamed.hidden_bytes, 0);
+  testing::expect_error(
+      [&] {
+        model::score_prompts_streamed(dir.path() / "missing", prompts, policy, c10::kFloat,
+                                      c10::kCPU);
+      },
+      ErrorCode::kNotFound, {"missing", "not found"});
 }
 
 }  // namespace

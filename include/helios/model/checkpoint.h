@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -53,6 +54,29 @@ LoadedModel load_model(const std::filesystem::path& dir, const LoadOptions& opti
 // map or a shard that is not a plain file name; kInvalidArgument for a document nested too deep.
 std::map<std::string, std::string> parse_weight_map(std::string_view text,
                                                    const std::string& source);
+
+// Reads a model directory's tensors a piece at a time, for passes that keep one decoder layer
+// resident (streamed scoring): the embeddings, final norm and head once, then each layer on
+// request. Same checks and errors as load_model; files are opened on first use and stay open.
+class LayerReader {
+ public:
+  LayerReader(const std::filesystem::path& dir, c10::ScalarType dtype, c10::Device device);
+  ~LayerReader();
+  LayerReader(const LayerReader&) = delete;
+  LayerReader& operator=(const LayerReader&) = delete;
+
+  const ModelConfig& config() const;
+  // Embeddings, final norm and head (tied as load_model ties them), and
+  // config().num_hidden_layers empty layers for the caller to fill one at a time.
+  ModelWeights shared_weights();
+  // Layer `layer` (0-based, below num_hidden_layers; else Error(kInvalidArgument)).
+  LayerWeights layer(int64_t layer);
+  int64_t bytes_read() const;  // as stored, over every read so far
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 struct SaveOptions {
   c10::ScalarType dtype = c10::kFloat;  // F32, F16 or BF16 on disk

@@ -1,6 +1,10 @@
 #pragma once
 
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
+#include <filesystem>
 #include <span>
 #include <vector>
 
@@ -35,5 +39,21 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
 ExitScores score_prompts(const Transformer& transformer,
                          std::span<const std::vector<int32_t>> prompts, const ExitPolicy& policy,
                          int64_t batch = 8);
+
+// score_prompts of a model that is not loaded: the checkpoint in `dir` at full depth, read one
+// decoder layer at a time (LayerReader), so that only the embeddings, final norm, head, one
+// layer and the prompts' hidden states are resident at once. Same sums as score_prompts on
+// the model loaded whole, with the same dtype and device.
+struct StreamedScores {
+  ExitScores scores;
+  std::vector<int32_t> exit_points;  // at full depth
+  int64_t bytes_read = 0;            // tensor bytes read from the checkpoint, as stored
+  int64_t peak_weight_bytes = 0;     // embeddings + final norm + head + the largest layer
+  int64_t hidden_bytes = 0;          // the prompts' hidden states, held from layer to layer
+};
+StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
+                                      std::span<const std::vector<int32_t>> prompts,
+                                      const ExitPolicy& policy, c10::ScalarType dtype,
+                                      c10::Device device, int64_t batch = 8);
 
 }  // namespace helios::model

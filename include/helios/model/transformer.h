@@ -74,6 +74,12 @@ class Transformer {
   // tokens: int64 [batch, time]. Returns the hidden state after each exit point
   // ([batch, time, hidden] each, aligned with exit_points()). Differentiable (the trainer uses it).
   std::vector<at::Tensor> forward_exits(const at::Tensor& tokens) const;
+  // The token embeddings of forward_exits: int64 [batch, time] -> [batch, time, hidden].
+  at::Tensor embed(const at::Tensor& tokens) const;
+  // One decoder layer of forward_exits on hidden states h [batch, time, hidden] of windows that
+  // start at position 0. `layer` need not be resident in weights() (streamed scoring brings
+  // one layer at a time); it must have this config's shapes.
+  at::Tensor forward_layer(const LayerWeights& layer, const at::Tensor& h) const;
   // The exit head: final norm, then the LM head. hidden [..., hidden] -> logits [..., vocab].
   at::Tensor exit_logits(const at::Tensor& hidden) const;
   // Confidence of each row of `logits` [rows, vocab] under `metric`: float32 [rows].
@@ -88,6 +94,18 @@ class Transformer {
   // where a position has no next token to predict.
   ExitScores score_exits(const std::vector<at::Tensor>& hidden, const at::Tensor& targets,
                          const ExitPolicy& policy) const;
+  // score_exits one exit point at a time, so that a caller need not hold every exit's hidden
+  // states at once: score_exit gives exit point `exit_index`'s column (per-row NLL, and
+  // whether the row is confident there), combine_exit_columns the scores of all the columns
+  // (one per exit point, in order). The result equals score_exits on the same states.
+  struct ExitColumn {
+    at::Tensor nll;        // float32 [N] per row; meaningless where targets < 0
+    at::Tensor confident;  // bool [N]; undefined at the last exit point
+  };
+  ExitColumn score_exit(size_t exit_index, const at::Tensor& hidden, const at::Tensor& targets,
+                        const ExitPolicy& policy) const;
+  static ExitScores combine_exit_columns(const std::vector<ExitColumn>& columns,
+                                         const at::Tensor& targets);
 
   // Runs `tokens` at positions [sequence.length, sequence.length + T) through every loaded
   // layer, writing their keys/values, and advances sequence.length. The caller has reserved
