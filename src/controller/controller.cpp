@@ -12,6 +12,7 @@
 #include "helios/common/error.h"
 #include "helios/common/files.h"
 #include "helios/controller/config_watcher.h"
+#include "helios/controller/prediction.h"
 #include "helios/engine/memory_plan.h"
 #include "helios/engine/serving_engine.h"
 #include "controller_internal.h"
@@ -146,8 +147,11 @@ void Controller::start(engine::ServingEngine* engine) {
   engine_ = engine;
   epoch_ = engine_->stats().model_epoch;
   engine_->set_exit_threshold(slo_.exit_threshold);
-  // Profiling starts with the model the engine already holds.
-  for (size_t i = 1; i < shortlist_.size(); ++i) profile_queue_.push_back(shortlist_[i].name);
+  // Profiling starts with the model the engine already holds (in sample mode it is the only
+  // one served: the others are scored on its prompts).
+  if (slo_.profile_mode == ProfileMode::kServe) {
+    for (size_t i = 1; i < shortlist_.size(); ++i) profile_queue_.push_back(shortlist_[i].name);
+  }
   pass_started_ = std::chrono::steady_clock::now();
   begin_profile(find_candidate(current_name_));
   record(DecisionRecord{.kind = DecisionRecord::Kind::kProfile,
@@ -155,7 +159,10 @@ void Controller::start(engine::ServingEngine* engine) {
                         .to_model = current_name_,
                         .to_layers = current_->transformer().loaded_layers(),
                         .max_batch = max_batch_,
-                        .reason = "profiling the shortlist on live requests, first candidate"});
+                        .reason = slo_.profile_mode == ProfileMode::kServe
+                                      ? "profiling the shortlist on live requests, first candidate"
+                                      : "measuring the served model on live requests, then "
+                                        "scoring the shortlist on their prompts"});
   peak_memory_bytes_ = current_->loaded().weights.resident_bytes() + engine_->stats().kv_cache_bytes;
   // The model served from the start is active before any switch (dashboards read it).
   if (metrics_) metrics_->active->labels({current_name_}).set(1);
@@ -290,6 +297,7 @@ void Controller::run() {
         }
       }
       for (Command& command : commands) command();
+      continue_scoring();
       check_triggers();
     } catch (const std::exception& e) {
       // A failed load or switch leaves the engine on the model it had; the next trigger retries.
@@ -300,6 +308,7 @@ void Controller::run() {
         if (phase_ == Phase::kProfiling) {
           phase_ = Phase::kServing;
           profile_.reset();
+          scoring_queue_.clear();
           engine_->set_prompt_sampling(slo_.monitor_sample_rate);
         }
       } catch (const std::exception& again) {
@@ -508,18 +517,34 @@ void Controller::check_triggers() {
 
 void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::string& reason) {
   profile_queue_.clear();
-  for (const Candidate& c : shortlist_) profile_queue_.push_back(c.name);
+  scoring_queue_.clear();
   evidence_.begin_pass();
   pass_started_ = std::chrono::steady_clock::now();
-  spdlog::info("controller: re-profiling {} candidates ({}: {})", profile_queue_.size(),
+  const Candidate* served = find_candidate(current_name_);
+  // Sample mode measures the served model where it stands (no switch, no recompute); a model
+  // no longer in the repository cannot be predicted from, so its pass serves the candidates.
+  const bool sample = slo_.profile_mode == ProfileMode::kSample && served != nullptr;
+  if (sample) {
+    profile_queue_.push_back(current_name_);
+  } else {
+    for (const Candidate& c : shortlist_) profile_queue_.push_back(c.name);
+  }
+  spdlog::info("controller: re-profiling {} candidates ({}, {}: {})", shortlist_.size(),
+               sample ? "scored on the served model's prompts" : "each served in turn",
                to_string(trigger), reason);
   record(DecisionRecord{.kind = DecisionRecord::Kind::kProfile,
                         .trigger = trigger,
                         .from_model = current_name_,
                         .from_layers = current_->transformer().loaded_layers(),
                         .to_model = profile_queue_.front(),
-                        .max_batch = options_.max_running,
+                        .to_layers = sample ? current_->transformer().loaded_layers() : 0,
+                        .max_batch = sample ? max_batch_ : options_.max_running,
                         .reason = reason});
+  if (sample) {
+    profile_queue_.clear();
+    begin_profile(served);
+    return;
+  }
   profile_next();
 }
 
@@ -568,7 +593,10 @@ void Controller::finish_profile() {
   row.footprint = c.footprint;
   row.profiled_layers = current_->transformer().loaded_layers();
   row.exit_points = current_->transformer().exit_points();
-  if (!score_evidence(row)) {
+  const bool sample = slo_.profile_mode == ProfileMode::kSample;
+  // In sample mode this row is the served model's live figures at its depth; every
+  // candidate's quality columns come from the scoring that follows.
+  if (sample || !score_evidence(row)) {
     row.prompt_nll_sum = p.prompt.nll_sum;
     row.prompt_policy_nll_sum = p.prompt.policy_nll_sum;
     row.prompt_tokens = p.prompt.tokens;
@@ -585,6 +613,14 @@ void Controller::finish_profile() {
   const double joules = options_.energy_meter->joules() - p.joules_start;
   row.energy_joules_per_token = p.generated > 0 ? joules / static_cast<double>(p.generated) : 0;
   row.profiled_at_request = requests_seen_;
+  if (sample) {
+    // `row` and `p` live in profile_: both are taken before it goes.
+    ProfileRow served = std::move(row);
+    const StepModel steps = fit_step_model(p.decode_steps);
+    profile_.reset();
+    begin_scoring(std::move(served), steps);
+    return;
+  }
   step_models_[c.name] = fit_step_model(p.decode_steps);
   table_.upsert(row);
   if (metrics_) metrics_->profiling_runs->inc();
@@ -631,8 +667,79 @@ bool Controller::score_evidence(ProfileRow& row) {
   }
 }
 
+void Controller::begin_scoring(ProfileRow served, StepModel steps) {
+  served_row_ = std::move(served);
+  served_steps_ = steps;
+  scoring_queue_.clear();
+  for (const Candidate& c : shortlist_) scoring_queue_.push_back(c.name);
+  next_score_at_ = std::chrono::steady_clock::now();
+  spdlog::info("controller: measured {} at {} layers on {} requests ({:.0f} tok/s, p95 TPOT {:.2f} "
+               "ms); scoring {} candidates on the prompt sample",
+               served_row_.model, served_row_.profiled_layers, served_row_.requests,
+               served_row_.decode_tokens_per_second, served_row_.tpot_p95_ms,
+               scoring_queue_.size());
+  if (scoring_queue_.empty()) end_profiling_pass();
+}
+
+void Controller::continue_scoring() {
+  if (phase_ != Phase::kProfiling || profile_ || scoring_queue_.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_score_at_) return;
+  const std::string name = scoring_queue_.front();
+  scoring_queue_.pop_front();
+  const Candidate* candidate = find_candidate(name);
+  const auto tokenizer = tokenizers_.find(name);
+  model::ExitPolicy policy = engine_->options().exit_policy;
+  policy.threshold = engine_->exit_threshold();
+  std::optional<Evidence> evidence;
+  if (candidate == nullptr || tokenizer == tokenizers_.end()) {
+    spdlog::warn("controller: scoring skips {}: no longer in the repository", name);
+  } else {
+    try {
+      // Read from the checkpoint one layer at a time, beside the engine, which serves on (the
+      // served model too: it may be truncated, and every row comes from the same procedure).
+      evidence = score_streamed_on_sample(candidate->path, evidence_.pass_sample(),
+                                          tokenizer->second, policy, options_.load.dtype,
+                                          options_.load.device);
+    } catch (const std::exception& e) {
+      // Weights that cannot be read would not load either.
+      mark_unavailable(name, exception_message(e));
+      spdlog::warn("controller: scoring skips {}: {}", name, exception_message(e));
+    }
+  }
+  if (evidence && evidence->scores.tokens > 0) {
+    ProfileRow row = predict_row(served_row_, *candidate, evidence->scores, evidence->exit_points,
+                                 evidence->generated_exits, limits());
+    row.evidence_prompts = evidence->prompts;
+    row.evidence_seconds = evidence->seconds;
+    row.evidence_peak_bytes = evidence->peak_bytes;
+    row.predicted = true;
+    step_models_[name] = predict_step_model(served_steps_, served_row_, row);
+    spdlog::info("controller: scored {} on {} sample prompts in {:.3f} s ({:.1f} MiB held): prompt "
+                 "perplexity {:.2f}, predicted {:.0f} tok/s",
+                 name, row.evidence_prompts, row.evidence_seconds,
+                 static_cast<double>(row.evidence_peak_bytes) / (1 << 20),
+                 full_depth_perplexity(row), row.decode_tokens_per_second);
+    table_.upsert(std::move(row));
+    if (metrics_) {
+      metrics_->profiling_runs->inc();
+      metrics_->evidence_seconds->inc(evidence->seconds);
+    }
+    // The scoring shares the machine with the engine: it takes at most max_evidence_share of
+    // the wall time while the pass lasts.
+    const double share = slo_.max_evidence_share;
+    next_score_at_ = std::chrono::steady_clock::now() +
+                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                         std::chrono::duration<double>(evidence->seconds * (1 - share) / share));
+  } else if (candidate != nullptr && !evidence) {
+    spdlog::info("controller: scoring skips {}: no prompt of its tokenizer in the sample", name);
+  }
+  if (scoring_queue_.empty()) end_profiling_pass();
+}
+
 void Controller::end_profiling_pass() {
   profile_.reset();
+  scoring_queue_.clear();
   last_profiled_at_ = requests_seen_;
   pass_ended_ = std::chrono::steady_clock::now();
   last_pass_seconds_ = std::chrono::duration<double>(pass_ended_ - pass_started_).count();

@@ -398,7 +398,7 @@ Controller::Repository Controller::scan(const SloConfig& slo) const {
   r.candidates = scan_repository(slo.model_repository,
                                  static_cast<int64_t>(c10::elementSize(options_.load.dtype)),
                                  &r.unavailable);
-  for (const Candidate& c : r.candidates) r.tokenizers[c.name] = tokenizer_fingerprint(c.path);
+  for (const Candidate& c : r.candidates) r.tokenizers[c.name] = tokenizer_fingerprint(c.config, c.path);
   SloConfig every = slo;
   every.candidates_top_k = std::numeric_limits<int64_t>::max();
   r.ranked = shortlist(r.candidates, every, limits());
@@ -468,6 +468,9 @@ void Controller::act_on_slo(const SloConfig& old, bool repository_changed,
   } else if (old.exit_threshold != slo_.exit_threshold) {
     start_profiling(DecisionRecord::Trigger::kSloChange,
                     reason + " (exits were measured at the old threshold)");
+  } else if (old.profile_mode != slo_.profile_mode) {
+    start_profiling(DecisionRecord::Trigger::kSloChange,
+                    reason + " (the table is rebuilt in the new profile mode)");
   } else if (phase_ == Phase::kServing) {
     decide(DecisionRecord::Trigger::kSloChange, reason);
   }
@@ -500,6 +503,7 @@ DecisionRecord Controller::pin(const std::string& model, int64_t layers) {
     if (model != from || depth != from_layers) switch_to(*candidate, depth, "operator");
     profile_.reset();
     profile_queue_.clear();
+    scoring_queue_.clear();
     set_max_batch(options_.max_running);
     phase_ = Phase::kPinned;
     engine_->set_prompt_sampling(slo_.monitor_sample_rate);

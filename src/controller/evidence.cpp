@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <string>
 
 #include "helios/controller/slo_config.h"
 #include "helios/model/perplexity.h"
@@ -27,25 +28,87 @@ const std::vector<EvidencePrompt>& EvidenceSample::pass_sample() {
   return *frozen_;
 }
 
-std::optional<Evidence> score_on_sample(const model::Transformer& transformer,
-                                        std::span<const EvidencePrompt> sample, uint64_t tokenizer,
-                                        const model::ExitPolicy& policy) {
-  if (tokenizer == 0) return std::nullopt;
+namespace {
+
+// The ids of the prompts of `sample` that `tokenizer` produced (none when it is unknown).
+std::vector<std::vector<int32_t>> prompts_of(std::span<const EvidencePrompt> sample,
+                                             uint64_t tokenizer) {
   std::vector<std::vector<int32_t>> prompts;
+  if (tokenizer == 0) return prompts;
   for (const EvidencePrompt& prompt : sample) {
     if (prompt.tokenizer == tokenizer) prompts.push_back(prompt.ids);
   }
+  return prompts;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& dir,
+                                                 std::span<const EvidencePrompt> sample,
+                                                 uint64_t tokenizer,
+                                                 const model::ExitPolicy& policy,
+                                                 c10::ScalarType dtype, c10::Device device) {
+  const std::vector<std::vector<int32_t>> prompts = prompts_of(sample, tokenizer);
+  if (prompts.empty()) return std::nullopt;
+  const auto start = std::chrono::steady_clock::now();
+  model::StreamedScores streamed =
+      model::score_prompts_streamed(dir, prompts, policy, dtype, device);
+  Evidence out;
+  out.scores = std::move(streamed.scores);
+  out.prompts = static_cast<int64_t>(prompts.size());
+  out.exit_points = std::move(streamed.exit_points);
+  out.peak_bytes = streamed.peak_weight_bytes + streamed.hidden_bytes;
+  // A few prompts spread over the sample, continued as the server would decode them.
+  std::vector<std::vector<int32_t>> continued;
+  const size_t count = std::min(prompts.size(), static_cast<size_t>(kEvidenceContinuationPrompts));
+  for (size_t i = 0; i < count; ++i) continued.push_back(prompts[i * prompts.size() / count]);
+  const model::StreamedContinuation continuation =
+      model::continue_streamed(dir, continued, policy, kEvidenceContinuationTokens,
+                               kEvidenceContinuationContext, dtype, device);
+  out.generated_exits = continuation.exit_histogram;
+  out.generated_tokens = continuation.tokens;
+  out.seconds = seconds_since(start);
+  return out;
+}
+
+std::optional<Evidence> score_on_sample(const model::Transformer& transformer,
+                                        std::span<const EvidencePrompt> sample, uint64_t tokenizer,
+                                        const model::ExitPolicy& policy) {
+  const std::vector<std::vector<int32_t>> prompts = prompts_of(sample, tokenizer);
   if (prompts.empty()) return std::nullopt;
   const auto start = std::chrono::steady_clock::now();
   Evidence out;
   out.scores = model::score_prompts(transformer, prompts, policy);
   out.prompts = static_cast<int64_t>(prompts.size());
-  out.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.seconds = seconds_since(start);
   return out;
 }
 
-uint64_t tokenizer_fingerprint(const std::filesystem::path& model_dir) {
+namespace {
+
+constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ULL;
+
+uint64_t fnv1a(uint64_t hash, const char* bytes, size_t size) {
+  for (size_t i = 0; i < size; ++i) {
+    hash ^= static_cast<unsigned char>(bytes[i]);
+    hash *= 0x100000001b3ULL;  // FNV-1a prime
+  }
+  return hash;
+}
+
+}  // namespace
+
+uint64_t tokenizer_fingerprint(const model::ModelConfig& config,
+                               const std::filesystem::path& model_dir) {
+  if (config.tokenizer == model::TokenizerKind::kByte) {
+    const std::string key = "helios byte tokenizer, bos " + std::to_string(config.bos_token_id);
+    const uint64_t hash = fnv1a(kFnvOffset, key.data(), key.size());
+    return hash == 0 ? 1 : hash;
+  }
   constexpr uint64_t kMaxBytes = uint64_t{256} << 20;
   const std::filesystem::path path = model_dir / "tokenizer.json";
   std::error_code ec;
@@ -53,14 +116,11 @@ uint64_t tokenizer_fingerprint(const std::filesystem::path& model_dir) {
   if (ec || size > kMaxBytes) return 0;
   std::ifstream in(path, std::ios::binary);
   if (!in) return 0;
-  uint64_t hash = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
+  uint64_t hash = kFnvOffset;
   char buffer[1 << 16];
   while (in) {
     in.read(buffer, sizeof buffer);
-    for (std::streamsize i = 0; i < in.gcount(); ++i) {
-      hash ^= static_cast<unsigned char>(buffer[i]);
-      hash *= 0x100000001b3ULL;  // FNV-1a prime
-    }
+    hash = fnv1a(hash, buffer, static_cast<size_t>(in.gcount()));
   }
   if (in.bad()) return 0;
   return hash == 0 ? 1 : hash;

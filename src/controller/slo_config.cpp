@@ -52,6 +52,13 @@ Objective parse_objective(const std::string& name) {
   fail("objective", "must be one of throughput, latency, energy, got \"" + name + "\"");
 }
 
+ProfileMode parse_profile_mode(const std::string& name) {
+  for (const ProfileMode m : {ProfileMode::kServe, ProfileMode::kSample}) {
+    if (profile_mode_name(m) == name) return m;
+  }
+  fail("controller.profile_mode", "must be one of serve, sample, got \"" + name + "\"");
+}
+
 void require(bool ok, const std::string& key, const std::string& requirement, double value) {
   if (!ok) fail(key, "must be " + requirement + ", got " + show(value));
 }
@@ -85,6 +92,10 @@ SloConfig from_json(const json& root, const fs::path& base_dir) {
   controller.integer("candidates_top_k", c.candidates_top_k);
   controller.integer("profile_requests", c.profile_requests);
   controller.integer("evidence_prompts", c.evidence_prompts);
+  std::string profile_mode(profile_mode_name(c.profile_mode));
+  controller.string("profile_mode", profile_mode);
+  c.profile_mode = parse_profile_mode(profile_mode);
+  controller.number("max_evidence_share", c.max_evidence_share);
   controller.integer("reprofile_interval_requests", c.reprofile_interval_requests);
   controller.number("max_profiling_share", c.max_profiling_share);
   controller.integer("breach_window_tokens", c.breach_window_tokens);
@@ -106,6 +117,14 @@ SloConfig from_json(const json& root, const fs::path& base_dir) {
 }
 
 }  // namespace
+
+std::string_view profile_mode_name(ProfileMode mode) {
+  switch (mode) {
+    case ProfileMode::kServe: return "serve";
+    case ProfileMode::kSample: return "sample";
+  }
+  return "unknown";
+}
 
 std::string_view objective_name(Objective objective) {
   switch (objective) {
@@ -156,6 +175,13 @@ void SloConfig::validate() const {
     fail("controller.evidence_prompts", "must be in [0, " + std::to_string(kMaxEvidencePrompts) +
                                             "], got " + std::to_string(evidence_prompts));
   }
+  require(finite(max_evidence_share) && max_evidence_share > 0 && max_evidence_share <= 1,
+          "controller.max_evidence_share", "in (0, 1]", max_evidence_share);
+  if (profile_mode == ProfileMode::kSample && evidence_prompts == 0) {
+    fail("controller.evidence_prompts",
+         "must be > 0 with controller.profile_mode \"sample\" (the candidates are scored on "
+         "the prompt sample), got 0");
+  }
   within(reprofile_interval_requests, 0, "controller.reprofile_interval_requests");
   require(finite(max_profiling_share) && max_profiling_share > 0 && max_profiling_share <= 1,
           "controller.max_profiling_share", "in (0, 1]", max_profiling_share);
@@ -183,6 +209,8 @@ nlohmann::json SloConfig::to_json() const {
        {{"candidates_top_k", candidates_top_k},
         {"profile_requests", profile_requests},
         {"evidence_prompts", evidence_prompts},
+        {"profile_mode", profile_mode_name(profile_mode)},
+        {"max_evidence_share", max_evidence_share},
         {"reprofile_interval_requests", reprofile_interval_requests},
         {"max_profiling_share", max_profiling_share},
         {"breach_window_tokens", breach_window_tokens},

@@ -186,4 +186,94 @@ StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
   return out;
 }
 
+StreamedContinuation continue_streamed(const std::filesystem::path& dir,
+                                       std::span<const std::vector<int32_t>> prompts,
+                                       const ExitPolicy& policy, int64_t max_new_tokens,
+                                       int64_t context, c10::ScalarType dtype,
+                                       c10::Device device) {
+  c10::InferenceMode inference;
+  policy.validate();
+  if (max_new_tokens < 0 || context < 1) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "continue_streamed: max_new_tokens must be >= 0 and context >= 1");
+  }
+  LayerReader reader(dir, dtype, device);
+  const ModelConfig& config = reader.config();
+  check_prompt_ids(prompts, config);
+  ModelWeights weights = reader.shared_weights();
+  const Transformer transformer(config, weights);
+  const std::vector<int32_t>& points = transformer.exit_points();
+  StreamedContinuation out;
+  out.exit_points = points;
+  out.exit_histogram.assign(points.size(), 0);
+  // Room for the continuation within the model's positions.
+  const int64_t keep = std::min(context, config.max_position_embeddings - max_new_tokens);
+  // Sequences still generating, and the prompt each belongs to.
+  std::vector<std::vector<int64_t>> running;
+  std::vector<size_t> owner;
+  out.generated.resize(prompts.size());
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    const std::vector<int32_t>& prompt = prompts[p];
+    if (prompt.empty() || keep < 1) continue;
+    const auto n = static_cast<int64_t>(prompt.size());
+    running.emplace_back(prompt.begin() + std::max<int64_t>(0, n - keep), prompt.end());
+    owner.push_back(p);
+  }
+  const auto last_exit = points.size() - 1;
+  for (int64_t step = 0; step < max_new_tokens && !running.empty(); ++step) {
+    // The running sequences as one batch, right-padded (causal attention: the padding never
+    // reaches a real position); each row's next token comes from its last real position.
+    const auto rows = static_cast<int64_t>(running.size());
+    int64_t length = 0;
+    for (const auto& ids : running) length = std::max(length, static_cast<int64_t>(ids.size()));
+    at::Tensor inputs = at::full({rows, length}, config.bos_token_id, at::kLong);
+    std::vector<int64_t> last_position;
+    auto in = inputs.accessor<int64_t, 2>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto& ids = running[static_cast<size_t>(r)];
+      for (size_t t = 0; t < ids.size(); ++t) in[r][static_cast<int64_t>(t)] = ids[t];
+      last_position.push_back(static_cast<int64_t>(ids.size()) - 1);
+    }
+    for (int64_t r = 0; r < rows; ++r) last_position[static_cast<size_t>(r)] += r * length;
+    const at::Tensor last_rows = at::tensor(last_position, at::kLong).to(device);
+    at::Tensor hidden = transformer.embed(inputs.to(device));
+    std::vector<int64_t> chosen(running.size(), -1);
+    size_t undecided = running.size(), next_exit = 0;
+    for (int64_t l = 0; l < config.num_hidden_layers && undecided > 0; ++l) {
+      hidden = transformer.forward_layer(reader.layer(l), hidden);
+      if (next_exit >= points.size() || l + 1 != points[next_exit]) continue;
+      const at::Tensor logits =
+          transformer.exit_logits(hidden.reshape({rows * length, -1}).index_select(0, last_rows))
+              .to(at::kFloat)
+              .cpu();
+      const at::Tensor confidence = Transformer::confidence(logits, policy.metric);
+      const at::Tensor greedy = logits.argmax(-1);
+      for (size_t i = 0; i < running.size(); ++i) {
+        const auto r = static_cast<int64_t>(i);
+        if (chosen[i] >= 0) continue;
+        if (next_exit == last_exit || confidence[r].item<double>() >= policy.threshold) {
+          chosen[i] = greedy[r].item<int64_t>();
+          ++out.exit_histogram[next_exit];
+          ++out.tokens;
+          --undecided;
+        }
+      }
+      ++next_exit;
+    }
+    std::vector<std::vector<int64_t>> next;
+    std::vector<size_t> next_owner;
+    for (size_t i = 0; i < running.size(); ++i) {
+      out.generated[owner[i]].push_back(static_cast<int32_t>(chosen[i]));
+      if (chosen[i] == config.eos_token_id) continue;
+      running[i].push_back(chosen[i]);
+      next.push_back(std::move(running[i]));
+      next_owner.push_back(owner[i]);
+    }
+    running = std::move(next);
+    owner = std::move(next_owner);
+  }
+  out.bytes_read = reader.bytes_read();
+  return out;
+}
+
 }  // namespace helios::model

@@ -62,11 +62,23 @@ TEST(TokenizerFingerprint, SameBytesSameFingerprintOtherwiseNot) {
   std::ofstream(dir.path() / "a" / "tokenizer.json") << R"({"model": {"type": "BPE"}})";
   std::ofstream(dir.path() / "b" / "tokenizer.json") << R"({"model": {"type": "BPE"}})";
   std::ofstream(dir.path() / "c" / "tokenizer.json") << R"({"model": {"type": "BPE "}})";
-  const uint64_t a = tokenizer_fingerprint(dir.path() / "a");
+  model::ModelConfig hf;
+  hf.tokenizer = model::TokenizerKind::kHuggingFace;
+  const uint64_t a = tokenizer_fingerprint(hf, dir.path() / "a");
   EXPECT_NE(a, 0u);
-  EXPECT_EQ(tokenizer_fingerprint(dir.path() / "b"), a);
-  EXPECT_NE(tokenizer_fingerprint(dir.path() / "c"), a);
-  EXPECT_EQ(tokenizer_fingerprint(dir.path() / "d"), 0u) << "no tokenizer.json: unknown";
+  EXPECT_EQ(tokenizer_fingerprint(hf, dir.path() / "b"), a);
+  EXPECT_NE(tokenizer_fingerprint(hf, dir.path() / "c"), a);
+  EXPECT_EQ(tokenizer_fingerprint(hf, dir.path() / "d"), 0u) << "no tokenizer.json: unknown";
+  // Byte tokenizers agree when their BOS does, whatever the directory holds.
+  model::ModelConfig bytes;
+  bytes.tokenizer = model::TokenizerKind::kByte;
+  bytes.bos_token_id = 256;
+  const uint64_t b = tokenizer_fingerprint(bytes, dir.path() / "d");
+  EXPECT_NE(b, 0u);
+  EXPECT_NE(b, a);
+  EXPECT_EQ(tokenizer_fingerprint(bytes, dir.path() / "a"), b);
+  bytes.bos_token_id = 1;
+  EXPECT_NE(tokenizer_fingerprint(bytes, dir.path() / "d"), b);
 }
 
 TEST(ScoreOnSample, ScoresOnlyThePromptsOfTheModelsTokenizer) {

@@ -49,6 +49,8 @@ TEST_F(SloConfigTest, DefaultsWithCommentsAndRelativeRepository) {
   EXPECT_EQ(c.candidates_top_k, 3);
   EXPECT_EQ(c.profile_requests, 5);
   EXPECT_EQ(c.evidence_prompts, 16);
+  EXPECT_EQ(c.profile_mode, ProfileMode::kServe);
+  EXPECT_DOUBLE_EQ(c.max_evidence_share, 0.1);
   EXPECT_EQ(c.reprofile_interval_requests, 150);
   EXPECT_DOUBLE_EQ(c.max_profiling_share, 0.1);
   EXPECT_EQ(c.breach_window_tokens, 100);
@@ -63,7 +65,8 @@ TEST_F(SloConfigTest, EveryKeyIsReadAndRoundTrips) {
     "objective": "latency",
     "constraints": {"max_perplexity_increase": 0.1, "p95_ttft_ms": 250, "p95_tpot_ms": 2.5},
     "early_exit": {"threshold": 0.7, "load_quantile": 0.9},
-    "controller": {"candidates_top_k": 2, "profile_requests": 7, "evidence_prompts": 0,
+    "controller": {"candidates_top_k": 2, "profile_requests": 7, "evidence_prompts": 32,
+                   "profile_mode": "sample", "max_evidence_share": 0.5,
                    "reprofile_interval_requests": 0, "max_profiling_share": 0.25,
                    "breach_window_tokens": 40,
                    "breach_max": 40, "drift_window_requests": 4, "monitor_sample_rate": 1},
@@ -72,7 +75,9 @@ TEST_F(SloConfigTest, EveryKeyIsReadAndRoundTrips) {
   EXPECT_DOUBLE_EQ(*c.p95_ttft_ms, 250);
   EXPECT_DOUBLE_EQ(*c.p95_tpot_ms, 2.5);
   EXPECT_DOUBLE_EQ(c.exit_threshold, 0.7);
-  EXPECT_EQ(c.evidence_prompts, 0);
+  EXPECT_EQ(c.evidence_prompts, 32);
+  EXPECT_EQ(c.profile_mode, ProfileMode::kSample);
+  EXPECT_DOUBLE_EQ(c.max_evidence_share, 0.5);
   EXPECT_EQ(c.reprofile_interval_requests, 0);
   EXPECT_DOUBLE_EQ(c.max_profiling_share, 0.25);
   EXPECT_EQ(c.breach_max, 40);
@@ -102,6 +107,11 @@ TEST_F(SloConfigTest, ErrorsStartWithTheKey) {
       {with("controller", "profile_requests", 0), "controller.profile_requests:"},
       {with("controller", "evidence_prompts", -1), "controller.evidence_prompts: must be in [0, 1024]"},
       {with("controller", "evidence_prompts", 1025), "controller.evidence_prompts: must be in [0, 1024]"},
+      {with("controller", "profile_mode", "live"),
+       "controller.profile_mode: must be one of serve, sample, got \"live\""},
+      {with("controller", "max_evidence_share", 0), "controller.max_evidence_share: must be in (0, 1]"},
+      {R"({"model_repository": "../zoo", "controller": {"profile_mode": "sample", "evidence_prompts": 0}})",
+       "controller.evidence_prompts: must be > 0 with controller.profile_mode \"sample\""},
       {with("controller", "reprofile_interval_requests", -1),
        "controller.reprofile_interval_requests:"},
       {with("controller", "max_profiling_share", 0), "controller.max_profiling_share:"},

@@ -397,6 +397,57 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
   EXPECT_EQ(daemon.stop(), 0);
 }
 
+// Profile mode "sample": the served model is never switched away to profile; every candidate
+// is scored on the same live prompts from its checkpoint, one layer at a time, and its
+// serving figures are predicted. The traffic loses nothing and prose is served by prose-micro.
+TEST(HeliosController, SampleModeProfilesOffTheServingPath) {
+  ScratchDir dir("controller_sample");
+  const auto slo_path = dir.path() / "slo.json";
+  write_slo(slo_path, slo_file({{"controller", {{"profile_mode", "sample"}}}}).dump(2));
+  DaemonProcess daemon(helios_config(slo_path));
+  ASSERT_TRUE(daemon.wait_ready());
+  const v1::GetStatusResponse at_start = daemon.status();
+  const std::string first_model = at_start.controller().active_model();
+
+  LiveTraffic traffic(daemon, 8, test_prompts(48));
+  auto s = wait_for(
+      daemon, [](const auto& s) { return find_decision(s, "profiled", 0) != nullptr; },
+      std::chrono::seconds(180), "the first decision after profiling");
+  ASSERT_NE(find_decision(s, "profiled", 0), nullptr);
+  const v1::Decision decision = *find_decision(s, "profiled", 0);
+  ASSERT_EQ(s.controller().table_size(), 3) << s.controller().DebugString();
+  for (const v1::ProfileRow& row : s.controller().table()) {
+    EXPECT_TRUE(row.predicted()) << row.model();
+    EXPECT_GT(row.evidence_prompts(), 0u) << row.model();
+    EXPECT_EQ(row.evidence_prompts(), s.controller().table(0).evidence_prompts()) << row.model();
+    EXPECT_EQ(row.prompt_tokens(), s.controller().table(0).prompt_tokens()) << row.model();
+    EXPECT_GT(row.evidence_peak_bytes(), 0u) << row.model();
+    EXPECT_GT(row.decode_tokens_per_second(), 0.0) << row.model();
+    std::cout << "sample: " << row.model() << " scored on " << row.evidence_prompts()
+              << " prompts in " << row.evidence_seconds() * 1e3 << " ms holding "
+              << static_cast<double>(row.evidence_peak_bytes()) / (1 << 20)
+              << " MiB; full-depth perplexity " << row.full_depth_perplexity() << ", predicted "
+              << row.decode_tokens_per_second() << " tok/s, " << row.tpot_p95_ms()
+              << " ms p95 TPOT\n";
+  }
+  // Nothing was switched to profile: the model served from the start served until the decision.
+  EXPECT_EQ(metric_value(daemon, "helios_model_switches_total{reason=\"profile\"}"), 0.0);
+  for (const auto& d : s.controller().decisions()) {
+    if (d.unix_time() < decision.unix_time()) {
+      EXPECT_TRUE(d.kind() == "profile") << d.kind() << ": " << d.reason();
+      EXPECT_EQ(d.to_model(), first_model) << d.reason();
+    }
+  }
+  EXPECT_GT(metric_value(daemon, "helios_controller_evidence_seconds_total"), 0.0);
+  EXPECT_EQ(decision.to_model(), "prose-micro") << decision.reason() << "\n" << decision.figures_json();
+  std::printf("sample mode: served %s throughout profiling; decided %s at %u layers\n",
+              first_model.c_str(), decision.to_model().c_str(), decision.to_layers());
+
+  traffic.stop();
+  EXPECT_EQ(traffic.failures(), 0) << traffic.first_failure();
+  EXPECT_EQ(daemon.stop(), 0);
+}
+
 TEST(HeliosController, AdminCallsNeedTheTokenAndNameBadFields) {
   ScratchDir dir("controller-admin");
   const auto slo_path = dir.path() / "slo.json";

@@ -409,5 +409,39 @@ TEST(PromptScores, StreamedLayerByLayerEqualsTheModelLoadedWhole) {
       ErrorCode::kNotFound, {"missing", "not found"});
 }
 
+// The streamed continuation (where generated tokens leave, for the controller's off-path
+// rows): with early exit off it is plain greedy decoding; with every token confident at the
+// first exit it never reads a deeper layer.
+TEST(StreamedContinuation, GreedyWithoutEarlyExitAndShallowWithIt) {
+  const auto config = testing::tiny_config(4);  // exit points 1 (configured) .. 4
+  const auto weights = testing::peaked_weights(config);
+  const testing::ScratchDir dir("helios_continuation");
+  model::save_model(dir.path(), config, weights);
+  const model::LoadedModel loaded = model::load_model(dir.path());
+  const model::Transformer transformer(loaded.config, loaded.weights);
+  const auto bos = static_cast<int32_t>(config.bos_token_id);
+  const std::vector<std::vector<int32_t>> prompts = {{bos, 5, 9, 14, 3}, {bos, 12, 40}};
+
+  const model::StreamedContinuation full = model::continue_streamed(
+      dir.path(), prompts, model::ExitPolicy{2.0}, 6, 64, c10::kFloat, c10::kCPU);
+  ASSERT_EQ(full.generated.size(), 2u);
+  int64_t generated = 0;
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    std::vector<int32_t> expected = plain_greedy(transformer, prompts[p], 6);
+    const auto eos = std::find(expected.begin(), expected.end(), config.eos_token_id);
+    if (eos != expected.end()) expected.erase(eos + 1, expected.end());
+    EXPECT_EQ(full.generated[p], expected) << "prompt " << p;
+    generated += static_cast<int64_t>(expected.size());
+  }
+  EXPECT_EQ(full.tokens, generated);
+  ASSERT_EQ(full.exit_histogram.size(), transformer.exit_points().size());
+  EXPECT_EQ(full.exit_histogram.back(), generated) << "no early exit: every token at the last";
+
+  const model::StreamedContinuation shallow = model::continue_streamed(
+      dir.path(), prompts, model::ExitPolicy{0.0}, 6, 64, c10::kFloat, c10::kCPU);
+  EXPECT_EQ(shallow.exit_histogram.front(), shallow.tokens);
+  EXPECT_LT(shallow.bytes_read, full.bytes_read) << "layers past the first exit are not read";
+}
+
 }  // namespace
 }  // namespace helios

@@ -187,6 +187,12 @@ class Controller final : public engine::TelemetrySink {
   // The row's prompt columns from scoring the served candidate on the pass's shared sample;
   // false (the row keeps the live requests' telemetry) when there is no sample for it.
   bool score_evidence(ProfileRow& row);
+  // Profile mode "sample": the served model's live row (and step model) is measured; every
+  // shortlisted candidate is then scored on the pass's sample, one per turn of the thread.
+  void begin_scoring(ProfileRow served, StepModel steps);
+  // Scores the next candidate of the pass when its turn has come (see max_evidence_share) and
+  // predicts its row from the served one; ends the pass after the last.
+  void continue_scoring();
   void decide(DecisionRecord::Trigger trigger, const std::string& reason);
   void apply(const Option& option, int64_t cap, DecisionRecord::Trigger trigger,
              const std::string& reason, nlohmann::json figures);
@@ -277,6 +283,12 @@ class Controller final : public engine::TelemetrySink {
   std::string last_reload_error_;
   int64_t peak_memory_bytes_ = 0;
   std::map<std::string, StepModel> step_models_;  // per profiled model
+  // Profile mode "sample": candidates of the pass left to score, the served model's live row
+  // and step model they are predicted from, and when the next one may be scored.
+  std::deque<std::string> scoring_queue_;
+  ProfileRow served_row_;
+  StepModel served_steps_;
+  std::chrono::steady_clock::time_point next_score_at_{};
 
   // Shared with the engine thread, operator threads and status().
   mutable std::mutex mutex_;

@@ -49,6 +49,14 @@ struct Evidence {
   model::ExitScores scores;
   int64_t prompts = 0;  // prompts of the sample scored (those of the candidate's tokenizer)
   double seconds = 0;   // wall time of the scoring
+  // Streamed scoring only: the exit points at full depth, and the most bytes held at once
+  // (embeddings, final norm, head, one layer and the prompts' hidden states).
+  std::vector<int32_t> exit_points;
+  int64_t peak_bytes = 0;
+  // Streamed scoring only: where the tokens of early-exit greedy continuations of a few sample
+  // prompts left (per exit point), and how many were generated.
+  std::vector<int64_t> generated_exits;
+  int64_t generated_tokens = 0;
 };
 
 // Scores `transformer` teacher-forced, at every exit point, on the prompts of `sample` whose
@@ -57,9 +65,20 @@ std::optional<Evidence> score_on_sample(const model::Transformer& transformer,
                                         std::span<const EvidencePrompt> sample, uint64_t tokenizer,
                                         const model::ExitPolicy& policy);
 
-// A fingerprint (64-bit FNV-1a) of `model_dir`/tokenizer.json's bytes, so that prompts
-// tokenized by one model are scored only by models with the same tokenizer; 0 when the file
-// cannot be read or is larger than 256 MiB.
-uint64_t tokenizer_fingerprint(const std::filesystem::path& model_dir);
+// The same for a model that is not loaded: the checkpoint in `dir` at full depth, read one
+// decoder layer at a time (model::score_prompts_streamed) in `dtype` on `device`, plus
+// kEvidenceContinuationPrompts continuations (model::continue_streamed) for generated_exits.
+std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& dir,
+                                                 std::span<const EvidencePrompt> sample,
+                                                 uint64_t tokenizer,
+                                                 const model::ExitPolicy& policy,
+                                                 c10::ScalarType dtype, c10::Device device);
+
+// A fingerprint (64-bit FNV-1a) of the tokenizer of the model in `model_dir` with `config`, so
+// that prompts tokenized by one model are scored only by models that tokenize alike: for a
+// byte tokenizer, of its BOS id (the ids are the bytes otherwise); for a tokenizer.json, of
+// the file's bytes, 0 (unknown) when it cannot be read or is larger than 256 MiB.
+uint64_t tokenizer_fingerprint(const model::ModelConfig& config,
+                               const std::filesystem::path& model_dir);
 
 }  // namespace helios::controller

@@ -32,6 +32,10 @@ struct ProfileRow {
   // requests the candidate served while profiled.
   int64_t evidence_prompts = 0;
   double evidence_seconds = 0;  // scoring the sample took this long
+  int64_t evidence_peak_bytes = 0;  // streamed scoring: most bytes held at once
+  // The serving figures below are predicted from the served model's live ones (profile mode
+  // "sample", see prediction.h) rather than measured while this candidate served.
+  bool predicted = false;
   double decode_tokens_per_second = 0;  // generated tokens / engine-step seconds in the window
   double mean_batch = 0;                // mean sequences per engine step in the window
   double peak_concurrency = 0;          // most requests in flight (running + waiting)

@@ -17,10 +17,27 @@ inline constexpr int64_t kMaxSloCount = 1'000'000;
 // included): scoring them costs one teacher-forced forward of every candidate.
 inline constexpr int64_t kMaxEvidencePrompts = 1024;
 inline constexpr int64_t kEvidencePromptTokens = 512;
+// Off-path rows (profile mode "sample") also continue this many prompts of the sample (spread
+// over it) by this many tokens each, early-exit greedy from their last
+// kEvidenceContinuationContext tokens, for where generated tokens leave the network.
+inline constexpr int64_t kEvidenceContinuationPrompts = 4;
+inline constexpr int64_t kEvidenceContinuationTokens = 16;
+inline constexpr int64_t kEvidenceContinuationContext = 64;
 
 // What the controller maximises among the options that meet every constraint.
 enum class Objective { kThroughput, kLatency, kEnergy };
 std::string_view objective_name(Objective objective);
+
+// How a profiling pass fills the Performance History Table.
+//  kServe: each shortlisted candidate serves the next profile_requests live requests at full
+//          depth in turn (the HELIOS paper's profiling; its rows are measured, the users pay
+//          for the slower candidates and for a batch recompute at every switch).
+//  kSample: the served model keeps serving; after profile_requests of its requests the pass
+//          scores every candidate on the shared prompt sample off the engine's path (streamed,
+//          one decoder layer resident), and predicts each candidate's serving figures from the
+//          served model's live ones by the ratio of their per-token work.
+enum class ProfileMode { kServe, kSample };
+std::string_view profile_mode_name(ProfileMode mode);
 
 // The operator's SLO file (JSON with comments; configs/slo.json documents every key). Every key
 // but model_repository is optional; unknown keys are errors so a typo never leaves a default
@@ -43,6 +60,11 @@ struct SloConfig {
   // the prompts' difficulty cancels out of the comparison. 0: each candidate's quality comes
   // from the live requests it served while profiled (different prompts per candidate).
   int64_t evidence_prompts = 16;
+  ProfileMode profile_mode = ProfileMode::kServe;
+  // kSample: the scoring of the candidates takes at most this share of the wall time while it
+  // runs (after scoring one for t seconds the next waits t * (1 - share) / share), so the
+  // engine keeps most of the machine.
+  double max_evidence_share = 0.1;
   int64_t reprofile_interval_requests = 150;  // 0 = never
   // Periodic re-profiles wait until the time spent profiling stays under this share of the
   // wall time (a pass that took t seconds is followed by at least t * (1 - share) / share

@@ -56,4 +56,24 @@ StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
                                       const ExitPolicy& policy, c10::ScalarType dtype,
                                       c10::Device device, int64_t batch = 8);
 
+// Early-exit greedy continuations of prompts by the checkpoint in `dir`, read one decoder layer
+// at a time: where the tokens a server would generate leave the network, without loading the
+// model. Each prompt (token ids, BOS included) keeps its last `context` tokens; every step
+// runs each unfinished sequence through the layers without a cache, leaves at the first exit
+// point whose confidence meets `policy` (the last one otherwise) and appends that exit's
+// greedy token; a sequence ends at EOS or after `max_new_tokens`. Layers past the step's
+// deepest exit are not read. Throws Error(kInvalidArgument) for ids outside the vocabulary.
+struct StreamedContinuation {
+  std::vector<int32_t> exit_points;     // at full depth
+  std::vector<int64_t> exit_histogram;  // generated tokens per exit point
+  int64_t tokens = 0;                   // generated tokens
+  int64_t bytes_read = 0;               // tensor bytes read, layers re-read at every step
+  std::vector<std::vector<int32_t>> generated;  // per prompt, EOS included when reached
+};
+StreamedContinuation continue_streamed(const std::filesystem::path& dir,
+                                       std::span<const std::vector<int32_t>> prompts,
+                                       const ExitPolicy& policy, int64_t max_new_tokens,
+                                       int64_t context, c10::ScalarType dtype,
+                                       c10::Device device);
+
 }  // namespace helios::model
