@@ -43,8 +43,11 @@ void install_signal_handlers() {
   if (::pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr) != 0) {
     throw Error(ErrorCode::kInternal, "serve: cannot block SIGTERM and SIGINT");
   }
-  signal_fd = ::signalfd(-1, &shutdown_signals, SFD_CLOEXEC);
-  if (signal_fd < 0 || ::pipe2(signal_pipe, O_CLOEXEC) != 0) {
+  // Non-blocking: a signal the signalfd reported may be taken by the handler in a thread that
+  // does not block it before this thread reads it (the read then finds nothing and the byte
+  // the handler wrote to the pipe ends the wait instead of a read that never returns).
+  signal_fd = ::signalfd(-1, &shutdown_signals, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (signal_fd < 0 || ::pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
     throw Error(ErrorCode::kInternal, "serve: cannot create the signalfd or the signal pipe");
   }
   struct sigaction action {};

@@ -74,8 +74,11 @@ Controller::Controller(ControllerOptions options, metrics::Registry* registry)
 
 Controller::~Controller() { stop(); }
 
-PolicyLimits Controller::limits() const {
-  return PolicyLimits{options_.memory_budget_bytes, options_.kv_block_size, options_.max_running};
+PolicyLimits Controller::limits() const { return limits_for(evidence_reserve_); }
+
+PolicyLimits Controller::limits_for(int64_t evidence_reserve) const {
+  return PolicyLimits{options_.memory_budget_bytes - evidence_reserve, options_.kv_block_size,
+                      options_.max_running};
 }
 
 const Candidate* Controller::find_candidate(const std::string& name) const {
@@ -97,7 +100,7 @@ void Controller::prepare() {
     try {
       std::shared_ptr<const engine::ModelInstance> model = load(c, 0);  // marks a failure
       try {
-        initial_kv_blocks_ = engine::kv_blocks_for_budget(*model, options_.memory_budget_bytes,
+        initial_kv_blocks_ = engine::kv_blocks_for_budget(*model, limits().memory_budget_bytes,
                                                           options_.kv_block_size,
                                                           "memory.budget_mib");
       } catch (const std::exception& e) {
@@ -136,9 +139,13 @@ void Controller::prepare() {
   reset_windows();
   std::string names;
   for (const Candidate& c : shortlist_) names += (names.empty() ? "" : ", ") + c.name;
-  spdlog::info("controller: objective {}, {} candidates in {}, shortlist [{}]",
+  spdlog::info("controller: objective {}, {} candidates in {}, shortlist [{}], profile mode {}{}",
                objective_name(slo_.objective), repository_.size(),
-               slo_.model_repository.string(), names);
+               slo_.model_repository.string(), names, profile_mode_name(slo_.profile_mode),
+               evidence_reserve_ > 0
+                   ? fmt::format(" ({:.1f} MiB of the budget kept for scoring candidates)",
+                                 static_cast<double>(evidence_reserve_) / 1048576.0)
+                   : std::string());
   // Readable before start(): a daemon that fails later can still report what was found.
   publish();
 }

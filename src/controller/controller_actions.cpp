@@ -186,7 +186,7 @@ void Controller::apply(const Option& option, int64_t cap, DecisionRecord::Trigge
 }
 
 void Controller::switch_to(const Candidate& candidate, int64_t depth, const std::string& reason) {
-  const int64_t budget = options_.memory_budget_bytes;
+  const int64_t budget = limits().memory_budget_bytes;
   const int64_t block = options_.kv_block_size;
   const bool same_model = helios::same_directory(current_->loaded().dir, candidate.path);
   const int64_t current_depth = current_->transformer().loaded_layers();
@@ -311,6 +311,7 @@ void Controller::adopt(Repository r) {
   repository_ = std::move(r.candidates);
   shortlist_ = std::move(r.shortlist);
   tokenizers_ = std::move(r.tokenizers);
+  evidence_reserve_ = r.evidence_reserve;
   if (!metrics_) return;
   try {
     // Every model of the repository has its series (0: servable), so a dashboard or an alert
@@ -398,10 +399,19 @@ Controller::Repository Controller::scan(const SloConfig& slo) const {
   r.candidates = scan_repository(slo.model_repository,
                                  static_cast<int64_t>(c10::elementSize(options_.load.dtype)),
                                  &r.unavailable);
-  for (const Candidate& c : r.candidates) r.tokenizers[c.name] = tokenizer_fingerprint(c.config, c.path);
+  const auto element_size = static_cast<int64_t>(c10::elementSize(options_.load.dtype));
+  for (const Candidate& c : r.candidates) {
+    r.tokenizers[c.name] = tokenizer_fingerprint(c.config, c.path);
+    // Sample mode scores any of them beside the served model and its pool.
+    if (slo.profile_mode == ProfileMode::kSample) {
+      r.evidence_reserve = std::max(
+          r.evidence_reserve,
+          streamed_scoring_bytes(c.config, c.footprint, slo.evidence_prompts, element_size));
+    }
+  }
   SloConfig every = slo;
   every.candidates_top_k = std::numeric_limits<int64_t>::max();
-  r.ranked = shortlist(r.candidates, every, limits());
+  r.ranked = shortlist(r.candidates, every, limits_for(r.evidence_reserve));
   r.shortlist.assign(r.ranked.begin(),
                      r.ranked.begin() + std::min<int64_t>(static_cast<int64_t>(r.ranked.size()),
                                                           slo.candidates_top_k));
@@ -412,15 +422,21 @@ Controller::Repository Controller::scan(const SloConfig& slo) const {
     }
     throw Error(ErrorCode::kInvalidArgument,
                 fmt::format("model_repository: no candidate in {} fits memory.budget_mib ({} "
-                            "models found{})",
-                            slo.model_repository.string(), r.candidates.size(), broken));
+                            "models found{}{})",
+                            slo.model_repository.string(), r.candidates.size(), broken,
+                            r.evidence_reserve > 0
+                                ? fmt::format("; {:.1f} MiB of it are kept for scoring candidates "
+                                              "(controller.profile_mode \"sample\")",
+                                              static_cast<double>(r.evidence_reserve) / 1048576.0)
+                                : std::string()));
   }
   return r;
 }
 
 std::optional<Controller::Repository> Controller::rescan_for(const SloConfig& next) const {
   if (next.model_repository == slo_.model_repository &&
-      next.candidates_top_k == slo_.candidates_top_k) {
+      next.candidates_top_k == slo_.candidates_top_k && next.profile_mode == slo_.profile_mode &&
+      next.evidence_prompts == slo_.evidence_prompts) {
     return std::nullopt;
   }
   return scan(next);
@@ -587,6 +603,7 @@ void Controller::publish() {
   s.reloads_rejected = reloads_rejected_;
   s.last_reload_error = last_reload_error_;
   s.peak_memory_bytes = peak_memory_bytes_;
+  s.evidence_reserve_bytes = evidence_reserve_;
   s.live_p95_ttft_ms = ttft_window_.percentile(0.95);
   s.live_p95_tpot_ms = tpot_window_.percentile(0.95);
   s.live_window_requests = static_cast<int64_t>(tpot_window_.size());

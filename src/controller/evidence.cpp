@@ -56,7 +56,7 @@ std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& di
   if (prompts.empty()) return std::nullopt;
   const auto start = std::chrono::steady_clock::now();
   model::StreamedScores streamed =
-      model::score_prompts_streamed(dir, prompts, policy, dtype, device);
+      model::score_prompts_streamed(dir, prompts, policy, dtype, device, /*batch=*/1);
   Evidence out;
   out.scores = std::move(streamed.scores);
   out.prompts = static_cast<int64_t>(prompts.size());
@@ -73,6 +73,25 @@ std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& di
   out.generated_tokens = continuation.tokens;
   out.seconds = seconds_since(start);
   return out;
+}
+
+int64_t streamed_scoring_bytes(const model::ModelConfig& config,
+                               const engine::ModelFootprint& footprint, int64_t prompts,
+                               int64_t element_size) {
+  const int64_t tokens = std::min(kEvidencePromptTokens, config.max_position_embeddings);
+  const int64_t hidden = config.hidden_size, vocab = config.vocab_size;
+  // One prompt through one layer: the q/k/v/o projections and residuals, the SwiGLU block,
+  // and float32 attention scores with their softmax.
+  const auto forward = [&](int64_t rows, int64_t time) {
+    return rows * time * (6 * hidden + 3 * config.intermediate_size) * element_size +
+           2 * rows * config.num_attention_heads * time * time * 4;
+  };
+  // The exit head's float32 logits and log-softmax for one prompt's positions.
+  const int64_t head = 2 * tokens * vocab * 4;
+  const int64_t continuations =
+      forward(kEvidenceContinuationPrompts, kEvidenceContinuationContext + kEvidenceContinuationTokens);
+  return footprint.fixed_bytes + footprint.layer_bytes + prompts * tokens * hidden * element_size +
+         std::max({forward(1, tokens), head, continuations});
 }
 
 std::optional<Evidence> score_on_sample(const model::Transformer& transformer,

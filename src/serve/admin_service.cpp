@@ -110,6 +110,7 @@ void fill_controller(const controller::ControllerStatus& s, v1::ControllerStatus
   out->set_config_reloads_rejected(static_cast<uint64_t>(s.reloads_rejected));
   out->set_last_reload_error(s.last_reload_error);
   out->set_peak_memory_bytes(static_cast<uint64_t>(s.peak_memory_bytes));
+  out->set_evidence_reserve_bytes(static_cast<uint64_t>(s.evidence_reserve_bytes));
   out->set_weight_bytes(static_cast<uint64_t>(s.weight_bytes));
   out->set_live_p95_ttft_ms(s.live_p95_ttft_ms);
   out->set_live_p95_tpot_ms(s.live_p95_tpot_ms);

@@ -404,10 +404,20 @@ TEST(HeliosController, SampleModeProfilesOffTheServingPath) {
   ScratchDir dir("controller_sample");
   const auto slo_path = dir.path() / "slo.json";
   write_slo(slo_path, slo_file({{"controller", {{"profile_mode", "sample"}}}}).dump(2));
-  DaemonProcess daemon(helios_config(slo_path));
+  // Room for the scoring beside every candidate's weights and a pool (a 512-token prompt's
+  // attention scores alone take a few MiB at the zoo's widths).
+  json config = helios_config(slo_path);
+  config["memory"]["budget_mib"] = 16;
+  DaemonProcess daemon(config);
   ASSERT_TRUE(daemon.wait_ready());
   const v1::GetStatusResponse at_start = daemon.status();
   const std::string first_model = at_start.controller().active_model();
+  // The scoring's memory is kept aside of the budget: weights + KV fit in the rest.
+  const uint64_t reserve = at_start.controller().evidence_reserve_bytes();
+  EXPECT_GT(reserve, 0u);
+  EXPECT_LE(at_start.controller().weight_bytes() + at_start.kv_cache_bytes() + reserve,
+            at_start.memory_budget_bytes())
+      << at_start.DebugString();
 
   LiveTraffic traffic(daemon, 8, test_prompts(48));
   auto s = wait_for(
@@ -422,6 +432,7 @@ TEST(HeliosController, SampleModeProfilesOffTheServingPath) {
     EXPECT_EQ(row.evidence_prompts(), s.controller().table(0).evidence_prompts()) << row.model();
     EXPECT_EQ(row.prompt_tokens(), s.controller().table(0).prompt_tokens()) << row.model();
     EXPECT_GT(row.evidence_peak_bytes(), 0u) << row.model();
+    EXPECT_LE(row.evidence_peak_bytes(), reserve) << row.model();
     EXPECT_GT(row.decode_tokens_per_second(), 0.0) << row.model();
     std::cout << "sample: " << row.model() << " scored on " << row.evidence_prompts()
               << " prompts in " << row.evidence_seconds() * 1e3 << " ms holding "

@@ -118,6 +118,7 @@ struct ControllerStatus {
   int64_t reloads_applied = 0, reloads_rejected = 0;
   std::string last_reload_error;
   int64_t peak_memory_bytes = 0;
+  int64_t evidence_reserve_bytes = 0;  // budget kept for scoring candidates (sample mode)
   double live_p95_ttft_ms = 0, live_p95_tpot_ms = 0, live_prompt_perplexity = 0;
   int64_t live_window_requests = 0;
 };
@@ -217,6 +218,9 @@ class Controller final : public engine::TelemetrySink {
     std::vector<Candidate> candidates, ranked, shortlist;
     std::vector<UnavailableModel> unavailable;
     std::map<std::string, uint64_t> tokenizers;  // per candidate: tokenizer_fingerprint
+    // Profile mode "sample": bytes of the budget kept for scoring the largest candidate
+    // (streamed_scoring_bytes); the weights and KV pool share the rest.
+    int64_t evidence_reserve = 0;
   };
   // Takes `r` as the repository served from (its unavailable models replace the old ones).
   void adopt(Repository r);
@@ -244,7 +248,9 @@ class Controller final : public engine::TelemetrySink {
   void reject_reload(const std::string& why);
   void record(DecisionRecord decision);
   void reset_windows();
+  // The server's limits, the budget less what sample mode keeps for scoring candidates.
   PolicyLimits limits() const;
+  PolicyLimits limits_for(int64_t evidence_reserve) const;
   const Candidate* find_candidate(const std::string& name) const;
   template <typename T>
   T run_command(std::function<T()> body);
@@ -274,6 +280,7 @@ class Controller final : public engine::TelemetrySink {
   std::deque<std::pair<double, int64_t>> prompt_window_;  // sampled prompts: NLL, tokens
   EvidenceSample evidence_;                        // recent sampled prompts (token ids)
   std::map<std::string, uint64_t> tokenizers_;     // per candidate: tokenizer_fingerprint
+  int64_t evidence_reserve_ = 0;                   // Repository::evidence_reserve in force
   int64_t requests_seen_ = 0, last_profiled_at_ = 0, breaches_total_ = 0;
   // The profiling pass under way (or the last one) began here; the last one took this long and
   // ended here. Periodic re-profiles are spaced by them (SloConfig::max_profiling_share).

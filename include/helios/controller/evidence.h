@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "helios/engine/memory_plan.h"
 #include "helios/model/exit_scores.h"
 #include "helios/model/transformer.h"
 
@@ -73,6 +74,16 @@ std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& di
                                                  uint64_t tokenizer,
                                                  const model::ExitPolicy& policy,
                                                  c10::ScalarType dtype, c10::Device device);
+
+// Most bytes score_streamed_on_sample holds for a model of `config` (weights of
+// `element_size` bytes per value, laid out as `footprint` says) on `prompts` prompts of up to
+// kEvidencePromptTokens: the fixed tensors and one layer, every prompt's hidden states, and
+// the largest transient of one prompt's layer forward or exit head (attention scores and
+// logits included) or of the continuations. What profile mode "sample" keeps aside of
+// memory.budget_mib.
+int64_t streamed_scoring_bytes(const model::ModelConfig& config,
+                               const engine::ModelFootprint& footprint, int64_t prompts,
+                               int64_t element_size);
 
 // A fingerprint (64-bit FNV-1a) of the tokenizer of the model in `model_dir` with `config`, so
 // that prompts tokenized by one model are scored only by models that tokenize alike: for a

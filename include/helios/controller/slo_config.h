@@ -20,8 +20,8 @@ inline constexpr int64_t kEvidencePromptTokens = 512;
 // Off-path rows (profile mode "sample") also continue this many prompts of the sample (spread
 // over it) by this many tokens each, early-exit greedy from their last
 // kEvidenceContinuationContext tokens, for where generated tokens leave the network.
-inline constexpr int64_t kEvidenceContinuationPrompts = 4;
-inline constexpr int64_t kEvidenceContinuationTokens = 16;
+inline constexpr int64_t kEvidenceContinuationPrompts = 8;
+inline constexpr int64_t kEvidenceContinuationTokens = 8;
 inline constexpr int64_t kEvidenceContinuationContext = 64;
 
 // What the controller maximises among the options that meet every constraint.
