@@ -361,6 +361,8 @@ TEST(Serve, HealthProtocol) {
     return generate(*stub, greedy_request(test_prompts(1)[0], 190));
   });
   grpc::ClientContext watch_context;
+  // A drain that never starts fails the test in bounded time rather than hanging the suite.
+  watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   grpc::health::v1::HealthCheckRequest watch_request;
   auto watch = health->Watch(&watch_context, watch_request);
   grpc::health::v1::HealthCheckResponse update;
