@@ -434,9 +434,12 @@ Controller::Repository Controller::scan(const SloConfig& slo) const {
 }
 
 std::optional<Controller::Repository> Controller::rescan_for(const SloConfig& next) const {
+  // The reserve kept for scoring (sample mode) depends on the mode and the sample's size.
+  const bool reserve_changed =
+      next.profile_mode != slo_.profile_mode ||
+      (next.profile_mode == ProfileMode::kSample && next.evidence_prompts != slo_.evidence_prompts);
   if (next.model_repository == slo_.model_repository &&
-      next.candidates_top_k == slo_.candidates_top_k && next.profile_mode == slo_.profile_mode &&
-      next.evidence_prompts == slo_.evidence_prompts) {
+      next.candidates_top_k == slo_.candidates_top_k && !reserve_changed) {
     return std::nullopt;
   }
   return scan(next);

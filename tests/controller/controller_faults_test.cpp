@@ -247,6 +247,42 @@ TEST(ControllerFaults, StartupFailsListingEveryModelWhenNoneLoads) {
                         {"no model", "a-broken: load failed", "loop: ", "huge: "});
 }
 
+// Sample mode keeps the scoring's memory aside of the budget: the pool is sized within the
+// rest, and a budget the reserve leaves too little of is refused naming the reserve.
+TEST(ControllerFaults, SampleModeKeepsTheScoringMemoryAsideOfTheBudget) {
+  helios::testing::ScratchDir dir("controller_reserve");
+  json slo = slo_json(kZoo);
+  slo["controller"]["profile_mode"] = "sample";
+  write(dir.path() / "slo.json", slo.dump(2));
+  ControllerOptions options = controller_options(dir.path() / "slo.json");
+  Controller small(options, nullptr);
+  testing::expect_error([&] { small.prepare(); }, ErrorCode::kInvalidArgument,
+                        {"memory.budget_mib", "kept for scoring candidates"});
+
+  options.memory_budget_bytes = 16 << 20;
+  Controller roomy(options, nullptr);
+  roomy.prepare();
+  const ControllerStatus status = roomy.status();
+  ASSERT_GT(status.evidence_reserve_bytes, 0);
+  const engine::ModelInstance& model = *roomy.initial_model();
+  const int64_t block_bytes =
+      engine::ModelFootprint::of(model.transformer())
+          .kv_block_bytes(model.transformer().loaded_layers(), options.kv_block_size);
+  const int64_t weights = model.resident_bytes();
+  EXPECT_LE(weights + roomy.initial_kv_blocks() * block_bytes + status.evidence_reserve_bytes,
+            options.memory_budget_bytes);
+  // Within one block of the rest: the pool takes what the reserve leaves.
+  EXPECT_GT(weights + (roomy.initial_kv_blocks() + 1) * block_bytes + status.evidence_reserve_bytes,
+            options.memory_budget_bytes);
+
+  // In serve mode nothing is kept aside.
+  write(dir.path() / "slo.json", slo_json(kZoo).dump(2));
+  Controller serve(options, nullptr);
+  serve.prepare();
+  EXPECT_EQ(serve.status().evidence_reserve_bytes, 0);
+  EXPECT_GT(serve.initial_kv_blocks(), roomy.initial_kv_blocks());
+}
+
 TEST(ControllerFaults, SloEditIsAppliedWholeOrNotAtAll) {
   helios::testing::ScratchDir dir("controller_slo");
   // Applying an edit with a latency objective fails the first time (memory ran out, say).
