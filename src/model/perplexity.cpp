@@ -105,6 +105,19 @@ PromptBatch prompt_batch(std::span<const std::vector<int32_t>> prompts, size_t f
   return PromptBatch{inputs, targets.view({-1})};
 }
 
+// A checkpoint opened for streamed passes: the prompts checked against its vocabulary, its
+// embeddings, final norm and head resident, its layers read from `reader` one at a time.
+struct StreamedModel {
+  StreamedModel(const std::filesystem::path& dir, c10::ScalarType dtype, c10::Device device,
+                std::span<const std::vector<int32_t>> prompts)
+      : reader(dir, dtype, device),
+        weights((check_prompt_ids(prompts, reader.config()), reader.shared_weights())),
+        transformer(reader.config(), weights) {}
+  LayerReader reader;
+  ModelWeights weights;
+  const Transformer transformer;
+};
+
 }  // namespace
 
 ExitScores score_prompts(const Transformer& transformer,
@@ -136,16 +149,15 @@ StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
   c10::InferenceMode inference;
   policy.validate();
   if (batch <= 0) throw Error(ErrorCode::kInvalidArgument, "score_prompts: batch must be > 0");
-  LayerReader reader(dir, dtype, device);
+  StreamedModel model(dir, dtype, device, prompts);
+  LayerReader& reader = model.reader;
   const ModelConfig& config = reader.config();
-  check_prompt_ids(prompts, config);
-  ModelWeights weights = reader.shared_weights();
-  const Transformer transformer(config, weights);
+  const Transformer& transformer = model.transformer;
   const std::vector<int32_t>& points = transformer.exit_points();
 
   StreamedScores out;
   out.exit_points = points;
-  const int64_t shared_bytes = weights.resident_bytes();
+  const int64_t shared_bytes = model.weights.resident_bytes();
   // Every batch's hidden states and targets stay resident from layer to layer, and each
   // batch's exit columns grow as its exit points are passed.
   struct Pending {
@@ -197,11 +209,10 @@ StreamedContinuation continue_streamed(const std::filesystem::path& dir,
     throw Error(ErrorCode::kInvalidArgument,
                 "continue_streamed: max_new_tokens must be >= 0 and context >= 1");
   }
-  LayerReader reader(dir, dtype, device);
+  StreamedModel model(dir, dtype, device, prompts);
+  LayerReader& reader = model.reader;
   const ModelConfig& config = reader.config();
-  check_prompt_ids(prompts, config);
-  ModelWeights weights = reader.shared_weights();
-  const Transformer transformer(config, weights);
+  const Transformer& transformer = model.transformer;
   const std::vector<int32_t>& points = transformer.exit_points();
   StreamedContinuation out;
   out.exit_points = points;
