@@ -369,6 +369,8 @@ void Controller::handle_request(const engine::RequestTelemetry& request) {
                      (request.finish == engine::Finish::kStop ||
                       request.finish == engine::Finish::kLength);
   if (!clean) return;
+  finished_at_.push_back(std::chrono::steady_clock::now());
+  while (finished_at_.size() > kRateWindow) finished_at_.pop_front();
   if (request.prompt_scores && !request.prompt_ids.empty()) {
     const auto tokenizer = tokenizers_.find(request.model);
     if (tokenizer != tokenizers_.end()) evidence_.add(request.prompt_ids, tokenizer->second);
@@ -526,6 +528,8 @@ void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::str
   profile_queue_.clear();
   scoring_queue_.clear();
   evidence_.begin_pass();
+  ++passes_;
+  pass_from_ = current_name_;
   pass_started_ = std::chrono::steady_clock::now();
   const Candidate* served = find_candidate(current_name_);
   // Sample mode measures the served model where it stands (no switch, no recompute); a model
@@ -664,6 +668,8 @@ bool Controller::score_evidence(ProfileRow& row) {
     row.prompt_tokens = evidence->scores.tokens;
     row.evidence_prompts = evidence->prompts;
     row.evidence_seconds = evidence->seconds;
+    row.prompt_evidence = evidence->per_prompt;
+    row.evidence_key = evidence_key(passes_, tokenizer->second);
     if (metrics_) metrics_->evidence_seconds->inc(evidence->seconds);
     return true;
   } catch (const std::exception& e) {
@@ -720,6 +726,8 @@ void Controller::continue_scoring() {
     row.evidence_prompts = evidence->prompts;
     row.evidence_seconds = evidence->seconds;
     row.evidence_peak_bytes = evidence->peak_bytes;
+    row.prompt_evidence = std::move(evidence->per_prompt);
+    row.evidence_key = evidence_key(passes_, tokenizer->second);
     row.predicted = true;
     step_models_[name] = predict_step_model(served_steps_, served_row_, row);
     spdlog::info("controller: scored {} on {} sample prompts in {:.3f} s ({:.1f} MiB held): prompt "

@@ -121,7 +121,52 @@ void Controller::decide(DecisionRecord::Trigger trigger, const std::string& reas
     if (phase_ != Phase::kPinned) phase_ = Phase::kServing;
     return;
   }
-  apply(ranked.front().first, ranked.front().second, trigger, reason, std::move(figures));
+  // The ranking's first choice is on point estimates. Moving off the model served when the
+  // decision began (before the pass, for a pass's decision) must also clear the switch gate:
+  // a sure gain above the margin and the recompute's cost share.
+  size_t chosen = 0;
+  std::optional<GateResult> gate;
+  const std::string& from_model =
+      trigger == DecisionRecord::Trigger::kProfiled && !pass_from_.empty() ? pass_from_
+                                                                           : current_name_;
+  const auto from = std::find_if(ranked.begin(), ranked.end(),
+                                 [&](const auto& r) { return r.first.model == from_model; });
+  const ProfileRow* from_row = table_.find(from_model);
+  const ProfileRow* to_row = table_.find(ranked.front().first.model);
+  if (ranked.front().first.model != from_model && from != ranked.end() && from_row != nullptr &&
+      to_row != nullptr) {
+    gate = gate_switch(*from_row, from->first, *to_row, ranked.front().first, slo_,
+                       switch_cost(ranked.front().first));
+    figures["gate"] = gate->to_json();
+    if (!gate->pass) chosen = static_cast<size_t>(from - ranked.begin());
+  }
+  apply(ranked[chosen].first, ranked[chosen].second, trigger,
+        gate ? reason + "; " + gate->reason : reason, std::move(figures), std::move(gate));
+}
+
+SwitchCost Controller::switch_cost(const Option& to) const {
+  SwitchCost cost;
+  const engine::EngineStats stats = engine_->stats();
+  cost.recompute_tokens = stats.kv_blocks_used * stats.kv_block_size;
+  cost.seconds = to.tokens_per_second > 0
+                     ? static_cast<double>(cost.recompute_tokens) / to.tokens_per_second
+                     : 0.0;
+  if (slo_.reprofile_interval_requests <= 0) {
+    cost.horizon_seconds = std::numeric_limits<double>::infinity();
+  } else {
+    const double rate = request_rate();
+    cost.horizon_seconds =
+        std::max(rate > 0 ? static_cast<double>(slo_.reprofile_interval_requests) / rate : 0.0,
+                 serving_seconds_before_reprofile(last_pass_seconds_, slo_.max_profiling_share));
+  }
+  return cost;
+}
+
+double Controller::request_rate() const {
+  if (finished_at_.size() < 2) return 0.0;
+  const double seconds =
+      std::chrono::duration<double>(finished_at_.back() - finished_at_.front()).count();
+  return seconds > 0 ? static_cast<double>(finished_at_.size() - 1) / seconds : 0.0;
 }
 
 int64_t Controller::most_sequences(const Option& option) const {
@@ -153,7 +198,8 @@ DecisionRecord Controller::keep_decision(DecisionRecord::Kind kind, DecisionReco
 }
 
 void Controller::apply(const Option& option, int64_t cap, DecisionRecord::Trigger trigger,
-                       const std::string& reason, nlohmann::json figures) {
+                       const std::string& reason, nlohmann::json figures,
+                       std::optional<GateResult> gate) {
   const Candidate* candidate = find_candidate(option.model);
   if (candidate == nullptr) {
     throw Error(ErrorCode::kNotFound, "model: no candidate named '" + option.model + "'");
@@ -178,7 +224,8 @@ void Controller::apply(const Option& option, int64_t cap, DecisionRecord::Trigge
                         .to_layers = option.depth,
                         .max_batch = cap,
                         .reason = reason,
-                        .figures = std::move(figures)});
+                        .figures = std::move(figures),
+                        .gate = std::move(gate)});
   if (phase_ != Phase::kPinned) phase_ = Phase::kServing;
   engine_->set_prompt_sampling(slo_.monitor_sample_rate);
   reset_windows();

@@ -9,6 +9,9 @@
 
 namespace helios::controller {
 
+// Finished requests the request rate is measured over (Controller::request_rate).
+inline constexpr size_t kRateWindow = 256;
+
 // Telemetry of the candidate being profiled: requests admitted and finished on its epoch, and
 // the engine steps run while it served.
 struct Controller::Accumulator {

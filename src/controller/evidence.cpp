@@ -59,6 +59,7 @@ std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& di
       model::score_prompts_streamed(dir, prompts, policy, dtype, device, /*batch=*/1);
   Evidence out;
   out.scores = std::move(streamed.scores);
+  out.per_prompt = std::move(streamed.per_batch);
   out.prompts = static_cast<int64_t>(prompts.size());
   out.exit_points = std::move(streamed.exit_points);
   out.peak_bytes = streamed.peak_weight_bytes + streamed.hidden_bytes;
@@ -101,7 +102,8 @@ std::optional<Evidence> score_on_sample(const model::Transformer& transformer,
   if (prompts.empty()) return std::nullopt;
   const auto start = std::chrono::steady_clock::now();
   Evidence out;
-  out.scores = model::score_prompts(transformer, prompts, policy);
+  // One prompt per batch, for the per-prompt scores a paired comparison needs.
+  out.scores = model::score_prompts(transformer, prompts, policy, /*batch=*/1, &out.per_prompt);
   out.prompts = static_cast<int64_t>(prompts.size());
   out.seconds = seconds_since(start);
   return out;
@@ -120,6 +122,12 @@ uint64_t fnv1a(uint64_t hash, const char* bytes, size_t size) {
 }
 
 }  // namespace
+
+uint64_t evidence_key(uint64_t pass, uint64_t tokenizer) {
+  uint64_t hash = fnv1a(kFnvOffset, reinterpret_cast<const char*>(&pass), sizeof pass);
+  hash = fnv1a(hash, reinterpret_cast<const char*>(&tokenizer), sizeof tokenizer);
+  return hash == 0 ? 1 : hash;
+}
 
 uint64_t tokenizer_fingerprint(const model::ModelConfig& config,
                                const std::filesystem::path& model_dir) {

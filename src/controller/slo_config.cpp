@@ -98,6 +98,7 @@ SloConfig from_json(const json& root, const fs::path& base_dir) {
   controller.number("max_evidence_share", c.max_evidence_share);
   controller.integer("reprofile_interval_requests", c.reprofile_interval_requests);
   controller.number("max_profiling_share", c.max_profiling_share);
+  controller.number("switch_margin", c.switch_margin);
   controller.integer("breach_window_tokens", c.breach_window_tokens);
   controller.integer("breach_max", c.breach_max);
   controller.integer("drift_window_requests", c.drift_window_requests);
@@ -185,6 +186,8 @@ void SloConfig::validate() const {
   within(reprofile_interval_requests, 0, "controller.reprofile_interval_requests");
   require(finite(max_profiling_share) && max_profiling_share > 0 && max_profiling_share <= 1,
           "controller.max_profiling_share", "in (0, 1]", max_profiling_share);
+  require(finite(switch_margin) && switch_margin >= 0 && switch_margin <= 10,
+          "controller.switch_margin", "in [0, 10]", switch_margin);
   within(breach_window_tokens, 1, "controller.breach_window_tokens");
   if (breach_max < 1 || breach_max > breach_window_tokens) {
     fail("controller.breach_max", "must be in [1, controller.breach_window_tokens = " +
@@ -213,6 +216,7 @@ nlohmann::json SloConfig::to_json() const {
         {"max_evidence_share", max_evidence_share},
         {"reprofile_interval_requests", reprofile_interval_requests},
         {"max_profiling_share", max_profiling_share},
+        {"switch_margin", switch_margin},
         {"breach_window_tokens", breach_window_tokens},
         {"breach_max", breach_max},
         {"drift_window_requests", drift_window_requests},

@@ -122,7 +122,7 @@ struct StreamedModel {
 
 ExitScores score_prompts(const Transformer& transformer,
                          std::span<const std::vector<int32_t>> prompts, const ExitPolicy& policy,
-                         int64_t batch) {
+                         int64_t batch, std::vector<ExitScores>* per_batch) {
   c10::InferenceMode inference;
   policy.validate();
   if (batch <= 0) throw Error(ErrorCode::kInvalidArgument, "score_prompts: batch must be > 0");
@@ -133,11 +133,16 @@ ExitScores score_prompts(const Transformer& transformer,
   for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(batch)) {
     const size_t last = std::min(prompts.size(), first + static_cast<size_t>(batch));
     const PromptBatch b = prompt_batch(prompts, first, last, config);
-    if (!b.inputs.defined()) continue;  // nothing to predict in this batch
+    if (!b.inputs.defined()) {  // nothing to predict in this batch
+      if (per_batch != nullptr) per_batch->emplace_back();
+      continue;
+    }
     const int64_t rows = b.targets.size(0);
     std::vector<at::Tensor> hidden = transformer.forward_exits(b.inputs.to(device));
     for (at::Tensor& h : hidden) h = h.reshape({rows, -1});
-    scores.add(transformer.score_exits(hidden, b.targets.to(device), policy));
+    ExitScores batch_scores = transformer.score_exits(hidden, b.targets.to(device), policy);
+    scores.add(batch_scores);
+    if (per_batch != nullptr) per_batch->push_back(std::move(batch_scores));
   }
   return scores;
 }
@@ -168,8 +173,11 @@ StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
   for (size_t first = 0; first < prompts.size(); first += static_cast<size_t>(batch)) {
     const size_t last = std::min(prompts.size(), first + static_cast<size_t>(batch));
     const PromptBatch b = prompt_batch(prompts, first, last, config);
-    if (!b.inputs.defined()) continue;
     Pending p;
+    if (!b.inputs.defined()) {  // nothing to predict: an empty entry keeps per_batch in order
+      pending.push_back(std::move(p));
+      continue;
+    }
     p.hidden = transformer.embed(b.inputs.to(device));
     p.targets = b.targets.to(device);
     out.hidden_bytes += static_cast<int64_t>(p.hidden.nbytes());
@@ -183,6 +191,7 @@ StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
     out.peak_weight_bytes = std::max(out.peak_weight_bytes, shared_bytes + layer_bytes);
     const bool exits_here = next_exit < points.size() && l + 1 == points[next_exit];
     for (Pending& p : pending) {
+      if (!p.hidden.defined()) continue;
       p.hidden = transformer.forward_layer(layer, p.hidden);
       if (exits_here) {
         p.columns.push_back(transformer.score_exit(
@@ -192,7 +201,12 @@ StreamedScores score_prompts_streamed(const std::filesystem::path& dir,
     if (exits_here) ++next_exit;
   }
   for (const Pending& p : pending) {
-    out.scores.add(Transformer::combine_exit_columns(p.columns, p.targets));
+    if (!p.hidden.defined()) {
+      out.per_batch.emplace_back();
+      continue;
+    }
+    out.per_batch.push_back(Transformer::combine_exit_columns(p.columns, p.targets));
+    out.scores.add(out.per_batch.back());
   }
   out.bytes_read = reader.bytes_read();
   return out;

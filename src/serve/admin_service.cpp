@@ -1,6 +1,7 @@
 // helios.v1.Admin: status, models, and the controller's operator commands.
 #include "admin_service.h"
 
+#include <cmath>
 #include <spdlog/spdlog.h>
 
 #include <cctype>
@@ -49,6 +50,24 @@ void fill_decision(const controller::DecisionRecord& d, v1::Decision* out) {
   out->set_max_batch(static_cast<uint32_t>(d.max_batch));
   out->set_reason(d.reason);
   out->set_figures_json(d.figures.is_null() ? "{}" : d.figures.dump());
+  if (d.gate) {
+    const controller::GateResult& g = *d.gate;
+    v1::SwitchGate* gate = out->mutable_gate();
+    gate->set_passed(g.pass);
+    gate->set_gain(g.gain.point);
+    gate->set_gain_low(g.gain.low);
+    gate->set_gain_high(g.gain.high);
+    gate->set_required_gain(g.required_gain);
+    gate->set_cost_seconds(g.cost.seconds);
+    gate->set_recompute_tokens(static_cast<uint64_t>(g.cost.recompute_tokens));
+    gate->set_horizon_seconds(std::isfinite(g.cost.horizon_seconds) ? g.cost.horizon_seconds : 0);
+    if (g.perplexity_ratio) {
+      gate->set_perplexity_ratio(g.perplexity_ratio->point);
+      gate->set_perplexity_ratio_low(g.perplexity_ratio->low);
+      gate->set_perplexity_ratio_high(g.perplexity_ratio->high);
+    }
+    gate->set_prompts(static_cast<uint32_t>(g.prompts));
+  }
 }
 
 void fill_controller(const controller::ControllerStatus& s, v1::ControllerStatus* out) {

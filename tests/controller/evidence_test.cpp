@@ -94,8 +94,14 @@ TEST(ScoreOnSample, ScoresOnlyThePromptsOfTheModelsTokenizer) {
   EXPECT_EQ(evidence->scores.tokens, 3 + 2);
   EXPECT_GE(evidence->seconds, 0.0);
   const std::vector<std::vector<int32_t>> own = {sample[0].ids, sample[2].ids};
-  const model::ExitScores direct = model::score_prompts(transformer, own, policy);
+  // Scored one prompt at a time, for the per-prompt scores a paired comparison reads.
+  std::vector<model::ExitScores> each;
+  const model::ExitScores direct = model::score_prompts(transformer, own, policy, 1, &each);
   EXPECT_EQ(evidence->scores.nll_sum, direct.nll_sum);
+  ASSERT_EQ(evidence->per_prompt.size(), 2u);
+  EXPECT_EQ(evidence->per_prompt[0].tokens, 3);
+  EXPECT_EQ(evidence->per_prompt[1].tokens, 2);
+  EXPECT_EQ(evidence->per_prompt[1].nll_sum, each[1].nll_sum);
   EXPECT_FALSE(score_on_sample(transformer, sample, 33, policy).has_value()) << "no prompt";
   EXPECT_FALSE(score_on_sample(transformer, sample, 0, policy).has_value()) << "unknown";
 }

@@ -53,6 +53,7 @@ TEST_F(SloConfigTest, DefaultsWithCommentsAndRelativeRepository) {
   EXPECT_DOUBLE_EQ(c.max_evidence_share, 0.1);
   EXPECT_EQ(c.reprofile_interval_requests, 150);
   EXPECT_DOUBLE_EQ(c.max_profiling_share, 0.1);
+  EXPECT_DOUBLE_EQ(c.switch_margin, 0.05);
   EXPECT_EQ(c.breach_window_tokens, 100);
   EXPECT_EQ(c.breach_max, 50);
   EXPECT_EQ(c.drift_window_requests, 32);
@@ -68,7 +69,7 @@ TEST_F(SloConfigTest, EveryKeyIsReadAndRoundTrips) {
     "controller": {"candidates_top_k": 2, "profile_requests": 7, "evidence_prompts": 32,
                    "profile_mode": "sample", "max_evidence_share": 0.5,
                    "reprofile_interval_requests": 0, "max_profiling_share": 0.25,
-                   "breach_window_tokens": 40,
+                   "switch_margin": 0, "breach_window_tokens": 40,
                    "breach_max": 40, "drift_window_requests": 4, "monitor_sample_rate": 1},
     "model_repository": ")" + (scratch_.path() / "zoo").string() + R"("})");
   EXPECT_EQ(c.objective, Objective::kLatency);
@@ -80,6 +81,7 @@ TEST_F(SloConfigTest, EveryKeyIsReadAndRoundTrips) {
   EXPECT_DOUBLE_EQ(c.max_evidence_share, 0.5);
   EXPECT_EQ(c.reprofile_interval_requests, 0);
   EXPECT_DOUBLE_EQ(c.max_profiling_share, 0.25);
+  EXPECT_DOUBLE_EQ(c.switch_margin, 0.0);
   EXPECT_EQ(c.breach_max, 40);
   EXPECT_EQ(c.drift_window_requests, 4);
   EXPECT_EQ(SloConfig::parse(c.to_json().dump(), "/elsewhere", "again"), c);
@@ -116,6 +118,8 @@ TEST_F(SloConfigTest, ErrorsStartWithTheKey) {
        "controller.reprofile_interval_requests:"},
       {with("controller", "max_profiling_share", 0), "controller.max_profiling_share:"},
       {with("controller", "max_profiling_share", 1.5), "controller.max_profiling_share:"},
+      {with("controller", "switch_margin", -0.1), "controller.switch_margin:"},
+      {with("controller", "switch_margin", 11), "controller.switch_margin:"},
       {with("controller", "breach_window_tokens", 0), "controller.breach_window_tokens:"},
       {with("controller", "breach_max", 101), "controller.breach_max:"},
       {with("controller", "breach_max", 0), "controller.breach_max:"},

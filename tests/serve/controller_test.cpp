@@ -451,6 +451,29 @@ TEST(HeliosController, SampleModeProfilesOffTheServingPath) {
   }
   EXPECT_GT(metric_value(daemon, "helios_controller_evidence_seconds_total"), 0.0);
   EXPECT_EQ(decision.to_model(), "prose-micro") << decision.reason() << "\n" << decision.figures_json();
+  // A change of model went through the switch gate, on intervals from the shared prompts.
+  if (first_model != decision.to_model()) {
+    ASSERT_TRUE(decision.has_gate()) << decision.figures_json();
+    const v1::SwitchGate& gate = decision.gate();
+    EXPECT_TRUE(gate.passed()) << decision.reason();
+    EXPECT_EQ(gate.prompts(), s.controller().table(0).evidence_prompts());
+    EXPECT_LE(gate.gain_low(), gate.gain());
+    EXPECT_LE(gate.gain(), gate.gain_high());
+    EXPECT_GT(gate.perplexity_ratio(), 0.0);
+    // The margin plus the recompute's share of the horizon (0: nothing re-profiles
+    // periodically, the cost is spread over an unbounded stint).
+    EXPECT_NEAR(gate.required_gain(),
+                0.05 + (gate.horizon_seconds() > 0 ? gate.cost_seconds() / gate.horizon_seconds() : 0.0),
+                1e-9);
+    EXPECT_GT(gate.gain_low(), gate.required_gain());
+    EXPECT_TRUE(json::parse(decision.figures_json()).contains("gate"));
+    std::printf("switch gate: gain %.3f [%.3f, %.3f], needed %.3f (recompute %llu tokens, %.3f s of "
+                "%.1f s); perplexity x%.3f [%.3f, %.3f]\n",
+                gate.gain(), gate.gain_low(), gate.gain_high(), gate.required_gain(),
+                static_cast<unsigned long long>(gate.recompute_tokens()), gate.cost_seconds(),
+                gate.horizon_seconds(), gate.perplexity_ratio(), gate.perplexity_ratio_low(),
+                gate.perplexity_ratio_high());
+  }
   std::printf("sample mode: served %s throughout profiling; decided %s at %u layers\n",
               first_model.c_str(), decision.to_model().c_str(), decision.to_layers());
 

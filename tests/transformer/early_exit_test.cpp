@@ -345,7 +345,21 @@ TEST(PromptScores, ScoringPromptsInBatchesEqualsPrefillingEachAlone) {
   }
   for (const int64_t batch : {1, 2, 8}) {
     SCOPED_TRACE(batch);
-    const model::ExitScores scored = model::score_prompts(transformer, prompts, policy, batch);
+    std::vector<model::ExitScores> per_batch;
+    const model::ExitScores scored =
+        model::score_prompts(transformer, prompts, policy, batch, &per_batch);
+    // One entry per batch, in order, adding up to the sums (the prompt with nothing to
+    // predict is an empty entry when it is a batch of its own).
+    ASSERT_EQ(per_batch.size(), (prompts.size() + static_cast<size_t>(batch) - 1) /
+                                    static_cast<size_t>(batch));
+    model::ExitScores added;
+    for (const auto& b : per_batch) added.add(b);
+    EXPECT_EQ(added.tokens, scored.tokens);
+    EXPECT_EQ(added.exit_histogram, scored.exit_histogram);
+    if (batch == 1) {
+      EXPECT_EQ(per_batch[0].tokens, 12);
+      EXPECT_EQ(per_batch[3].tokens, 0);
+    }
     ASSERT_EQ(scored.tokens, prefilled.tokens);
     ASSERT_EQ(scored.tokens, 12 + 1 + 5 + 9);
     EXPECT_EQ(scored.exit_histogram, prefilled.exit_histogram);
@@ -384,6 +398,24 @@ TEST(PromptScores, StreamedLayerByLayerEqualsTheModelLoadedWhole) {
   const model::StreamedScores streamed =
       model::score_prompts_streamed(dir.path(), prompts, policy, c10::kFloat, c10::kCPU, 2);
   EXPECT_EQ(streamed.exit_points, transformer.exit_points());
+  // Prompt by prompt (batch 1, as the controller scores its sample): the same scores as the
+  // whole model's, one entry per prompt, the one with nothing to predict empty.
+  std::vector<model::ExitScores> whole_each;
+  model::score_prompts(transformer, prompts, policy, 1, &whole_each);
+  const model::StreamedScores each =
+      model::score_prompts_streamed(dir.path(), prompts, policy, c10::kFloat, c10::kCPU, 1);
+  ASSERT_EQ(each.per_batch.size(), prompts.size());
+  ASSERT_EQ(whole_each.size(), prompts.size());
+  EXPECT_EQ(each.per_batch[2].tokens, 0);
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    SCOPED_TRACE(p);
+    EXPECT_EQ(each.per_batch[p].tokens, static_cast<int64_t>(prompts[p].size()) - 1);
+    EXPECT_EQ(each.per_batch[p].exit_histogram, whole_each[p].exit_histogram);
+    for (size_t e = 0; e < whole_each[p].policy_nll_sum.size(); ++e) {
+      EXPECT_NEAR(each.per_batch[p].policy_nll_sum[e], whole_each[p].policy_nll_sum[e],
+                  1e-4 * whole_each[p].policy_nll_sum[e] + 1e-6);
+    }
+  }
   ASSERT_EQ(streamed.scores.tokens, whole.tokens);
   EXPECT_EQ(streamed.scores.exit_histogram, whole.exit_histogram);
   ASSERT_EQ(streamed.scores.nll_sum.size(), whole.nll_sum.size());

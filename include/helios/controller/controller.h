@@ -27,6 +27,7 @@
 #include "helios/controller/policy.h"
 #include "helios/controller/slo_config.h"
 #include "helios/controller/sliding_window.h"
+#include "helios/controller/switch_gate.h"
 #include "helios/engine/model_instance.h"
 #include "helios/engine/telemetry.h"
 #include "helios/metrics/energy_meter.h"
@@ -93,6 +94,8 @@ struct DecisionRecord {
   int64_t max_batch = 0;
   std::string reason{};
   nlohmann::json figures{};
+  // A change the ranking preferred, weighed against its cost (kept or made as the gate said).
+  std::optional<GateResult> gate{};
 };
 
 // The names logs, JSON and the Admin API give them: "profile", "slo_change", ...
@@ -195,8 +198,14 @@ class Controller final : public engine::TelemetrySink {
   // predicts its row from the served one; ends the pass after the last.
   void continue_scoring();
   void decide(DecisionRecord::Trigger trigger, const std::string& reason);
+  // What moving the engine to `to` costs now (the batch in flight recomputed) and the serving
+  // time until the next periodic re-profile, for the switch gate.
+  SwitchCost switch_cost(const Option& to) const;
+  // Requests finished per second over the last kRateWindow; 0 before two.
+  double request_rate() const;
   void apply(const Option& option, int64_t cap, DecisionRecord::Trigger trigger,
-             const std::string& reason, nlohmann::json figures);
+             const std::string& reason, nlohmann::json figures,
+             std::optional<GateResult> gate = std::nullopt);
   // Sequences `option` may run at once: its KV capacity within the scheduler's limit.
   int64_t most_sequences(const Option& option) const;
   // The step model profiled for `model`; one that predicts nothing when there is none.
@@ -286,6 +295,13 @@ class Controller final : public engine::TelemetrySink {
   // ended here. Periodic re-profiles are spaced by them (SloConfig::max_profiling_share).
   std::chrono::steady_clock::time_point pass_started_{}, pass_ended_{};
   double last_pass_seconds_ = 0;
+  // Profiling passes begun so far (keys each pass's sample), and the model served when the
+  // last one began: the option a pass's decision weighs a switch against.
+  uint64_t passes_ = 0;
+  std::string pass_from_;
+  // When the last clean requests finished (at most kRateWindow): the request rate the switch
+  // gate turns the re-profile interval into seconds with.
+  std::deque<std::chrono::steady_clock::time_point> finished_at_;
   int64_t reloads_applied_ = 0, reloads_rejected_ = 0;
   std::string last_reload_error_;
   int64_t peak_memory_bytes_ = 0;

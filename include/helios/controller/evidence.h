@@ -48,6 +48,7 @@ class EvidenceSample {
 // What scoring one candidate on the sample gave.
 struct Evidence {
   model::ExitScores scores;
+  std::vector<model::ExitScores> per_prompt;  // the same prompt by prompt, in sample order
   int64_t prompts = 0;  // prompts of the sample scored (those of the candidate's tokenizer)
   double seconds = 0;   // wall time of the scoring
   // Streamed scoring only: the exit points at full depth, and the most bytes held at once
@@ -84,6 +85,10 @@ std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& di
 int64_t streamed_scoring_bytes(const model::ModelConfig& config,
                                const engine::ModelFootprint& footprint, int64_t prompts,
                                int64_t element_size);
+
+// The key of the per-prompt evidence of profiling pass `pass` on the prompts of `tokenizer`
+// (never 0): rows with equal keys were scored on the same prompts, in the same order.
+uint64_t evidence_key(uint64_t pass, uint64_t tokenizer);
 
 // A fingerprint (64-bit FNV-1a) of the tokenizer of the model in `model_dir` with `config`, so
 // that prompts tokenized by one model are scored only by models that tokenize alike: for a

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "helios/engine/memory_plan.h"
+#include "helios/model/exit_scores.h"
 
 namespace helios::controller {
 
@@ -33,6 +34,11 @@ struct ProfileRow {
   int64_t evidence_prompts = 0;
   double evidence_seconds = 0;  // scoring the sample took this long
   int64_t evidence_peak_bytes = 0;  // streamed scoring: most bytes held at once
+  // The same scores prompt by prompt (in the sample's order; they add up to the columns
+  // above), and the sample they come from (0: none; rows with equal keys were scored on the
+  // same prompts), for paired comparisons between rows (switch_gate.h).
+  std::vector<model::ExitScores> prompt_evidence;
+  uint64_t evidence_key = 0;
   // The serving figures below are predicted from the served model's live ones (profile mode
   // "sample", see prediction.h) rather than measured while this candidate served.
   bool predicted = false;

@@ -70,6 +70,12 @@ struct SloConfig {
   // wall time (a pass that took t seconds is followed by at least t * (1 - share) / share
   // seconds of serving); 1 = no cap. Drift, breaches and edits re-profile regardless.
   double max_profiling_share = 0.1;
+  // A change of model or depth that the ranking prefers is made only when the lower end of its
+  // predicted gain's 90% interval (paired bootstrap over the sample's prompts) exceeds this
+  // relative margin plus the switch's cost share (recompute seconds over the seconds until the
+  // next re-profile), unless the served option breaks the SLO (switch_gate.h). 0: any sure gain
+  // that pays for its recompute.
+  double switch_margin = 0.05;
   int64_t breach_window_tokens = 100;
   int64_t breach_max = 50;
   int64_t drift_window_requests = 32;

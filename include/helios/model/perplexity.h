@@ -36,9 +36,11 @@ ExitPerplexity evaluate_perplexity(const Transformer& transformer, std::span<con
 // on the right (causal attention: padding never reaches the positions scored). The sums equal
 // those of prefilling each prompt alone with score_prompt. Throws Error(kInvalidArgument)
 // naming the prompt and position when a token id is outside the model's vocabulary.
+// With `per_batch`, also the scores of each batch of `batch` prompts in order (one prompt
+// each with batch 1; an entry with no tokens for a batch with nothing to predict).
 ExitScores score_prompts(const Transformer& transformer,
                          std::span<const std::vector<int32_t>> prompts, const ExitPolicy& policy,
-                         int64_t batch = 8);
+                         int64_t batch = 8, std::vector<ExitScores>* per_batch = nullptr);
 
 // score_prompts of a model that is not loaded: the checkpoint in `dir` at full depth, read one
 // decoder layer at a time (LayerReader), so that only the embeddings, final norm, head, one
@@ -46,6 +48,7 @@ ExitScores score_prompts(const Transformer& transformer,
 // the model loaded whole, with the same dtype and device.
 struct StreamedScores {
   ExitScores scores;
+  std::vector<ExitScores> per_batch;  // the same per batch of prompts, in order (see above)
   std::vector<int32_t> exit_points;  // at full depth
   int64_t bytes_read = 0;            // tensor bytes read from the checkpoint, as stored
   int64_t peak_weight_bytes = 0;     // embeddings + final norm + head + the largest layer
