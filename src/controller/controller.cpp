@@ -12,19 +12,13 @@
 #include "helios/common/error.h"
 #include "helios/common/files.h"
 #include "helios/controller/config_watcher.h"
+#include "helios/controller/drift.h"
 #include "helios/controller/prediction.h"
 #include "helios/engine/memory_plan.h"
 #include "helios/engine/serving_engine.h"
 #include "controller_internal.h"
 
 namespace helios::controller {
-namespace {
-
-// How far above its profiled value the live prompt perplexity of the served choice must be
-// (besides above the SLO bound) to count as drift rather than harder prompts.
-constexpr double kPerplexityDriftFactor = 2.0;
-
-}  // namespace
 
 std::string_view to_string(DecisionRecord::Kind kind) {
   switch (kind) {
@@ -487,16 +481,9 @@ void Controller::check_triggers() {
   const double best = best_full_perplexity(table_);
   const ProfileRow* row = table_.find(current_name_);
   if (prompt_window_.size() >= prompts_needed && std::isfinite(best) && row != nullptr) {
-    const double live = live_prompt_perplexity();
-    const double bound = (1.0 + slo_.max_perplexity_increase) * best;
-    const double expected = policy_perplexity(*row, depth);
-    // Prompts differ in difficulty, so a few of them can sit above the bound by chance; the
-    // traffic has changed when they are also far above what the row measured for this choice.
-    if (live > bound && live > kPerplexityDriftFactor * expected) {
-      violations.push_back(fmt::format(
-          "live prompt perplexity {:.2f} > bound {:.2f} and > {:.1f}x the {:.2f} profiled", live,
-          bound, kPerplexityDriftFactor, expected));
-    }
+    const DriftCheck drift = perplexity_drift(prompt_window_, *row, depth,
+                                              (1.0 + slo_.max_perplexity_increase) * best);
+    if (drift.drifted) violations.push_back(drift.reason);
   }
   if (!violations.empty()) {
     std::string why;
