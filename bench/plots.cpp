@@ -18,11 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc);
-  out << text;
-  if (!out.flush()) throw Fatal(fmt::format("cannot write {}", path.string()));
-}
+void write_file(const fs::path& path, const std::string& text) { write_text(path.string(), text); }
 
 double number_or(const json& v, double fallback) {
   return v.is_number() ? v.get<double>() : fallback;
@@ -72,12 +68,12 @@ std::string status_data(const json& run, std::vector<std::string>& models) {
   return out;
 }
 
-// Prompt perplexity of the requests that arrived in each window (pooled over their tokens).
+// Prompt perplexity of the requests sent in each window (pooled over their tokens).
 std::string perplexity_data(const json& run, double window) {
   std::string out = "# t_mid_s prompt_perplexity\n";
   std::map<int64_t, PerplexityPool> windows;
   for (const json& r : run.at("requests")) {
-    windows[static_cast<int64_t>(r["scheduled_s"].get<double>() / window)].add(r);
+    windows[static_cast<int64_t>(r["sent_s"].get<double>() / window)].add(r);
   }
   for (const auto& [index, pool] : windows) {
     const json ppl = pool.value();
@@ -90,22 +86,51 @@ std::string perplexity_data(const json& run, double window) {
 
 std::string gp_string(const std::string& s) { return "\"" + s + "\""; }
 
+// The helios runs and the oracle stand out from the static baselines.
+bool highlighted(const json& run, const json& result) {
+  const json& helios = result.at("helios");
+  return std::find(helios.begin(), helios.end(), run.at("label")) != helios.end() ||
+         result.at("oracle") == run.at("label");
+}
+
+std::string style_of(const json& run, const json& result) {
+  const std::string label = run.at("label");
+  const json& helios = result.at("helios");
+  if (!helios.empty() && helios[0] == label) return "lw 2.5 lc rgb 'black'";
+  if (std::find(helios.begin(), helios.end(), label) != helios.end()) {
+    return "lw 2.5 lc rgb '#d95f02'";
+  }
+  if (result.at("oracle") == label) return "lw 2 dashtype 2 lc rgb '#1b9e77'";
+  return "lw 1.2";
+}
+
 }  // namespace
 
 void write_plots(const std::vector<json>& runs, const json& result, const fs::path& dir) {
   fs::create_directories(dir);
-  const json& workload = result.at("workload");
-  const double duration = workload.at("duration_s").get<double>();
+  double duration = 0;
+  for (const json& run : runs) duration = std::max(duration, run.at("wall_s").get<double>());
   const double window = std::max(2.0, duration / 24.0);
+  // Phase boundaries: when the first helios run sent each phase's first request (the trace's
+  // offsets in the open loop; in the closed loop each run reaches them at its own pace).
+  const json* reference = &runs.front();
+  for (const json& run : runs) {
+    if (run.at("label") == result.at("helios").at(0)) reference = &run;
+  }
+  std::map<std::string, double> phase_start;
+  for (const json& r : reference->at("requests")) {
+    const std::string phase = r.value("phase", "");
+    if (!phase_start.contains(phase)) phase_start[phase] = r.at("sent_s").get<double>();
+  }
   std::string phase_lines;
-  for (const json& p : workload.at("phases")) {
-    const double start = p["start_s"].get<double>();
-    if (start > 0) {
-      phase_lines += fmt::format(
-          "set arrow from {0}, graph 0 to {0}, graph 1 nohead dashtype 2 lc rgb 'gray40'\n", start);
-    }
+  for (const json& p : result.at("workload").at("phases")) {
+    const std::string name = p["name"];
+    if (!phase_start.contains(name)) continue;
+    const double start = phase_start[name];
+    phase_lines += fmt::format(
+        "set arrow from {0}, graph 0 to {0}, graph 1 nohead dashtype 2 lc rgb 'gray40'\n", start);
     phase_lines += fmt::format("set label {} at {}, graph 0.97 left font ',9' tc rgb 'gray30'\n",
-                               gp_string(p["name"].get<std::string>()), start + duration * 0.005);
+                               gp_string(name), start + duration * 0.005);
   }
 
   std::string summary = "# label ttft_p50 ttft_p95 tpot_p50 tpot_p95 e2e_p50 e2e_p95 "
@@ -123,15 +148,15 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
   write_file(dir / "summary.dat", summary);
 
   std::string counters_plot, status_plot, capacity_plot, ppl_plot, layers_plot, energy_plot,
-      model_panel;
+      model_panels;
+  int panels = 0;
   for (const json& run : runs) {
     const std::string label = run.at("label");
-    const bool helios = label == result.at("helios").get<std::string>();
     std::vector<std::string> models;
     write_file(dir / (label + ".counters.dat"), counters_data(run));
     write_file(dir / (label + ".status.dat"), status_data(run, models));
     write_file(dir / (label + ".perplexity.dat"), perplexity_data(run, window));
-    const std::string style = helios ? "lw 2.5 lc rgb 'black'" : "lw 1.2";
+    const std::string style = style_of(run, result);
     auto add = [&](std::string& plot, const std::string& file, const std::string& columns,
                    const char* with) {
       plot += fmt::format("{}{} using {} with {} {} title {}", plot.empty() ? "plot " : ", ",
@@ -143,15 +168,17 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
     add(capacity_plot, label + ".status.dat", "1:3", "steps");
     add(layers_plot, label + ".status.dat", "1:4", "steps");
     add(ppl_plot, label + ".perplexity.dat", "1:2", "linespoints");
-    if (helios) {
+    if (highlighted(run, result)) {  // which model each helios run and the oracle served when
       std::string tics;
       for (size_t i = 0; i < models.size(); ++i) {
         tics += fmt::format("{}{} {}", i ? ", " : "", gp_string(models[i]), i);
       }
-      model_panel = fmt::format(
-          "set title 'Model helios serves'\nset ylabel ''\nset ytics ({})\nset yrange [-0.5:{}]\n"
-          "plot {} using 1:5 with steps lw 2.5 lc rgb 'black' notitle\n",
-          tics, static_cast<double>(models.size()) - 0.5, gp_string(label + ".status.dat"));
+      model_panels += fmt::format(
+          "set title 'Model {} serves'\nset ylabel ''\nset ytics ({})\nset yrange [-0.5:{}]\n"
+          "plot {} using 1:5 with steps {} notitle\n",
+          label, tics, static_cast<double>(models.size()) - 0.5, gp_string(label + ".status.dat"),
+          style);
+      ++panels;
     }
   }
   const std::string head =
@@ -172,13 +199,13 @@ void write_plots(const std::vector<json>& runs, const json& result, const fs::pa
   figure("perplexity.png", "Prompt perplexity of arriving requests (early exit, served depth)",
          "perplexity (log scale)", ppl_plot);
   script += "unset logscale y\nset yrange [0:*]\n";
-  // Two panels: every run's loaded layers, and which model helios served when.
+  // Panels: every run's loaded layers, then which model each helios run and the oracle served.
   script += fmt::format(
-      "set output 'layers.png'\nset terminal pngcairo size 1100,720 font ',10'\n"
-      "set multiplot layout 2,1\nset title 'Loaded layers'\nset ylabel 'layers'\n{}\n{}"
+      "set output 'layers.png'\nset terminal pngcairo size 1100,{} font ',10'\n"
+      "set multiplot layout {},1\nset title 'Loaded layers'\nset ylabel 'layers'\n{}\n{}"
       "unset multiplot\nset ytics autofreq\nset yrange [0:*]\n"
       "set terminal pngcairo size 1100,520 font ',10'\n",
-      layers_plot, model_panel);
+      360 + 240 * panels, panels + 1, layers_plot, model_panels);
   // Bars from the summary: latency percentiles side by side.
   script +=
       "unset arrow\nunset label\nset xlabel ''\nset autoscale y\nset style data histograms\n"

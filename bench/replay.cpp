@@ -2,8 +2,8 @@
 
 #include <fmt/format.h>
 
-#include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -41,6 +41,7 @@ class Sampler {
   }
 
   json status = json::array(), counters = json::array();
+  json controller = json::object();  // evidence and peak memory figures (policy helios)
   std::string energy_source;
 
  private:
@@ -50,10 +51,11 @@ class Sampler {
     std::unique_lock lock(mutex_);
     while (!stopping_) {
       lock.unlock();
-      poll_status();
-      if (Clock::now() >= next_scrape) {
+      // A scrape at every change of the controller's phase brackets each profiling pass in the
+      // counters, within one poll period.
+      if (poll_status() || Clock::now() >= next_scrape) {
         scrape();
-        next_scrape += std::chrono::seconds(1);
+        next_scrape = Clock::now() + std::chrono::seconds(1);
       }
       next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(period_));
       if (next < Clock::now()) next = Clock::now();  // no burst of catch-up polls
@@ -64,20 +66,48 @@ class Sampler {
     scrape();  // the counters at the end of the run
   }
 
-  void poll_status() {
+  // Returns true when the controller's phase changed since the previous poll.
+  bool poll_status() {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
     pb::GetStatusResponse s;
-    if (!admin_->GetStatus(&context, pb::GetStatusRequest(), &s).ok()) return;
-    status.push_back({{"t", seconds_since(start_, Clock::now())},
-                      {"running", s.running_requests()},
-                      {"waiting", s.waiting_requests()},
-                      {"kv_blocks_used", s.kv_blocks_used()},
-                      {"kv_blocks_total", s.kv_blocks_total()},
-                      {"kv_capacity_sequences", s.kv_capacity_sequences()},
-                      {"model", s.model().name()},
-                      {"loaded_layers", s.model().loaded_layers()},
-                      {"total_layers", s.model().total_layers()}});
+    if (!admin_->GetStatus(&context, pb::GetStatusRequest(), &s).ok()) return false;
+    json sample = {{"t", seconds_since(start_, Clock::now())},
+                   {"running", s.running_requests()},
+                   {"waiting", s.waiting_requests()},
+                   {"kv_blocks_used", s.kv_blocks_used()},
+                   {"kv_blocks_total", s.kv_blocks_total()},
+                   {"kv_capacity_sequences", s.kv_capacity_sequences()},
+                   {"model", s.model().name()},
+                   {"loaded_layers", s.model().loaded_layers()},
+                   {"total_layers", s.model().total_layers()}};
+    if (s.has_controller()) {
+      const pb::ControllerStatus& c = s.controller();
+      sample["phase"] = c.phase();
+      if (!c.profiling_model().empty()) sample["profiling_model"] = c.profiling_model();
+      uint64_t evidence_peak = 0;
+      for (const pb::ProfileRow& row : c.table()) {
+        evidence_peak = std::max<uint64_t>(evidence_peak, row.evidence_peak_bytes());
+      }
+      controller["evidence_peak_bytes"] =
+          std::max(controller.value("evidence_peak_bytes", uint64_t{0}), evidence_peak);
+      controller["evidence_reserve_bytes"] = c.evidence_reserve_bytes();
+      controller["peak_memory_bytes"] = c.peak_memory_bytes();
+      if (!controller.contains("profile_mode")) controller["profile_mode"] = profile_mode(c.slo_json());
+    }
+    status.push_back(std::move(sample));
+    const std::string now = s.has_controller() ? s.controller().phase() : "";
+    const bool changed = now != phase_;
+    phase_ = now;
+    return changed;
+  }
+
+  static json profile_mode(const std::string& slo_json) {
+    try {
+      return json::parse(slo_json).at("controller").at("profile_mode");
+    } catch (const json::exception&) {
+      return nullptr;
+    }
   }
 
   void scrape() {
@@ -105,7 +135,12 @@ class Sampler {
                         {"model_switches", value("helios_model_switches_total")},
                         {"layer_loads", value("helios_layer_loads_total")},
                         {"profiling_runs", value("helios_profiling_runs_total")},
-                        {"preemptions", value("helios_preemptions_total")}});
+                        {"preemptions", value("helios_preemptions_total")},
+                        {"engine_step_seconds", value("helios_engine_step_seconds_total")},
+                        {"forward_seconds", value("helios_model_forward_seconds_total")},
+                        {"evidence_seconds", value("helios_controller_evidence_seconds_total")},
+                        {"memory_peak_bytes", value("helios_memory_peak_bytes")},
+                        {"phase", phase_}});
   }
 
   pb::Admin::Stub* admin_;
@@ -115,6 +150,7 @@ class Sampler {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  std::string phase_;  // the controller's phase at the last poll ("" under static)
   std::thread thread_;
 };
 
@@ -154,9 +190,84 @@ json request_record(const WorkloadRequest& r, size_t index, Clock::time_point st
 
 }  // namespace
 
+Pin parse_pin(const std::string& text) {
+  const size_t eq = text.find('=');
+  auto bad = [&](const std::string& why) {
+    return UsageError(fmt::format("--pin {}: {} (expected PHASE=MODEL[:LAYERS])", text, why));
+  };
+  if (eq == std::string::npos || eq == 0) throw bad("no PHASE=");
+  Pin pin{.phase = text.substr(0, eq), .model = text.substr(eq + 1)};
+  const size_t colon = pin.model.rfind(':');
+  if (colon != std::string::npos) {
+    const std::string layers = pin.model.substr(colon + 1);
+    pin.model.resize(colon);
+    size_t used = 0;
+    try {
+      pin.layers = std::stoll(layers, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != layers.size() || pin.layers < 0) {
+      throw bad("LAYERS must be a whole number >= 0");
+    }
+  }
+  if (pin.model.empty()) throw bad("no MODEL");
+  return pin;
+}
+
+std::string to_string(const Pin& pin) {
+  return fmt::format("{}={}:{}", pin.phase, pin.model, pin.layers);
+}
+
+namespace {
+
+// Admin.PinModel, waiting for the daemon's answer; another admin action in progress is waited
+// out (RESOURCE_EXHAUSTED). Returns the record of the pin; `ok` false with the error otherwise.
+json pin_model(pb::Admin::Stub* admin, const Pin& pin, Clock::time_point start) {
+  json record = {{"phase", pin.phase},
+                 {"model", pin.model},
+                 {"layers", pin.layers},
+                 {"asked_s", seconds_since(start, Clock::now())}};
+  pb::PinModelRequest request;
+  request.set_model(pin.model);
+  request.set_layers(static_cast<uint32_t>(pin.layers));
+  grpc::Status status;
+  pb::PinModelResponse response;
+  for (int attempt = 0; attempt < 600; ++attempt) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    status = admin->PinModel(&context, request, &response);
+    if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  record["returned_s"] = seconds_since(start, Clock::now());
+  record["ok"] = status.ok();
+  if (status.ok()) {
+    record["to_model"] = response.decision().to_model();
+    record["to_layers"] = response.decision().to_layers();
+  } else {
+    record["error"] = fmt::format("{}: {}", status_name(status.error_code()), status.error_message());
+  }
+  return record;
+}
+
+}  // namespace
+
 json replay(const ReplayOptions& options) {
   const Workload workload = load_workload(options.workload);
   const MetricsEndpoint metrics = parse_metrics_url(options.metrics_url);
+  if (options.concurrency < 0) throw UsageError("--concurrency must be >= 0");
+  std::map<std::string, Pin> pins;
+  for (const Pin& pin : options.pins) {
+    bool known = false;
+    for (const json& phase : workload.header.at("phases")) known |= phase.at("name") == pin.phase;
+    if (!known) {
+      throw UsageError(fmt::format("--pin {}: the trace has no phase {}", to_string(pin), pin.phase));
+    }
+    if (!pins.emplace(pin.phase, pin).second) {
+      throw UsageError(fmt::format("--pin: phase {} is pinned twice", pin.phase));
+    }
+  }
   auto channel = grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
     throw Fatal(fmt::format("cannot reach helios at {} within 10 s", options.address));
@@ -174,20 +285,41 @@ json replay(const ReplayOptions& options) {
     }
   }
 
+  const bool closed_loop = options.concurrency > 0;
   std::mutex mutex;
-  std::condition_variable all_done;
-  size_t finished = 0;
+  std::condition_variable changed;
+  size_t sent = 0, finished = 0, in_flight = 0, most_in_flight = 0;
   std::vector<json> records(workload.requests.size());
+  json pin_records = json::array();
+  std::string pin_error;
   const Clock::time_point start = Clock::now();
   Sampler sampler(admin.get(), metrics, start, options.sample_seconds);
   double max_lag_ms = 0;
 
+  // One dispatcher sends the requests in trace order: in the open loop each at its offset, in
+  // the closed loop each as soon as one of the N workers' previous request finished (the same
+  // schedule as N workers taking requests in order). A pin sits in that order before its
+  // phase's first request, so nothing later is sent before the daemon answered it.
   for (size_t i = 0; i < workload.requests.size(); ++i) {
     const WorkloadRequest& r = workload.requests[i];
-    const auto due = start + std::chrono::duration_cast<Clock::duration>(
-                                 std::chrono::duration<double>(r.at_seconds));
-    std::this_thread::sleep_until(due);
-    max_lag_ms = std::max(max_lag_ms, ms(Clock::now() - due));
+    if (closed_loop) {
+      std::unique_lock lock(mutex);
+      changed.wait(lock, [&] { return in_flight < static_cast<size_t>(options.concurrency); });
+    } else {
+      const auto due = start + std::chrono::duration_cast<Clock::duration>(
+                                   std::chrono::duration<double>(r.at_seconds));
+      std::this_thread::sleep_until(due);
+      max_lag_ms = std::max(max_lag_ms, ms(Clock::now() - due));
+    }
+    if (const auto pin = pins.find(r.phase); pin != pins.end()) {
+      pin_records.push_back(pin_model(admin.get(), pin->second, start));
+      if (!pin_records.back()["ok"].get<bool>()) {
+        pin_error = fmt::format("pin {} failed: {}", to_string(pin->second),
+                                pin_records.back()["error"].get<std::string>());
+        break;
+      }
+      pins.erase(pin);
+    }
     pb::GenerateRequest request;
     request.set_prompt(r.prompt);
     request.set_max_tokens(static_cast<uint32_t>(r.max_tokens));
@@ -202,22 +334,35 @@ json replay(const ReplayOptions& options) {
                                   delete self;
                                   std::lock_guard lock(mutex);
                                   records[i] = std::move(record);
-                                  if (++finished == records.size()) all_done.notify_all();
+                                  ++finished;
+                                  --in_flight;
+                                  changed.notify_all();
                                 });
+    {
+      std::lock_guard lock(mutex);
+      ++sent;
+      most_in_flight = std::max(most_in_flight, ++in_flight);
+    }
     call->start(inference.get());
   }
   {
     std::unique_lock lock(mutex);
-    all_done.wait(lock, [&] { return finished == records.size(); });
+    changed.wait(lock, [&] { return finished == sent; });
   }
   const double wall = seconds_since(start, Clock::now());
   sampler.stop();
+  if (!pin_error.empty()) throw Fatal(options.label + ": " + pin_error);
   return {{"label", options.label},
           {"address", options.address},
           {"workload", workload.header},
+          {"load", {{"mode", closed_loop ? "closed" : "open"},
+                    {"concurrency", closed_loop ? json(options.concurrency) : json(nullptr)},
+                    {"most_in_flight", most_in_flight}}},
           {"wall_s", wall},
-          {"max_arrival_lag_ms", max_lag_ms},
+          {"max_arrival_lag_ms", closed_loop ? json(nullptr) : json(max_lag_ms)},
           {"energy_source", sampler.energy_source},
+          {"pins", pin_records},
+          {"controller", sampler.controller},
           {"requests", records},
           {"status_samples", sampler.status},
           {"counter_samples", sampler.counters}};
