@@ -325,11 +325,21 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
       daemon, [&](const auto& s) { return find_decision(s, "slo_change", edit_time) != nullptr; },
       std::chrono::seconds(10), "the throughput objective back");
   const uint32_t throughput_cap = s.controller().max_batch();
+  ASSERT_NE(find_decision(s, "slo_change", edit_time), nullptr);
+  // What the controller predicts for its throughput choice: a bound under it must change
+  // something; one above it (the live figure can run far above the prediction on a loaded
+  // machine) is met by keeping the choice.
+  const double predicted_before =
+      json::parse(find_decision(s, "slo_change", edit_time)->figures_json())
+          .value("chosen", json::object())
+          .value("tpot_p95_ms", 0.0);
+  // A fresh window of live requests under the throughput choice (the decision reset it).
   s = wait_for(
-      daemon, [&](const auto& s) { return s.controller().live_p95_tpot_ms() > 0; },
-      std::chrono::seconds(30), "a live p95 TPOT at the throughput choice");
-  std::this_thread::sleep_for(std::chrono::seconds(2));
-  s = daemon.status();
+      daemon,
+      [&](const auto& s) {
+        return s.controller().live_window_requests() >= 16 && s.controller().live_p95_tpot_ms() > 0;
+      },
+      std::chrono::seconds(60), "a live p95 TPOT at the throughput choice");
   const double tpot_before = s.controller().live_p95_tpot_ms();
   const double bound = 0.6 * tpot_before;
   edit_time = now_unix();
@@ -360,11 +370,16 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
   // the live figure since), another model, or another depth of it (a later re-profile may
   // find a shallower load whose bigger KV pool takes a larger cap within the bound).
   const v1::Decision& latest = s.controller().decisions(s.controller().decisions_size() - 1);
-  EXPECT_TRUE(s.controller().max_batch() < throughput_cap ||
-              s.controller().active_model() != moved->to_model() ||
-              s.controller().loaded_layers() != moved->to_layers())
-      << "at the edit: " << tighter->figures_json() << "\nlatest decision: " << latest.kind()
-      << " (" << latest.trigger() << ") " << latest.reason() << " " << latest.figures_json();
+  if (predicted_before > bound) {
+    EXPECT_TRUE(s.controller().max_batch() < throughput_cap ||
+                s.controller().active_model() != moved->to_model() ||
+                s.controller().loaded_layers() != moved->to_layers())
+        << "at the edit: " << tighter->figures_json() << "\nlatest decision: " << latest.kind()
+        << " (" << latest.trigger() << ") " << latest.reason() << " " << latest.figures_json();
+  } else {
+    std::printf("the throughput choice was predicted at %.3f ms, within the bound: kept\n",
+                predicted_before);
+  }
 
   // 5. An invalid edit keeps the running configuration, logged and counted.
   const std::string in_force = s.controller().slo_json();
