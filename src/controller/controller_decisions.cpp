@@ -109,8 +109,10 @@ void Controller::decide(DecisionRecord::Trigger trigger, const std::string& reas
     figures["gate"] = gate->to_json();
     if (!gate->pass) chosen = static_cast<size_t>(from - ranked.begin());
   }
-  apply(ranked[chosen].first, ranked[chosen].second, trigger,
-        gate ? reason + "; " + gate->reason : reason, std::move(figures), std::move(gate));
+  // Built before the call: the gate is moved into it, in an unspecified order of arguments.
+  const std::string why = gate ? reason + "; " + gate->reason : reason;
+  apply(ranked[chosen].first, ranked[chosen].second, trigger, why, std::move(figures),
+        std::move(gate));
 }
 
 SwitchCost Controller::switch_cost(const Option& to) const {

@@ -471,6 +471,8 @@ TEST(HeliosController, SampleModeProfilesOffTheServingPath) {
     ASSERT_TRUE(decision.has_gate()) << decision.figures_json();
     const v1::SwitchGate& gate = decision.gate();
     EXPECT_TRUE(gate.passed()) << decision.reason();
+    // The reason says why in words, with the gate's figures.
+    EXPECT_NE(decision.reason().find("gain +"), std::string::npos) << decision.reason();
     EXPECT_EQ(gate.prompts(), s.controller().table(0).evidence_prompts());
     EXPECT_LE(gate.gain_low(), gate.gain());
     EXPECT_LE(gate.gain(), gate.gain_high());
