@@ -159,11 +159,16 @@ at::Tensor Transformer::embed(const at::Tensor& tokens) const {
   return at::embedding(weights_.embed_tokens, tokens.to(device));
 }
 
-at::Tensor Transformer::forward_layer(const LayerWeights& layer, const at::Tensor& h) const {
+at::Tensor Transformer::forward_layer(const LayerWeights& layer, const at::Tensor& h,
+                                     LayerKv* kv) const {
   const int64_t batch = h.size(0), time = h.size(1);
   const WindowInputs in = window_inputs(batch, time, h.device());
   const at::Tensor rows = h.reshape({batch * time, -1});
   const Qkv qkv = project_qkv(config_, rotary_, layer, rows, in.positions);
+  if (kv != nullptr) {
+    kv->k = qkv.k.view({batch, time, config_.num_key_value_heads, -1});
+    kv->v = qkv.v.view({batch, time, config_.num_key_value_heads, -1});
+  }
   const at::Tensor attended =
       ops::attention(qkv.q.view({batch, time, config_.num_attention_heads, -1}),
                      qkv.k.view({batch, time, config_.num_key_value_heads, -1}),
@@ -172,6 +177,36 @@ at::Tensor Transformer::forward_layer(const LayerWeights& layer, const at::Tenso
   at::Tensor out = rows + at::linear(attended.view({batch * time, -1}), layer.o_proj);
   out = out + mlp(layer, out);
   return out.view({batch, time, -1});
+}
+
+Transformer::LayerKv Transformer::layer_kv(const LayerWeights& layer, const at::Tensor& h,
+                                           const at::Tensor& positions) const {
+  Kv kv = project_kv(config_, rotary_, layer,
+                     ops::rms_norm(h, layer.input_norm, config_.rms_norm_eps), positions);
+  return LayerKv{std::move(kv.k), std::move(kv.v)};
+}
+
+at::Tensor Transformer::forward_layer_cached(const LayerWeights& layer, const at::Tensor& h,
+                                             const at::Tensor& rows, const at::Tensor& positions,
+                                             int64_t context, at::Tensor& keys,
+                                             at::Tensor& values) const {
+  const int64_t batch = h.size(0);
+  const Qkv qkv = project_qkv(config_, rotary_, layer, h, positions);
+  keys.index_put_({rows, positions}, qkv.k);
+  values.index_put_({rows, positions}, qkv.v);
+  // Row b's query sees keys [0, positions[b]]; the later ones (other rows' longer contexts,
+  // or nothing cached yet) are masked, as the paged decode masks past a row's context.
+  const at::Tensor seen = at::arange(context, positions.options()).unsqueeze(0).le(
+      positions.unsqueeze(1));  // [B, context]
+  const at::Tensor mask =
+      at::zeros({batch, context}, h.options().dtype(at::kFloat))
+          .masked_fill_(seen.logical_not(), kMasked)
+          .view({batch, 1, 1, 1, context});
+  const at::Tensor attended = ops::attention(
+      qkv.q.unsqueeze(1), keys.narrow(1, 0, context).index_select(0, rows),
+      values.narrow(1, 0, context).index_select(0, rows), mask, attention_scale_);
+  at::Tensor out = h + at::linear(attended.view({batch, -1}), layer.o_proj);
+  return out + mlp(layer, out);
 }
 
 std::vector<at::Tensor> Transformer::forward_exits(const at::Tensor& tokens) const {

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
+
 #include "helios/common/error.h"
 #include "helios/engine/generator.h"
 #include "helios/model/checkpoint.h"
@@ -473,6 +476,217 @@ TEST(StreamedContinuation, GreedyWithoutEarlyExitAndShallowWithIt) {
       dir.path(), prompts, model::ExitPolicy{0.0}, 6, 64, c10::kFloat, c10::kCPU);
   EXPECT_EQ(shallow.exit_histogram.front(), shallow.tokens);
   EXPECT_LT(shallow.bytes_read, full.bytes_read) << "layers past the first exit are not read";
+}
+
+// A continuation per prompt: the tokens, each token's exit layer, tokens per exit point.
+struct Continuation {
+  std::vector<std::vector<int32_t>> generated, exits;
+  std::vector<int64_t> histogram;
+};
+
+// The last tokens of each prompt that continue_streamed keeps.
+std::vector<std::vector<int32_t>> kept_contexts(const model::ModelConfig& config,
+                                               const std::vector<std::vector<int32_t>>& prompts,
+                                               int64_t max_new_tokens, int64_t context) {
+  const int64_t keep = std::min(context, config.max_position_embeddings - max_new_tokens);
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& prompt : prompts) {
+    const auto n = static_cast<int64_t>(prompt.size());
+    out.emplace_back(prompt.begin() + std::max<int64_t>(0, n - keep), prompt.end());
+  }
+  return out;
+}
+
+// The continuation as continue_streamed computed it before it kept a cache, one prompt at a
+// time on the model loaded whole: every step re-runs the whole sequence through the layers,
+// leaves at the first confident exit point of its last position and appends that exit's
+// greedy token; it ends at `eos` (-1: never) or after max_new_tokens.
+Continuation cacheless_continuation(const model::Transformer& transformer,
+                                    const std::vector<std::vector<int32_t>>& prompts,
+                                    const model::ExitPolicy& policy, int64_t max_new_tokens,
+                                    int64_t context, int64_t eos) {
+  const std::vector<int32_t>& points = transformer.exit_points();
+  Continuation out;
+  out.histogram.assign(points.size(), 0);
+  for (const auto& kept :
+       kept_contexts(transformer.config(), prompts, max_new_tokens, context)) {
+    std::vector<int64_t> sequence(kept.begin(), kept.end());
+    std::vector<int32_t> generated, exits;
+    for (int64_t step = 0; step < max_new_tokens; ++step) {
+      const auto hidden = transformer.forward_exits(at::tensor(sequence).unsqueeze(0));
+      for (size_t e = 0; e < points.size(); ++e) {
+        const at::Tensor logits =
+            transformer.exit_logits(hidden[e][0][-1]).to(at::kFloat).unsqueeze(0);
+        const float confidence =
+            model::Transformer::confidence(logits, policy.metric)[0].item<float>();
+        if (e + 1 < points.size() && confidence < policy.threshold) continue;
+        generated.push_back(static_cast<int32_t>(logits[0].argmax().item<int64_t>()));
+        exits.push_back(points[e]);
+        ++out.histogram[e];
+        break;
+      }
+      sequence.push_back(generated.back());
+      if (generated.back() == eos) break;
+    }
+    out.generated.push_back(std::move(generated));
+    out.exits.push_back(std::move(exits));
+  }
+  return out;
+}
+
+// The engine's greedy generations of the prompts, in one batch: tokens and exits per prompt.
+Continuation engine_continuation(const model::Transformer& transformer,
+                                 const std::vector<std::vector<int32_t>>& prompts,
+                                 const model::ExitPolicy& policy, int64_t max_new_tokens,
+                                 bool stop_at_eos) {
+  kv::KvCache cache = engine::make_cache_for(transformer, static_cast<int64_t>(prompts.size()),
+                                             transformer.config().max_position_embeddings, 4);
+  std::vector<engine::GenerationRequest> requests = requests_of(prompts, max_new_tokens);
+  for (auto& request : requests) request.stop_at_eos = stop_at_eos;
+  Continuation out;
+  out.histogram.assign(transformer.exit_points().size(), 0);
+  for (const auto& result : engine::generate_batch(transformer, cache, requests, policy)) {
+    std::vector<int32_t> generated, exits;
+    for (const auto& token : result.tokens) {
+      generated.push_back(token.id);
+      exits.push_back(token.exit.exit_layer);
+      const auto& points = transformer.exit_points();
+      ++out.histogram[std::find(points.begin(), points.end(), token.exit.exit_layer) -
+                      points.begin()];
+    }
+    out.generated.push_back(std::move(generated));
+    out.exits.push_back(std::move(exits));
+  }
+  return out;
+}
+
+// A token that ends one of `generations` early (first generated at an index in [1, size - 2])
+// while another generation never produces it: as EOS, rows end at different steps. -1: none.
+int32_t eos_ending_one_early(const std::vector<std::vector<int32_t>>& generations) {
+  for (size_t g = 0; g < generations.size(); ++g) {
+    const auto& tokens = generations[g];
+    for (size_t i = 1; i + 1 < tokens.size(); ++i) {
+      if (std::find(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(i), tokens[i]) !=
+          tokens.begin() + static_cast<std::ptrdiff_t>(i)) {
+        continue;
+      }
+      for (size_t o = 0; o < generations.size(); ++o) {
+        const auto& other = generations[o];
+        if (o != g && std::find(other.begin(), other.end(), tokens[i]) == other.end()) {
+          return tokens[i];
+        }
+      }
+    }
+  }
+  return -1;
+}
+
+void expect_same_continuation(const model::StreamedContinuation& got, const Continuation& want) {
+  ASSERT_EQ(got.generated.size(), want.generated.size());
+  int64_t tokens = 0;
+  for (size_t p = 0; p < want.generated.size(); ++p) {
+    EXPECT_EQ(got.generated[p], want.generated[p]) << "prompt " << p;
+    EXPECT_EQ(got.exit_layers[p], want.exits[p]) << "prompt " << p;
+    tokens += static_cast<int64_t>(want.generated[p].size());
+  }
+  EXPECT_EQ(got.exit_histogram, want.histogram);
+  EXPECT_EQ(got.tokens, tokens);
+}
+
+// Rows of 2 to 14 tokens in one right-padded batch, one ending at EOS before the others, with
+// contexts whole and cut to their last 6 tokens.
+const std::vector<std::vector<int32_t>> kContinuedPrompts = {
+    {1, 7},
+    {1, 5, 9, 14, 3},
+    {1, 33, 21, 9, 48, 11, 5, 26, 17},
+    {1, 12, 40, 40, 6, 17, 30, 22, 19, 8, 41, 27, 3, 44}};
+
+// With early exit off, the cached continuation is the cache-less one (plain greedy decoding).
+TEST(StreamedContinuation, CachedEqualsTheCachelessAlgorithmWithoutEarlyExit) {
+  auto config = testing::tiny_config(4);
+  const auto weights = testing::peaked_weights(config);
+  const model::Transformer transformer(config, weights);
+  const model::ExitPolicy policy{2.0};
+  constexpr int64_t kTokens = 8;
+  for (const int64_t context : {int64_t{64}, int64_t{6}}) {
+    SCOPED_TRACE(context);
+    config.eos_token_id = eos_ending_one_early(
+        cacheless_continuation(transformer, kContinuedPrompts, policy, kTokens, context, -1)
+            .generated);
+    ASSERT_GE(config.eos_token_id, 0) << "no token ends one row early";
+    const testing::ScratchDir dir("helios_continuation_cached");
+    model::save_model(dir.path(), config, weights);
+    const Continuation want = cacheless_continuation(transformer, kContinuedPrompts, policy,
+                                                     kTokens, context, config.eos_token_id);
+    size_t ended = 0, whole = 0;
+    for (const auto& generated : want.generated) {
+      ended += generated.size() < static_cast<size_t>(kTokens) ? 1 : 0;
+      whole += generated.size() == static_cast<size_t>(kTokens) ? 1 : 0;
+    }
+    EXPECT_GE(ended, 1u);
+    EXPECT_GE(whole, 1u);
+    const model::StreamedContinuation got = model::continue_streamed(
+        dir.path(), kContinuedPrompts, policy, kTokens, context, c10::kFloat, c10::kCPU);
+    expect_same_continuation(got, want);
+    if (context == 64) {
+      for (size_t p = 0; p < kContinuedPrompts.size(); ++p) {
+        std::vector<int32_t> greedy = plain_greedy(transformer, kContinuedPrompts[p], kTokens);
+        greedy.resize(got.generated[p].size());
+        EXPECT_EQ(got.generated[p], greedy) << "prompt " << p;
+      }
+    }
+    // Every layer was read, and no token left early, so the cache holds every layer's keys and
+    // values and the contexts' hidden states, within the bound the controller can reserve.
+    const auto rows = static_cast<int64_t>(kContinuedPrompts.size());
+    const int64_t width = std::min<int64_t>(context, 14);
+    const int64_t capacity = width + kTokens - 1;
+    EXPECT_EQ(got.cache_bytes,
+              4 * rows *
+                  (width * config.hidden_size + 2 * config.num_hidden_layers * capacity *
+                                                    config.num_key_value_heads *
+                                                    config.head_dim()));
+    EXPECT_LE(got.cache_bytes,
+              model::continuation_cache_bytes(config, rows, kTokens, context, 4));
+  }
+}
+
+// With early exit on, the continuation decodes as the serving engine does (the keys/values of
+// the layers a token skipped projected from its exit state): the same tokens and exits as the
+// engine generating the same contexts, and unlike the cache-less algorithm (which recomputed
+// every earlier token at full depth) for some threshold.
+TEST(StreamedContinuation, EarlyExitDecodesAsTheEngine) {
+  auto config = testing::tiny_config(4);
+  const auto weights = testing::peaked_weights(config);
+  const model::Transformer transformer(config, weights);
+  constexpr int64_t kTokens = 8;
+  std::set<int32_t> layers_seen;
+  bool differs_from_cacheless = false;
+  for (const int64_t context : {int64_t{64}, int64_t{6}}) {
+    const auto contexts = kept_contexts(config, kContinuedPrompts, kTokens, context);
+    for (const double threshold : {0.0, 0.3, 0.5, 0.7}) {
+      SCOPED_TRACE(::testing::Message() << "context " << context << " threshold " << threshold);
+      const model::ExitPolicy policy{threshold};
+      config.eos_token_id = eos_ending_one_early(
+          engine_continuation(transformer, contexts, policy, kTokens, false).generated);
+      ASSERT_GE(config.eos_token_id, 0) << "no token ends one row early";
+      const testing::ScratchDir dir("helios_continuation_engine");
+      model::save_model(dir.path(), config, weights);
+      const Continuation want = engine_continuation(transformer, contexts, policy, kTokens, true);
+      const model::StreamedContinuation got = model::continue_streamed(
+          dir.path(), kContinuedPrompts, policy, kTokens, context, c10::kFloat, c10::kCPU);
+      expect_same_continuation(got, want);
+      for (const auto& exits : got.exit_layers) layers_seen.insert(exits.begin(), exits.end());
+      EXPECT_LE(got.cache_bytes,
+                model::continuation_cache_bytes(
+                    config, static_cast<int64_t>(kContinuedPrompts.size()), kTokens, context, 4));
+      const Continuation cacheless = cacheless_continuation(
+          transformer, kContinuedPrompts, policy, kTokens, context, config.eos_token_id);
+      differs_from_cacheless = differs_from_cacheless || cacheless.generated != want.generated ||
+                               cacheless.exits != want.exits;
+    }
+  }
+  EXPECT_GE(layers_seen.size(), 3u) << "the test should exercise mixed exit layers";
+  EXPECT_TRUE(differs_from_cacheless) << "the skipped layers' keys/values should matter";
 }
 
 }  // namespace

@@ -76,10 +76,30 @@ class Transformer {
   std::vector<at::Tensor> forward_exits(const at::Tensor& tokens) const;
   // The token embeddings of forward_exits: int64 [batch, time] -> [batch, time, hidden].
   at::Tensor embed(const at::Tensor& tokens) const;
+  // Keys and values of one layer (rotary applied to the keys): [..., kv_heads, head_dim].
+  struct LayerKv {
+    at::Tensor k, v;
+  };
   // One decoder layer of forward_exits on hidden states h [batch, time, hidden] of windows that
   // start at position 0. `layer` need not be resident in weights() (streamed scoring brings
-  // one layer at a time); it must have this config's shapes.
-  at::Tensor forward_layer(const LayerWeights& layer, const at::Tensor& h) const;
+  // one layer at a time); it must have this config's shapes. With `kv`, also the layer's keys
+  // and values of the windows ([batch, time, kv_heads, head_dim]), as prefill caches them.
+  at::Tensor forward_layer(const LayerWeights& layer, const at::Tensor& h,
+                           LayerKv* kv = nullptr) const;
+  // The keys/values `layer` gets from rows whose input to it is h [N, hidden], at `positions`
+  // (int64 [N]): [N, kv_heads, head_dim]. The projections prefill and decode cache, so also
+  // those decode writes for a layer a row skipped (h: the row's exit hidden state).
+  LayerKv layer_kv(const LayerWeights& layer, const at::Tensor& h,
+                   const at::Tensor& positions) const;
+  // One decoder layer for one new position per row over a dense per-row cache of the layer
+  // (streamed continuations, which hold no paged KvCache): keys/values [R, capacity, kv_heads,
+  // head_dim]; h [B, hidden] is the input of rows `rows` (int64 [B], distinct) at `positions`
+  // (int64 [B]). Writes each row's keys/values at (rows[b], positions[b]), attends to that
+  // row's positions [0, positions[b]] (the earlier ones must be cached) and returns the
+  // layer's output [B, hidden]. `context`: max(positions) + 1, at most capacity.
+  at::Tensor forward_layer_cached(const LayerWeights& layer, const at::Tensor& h,
+                                  const at::Tensor& rows, const at::Tensor& positions,
+                                  int64_t context, at::Tensor& keys, at::Tensor& values) const;
   // The exit head: final norm, then the LM head. hidden [..., hidden] -> logits [..., vocab].
   at::Tensor exit_logits(const at::Tensor& hidden) const;
   // Confidence of each row of `logits` [rows, vocab] under `metric`: float32 [rows].
