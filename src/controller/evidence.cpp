@@ -70,6 +70,9 @@ std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& di
   const model::StreamedContinuation continuation =
       model::continue_streamed(dir, continued, policy, kEvidenceContinuationTokens,
                                kEvidenceContinuationContext, dtype, device);
+  // The continuations hold their K/V cache beside the same fixed tensors and one layer, after
+  // the scoring's hidden states are gone.
+  out.peak_bytes = std::max(out.peak_bytes, streamed.peak_weight_bytes + continuation.cache_bytes);
   out.generated_exits = continuation.exit_histogram;
   out.generated_tokens = continuation.tokens;
   out.seconds = seconds_since(start);
@@ -89,10 +92,17 @@ int64_t streamed_scoring_bytes(const model::ModelConfig& config,
   };
   // The exit head's float32 logits and log-softmax for one prompt's positions.
   const int64_t head = 2 * tokens * vocab * 4;
+  // The continuations run after the scoring (its hidden states are gone by then): their K/V
+  // cache and held states, plus the transient of their first step, the contexts through one
+  // layer.
   const int64_t continuations =
-      forward(kEvidenceContinuationPrompts, kEvidenceContinuationContext + kEvidenceContinuationTokens);
-  return footprint.fixed_bytes + footprint.layer_bytes + prompts * tokens * hidden * element_size +
-         std::max({forward(1, tokens), head, continuations});
+      model::continuation_cache_bytes(config, kEvidenceContinuationPrompts,
+                                      kEvidenceContinuationTokens, kEvidenceContinuationContext,
+                                      element_size) +
+      forward(kEvidenceContinuationPrompts, kEvidenceContinuationContext);
+  const int64_t scoring =
+      prompts * tokens * hidden * element_size + std::max(forward(1, tokens), head);
+  return footprint.fixed_bytes + footprint.layer_bytes + std::max(scoring, continuations);
 }
 
 std::optional<Evidence> score_on_sample(const model::Transformer& transformer,

@@ -52,7 +52,8 @@ struct Evidence {
   int64_t prompts = 0;  // prompts of the sample scored (those of the candidate's tokenizer)
   double seconds = 0;   // wall time of the scoring
   // Streamed scoring only: the exit points at full depth, and the most bytes held at once
-  // (embeddings, final norm, head, one layer and the prompts' hidden states).
+  // (embeddings, final norm, head, one layer, and the prompts' hidden states or the
+  // continuations' K/V cache).
   std::vector<int32_t> exit_points;
   int64_t peak_bytes = 0;
   // Streamed scoring only: where the tokens of early-exit greedy continuations of a few sample
@@ -80,8 +81,9 @@ std::optional<Evidence> score_streamed_on_sample(const std::filesystem::path& di
 // `element_size` bytes per value, laid out as `footprint` says) on `prompts` prompts of up to
 // kEvidencePromptTokens: the fixed tensors and one layer, every prompt's hidden states, and
 // the largest transient of one prompt's layer forward or exit head (attention scores and
-// logits included) or of the continuations. What profile mode "sample" keeps aside of
-// memory.budget_mib.
+// logits included); or, for the continuations that follow, their K/V cache and held states
+// (model::continuation_cache_bytes) and their contexts' pass through one layer, whichever is
+// larger. What profile mode "sample" keeps aside of memory.budget_mib.
 int64_t streamed_scoring_bytes(const model::ModelConfig& config,
                                const engine::ModelFootprint& footprint, int64_t prompts,
                                int64_t element_size);
