@@ -99,9 +99,11 @@ cleanup() {
 trap cleanup EXIT
 
 # Two copies of the SLO file, its repository pointed at the zoo under test: one per profile
-# mode. validate-config prints the file as JSON (comments gone, defaults filled in).
+# mode. The repository is rewritten first (the file's own may not exist here: validate-config
+# checks it); validate-config then prints the file as JSON (comments gone, defaults filled in).
+sed -E "s#\"model_repository\": *\"[^\"]*\"#\"model_repository\": \"$ZOO\"#" "$SLO" >"$OUT/slo-given.json"
 for mode in serve sample; do
-  "$HELIOS" validate-config "$SLO" --kind slo | tail -n +2 |
+  "$HELIOS" validate-config "$OUT/slo-given.json" --kind slo | tail -n +2 |
     jq --arg zoo "$ZOO" --arg mode "$mode" \
       '.model_repository = $zoo | .controller.profile_mode = $mode' >"$OUT/slo-$mode.json"
   "$HELIOS" validate-config "$OUT/slo-$mode.json" --kind slo >/dev/null ||
