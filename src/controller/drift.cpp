@@ -46,10 +46,7 @@ DriftCheck perplexity_drift(const std::deque<std::pair<double, int64_t>>& window
   if (!(c.live > bound) || !std::isfinite(c.expected)) return c;
 
   // The row's per-prompt means at the served depth (the exit point policy_perplexity reads).
-  std::optional<size_t> at;
-  for (size_t i = 0; i < row.exit_points.size(); ++i) {
-    if (row.exit_points[i] <= depth) at = i;
-  }
+  const std::optional<size_t> at = deepest_exit_index(row, depth);
   std::vector<double> profiled;
   for (const model::ExitScores& s : row.prompt_evidence) {
     if (at && s.tokens > 0 && *at < s.policy_nll_sum.size()) {

@@ -64,6 +64,14 @@ double policy_perplexity(const ProfileRow& row, int64_t depth) {
   return std::exp(row.prompt_policy_nll_sum[*deepest] / static_cast<double>(row.prompt_tokens));
 }
 
+std::optional<size_t> deepest_exit_index(const ProfileRow& row, int64_t depth) {
+  std::optional<size_t> deepest;
+  for (size_t i = 0; i < row.exit_points.size(); ++i) {
+    if (row.exit_points[i] <= depth) deepest = i;
+  }
+  return deepest;
+}
+
 double mean_layers_run(const ProfileRow& row, int64_t depth) {
   const int64_t total = generated_total(row);
   if (total == 0) return static_cast<double>(depth);

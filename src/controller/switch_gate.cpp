@@ -16,15 +16,6 @@ namespace {
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 constexpr uint64_t kGateSeed = 0x68656c696f73ULL;  // fixed: the same rows, the same decision
 
-// The exit point index policy_perplexity reads at `depth`: the deepest exit point <= depth.
-std::optional<size_t> deepest_exit(const ProfileRow& row, int64_t depth) {
-  std::optional<size_t> deepest;
-  for (size_t i = 0; i < row.exit_points.size(); ++i) {
-    if (row.exit_points[i] <= depth) deepest = i;
-  }
-  return deepest;
-}
-
 // Layer units per token (token_cost's formula) from the first confident exits of the scored
 // positions of the weighted prompts: a position leaves at its first confident exit point when
 // that is within `depth`, else it runs all `depth` layers.
@@ -86,7 +77,7 @@ nlohmann::json interval_json(const Interval& i) {
 
 double weighted_policy_perplexity(const ProfileRow& row, int64_t depth,
                                   const std::vector<int>& weights) {
-  const std::optional<size_t> at = deepest_exit(row, depth);
+  const std::optional<size_t> at = deepest_exit_index(row, depth);
   if (!at) return kInfinity;
   double nll = 0, tokens = 0;
   for (size_t p = 0; p < row.prompt_evidence.size() && p < weights.size(); ++p) {

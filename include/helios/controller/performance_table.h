@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -74,6 +75,9 @@ double full_depth_perplexity(const ProfileRow& row);
 // greedily at the deepest exit point <= depth. +infinity when no exit point is <= depth or no
 // prompt token was scored.
 double policy_perplexity(const ProfileRow& row, int64_t depth);
+// The index of the deepest exit point <= depth (the column policy_perplexity reads for a
+// row's per-prompt evidence); nullopt when every exit point is deeper.
+std::optional<size_t> deepest_exit_index(const ProfileRow& row, int64_t depth);
 // E[min(exit layer, depth)] over generated tokens (`depth` when none were generated).
 double mean_layers_run(const ProfileRow& row, int64_t depth);
 
