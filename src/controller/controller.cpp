@@ -211,6 +211,15 @@ void Controller::on_request(engine::RequestTelemetry request) {
   wakeup_.notify_one();
 }
 
+void Controller::on_prompt(engine::PromptTelemetry prompt) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    prompts_in_.push_back(std::move(prompt));
+  }
+  wakeup_.notify_one();
+}
+
 namespace {
 
 // What a command hands back to the thread that asked for it: a value, or the code and message
@@ -273,22 +282,27 @@ void Controller::run() {
   while (true) {
     std::deque<engine::StepTelemetry> steps;
     std::deque<engine::RequestTelemetry> requests;
+    std::deque<engine::PromptTelemetry> prompts;
     std::deque<Command> commands;
     std::optional<std::string> changed;
     {
       std::unique_lock lock(mutex_);
       wakeup_.wait_for(lock, std::chrono::milliseconds(100), [&] {
-        return stopping_ || !steps_in_.empty() || !requests_in_.empty() || !commands_.empty() ||
+        return stopping_ || !steps_in_.empty() || !requests_in_.empty() || !prompts_in_.empty() ||
+               !commands_.empty() ||
                changed_file_.has_value();
       });
       if (stopping_) return;
       steps.swap(steps_in_);
       requests.swap(requests_in_);
+      prompts.swap(prompts_in_);
       commands.swap(commands_);
       changed.swap(changed_file_);
     }
     try {
       for (const auto& step : steps) handle_step(step);
+      // A prompt is reported before its request finishes: prompts first.
+      for (const auto& prompt : prompts) handle_prompt(prompt);
       for (const auto& request : requests) handle_request(request);
       if (changed) {
         try {
@@ -365,10 +379,6 @@ void Controller::handle_request(const engine::RequestTelemetry& request) {
   if (!clean) return;
   finished_at_.push_back(std::chrono::steady_clock::now());
   while (finished_at_.size() > kRateWindow) finished_at_.pop_front();
-  if (request.prompt_scores && !request.prompt_ids.empty()) {
-    const auto tokenizer = tokenizers_.find(request.model);
-    if (tokenizer != tokenizers_.end()) evidence_.add(request.prompt_ids, tokenizer->second);
-  }
   if (phase_ == Phase::kProfiling && profile_) {
     // A row needs prompt perplexity: requests whose prompt scoring was cut short (a preemption
     // mid-prompt drops partial scores) do not count towards it.
@@ -391,13 +401,24 @@ void Controller::handle_request(const engine::RequestTelemetry& request) {
   if (phase_ != Phase::kServing) return;
   if (request.generated > 0) ttft_window_.add(request.ttft_s * 1e3);
   if (request.generated > 1) tpot_window_.add(request.tpot_s * 1e3);
-  if (request.prompt_scores && request.prompt_scores->tokens > 0 &&
-      !request.prompt_scores->policy_nll_sum.empty()) {
-    prompt_window_.emplace_back(request.prompt_scores->policy_nll_sum.back(),
-                                request.prompt_scores->tokens);
-    const size_t keep = prompt_window_size();
-    while (prompt_window_.size() > keep) prompt_window_.pop_front();
+}
+
+void Controller::handle_prompt(const engine::PromptTelemetry& prompt) {
+  if (prompt.scores.tokens == 0) return;
+  const auto tokenizer = tokenizers_.find(prompt.model);
+  if (tokenizer != tokenizers_.end()) {
+    evidence_.add(prompt.ids, tokenizer->second,
+                  std::chrono::steady_clock::now() -
+                      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                          std::chrono::duration<double>(prompt.wait_s)));
   }
+  if (phase_ != Phase::kServing || prompt.model_epoch != epoch_ ||
+      prompt.scores.policy_nll_sum.empty()) {
+    return;
+  }
+  prompt_window_.emplace_back(prompt.scores.policy_nll_sum.back(), prompt.scores.tokens);
+  const size_t keep = prompt_window_size();
+  while (prompt_window_.size() > keep) prompt_window_.pop_front();
 }
 
 }  // namespace helios::controller

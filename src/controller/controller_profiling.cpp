@@ -135,8 +135,10 @@ void Controller::finish_profile() {
                c.name, row.profiled_layers, row.requests, row.decode_tokens_per_second,
                row.tpot_p95_ms, row.prompt_tokens > 0 ? full_depth_perplexity(row) : 0.0,
                row.evidence_prompts > 0
-                   ? fmt::format("{} shared sample prompts, scored in {:.3f} s",
-                                 row.evidence_prompts, row.evidence_seconds)
+                   ? fmt::format("{} shared sample prompts that arrived {:.1f} to {:.1f} s "
+                                 "before the sample was taken, scored in {:.3f} s",
+                                 row.evidence_prompts, evidence_.frozen_ages().first,
+                                 evidence_.frozen_ages().second, row.evidence_seconds)
                    : std::string("its own requests"));
   profile_.reset();
   if (!profile_queue_.empty()) {

@@ -15,17 +15,33 @@ void EvidenceSample::set_capacity(size_t capacity) {
   while (recent_.size() > capacity_) recent_.pop_front();
 }
 
-void EvidenceSample::add(std::span<const int32_t> ids, uint64_t tokenizer) {
+void EvidenceSample::add(std::span<const int32_t> ids, uint64_t tokenizer,
+                         std::chrono::steady_clock::time_point arrived) {
   if (capacity_ == 0 || ids.size() < 2) return;
   const size_t kept = std::min(ids.size(), static_cast<size_t>(kEvidencePromptTokens));
   recent_.push_back({std::vector<int32_t>(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(kept)),
-                     tokenizer});
+                     tokenizer, arrived});
   while (recent_.size() > capacity_) recent_.pop_front();
 }
 
 const std::vector<EvidencePrompt>& EvidenceSample::pass_sample() {
-  if (!frozen_ || frozen_->empty()) frozen_.emplace(recent_.begin(), recent_.end());
+  if (!frozen_ || frozen_->empty()) {
+    frozen_.emplace(recent_.begin(), recent_.end());
+    frozen_at_ = std::chrono::steady_clock::now();
+  }
   return *frozen_;
+}
+
+std::pair<double, double> EvidenceSample::frozen_ages() const {
+  const auto at = frozen_at_;
+  if (!frozen_ || frozen_->empty()) return {0.0, 0.0};
+  auto oldest = frozen_->front().arrived, newest = oldest;
+  for (const EvidencePrompt& prompt : *frozen_) {
+    oldest = std::min(oldest, prompt.arrived);
+    newest = std::max(newest, prompt.arrived);
+  }
+  return {std::chrono::duration<double>(at - oldest).count(),
+          std::chrono::duration<double>(at - newest).count()};
 }
 
 namespace {

@@ -201,6 +201,23 @@ void EngineMetrics::on_finish(Sequence& sequence, Finish reason, const ServedMod
   sink_->on_request(std::move(t));
 }
 
+void EngineMetrics::on_prompt_scored(const Sequence& sequence, const ServedModel& model,
+                                     Clock::time_point now) {
+  if (sink_ == nullptr || !sequence.prompt_scores || sequence.admitted_epoch != model.epoch) return;
+  PromptTelemetry t;
+  t.id = sequence.request->spec().id;
+  t.model = model.name;
+  t.loaded_layers = model.loaded_layers;
+  t.model_epoch = model.epoch;
+  t.scores = *sequence.prompt_scores;
+  const auto prompt_end = sequence.tokens.begin() +
+                          std::min<std::ptrdiff_t>(sequence.prompt_length,
+                                                   static_cast<std::ptrdiff_t>(sequence.tokens.size()));
+  t.ids.assign(sequence.tokens.begin(), prompt_end);
+  t.wait_s = seconds_between(sequence.request->arrival(), now);
+  sink_->on_prompt(std::move(t));
+}
+
 void EngineMetrics::on_fault(std::string_view fault) {
   series_->faults->labels({std::string(fault)}).inc();
 }

@@ -471,7 +471,10 @@ void ServingEngine::run_prefill(Sequence& sequence, int64_t chunk) {
   if (score) {
     sequence.prompt_scores->add(out.prompt_scores);
     // Scored once: a later recompute of the prompt is not.
-    if (sequence.kv.length >= sequence.prompt_length) sequence.score_prompt = false;
+    if (sequence.kv.length >= sequence.prompt_length) {
+      sequence.score_prompt = false;
+      metrics_.on_prompt_scored(sequence, served(), Clock::now());
+    }
   }
   if (sequence.kv.length == sequence.prefill_target() && sequence.generated == 0) {
     emit_row(sequence, out, 0, false);

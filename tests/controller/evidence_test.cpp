@@ -2,7 +2,9 @@
 // the tokenizer fingerprint and the scoring of a model on the prompts of its tokenizer.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
+#include <utility>
 
 #include "common/scratch_dir.h"
 #include "helios/controller/evidence.h"
@@ -54,6 +56,23 @@ TEST(EvidenceSample, APassScoresEveryCandidateOnTheSamePrompts) {
   EXPECT_EQ(sample.pass_sample().size(), 1u) << "frozen for the rest of the pass";
   sample.begin_pass();
   EXPECT_EQ(sample.pass_sample().size(), 2u);
+}
+
+// Each prompt keeps when it arrived, and the frozen sample says how old its prompts were when
+// it was taken: the lag of the pass's evidence behind the traffic.
+TEST(EvidenceSample, KnowsHowOldTheFrozenPromptsWere) {
+  using std::chrono::seconds;
+  EvidenceSample sample;
+  sample.set_capacity(3);
+  EXPECT_EQ(sample.frozen_ages(), std::make_pair(0.0, 0.0)) << "nothing frozen";
+  const auto now = std::chrono::steady_clock::now();
+  sample.add(ids({1, 2}), 3, now - seconds(9));
+  sample.add(ids({1, 3}), 3, now - seconds(2));
+  sample.add(ids({1, 4}), 3, now - seconds(5));
+  ASSERT_EQ(sample.pass_sample().size(), 3u);
+  const auto [oldest, newest] = sample.frozen_ages();
+  EXPECT_NEAR(oldest, 9.0, 0.5);
+  EXPECT_NEAR(newest, 2.0, 0.5);
 }
 
 TEST(TokenizerFingerprint, SameBytesSameFingerprintOtherwiseNot) {

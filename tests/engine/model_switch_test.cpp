@@ -2,6 +2,7 @@
 // the same one, and resizing the KV pool, must not change or lose what clients receive.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -104,12 +105,20 @@ class Recorder : public TelemetrySink {
   }
   void on_request(RequestTelemetry request) override {
     std::lock_guard lock(mutex_);
+    order.push_back("finish " + request.id);
     requests.push_back(std::move(request));
+  }
+  void on_prompt(PromptTelemetry prompt) override {
+    std::lock_guard lock(mutex_);
+    order.push_back("prompt " + prompt.id);
+    prompts.push_back(std::move(prompt));
   }
 
   std::mutex mutex_;
   std::vector<StepTelemetry> steps;
   std::vector<RequestTelemetry> requests;
+  std::vector<PromptTelemetry> prompts;
+  std::vector<std::string> order;  // "prompt <id>" and "finish <id>", as reported
 
  private:
   std::vector<std::pair<int64_t, std::function<void()>>> actions_;
@@ -442,8 +451,27 @@ TEST(Telemetry, PromptSamplingExitCountsAndEpochs) {
       ASSERT_EQ(s.policy_nll_sum.size(), 4u);
       EXPECT_GT(s.nll_sum[3], 0.0);
       EXPECT_LT(s.policy_perplexity(3), 258.0);
+      // The same scores and ids were reported when the prefill ended, before the request
+      // decoded (under the epoch it was admitted in).
+      const auto prompt = std::find_if(recorder.prompts.begin(), recorder.prompts.end(),
+                                       [&](const PromptTelemetry& p) { return p.id == t.id; });
+      ASSERT_NE(prompt, recorder.prompts.end());
+      EXPECT_EQ(prompt->model, "prose-micro");
+      EXPECT_EQ(prompt->model_epoch, 0u);
+      EXPECT_EQ(prompt->loaded_layers, 4);
+      EXPECT_EQ(prompt->scores.tokens, s.tokens);
+      EXPECT_EQ(prompt->scores.policy_nll_sum, s.policy_nll_sum);
+      EXPECT_EQ(prompt->ids, t.prompt_ids);
+      EXPECT_EQ(prompt->ids, prompts[n]);
+      EXPECT_GT(prompt->wait_s, 0.0);
+      EXPECT_LE(prompt->wait_s, t.ttft_s);
+      const auto reported = std::find(recorder.order.begin(), recorder.order.end(), "prompt " + t.id);
+      const auto finished = std::find(recorder.order.begin(), recorder.order.end(), "finish " + t.id);
+      EXPECT_LT(reported, finished);
     }
   }
+  // Only sampled prompts are reported: r1, r3, r5.
+  EXPECT_EQ(recorder.prompts.size(), 3u);
   int64_t stepped = 0, greedy = 0;
   for (const StepTelemetry& s : recorder.steps) {
     EXPECT_EQ(static_cast<int64_t>(s.breaches.size()), s.generated);

@@ -167,6 +167,7 @@ class Controller final : public engine::TelemetrySink {
   // engine::TelemetrySink (engine thread): queue and return.
   void on_step(const engine::StepTelemetry& step) override;
   void on_request(engine::RequestTelemetry request) override;
+  void on_prompt(engine::PromptTelemetry prompt) override;
 
  private:
   enum class Phase { kProfiling, kServing, kPinned };
@@ -178,6 +179,9 @@ class Controller final : public engine::TelemetrySink {
   void run();
   void handle_step(const engine::StepTelemetry& step);
   void handle_request(const engine::RequestTelemetry& request);
+  // A sampled prompt as its prefill scored it: the evidence sample and the drift window take
+  // the prompts being admitted, not those of requests finishing (a backlog's worth older).
+  void handle_prompt(const engine::PromptTelemetry& prompt);
   void check_triggers();
   size_t prompt_window_size() const;
   // Prompt perplexity of the sampled prompts in the drift window (0 when none).
@@ -318,6 +322,7 @@ class Controller final : public engine::TelemetrySink {
   std::condition_variable wakeup_;
   std::deque<engine::StepTelemetry> steps_in_;
   std::deque<engine::RequestTelemetry> requests_in_;
+  std::deque<engine::PromptTelemetry> prompts_in_;
   std::deque<Command> commands_;
   std::optional<std::string> changed_file_;  // from the watcher
   std::deque<DecisionRecord> decisions_;

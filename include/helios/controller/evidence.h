@@ -1,10 +1,12 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <filesystem>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "helios/engine/memory_plan.h"
@@ -21,6 +23,7 @@ namespace helios::controller {
 struct EvidencePrompt {
   std::vector<int32_t> ids;  // BOS included, cut to kEvidencePromptTokens
   uint64_t tokenizer = 0;    // tokenizer_fingerprint of the model that tokenized it
+  std::chrono::steady_clock::time_point arrived{};  // when its request reached the server
 };
 
 // The last `capacity` sampled prompts, and the sample a profiling pass freezes so that all of
@@ -31,18 +34,23 @@ class EvidenceSample {
   void set_capacity(size_t capacity);
   size_t capacity() const { return capacity_; }
   // A prompt of fewer than two tokens predicts nothing and is not kept.
-  void add(std::span<const int32_t> ids, uint64_t tokenizer);
+  void add(std::span<const int32_t> ids, uint64_t tokenizer,
+           std::chrono::steady_clock::time_point arrived = std::chrono::steady_clock::now());
   size_t size() const { return recent_.size(); }
   // A new pass: the next pass_sample() freezes the recent prompts of that moment.
   void begin_pass() { frozen_.reset(); }
   // The pass's sample: the recent prompts as of the pass's first call (empty when none had
   // been sampled then, in which case the next call tries again).
   const std::vector<EvidencePrompt>& pass_sample();
+  // Seconds from the oldest and the newest arrival of the frozen sample to the moment it was
+  // frozen (0, 0 when none is): how far the pass's evidence lags the traffic.
+  std::pair<double, double> frozen_ages() const;
 
  private:
   size_t capacity_ = 0;
   std::deque<EvidencePrompt> recent_;
   std::optional<std::vector<EvidencePrompt>> frozen_;
+  std::chrono::steady_clock::time_point frozen_at_{};
 };
 
 // What scoring one candidate on the sample gave.

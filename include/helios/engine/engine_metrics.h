@@ -76,6 +76,9 @@ class EngineMetrics {
   // exit counts and prompt scores).
   void on_finish(Sequence& sequence, Finish reason, const ServedModel& model,
                  Clock::time_point now);
+  // A sampled prompt whose prefill has just scored it whole, under the epoch it was admitted
+  // in: reported to the sink (a copy; the finish reports the scores again).
+  void on_prompt_scored(const Sequence& sequence, const ServedModel& model, Clock::time_point now);
   // A fault the engine contained (helios_engine_faults_total{fault}): "forward" (a model
   // forward threw), "sampling" (a row's token could not be sampled or emitted), "step" (an
   // exception escaped a step) or "kv_cache" (a KV pool could not be allocated).

@@ -33,6 +33,19 @@ struct RequestTelemetry {
   double ttft_s = 0, tpot_s = 0, total_s = 0;  // tpot: mean time between generated tokens (0 when < 2)
 };
 
+// A sampled prompt, reported as soon as its prefill has scored it (before the request
+// decodes, so a controller reads the prompts the server is admitting now rather than those of
+// requests finishing now, which under a backlog arrived much earlier).
+struct PromptTelemetry {
+  std::string id;
+  std::string model;          // the model that prefilled it
+  int64_t loaded_layers = 0;
+  uint64_t model_epoch = 0;   // engine model epoch of the prefill
+  model::ExitScores scores;   // teacher-forced, every exit point up to loaded_layers
+  std::vector<int32_t> ids;   // the prompt's token ids as prefilled (BOS included)
+  double wait_s = 0;          // from arrival to the end of its prefill
+};
+
 // What one engine step did.
 struct StepTelemetry {
   uint64_t model_epoch = 0;
@@ -44,13 +57,15 @@ struct StepTelemetry {
   double seconds = 0, forward_seconds = 0;
 };
 
-// Receives telemetry on the engine thread, after each step and at each finish: it must be
+// Receives telemetry on the engine thread, after each step, at each scored prompt and at each
+// finish: it must be
 // cheap and must not call back into the engine's blocking API (switch_model's future).
 class TelemetrySink {
  public:
   virtual ~TelemetrySink() = default;
   virtual void on_step(const StepTelemetry& step) = 0;
   virtual void on_request(RequestTelemetry request) = 0;
+  virtual void on_prompt(PromptTelemetry prompt) = 0;
 };
 
 }  // namespace helios::engine
