@@ -44,7 +44,10 @@ int64_t latency_knee(const StepModel& steps, int64_t most) {
 
 int64_t batch_cap(const ProfileRow& row, const StepModel& steps, const Option& option,
                   const SloConfig& slo, int64_t max_running) {
-  int64_t most = std::max<int64_t>(1, std::min(option.kv_sequences, max_running));
+  // Not the pool's full-context sequences: the engine admits by free blocks (preempting when a
+  // growing sequence finds none), as it does for a statically served model, so live sequences
+  // shorter than the context share the freed memory.
+  int64_t most = std::max<int64_t>(1, max_running);
   if (slo.objective == Objective::kLatency) most = latency_knee(steps, most);
   if (!slo.p95_tpot_ms || !steps.valid()) return most;
   int64_t cap = 0;

@@ -154,6 +154,7 @@ void Controller::start(engine::ServingEngine* engine) {
     for (size_t i = 1; i < shortlist_.size(); ++i) profile_queue_.push_back(shortlist_[i].name);
   }
   pass_started_ = std::chrono::steady_clock::now();
+  // The table is empty at start-up: no row can screen this one out.
   begin_profile(find_candidate(current_name_));
   record(DecisionRecord{.kind = DecisionRecord::Kind::kProfile,
                         .trigger = DecisionRecord::Trigger::kStartup,

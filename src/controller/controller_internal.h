@@ -24,6 +24,7 @@ struct Controller::Accumulator {
   double step_seconds = 0.0, batch_sum = 0.0, peak = 0.0;
   std::vector<std::pair<double, double>> decode_steps;  // batch, seconds
   double joules_start = 0.0;  // the energy meter's reading when the row started
+  bool scored = false;        // the row's prompt columns come from the shared sample already
 };
 
 struct Controller::Metrics {

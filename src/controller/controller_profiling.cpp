@@ -48,7 +48,7 @@ void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::str
                         .reason = reason});
   if (sample) {
     profile_queue_.clear();
-    begin_profile(served);
+    begin_profile(served);  // sample mode: never screens
     return;
   }
   profile_next();
@@ -75,19 +75,41 @@ void Controller::profile_next() {
       }
     }
     set_max_batch(options_.max_running);
-    begin_profile(candidate);
-    return;
+    if (begin_profile(candidate)) return;
   }
   end_profiling_pass();
 }
 
-void Controller::begin_profile(const Candidate* candidate) {
+bool Controller::begin_profile(const Candidate* candidate) {
   phase_ = Phase::kProfiling;
   profile_ = std::make_unique<Accumulator>();
   profile_->candidate = candidate;
   profile_->epoch = epoch_;
   profile_->joules_start = options_.energy_meter->joules();
   engine_->set_prompt_sampling(1.0);
+  if (slo_.profile_mode != ProfileMode::kServe || candidate == nullptr) return true;
+  // The candidate's quality on the pass's shared sample is known before it serves a request.
+  // One that a row of this pass already outclasses could never be chosen: its stint at full
+  // depth, paid by the users it would serve, measures nothing the decision needs.
+  ProfileRow& row = profile_->row;
+  row.model = candidate->name;
+  row.path = candidate->path;
+  row.footprint = candidate->footprint;
+  row.profiled_layers = current_->transformer().loaded_layers();
+  row.exit_points = current_->transformer().exit_points();
+  profile_->scored = score_evidence(row);
+  if (!profile_->scored) return true;
+  std::optional<std::string> why = outclassed(row, table_, slo_);
+  if (!why) return true;
+  row.screened = std::move(*why);
+  row.profiled_at_request = requests_seen_;
+  spdlog::info("controller: screened {} at {} layers without serving it: {}", row.model,
+               row.profiled_layers, row.screened);
+  step_models_.erase(row.model);
+  table_.upsert(std::move(row));
+  if (metrics_) metrics_->profiling_runs->inc();
+  profile_.reset();
+  return false;
 }
 
 void Controller::finish_profile() {
@@ -102,7 +124,7 @@ void Controller::finish_profile() {
   const bool sample = slo_.profile_mode == ProfileMode::kSample;
   // In sample mode this row is the served model's live figures at its depth; every
   // candidate's quality columns come from the scoring that follows.
-  if (sample || !score_evidence(row)) {
+  if (sample || !(p.scored || score_evidence(row))) {
     row.prompt_nll_sum = p.prompt.nll_sum;
     row.prompt_policy_nll_sum = p.prompt.policy_nll_sum;
     row.prompt_tokens = p.prompt.tokens;

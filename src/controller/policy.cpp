@@ -140,6 +140,29 @@ double best_full_perplexity(const PerformanceTable& table) {
   return best;
 }
 
+std::optional<std::string> outclassed(const ProfileRow& row, const PerformanceTable& table,
+                                      const SloConfig& slo) {
+  if (row.evidence_key == 0 || row.prompt_tokens <= 0 || row.evidence_prompts < kScreenMinPrompts) {
+    return std::nullopt;
+  }
+  const ProfileRow* best = nullptr;
+  double best_perplexity = std::numeric_limits<double>::infinity();
+  for (const ProfileRow& other : table.rows()) {
+    if (other.model == row.model || other.evidence_key != row.evidence_key ||
+        other.prompt_tokens <= 0) {
+      continue;
+    }
+    const double p = policy_perplexity(other, other.profiled_layers);
+    if (p < best_perplexity) best_perplexity = p, best = &other;
+  }
+  const double own = policy_perplexity(row, row.profiled_layers);
+  const double bound = (1.0 + slo.max_perplexity_increase) * best_perplexity;
+  if (best == nullptr || !(own > bound)) return std::nullopt;
+  return fmt::format("prompt perplexity {:.3f} on the pass's {} shared prompts > bound {:.3f} "
+                     "({} scores {:.3f} on them)",
+                     own, row.evidence_prompts, bound, best->model, best_perplexity);
+}
+
 std::vector<Option> rank_options(const PerformanceTable& table, const SloConfig& slo,
                                  const PolicyLimits& limits) {
   const double best = best_full_perplexity(table);

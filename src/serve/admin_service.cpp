@@ -108,6 +108,8 @@ void fill_controller(const controller::ControllerStatus& s, v1::ControllerStatus
     r->set_evidence_seconds(row.evidence_seconds);
     r->set_evidence_peak_bytes(static_cast<uint64_t>(row.evidence_peak_bytes));
     r->set_predicted(row.predicted);
+    r->set_screened(!row.screened.empty());
+    r->set_screened_reason(row.screened);
     r->set_decode_tokens_per_second(row.decode_tokens_per_second);
     r->set_tpot_p95_ms(row.tpot_p95_ms);
     r->set_ttft_p95_ms(row.ttft_p95_ms);

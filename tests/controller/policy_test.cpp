@@ -126,6 +126,40 @@ TEST(Evaluate, PerplexityAndLatencyConstraints) {
   EXPECT_TRUE(evaluate(r, 6, s, kRoomy, 10.0).feasible);  // prefill over 6 of 8 layers: 30 ms
 }
 
+// A row scored on `prompts` shared prompts of sample `key` with full-depth policy perplexity
+// `perplexity`.
+ProfileRow scored(const std::string& name, double perplexity, uint64_t key, int64_t prompts) {
+  ProfileRow r = row(name, 100, 1);
+  r.prompt_policy_nll_sum.back() = 100 * std::log(perplexity);
+  r.evidence_key = key;
+  r.evidence_prompts = prompts;
+  return r;
+}
+
+// A candidate is screened out of a serve-mode pass only by a row scored on the same prompts
+// whose perplexity bound it exceeds; never by itself, a row of another sample, or a sample
+// too small to judge on.
+TEST(Outclassed, OnlyByARowOfTheSameSampleBeyondTheBound) {
+  SloConfig s = slo();
+  s.max_perplexity_increase = 0.10;
+  PerformanceTable table;
+  table.upsert(scored("best", 10.0, 7, 16));
+  EXPECT_FALSE(outclassed(scored("close", 10.9, 7, 16), table, s)) << "within x1.10";
+  const std::optional<std::string> why = outclassed(scored("far", 11.2, 7, 16), table, s);
+  ASSERT_TRUE(why.has_value());
+  EXPECT_EQ(*why, "prompt perplexity 11.200 on the pass's 16 shared prompts > bound 11.000 (best "
+                  "scores 10.000 on them)");
+  EXPECT_FALSE(outclassed(scored("far", 11.2, 8, 16), table, s)) << "another sample";
+  EXPECT_FALSE(outclassed(scored("far", 11.2, 0, 16), table, s)) << "no sample";
+  EXPECT_FALSE(outclassed(scored("far", 11.2, 7, kScreenMinPrompts - 1), table, s))
+      << "too few prompts";
+  EXPECT_FALSE(outclassed(scored("best", 30.0, 7, 16), table, s)) << "its own older row";
+  // The best of the sample's rows sets the bound; rows of other samples do not.
+  table.upsert(scored("stale", 1.0, 3, 16));
+  table.upsert(scored("second", 10.5, 7, 16));
+  EXPECT_FALSE(outclassed(scored("close", 10.9, 7, 16), table, s));
+}
+
 // "big": fast per token but its large layers leave little KV room, so small batches;
 // "small": slower per token but serves many sequences at once.
 PerformanceTable trade_off_table() {

@@ -230,6 +230,30 @@ TEST(HeliosController, FollowsTheTrafficAndTheSloFileWithoutLosingARequest) {
               << row.evidence_seconds() * 1e3 << " ms, full-depth perplexity "
               << row.full_depth_perplexity() << "\n";
   }
+  // A candidate that a row already measured in the pass outclasses on the shared prompts is
+  // screened as soon as it is loaded and serves no profiling requests; the others serve theirs.
+  double best_perplexity = INFINITY;
+  for (const v1::ProfileRow& row : s.controller().table()) {
+    best_perplexity = std::min(best_perplexity, row.full_depth_perplexity());
+  }
+  int screened = 0;
+  for (const v1::ProfileRow& row : s.controller().table()) {
+    if (row.screened()) {
+      ++screened;
+      EXPECT_EQ(row.requests(), 0u) << row.model();
+      EXPECT_EQ(row.decode_tokens_per_second(), 0.0) << row.model();
+      EXPECT_GT(row.full_depth_perplexity(), 1.10 * best_perplexity) << row.model();
+      EXPECT_NE(row.screened_reason().find("shared prompts > bound"), std::string::npos)
+          << row.screened_reason();
+      std::cout << "screened: " << row.model() << ": " << row.screened_reason() << "\n";
+    } else {
+      EXPECT_GT(row.requests(), 0u) << row.model();
+      EXPECT_GT(row.decode_tokens_per_second(), 0.0) << row.model();
+    }
+  }
+  // On prose, the micro zoo's code and mix models score 1.4-1.5x prose-micro's perplexity:
+  // whichever of them the pass loads after prose-micro is screened.
+  EXPECT_GE(screened, 1) << s.controller().DebugString();
   EXPECT_EQ(first->to_model(), "prose-micro") << first->reason() << "\n" << first->figures_json();
   const int64_t depth = first->to_layers();
   EXPECT_LT(depth, 4) << first->figures_json();

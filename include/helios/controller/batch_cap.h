@@ -28,8 +28,9 @@ StepModel fit_step_model(const std::vector<std::pair<double, double>>& batch_sec
 // The concurrency cap that meets the p95 time-per-output-token bound of the SLO for `option`
 // (a row profiled at its full depth, predicted at option.depth): the largest batch whose
 // predicted p95 TPOT (step model x the option's cost ratio x the row's p95/mean ratio) stays
-// within the bound, at most min(option.kv_sequences, max_running). Without a bound, that
-// maximum. 0 when not even one sequence meets the bound.
+// within the bound, at most max_running. Without a bound, that maximum: the KV pool limits
+// the batch through the engine's admission by free blocks, not through the cap (which would
+// hold a full context per sequence). 0 when not even one sequence meets the bound.
 int64_t batch_cap(const ProfileRow& row, const StepModel& steps, const Option& option,
                   const SloConfig& slo, int64_t max_running);
 

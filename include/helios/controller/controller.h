@@ -189,8 +189,10 @@ class Controller final : public engine::TelemetrySink {
 
   void start_profiling(DecisionRecord::Trigger trigger, const std::string& reason);
   void profile_next();
-  // Starts a table row for `candidate`, the model the engine serves now.
-  void begin_profile(const Candidate* candidate);
+  // Starts a table row for `candidate`, the model the engine serves now. Profile mode "serve":
+  // false when the candidate was screened instead (scored on the pass's sample at once and
+  // outclassed there, policy.h `outclassed`): its row is in the table and it serves nothing.
+  bool begin_profile(const Candidate* candidate);
   void finish_profile();
   // The row's prompt columns from scoring the served candidate on the pass's shared sample;
   // false (the row keeps the live requests' telemetry) when there is no sample for it.

@@ -43,6 +43,9 @@ struct ProfileRow {
   // The serving figures below are predicted from the served model's live ones (profile mode
   // "sample", see prediction.h) rather than measured while this candidate served.
   bool predicted = false;
+  // Profile mode "serve": why the candidate served no profiling requests (outclassed on the
+  // pass's shared sample as soon as it was loaded, policy.h `outclassed`); empty when it did.
+  std::string screened;
   double decode_tokens_per_second = 0;  // generated tokens / engine-step seconds in the window
   double mean_batch = 0;                // mean sequences per engine step in the window
   double peak_concurrency = 0;          // most requests in flight (running + waiting)

@@ -61,6 +61,15 @@ int64_t choose_depth(const ProfileRow& row, const SloConfig& slo, double best_fu
 // profiled depth with early exit on (what the static baseline delivers), +infinity when no row
 // has scored prompt tokens.
 double best_full_perplexity(const PerformanceTable& table);
+// The fewest shared prompts `outclassed` judges on.
+inline constexpr int64_t kScreenMinPrompts = 4;
+// Why `row` cannot be chosen by a pass whose other rows are in `table` (nullopt when it can):
+// a row of another model scored on the same shared prompts (equal, non-zero evidence_key) has
+// a full-depth perplexity whose max_perplexity_increase bound `row`'s own full-depth
+// perplexity exceeds, both scored on at least kScreenMinPrompts prompts. The policy's bound
+// is set by the best row of the table, so `row` meets it at no depth.
+std::optional<std::string> outclassed(const ProfileRow& row, const PerformanceTable& table,
+                                      const SloConfig& slo);
 
 // Every row evaluated at choose_depth: feasible first, then by score (ties: tokens per second,
 // then model name).
