@@ -333,6 +333,7 @@ std::string Controller::commit_slo(const SloConfig& next, std::optional<Reposito
   ttft_window_ = std::move(ttft);
   tpot_window_ = std::move(tpot);
   prompt_window_.clear();
+  drift_backoff_ = 0;  // a new drift window from the file
   evidence_.set_capacity(static_cast<size_t>(slo_.evidence_prompts));
   if (rescanned) adopt(std::move(*rescanned));
   if (rescanned || threshold_changed) {

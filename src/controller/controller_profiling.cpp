@@ -13,6 +13,7 @@
 #include <string>
 
 #include "helios/common/exception_message.h"
+#include "helios/controller/drift.h"
 #include "helios/controller/prediction.h"
 #include "helios/engine/serving_engine.h"
 #include "controller_internal.h"
@@ -25,6 +26,7 @@ void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::str
   evidence_.begin_pass();
   ++passes_;
   pass_from_ = current_name_;
+  pass_trigger_ = trigger;
   pass_started_ = std::chrono::steady_clock::now();
   const Candidate* served = find_candidate(current_name_);
   // Sample mode measures the served model where it stands (no switch, no recompute); a model
@@ -33,7 +35,14 @@ void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::str
   if (sample) {
     profile_queue_.push_back(current_name_);
   } else {
-    for (const Candidate& c : shortlist_) profile_queue_.push_back(c.name);
+    // The served model first: it serves on without a switch (at most an extend to full
+    // depth), and the rows it sets can screen the others before they serve.
+    const bool listed = std::any_of(shortlist_.begin(), shortlist_.end(),
+                                    [&](const Candidate& c) { return c.name == current_name_; });
+    if (listed) profile_queue_.push_back(current_name_);
+    for (const Candidate& c : shortlist_) {
+      if (!listed || c.name != current_name_) profile_queue_.push_back(c.name);
+    }
   }
   spdlog::info("controller: re-profiling {} candidates ({}, {}: {})", shortlist_.size(),
                sample ? "scored on the served model's prompts" : "each served in turn",
@@ -279,6 +288,16 @@ void Controller::end_profiling_pass() {
   last_pass_seconds_ = std::chrono::duration<double>(pass_ended_ - pass_started_).count();
   phase_ = Phase::kServing;
   decide(DecisionRecord::Trigger::kProfiled, "profiling finished");
+  const int backoff =
+      next_drift_backoff(drift_backoff_, pass_trigger_ == DecisionRecord::Trigger::kDrift,
+                         !pass_from_.empty() && current_name_ != pass_from_);
+  if (backoff != drift_backoff_) {
+    drift_backoff_ = backoff;
+    spdlog::info("controller: the perplexity drift window is now {} sampled prompts ({})",
+                 prompt_window_size(),
+                 backoff > 0 ? fmt::format("the drift pass kept {}", current_name_)
+                             : std::string("the pass moved the model"));
+  }
 }
 
 }  // namespace helios::controller

@@ -23,10 +23,13 @@ double Controller::live_prompt_perplexity() const {
   return tokens > 0 ? std::exp(nll / static_cast<double>(tokens)) : 0.0;
 }
 
-// Sampled prompts in the drift window: the requests of the window that get scored.
+// Sampled prompts in the drift window: the requests of the window that get scored, times the
+// hysteresis of drift passes that changed nothing.
 size_t Controller::prompt_window_size() const {
   return static_cast<size_t>(std::max(
-      4.0, std::round(static_cast<double>(slo_.drift_window_requests) * slo_.monitor_sample_rate)));
+             4.0, std::round(static_cast<double>(slo_.drift_window_requests) *
+                             slo_.monitor_sample_rate)))
+         << drift_backoff_;
 }
 
 void Controller::check_triggers() {

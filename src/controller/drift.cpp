@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -28,6 +29,11 @@ Moments moments(const std::vector<double>& xs) {
 }
 
 }  // namespace
+
+int next_drift_backoff(int backoff, bool drift_pass, bool moved) {
+  if (moved) return 0;
+  return drift_pass ? std::min(backoff + 1, kMaxDriftBackoff) : backoff;
+}
 
 DriftCheck perplexity_drift(const std::deque<std::pair<double, int64_t>>& window,
                             const ProfileRow& row, int64_t depth, double bound) {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <deque>
 
@@ -84,6 +85,20 @@ TEST(PerplexityDrift, ASmallOrUncertainRiseDoesNotDrift) {
   // Too few prompts on either side for a comparison.
   EXPECT_FALSE(perplexity_drift(window(around(15.9, 3)), row(around(9.3, 16)), 4, 9.8).drifted);
   EXPECT_FALSE(perplexity_drift(window(around(15.9, 8)), row(around(9.3, 3)), 4, 9.8).drifted);
+}
+
+// Drift passes that keep the served model widen the perplexity window (x2 each, at most
+// x2^kMaxDriftBackoff); a pass that moves the model resets it; other passes that keep it leave
+// it as it is.
+TEST(DriftBackoff, GrowsOnFalseAlarmsAndResetsOnAMove) {
+  int backoff = 0;
+  for (int pass = 1; pass <= kMaxDriftBackoff + 2; ++pass) {
+    backoff = next_drift_backoff(backoff, /*drift_pass=*/true, /*moved=*/false);
+    EXPECT_EQ(backoff, std::min(pass, kMaxDriftBackoff));
+  }
+  EXPECT_EQ(next_drift_backoff(backoff, /*drift_pass=*/false, /*moved=*/false), backoff);
+  EXPECT_EQ(next_drift_backoff(backoff, /*drift_pass=*/false, /*moved=*/true), 0);
+  EXPECT_EQ(next_drift_backoff(backoff, /*drift_pass=*/true, /*moved=*/true), 0);
 }
 
 }  // namespace

@@ -305,6 +305,8 @@ class Controller final : public engine::TelemetrySink {
   // last one began: the option a pass's decision weighs a switch against.
   uint64_t passes_ = 0;
   std::string pass_from_;
+  DecisionRecord::Trigger pass_trigger_ = DecisionRecord::Trigger::kStartup;
+  int drift_backoff_ = 0;  // drift.h next_drift_backoff: the window is 2^this times the SLO's
   // When the last clean requests finished (at most kRateWindow): the request rate the switch
   // gate turns the re-profile interval into seconds with.
   std::deque<std::chrono::steady_clock::time_point> finished_at_;

@@ -22,6 +22,16 @@ inline constexpr double kPerplexityDriftFactor = 2.0;
 inline constexpr double kDriftTStatistic = 2.6;
 inline constexpr double kDriftMinRatio = 1.25;
 
+// Hysteresis on drift: a pass started by drift that ends on the model served before it found
+// no better choice, so the drift was a false alarm for the decision (mixed traffic whose
+// per-prompt perplexities are bimodal does this to an 8-prompt window). Each such pass
+// doubles the prompts the perplexity drift window needs, up to 2^kMaxDriftBackoff times the
+// SLO's; a pass that moves the model resets it.
+inline constexpr int kMaxDriftBackoff = 3;
+// The backoff after a pass: `drift_pass` when drift started it, `moved` when it ended on
+// another model than the one served before it.
+int next_drift_backoff(int backoff, bool drift_pass, bool moved);
+
 struct DriftCheck {
   bool drifted = false;
   double live = 0;      // pooled perplexity of the window
