@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "helios/common/exception_message.h"
 #include "helios/controller/drift.h"
@@ -19,6 +20,18 @@
 #include "controller_internal.h"
 
 namespace helios::controller {
+namespace {
+
+// The row's identity: `candidate` as the engine holds it now.
+void identify(ProfileRow& row, const Candidate& candidate, const model::Transformer& transformer) {
+  row.model = candidate.name;
+  row.path = candidate.path;
+  row.footprint = candidate.footprint;
+  row.profiled_layers = transformer.loaded_layers();
+  row.exit_points = transformer.exit_points();
+}
+
+}  // namespace
 
 void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::string& reason) {
   profile_queue_.clear();
@@ -101,11 +114,7 @@ bool Controller::begin_profile(const Candidate* candidate) {
   // One that a row of this pass already outclasses could never be chosen: its stint at full
   // depth, paid by the users it would serve, measures nothing the decision needs.
   ProfileRow& row = profile_->row;
-  row.model = candidate->name;
-  row.path = candidate->path;
-  row.footprint = candidate->footprint;
-  row.profiled_layers = current_->transformer().loaded_layers();
-  row.exit_points = current_->transformer().exit_points();
+  identify(row, *candidate, current_->transformer());
   profile_->scored = score_evidence(row);
   if (!profile_->scored) return true;
   std::optional<std::string> why = outclassed(row, table_, slo_);
@@ -125,11 +134,7 @@ void Controller::finish_profile() {
   Accumulator& p = *profile_;
   ProfileRow& row = p.row;
   const Candidate& c = *p.candidate;
-  row.model = c.name;
-  row.path = c.path;
-  row.footprint = c.footprint;
-  row.profiled_layers = current_->transformer().loaded_layers();
-  row.exit_points = current_->transformer().exit_points();
+  identify(row, c, current_->transformer());
   const bool sample = slo_.profile_mode == ProfileMode::kSample;
   // In sample mode this row is the served model's live figures at its depth; every
   // candidate's quality columns come from the scoring that follows.
@@ -161,6 +166,7 @@ void Controller::finish_profile() {
   step_models_[c.name] = fit_step_model(p.decode_steps);
   table_.upsert(row);
   if (metrics_) metrics_->profiling_runs->inc();
+  const std::pair<double, double> ages = evidence_.frozen_ages();
   spdlog::info("controller: profiled {} at {} layers on {} requests: {:.0f} tok/s, p95 TPOT {:.2f} "
                "ms, prompt perplexity {:.2f} ({})",
                c.name, row.profiled_layers, row.requests, row.decode_tokens_per_second,
@@ -168,8 +174,8 @@ void Controller::finish_profile() {
                row.evidence_prompts > 0
                    ? fmt::format("{} shared sample prompts that arrived {:.1f} to {:.1f} s "
                                  "before the sample was taken, scored in {:.3f} s",
-                                 row.evidence_prompts, evidence_.frozen_ages().first,
-                                 evidence_.frozen_ages().second, row.evidence_seconds)
+                                 row.evidence_prompts, ages.first, ages.second,
+                                 row.evidence_seconds)
                    : std::string("its own requests"));
   profile_.reset();
   if (!profile_queue_.empty()) {

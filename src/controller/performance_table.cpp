@@ -55,13 +55,11 @@ double full_depth_perplexity(const ProfileRow& row) {
 }
 
 double policy_perplexity(const ProfileRow& row, int64_t depth) {
-  if (row.prompt_tokens <= 0) return kInfinity;
-  std::optional<size_t> deepest;
-  for (size_t i = 0; i < row.exit_points.size() && i < row.prompt_policy_nll_sum.size(); ++i) {
-    if (row.exit_points[i] <= depth) deepest = i;
-  }
-  if (!deepest) return kInfinity;
-  return std::exp(row.prompt_policy_nll_sum[*deepest] / static_cast<double>(row.prompt_tokens));
+  const std::optional<size_t> deepest = deepest_exit_index(row, depth);
+  if (row.prompt_tokens <= 0 || !deepest || row.prompt_policy_nll_sum.empty()) return kInfinity;
+  // Exit points are ascending: past the scored columns, the deepest scored one is the last.
+  const size_t at = std::min(*deepest, row.prompt_policy_nll_sum.size() - 1);
+  return std::exp(row.prompt_policy_nll_sum[at] / static_cast<double>(row.prompt_tokens));
 }
 
 std::optional<size_t> deepest_exit_index(const ProfileRow& row, int64_t depth) {

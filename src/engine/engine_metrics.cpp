@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <vector>
 
 #include "helios/engine/model_instance.h"
 #include "helios/engine/sequence.h"
@@ -163,6 +164,18 @@ void EngineMetrics::on_step(int64_t batch, const ServedModel& model, int64_t run
   sink_->on_step(step_);
 }
 
+namespace {
+
+// The sequence's prompt token ids as prefilled (BOS included).
+std::vector<int32_t> prompt_ids(const Sequence& sequence) {
+  const auto end = sequence.tokens.begin() +
+                   std::min<std::ptrdiff_t>(sequence.prompt_length,
+                                            static_cast<std::ptrdiff_t>(sequence.tokens.size()));
+  return {sequence.tokens.begin(), end};
+}
+
+}  // namespace
+
 void EngineMetrics::on_finish(Sequence& sequence, Finish reason, const ServedModel& model,
                               Clock::time_point now) {
   const Request& request = *sequence.request;
@@ -185,10 +198,7 @@ void EngineMetrics::on_finish(Sequence& sequence, Finish reason, const ServedMod
   // Complete scores only: a prompt whose prefill never finished reports none.
   if (sequence.prompt_scores && !sequence.score_prompt) {
     t.prompt_scores = std::move(sequence.prompt_scores);
-    const auto prompt_end = sequence.tokens.begin() +
-                            std::min<std::ptrdiff_t>(sequence.prompt_length,
-                                                     static_cast<std::ptrdiff_t>(sequence.tokens.size()));
-    t.prompt_ids.assign(sequence.tokens.begin(), prompt_end);
+    t.prompt_ids = prompt_ids(sequence);
   }
   if (sequence.generated > 0) {
     t.ttft_s = seconds_between(request.arrival(), sequence.first_token_at);
@@ -210,10 +220,7 @@ void EngineMetrics::on_prompt_scored(const Sequence& sequence, const ServedModel
   t.loaded_layers = model.loaded_layers;
   t.model_epoch = model.epoch;
   t.scores = *sequence.prompt_scores;
-  const auto prompt_end = sequence.tokens.begin() +
-                          std::min<std::ptrdiff_t>(sequence.prompt_length,
-                                                   static_cast<std::ptrdiff_t>(sequence.tokens.size()));
-  t.ids.assign(sequence.tokens.begin(), prompt_end);
+  t.ids = prompt_ids(sequence);
   t.wait_s = seconds_between(sequence.request->arrival(), now);
   sink_->on_prompt(std::move(t));
 }
