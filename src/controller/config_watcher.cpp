@@ -9,6 +9,21 @@
 
 namespace helios::controller {
 
+std::optional<std::string> SettledContents::observe(std::optional<std::string> read) {
+  if (!read) return std::nullopt;  // mid-rename or deleted for a moment: keep what was seen
+  if (read == last_) {
+    pending_.reset();
+    return std::nullopt;
+  }
+  if (read != pending_) {
+    pending_ = std::move(read);
+    return std::nullopt;
+  }
+  last_ = std::move(pending_);
+  pending_.reset();
+  return last_;
+}
+
 ConfigWatcher::ConfigWatcher(std::filesystem::path file, std::chrono::milliseconds poll,
                              std::function<void(const std::string& contents)> on_change)
     : file_(std::move(file)), poll_(poll), on_change_(std::move(on_change)) {}
@@ -21,7 +36,7 @@ void ConfigWatcher::start() {
     std::lock_guard lock(mutex_);
     stopping_ = false;
   }
-  last_ = read_contents();
+  contents_.emplace(read_contents());
   thread_ = std::thread([this] { run(); });
 }
 
@@ -47,12 +62,9 @@ void ConfigWatcher::run() {
   std::unique_lock lock(mutex_);
   while (!wake_.wait_for(lock, poll_, [this] { return stopping_; })) {
     lock.unlock();
-    // Missing between polls (mid-rename, or deleted for a moment): keep the last contents so
-    // the same file coming back is not reported as a change.
-    if (std::optional<std::string> now = read_contents(); now && now != last_) {
-      last_ = std::move(now);
+    if (std::optional<std::string> changed = contents_->observe(read_contents())) {
       try {
-        on_change_(*last_);
+        on_change_(*changed);
       } catch (const std::exception& e) {
         spdlog::warn("{}: change handler failed: {}", file_.string(), exception_message(e));
       }

@@ -382,28 +382,35 @@ DecisionRecord Controller::pin(const std::string& model, int64_t layers) {
       const ProfileRow* row = table_.find(model);
       depth = row != nullptr ? choose_depth(*row, slo_, best_full_perplexity(table_)) : total;
     }
-    const std::string from = current_name_;
+    const std::string from = resident_names_.empty() ? current_name_ : fmt::format("{}", fmt::join(resident_names_, "+"));
     const int64_t from_layers = current_->transformer().loaded_layers();
+    collapse_resident_set();
     // A switch that fails leaves everything as it was, profiling included.
-    if (model != from || depth != from_layers) switch_to(*candidate, depth, "operator");
-    profile_.reset();
-    profile_queue_.clear();
-    scoring_queue_.clear();
-    set_max_batch(options_.max_running);
-    phase_ = Phase::kPinned;
-    engine_->set_prompt_sampling(slo_.monitor_sample_rate);
-    reset_windows();
+    if (model != current_name_ || depth != current_->transformer().loaded_layers()) {
+      switch_to(*candidate, depth, "operator");
+    }
     DecisionRecord decision{.kind = DecisionRecord::Kind::kPin,
                             .trigger = DecisionRecord::Trigger::kOperator,
                             .from_model = from,
                             .from_layers = from_layers,
                             .to_model = model,
                             .to_layers = depth,
-                            .max_batch = max_batch_,
                             .reason = "pinned by an operator"};
-    record(decision);
+    enter_pinned(decision);
     return decision;
   });
+}
+
+void Controller::enter_pinned(DecisionRecord& decision) {
+  profile_.reset();
+  profile_queue_.clear();
+  scoring_queue_.clear();
+  set_max_batch(options_.max_running);
+  phase_ = Phase::kPinned;
+  engine_->set_prompt_sampling(slo_.monitor_sample_rate);
+  reset_windows();
+  decision.max_batch = max_batch_;
+  record(decision);
 }
 
 DecisionRecord Controller::unpin() {
@@ -411,6 +418,7 @@ DecisionRecord Controller::unpin() {
     if (phase_ != Phase::kPinned) {
       throw Error(ErrorCode::kFailedPrecondition, "no model is pinned");
     }
+    collapse_resident_set();
     phase_ = Phase::kServing;
     const DecisionRecord decision =
         keep_decision(DecisionRecord::Kind::kUnpin, DecisionRecord::Trigger::kOperator,

@@ -70,35 +70,68 @@ struct EngineMetrics::Series {
                         "escaped a step), kv_cache (a KV pool could not be allocated).",
                         {"fault"});
     for (const char* fault : {"forward", "sampling", "step", "kv_cache"}) faults->labels({fault});
+    routed_family = &r.counter("helios_routed_requests_total",
+                               "Requests the router assigned to each resident model (a set of "
+                               "one routes nothing).",
+                               {"model"});
+    router_seconds = &r.counter("helios_router_seconds_total",
+                                "Wall time spent scoring prompts to route them (engine thread).")
+                          .get();
+    member_kv_blocks = &r.gauge("helios_resident_kv_blocks_capacity",
+                                "KV cache blocks in each resident model's pool.", {"model"});
+    member_kv_used = &r.gauge("helios_resident_kv_blocks_used",
+                              "KV cache blocks held in each resident model's pool.", {"model"});
+    member_kv_bytes = &r.gauge("helios_resident_kv_cache_bytes",
+                               "Bytes of each resident model's KV cache pool.", {"model"});
+    member_running = &r.gauge("helios_resident_requests_running",
+                              "Sequences in the batch, per resident model.", {"model"});
+    resident_bytes = &r.gauge("helios_resident_memory_bytes",
+                              "Weights plus KV cache pools of every resident model.")
+                          .get();
     for (const Finish f : {Finish::kStop, Finish::kLength, Finish::kCancelled, Finish::kDeadline,
                            Finish::kError}) {
       finished->labels({std::string(finish_label(f))});
     }
   }
 
-  // Points the per-model series at `model`, served as `name`.
-  void bind(const std::string& name, const ModelInstance& model) {
+  // The per-model series of a resident member served as `name`.
+  struct Member {
+    metrics::Counter* greedy = nullptr;
+    std::vector<metrics::Counter*> exit_by_layer;  // by exit layer; null where no exit point
+    metrics::Counter* routed = nullptr;
+  };
+  Member bind(const std::string& name, const ModelInstance& model) {
     weight_bytes->labels({name}).set(static_cast<double>(model.resident_bytes()));
     loaded_layers->labels({name}).set(static_cast<double>(model.transformer().loaded_layers()));
-    greedy = &greedy_family->labels({name});
-    exit_by_layer.assign(model.transformer().loaded_layers() + 1, nullptr);
+    Member member;
+    member.greedy = &greedy_family->labels({name});
+    member.routed = &routed_family->labels({name});
+    member.exit_by_layer.assign(model.transformer().loaded_layers() + 1, nullptr);
     for (const int32_t layer : model.transformer().exit_points()) {
-      exit_by_layer[layer] = &exits->labels({name, std::to_string(layer)});
+      member.exit_by_layer[layer] = &exits->labels({name, std::to_string(layer)});
     }
+    return member;
   }
   // The model served as `name` is no longer resident (counters keep their totals).
   void unbind(const std::string& name) {
     weight_bytes->labels({name}).set(0.0);
     loaded_layers->labels({name}).set(0.0);
+    member_kv_blocks->labels({name}).set(0.0);
+    member_kv_used->labels({name}).set(0.0);
+    member_kv_bytes->labels({name}).set(0.0);
+    member_running->labels({name}).set(0.0);
   }
 
   metrics::Histogram *ttft, *inter_token, *e2e, *queue, *batch_size;
   metrics::Gauge *running, *waiting, *blocks_total, *blocks_used, *usage, *kv_bytes, *kv_sequences;
-  metrics::Counter *prompt_tokens, *generated_tokens, *greedy = nullptr, *preemptions, *steps,
-      *step_seconds, *forward_seconds;
-  metrics::Family<metrics::Counter>*finished, *exits, *greedy_family, *faults;
-  metrics::Family<metrics::Gauge>*weight_bytes, *loaded_layers;
-  std::vector<metrics::Counter*> exit_by_layer;  // by exit layer; null where no exit point
+  metrics::Counter *prompt_tokens, *generated_tokens, *preemptions, *steps, *step_seconds,
+      *forward_seconds, *router_seconds;
+  metrics::Family<metrics::Counter>*finished, *exits, *greedy_family, *faults, *routed_family;
+  metrics::Family<metrics::Gauge>*weight_bytes, *loaded_layers, *member_kv_blocks, *member_kv_used,
+      *member_kv_bytes, *member_running;
+  metrics::Gauge* resident_bytes;
+  std::vector<std::string> names;  // of the resident set, index = Sequence::lane
+  std::vector<Member> members;     // the same order
 };
 
 EngineMetrics::EngineMetrics(metrics::Registry* registry, const MetricBuckets& buckets,
@@ -110,15 +143,28 @@ EngineMetrics::EngineMetrics(metrics::Registry* registry, const MetricBuckets& b
     registry = own_registry_.get();
   }
   series_ = std::make_unique<Series>(*registry, buckets);
-  series_->bind(model_name, model);
+  on_resident({{model_name, &model}});
 }
 
 EngineMetrics::~EngineMetrics() = default;
 
-void EngineMetrics::on_switch(const std::string& old_name, const std::string& name,
-                              const ModelInstance& model) {
-  series_->unbind(old_name);
-  series_->bind(name, model);
+void EngineMetrics::on_resident(const std::vector<ResidentModel>& members) {
+  for (const std::string& name : series_->names) {
+    const bool stays = std::any_of(members.begin(), members.end(),
+                                   [&](const ResidentModel& m) { return m.name == name; });
+    if (!stays) series_->unbind(name);
+  }
+  series_->names.clear();
+  series_->members.clear();
+  for (const ResidentModel& member : members) {
+    series_->names.push_back(member.name);
+    series_->members.push_back(series_->bind(member.name, *member.model));
+  }
+}
+
+void EngineMetrics::on_route(int32_t lane, double seconds) {
+  if (lane >= 0) series_->members.at(lane).routed->inc();
+  series_->router_seconds->inc(seconds);
 }
 
 void EngineMetrics::begin_step() { step_ = StepTelemetry{}; }
@@ -138,8 +184,9 @@ void EngineMetrics::on_token(const Sequence& sequence, const model::TokenExit& e
   if (exit.greedy_exit) ++step_.greedy_exits;
   if (sink_ != nullptr) step_.breaches.push_back(exit.greedy_exit ? 1 : 0);
   series_->generated_tokens->inc();
-  if (metrics::Counter* exits = series_->exit_by_layer.at(exit.exit_layer)) exits->inc();
-  if (exit.greedy_exit) series_->greedy->inc();
+  const Series::Member& member = series_->members.at(sequence.lane);
+  if (metrics::Counter* exits = member.exit_by_layer.at(exit.exit_layer)) exits->inc();
+  if (exit.greedy_exit) member.greedy->inc();
   if (sequence.generated == 0) {
     series_->ttft->observe(seconds_between(sequence.request->arrival(), now));
   } else {
@@ -238,6 +285,15 @@ void EngineMetrics::publish(const EngineStats& stats, int64_t waiting) {
   series_->usage->set(total > 0 ? static_cast<double>(stats.kv_blocks_used) / total : 0.0);
   series_->kv_bytes->set(static_cast<double>(stats.kv_cache_bytes));
   series_->kv_sequences->set(static_cast<double>(stats.kv_sequences));
+  double resident = 0;
+  for (const MemberStats& member : stats.members) {
+    series_->member_kv_blocks->labels({member.name}).set(static_cast<double>(member.kv_blocks_total));
+    series_->member_kv_used->labels({member.name}).set(static_cast<double>(member.kv_blocks_used));
+    series_->member_kv_bytes->labels({member.name}).set(static_cast<double>(member.kv_cache_bytes));
+    series_->member_running->labels({member.name}).set(static_cast<double>(member.running));
+    resident += static_cast<double>(member.weight_bytes + member.kv_cache_bytes);
+  }
+  series_->resident_bytes->set(resident);
 }
 
 }  // namespace helios::engine

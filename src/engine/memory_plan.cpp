@@ -137,6 +137,33 @@ int64_t kv_blocks_for_budget(const ModelInstance& model, int64_t budget_bytes, i
   return capacity.kv_blocks;
 }
 
+std::vector<int64_t> kv_blocks_for_set(const std::vector<SetMemberFootprint>& members,
+                                       int64_t budget_bytes, int64_t block_size,
+                                       std::string_view field) {
+  int64_t needed = 0;
+  double shares = 0;
+  std::vector<int64_t> blocks;
+  for (const SetMemberFootprint& m : members) {
+    if (!(m.share > 0)) throw Error(ErrorCode::kInvalidArgument, "resident set: shares must be positive");
+    blocks.push_back(m.footprint.sequence_blocks(block_size));
+    needed += m.weight_bytes + blocks.back() * m.footprint.kv_block_bytes(m.depth, block_size);
+    shares += m.share;
+  }
+  if (needed > budget_bytes) {
+    constexpr double kMiB = 1024.0 * 1024.0;
+    throw Error(ErrorCode::kResourceExhausted,
+                fmt::format("{}: {:.2f} MiB does not hold the resident set: {:.2f} MiB of "
+                            "weights and one full-context sequence of KV cache per model",
+                            field, budget_bytes / kMiB, needed / kMiB));
+  }
+  const int64_t spare = budget_bytes - needed;
+  for (size_t i = 0; i < members.size(); ++i) {
+    const int64_t bytes = static_cast<int64_t>(static_cast<double>(spare) * members[i].share / shares);
+    blocks[i] += bytes / members[i].footprint.kv_block_bytes(members[i].depth, block_size);
+  }
+  return blocks;
+}
+
 std::unique_ptr<kv::KvCache> make_kv_cache(const model::Transformer& transformer,
                                            int64_t block_size, int64_t blocks) {
   return std::make_unique<kv::KvCache>(cache_of(transformer, block_size, blocks));

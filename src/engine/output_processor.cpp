@@ -9,18 +9,14 @@
 
 namespace helios::engine {
 
-void OutputProcessor::bind(const model::ModelConfig& config) {
-  eos_ = static_cast<int32_t>(config.eos_token_id);
-  context_ = config.max_position_embeddings;
-}
-
 Finish OutputProcessor::emit_token(Sequence& sequence, int32_t token,
-                                   const model::TokenExit& exit, Clock::time_point now) {
+                                   const model::TokenExit& exit, Clock::time_point now,
+                                   const model::ModelConfig& model) {
   const RequestSpec& spec = sequence.request->spec();
   sequence.record_token(token, exit, now);
   Update update;
   if (spec.token_details) update.tokens.push_back(TokenDetail{token, exit});
-  if (token == eos_) {
+  if (token == static_cast<int32_t>(model.eos_token_id)) {
     sequence.request->channel().push(std::move(update));
     return Finish::kStop;
   }
@@ -29,7 +25,7 @@ Finish OutputProcessor::emit_token(Sequence& sequence, int32_t token,
   sequence.request->channel().push(std::move(update));
   if (sequence.stop.stopped()) return Finish::kStop;
   if (sequence.generated >= spec.max_tokens ||
-      static_cast<int64_t>(sequence.tokens.size()) > context_) {
+      static_cast<int64_t>(sequence.tokens.size()) > model.max_position_embeddings) {
     return Finish::kLength;
   }
   return Finish::kNone;

@@ -14,10 +14,17 @@ bool fits_context(const Sequence& sequence, int64_t context) {
 }
 
 Scheduler::Scheduler(kv::KvCache& cache, int64_t max_running)
-    : cache_(&cache), max_running_bound_(max_running), cap_(max_running) {
+    : caches_{&cache}, max_running_bound_(max_running), cap_(max_running) {
   if (max_running < 1) {
     throw Error(ErrorCode::kInvalidArgument, "scheduler: max_running must be positive");
   }
+}
+
+void Scheduler::set_caches(std::vector<kv::KvCache*> caches) {
+  if (caches.empty() || std::find(caches.begin(), caches.end(), nullptr) != caches.end()) {
+    throw Error(ErrorCode::kInvalidArgument, "scheduler: every lane needs a KV cache");
+  }
+  caches_ = std::move(caches);
 }
 
 void Scheduler::set_max_running(int64_t cap) {
@@ -33,13 +40,29 @@ StepPlan Scheduler::schedule(int64_t token_budget) {
   int64_t budget = token_budget;
   schedule_decodes(plan, budget);
   schedule_prefills(plan, budget);
-  if (plan.decodes.empty() && plan.prefills.empty() && !running_.empty()) {
-    // Every sequence in the batch is mid-prefill and the pool is full: the newest gives its
-    // blocks to the others rather than all of them waiting forever.
-    preempt(*running_.back(), plan);
+  if (budget > 0) unblock_lanes(plan);
+  return plan;
+}
+
+void Scheduler::unblock_lanes(StepPlan& plan) {
+  // With budget left, a lane with running sequences none of which runs this step is stuck on
+  // its full pool (every one mid-prefill).
+  std::vector<bool> runs(caches_.size(), false), holds(caches_.size(), false);
+  for (const Sequence* sequence : plan.decodes) runs[sequence->lane] = true;
+  for (const PrefillChunk& chunk : plan.prefills) runs[chunk.sequence->lane] = true;
+  for (const auto& sequence : running_) holds[sequence->lane] = true;
+  bool preempted = false;
+  for (size_t lane = 0; lane < caches_.size(); ++lane) {
+    if (!holds[lane] || runs[lane]) continue;
+    auto newest = std::find_if(running_.rbegin(), running_.rend(), [&](const auto& s) {
+      return s != nullptr && s->lane == static_cast<int32_t>(lane);
+    });
+    preempt(**newest, plan);
+    preempted = true;
+  }
+  if (preempted) {
     std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s == nullptr; });
   }
-  return plan;
 }
 
 void Scheduler::schedule_decodes(StepPlan& plan, int64_t& budget) {
@@ -64,29 +87,44 @@ void Scheduler::schedule_prefills(StepPlan& plan, int64_t& budget) {
     Sequence& sequence = *running_[i];
     if (sequence.finished() || sequence.decoding()) continue;
     const int64_t chunk = std::min(sequence.prefill_remaining(), budget);
-    if (!cache_->reserve(sequence.kv, sequence.kv.length + chunk)) continue;
+    if (!cache_of(sequence).reserve(sequence.kv, sequence.kv.length + chunk)) continue;
     plan.prefills.push_back({&sequence, chunk});
     budget -= chunk;
   }
-  // Then waiting requests, in order, while the batch, the budget and the pool allow.
-  while (!waiting_.empty() && budget > 0 &&
-         static_cast<int64_t>(running_.size()) < cap_.load()) {
-    Sequence& sequence = *waiting_.front();
+  // Then waiting requests, in order, while the batch, the budget and their pool allow. A request
+  // its pool cannot take holds back the rest of its lane, not the other lanes.
+  std::vector<bool> blocked(caches_.size(), false);
+  size_t blocked_lanes = 0;
+  for (auto it = waiting_.begin(); it != waiting_.end() && budget > 0 &&
+                                   blocked_lanes < caches_.size() &&
+                                   static_cast<int64_t>(running_.size()) < cap_.load();) {
+    Sequence& sequence = **it;
+    if (blocked[sequence.lane]) {
+      ++it;
+      continue;
+    }
     const int64_t chunk = std::min(sequence.prefill_remaining(), budget);
-    if (!cache_->reserve(sequence.kv, sequence.kv.length + chunk)) break;
+    if (!cache_of(sequence).reserve(sequence.kv, sequence.kv.length + chunk)) {
+      blocked[sequence.lane] = true;
+      ++blocked_lanes;
+      ++it;
+      continue;
+    }
     if (!sequence.admitted) plan.admitted.push_back(&sequence);
     plan.prefills.push_back({&sequence, chunk});
     budget -= chunk;
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
+    running_.push_back(std::move(*it));
+    it = waiting_.erase(it);
   }
 }
 
 bool Scheduler::reserve_or_preempt(Sequence& sequence, int64_t new_length, StepPlan& plan) {
-  while (!cache_->reserve(sequence.kv, new_length)) {
-    // The newest running sequence gives way, possibly this one.
+  while (!cache_of(sequence).reserve(sequence.kv, new_length)) {
+    // The newest running sequence of its lane gives way, possibly this one.
     auto victim = std::find_if(running_.rbegin(), running_.rend(),
-                               [](const std::unique_ptr<Sequence>& s) { return s != nullptr; });
+                               [&](const std::unique_ptr<Sequence>& s) {
+                                 return s != nullptr && s->lane == sequence.lane;
+                               });
     if (victim == running_.rend()) return false;
     Sequence* const victim_ptr = victim->get();
     preempt(*victim_ptr, plan);
@@ -97,7 +135,7 @@ bool Scheduler::reserve_or_preempt(Sequence& sequence, int64_t new_length, StepP
 }
 
 void Scheduler::preempt(Sequence& victim, StepPlan& plan) {
-  cache_->release(victim.kv);
+  cache_of(victim).release(victim.kv);
   victim.restart_prompt_scoring();
   ++victim.preemptions;
   ++plan.preempted;
@@ -113,22 +151,34 @@ void Scheduler::preempt(Sequence& victim, StepPlan& plan) {
 }
 
 void Scheduler::release_all() {
-  for_each([&](Sequence& sequence) { cache_->release(sequence.kv); });
+  for_each([&](Sequence& sequence) { cache_of(sequence).release(sequence.kv); });
+}
+
+Requeue Scheduler::requeue_where(const std::function<bool(const Sequence&)>& affected) {
+  std::vector<std::unique_ptr<Sequence>> moved;
+  for (auto& sequence : running_) {
+    if (!affected(*sequence)) continue;
+    cache_of(*sequence).release(sequence->kv);
+    moved.push_back(std::move(sequence));
+  }
+  std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s == nullptr; });
+  Requeue result;
+  result.recomputed = static_cast<int64_t>(moved.size());
+  for (auto it = moved.rbegin(); it != moved.rend(); ++it) waiting_.push_front(std::move(*it));
+  for (auto& sequence : waiting_) {
+    if (!affected(*sequence)) continue;
+    cache_of(*sequence).release(sequence->kv);
+    sequence->restart_prompt_scoring();
+    result.sequences.push_back(sequence.get());
+  }
+  return result;
 }
 
 Requeue Scheduler::requeue_all(bool same_model, int64_t context) {
-  Requeue result;
-  result.recomputed = static_cast<int64_t>(running_.size());
-  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
-    waiting_.push_front(std::move(*it));
-  }
-  running_.clear();
-  for (auto& sequence : waiting_) {
-    sequence->restart_prompt_scoring();
+  Requeue result = requeue_where([](const Sequence&) { return true; });
+  for (Sequence* sequence : result.sequences) {
     if (!same_model) sequence->forget_exits();
-    if (!fits_context(*sequence, context)) {
-      result.exceeds_context.push_back(sequence.get());
-    }
+    if (!fits_context(*sequence, context)) result.exceeds_context.push_back(sequence);
   }
   return result;
 }

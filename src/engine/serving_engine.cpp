@@ -9,6 +9,7 @@
 #include "helios/common/exception_message.h"
 #include "helios/common/error.h"
 #include "helios/common/files.h"
+#include "helios/engine/router.h"
 #include "durations.h"
 
 namespace helios::engine {
@@ -38,19 +39,18 @@ ServingEngine::ServingEngine(const ModelInstance& model, EngineOptions options,
 
 ServingEngine::ServingEngine(std::shared_ptr<const ModelInstance> model, EngineOptions options,
                              metrics::Registry* registry)
-    : model_(std::move(model)),
-      model_name_(options.model_name),
+    : lanes_(1),
       options_(std::move(options)),
-      cache_(make_kv_cache(checked(model_).transformer(), options_.kv_block_size,
-                           options_.kv_blocks)),
-      scheduler_(*cache_, checked(options_.limits).max_running),
+      scheduler_(*(lanes_[0].cache = make_kv_cache(checked(model).transformer(),
+                                                   options_.kv_block_size, options_.kv_blocks)),
+                 checked(options_.limits).max_running),
       output_(options_.log_requests),
-      metrics_(registry, options_.buckets, options_.telemetry, model_name_, *model_),
+      metrics_(registry, options_.buckets, options_.telemetry, options_.model_name, *model),
       exit_threshold_(options_.exit_policy.threshold),
-      weight_bytes_(model_->resident_bytes()),
       policy_(options_.exit_policy) {
   options_.exit_policy.validate();
-  output_.bind(model_->config());
+  lanes_[0].model = std::move(model);
+  lanes_[0].name = options_.model_name;
   publish_stats();
 }
 
@@ -119,11 +119,27 @@ void ServingEngine::stop() {
 std::future<void> ServingEngine::switch_model(std::shared_ptr<const ModelInstance> model,
                                               std::string name, int64_t kv_blocks) {
   if (!model) throw Error(ErrorCode::kInvalidArgument, "switch_model: no model");
-  return post(SwitchCommand{std::move(model), std::move(name), kv_blocks, {}});
+  SwitchCommand command;
+  command.members.push_back({std::move(model), std::move(name), kv_blocks});
+  command.rebuild_all = true;
+  return post(std::move(command));
 }
 
 std::future<void> ServingEngine::resize_kv(int64_t kv_blocks) {
-  return post(SwitchCommand{nullptr, {}, kv_blocks, {}});
+  SwitchCommand command;
+  command.members.push_back({nullptr, {}, kv_blocks});
+  command.resize = true;
+  command.rebuild_all = true;
+  return post(std::move(command));
+}
+
+std::future<void> ServingEngine::set_resident(std::vector<ResidentMember> members) {
+  for (const ResidentMember& member : members) {
+    if (!member.model) throw Error(ErrorCode::kInvalidArgument, "set_resident: no model");
+  }
+  SwitchCommand command;
+  command.members = std::move(members);
+  return post(std::move(command));
 }
 
 std::future<void> ServingEngine::post(SwitchCommand command) {
@@ -137,52 +153,162 @@ std::future<void> ServingEngine::post(SwitchCommand command) {
   return done;
 }
 
-void ServingEngine::apply_switch(SwitchCommand& command) {
-  try {
-    const bool resize = command.model == nullptr;
-    const std::shared_ptr<const ModelInstance> next = resize ? model_ : command.model;
-    const std::string name = resize ? model_name_ : command.name;
+std::vector<ServingEngine::Lane> ServingEngine::resolve(const SwitchCommand& command) const {
+  if (command.members.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "set_resident: the resident set is empty");
+  }
+  if (command.resize && lanes_.size() != 1) {
+    throw Error(ErrorCode::kFailedPrecondition,
+                fmt::format("resize_kv: {} models are resident; set_resident sizes each pool",
+                            lanes_.size()));
+  }
+  const ModelInstance& current = *lanes_[0].model;
+  std::vector<Lane> next(command.members.size());
+  for (size_t i = 0; i < next.size(); ++i) {
+    const ResidentMember& member = command.members[i];
+    next[i].model = command.resize ? lanes_[0].model : member.model;
+    next[i].name = command.resize ? lanes_[0].name : member.name;
+    const std::string what = command.resize ? "resize_kv"
+                             : command.rebuild_all ? "switch_model " + next[i].name
+                                                   : "set_resident " + next[i].name;
+    for (size_t j = 0; j < i; ++j) {
+      if (next[j].name == next[i].name) {
+        throw Error(ErrorCode::kInvalidArgument, what + ": the name is in the set twice");
+      }
+    }
     const int64_t block_size = options_.kv_block_size;
-    const int64_t context = next->config().max_position_embeddings;
-    if (command.kv_blocks < blocks_for_tokens(context, block_size)) {
+    const int64_t context = next[i].model->config().max_position_embeddings;
+    if (member.kv_blocks < blocks_for_tokens(context, block_size)) {
       throw Error(ErrorCode::kInvalidArgument,
                   fmt::format("{}: {} KV blocks of {} tokens cannot hold one full-context "
                               "sequence of {} tokens",
-                              resize ? "resize_kv" : "switch_model " + name, command.kv_blocks,
-                              block_size, context));
+                              what, member.kv_blocks, block_size, context));
     }
-    const bool same_model = same_directory(next->loaded().dir, model_->loaded().dir);
-    if (!same_model) {
+    if (!same_directory(next[i].model->loaded().dir, current.loaded().dir)) {
       // Sequences in flight carry on with the new model: their tokens must mean the same.
-      const tokenizer::Tokenizer &old_tok = model_->tokenizer(), &new_tok = next->tokenizer();
+      const tokenizer::Tokenizer &old_tok = current.tokenizer(),
+                                 &new_tok = next[i].model->tokenizer();
       if (old_tok.vocab_size() != new_tok.vocab_size() || old_tok.bos_id() != new_tok.bos_id() ||
           old_tok.eos_id() != new_tok.eos_id() ||
-          model_->config().vocab_size != next->config().vocab_size) {
+          current.config().vocab_size != next[i].model->config().vocab_size) {
         throw Error(ErrorCode::kFailedPrecondition,
-                    "switch_model " + name + ": its tokenizer differs from the serving model's " +
+                    what + ": its tokenizer differs from the serving model's " +
                         "(vocabulary or special tokens)");
       }
     }
-    rebuild_cache(*next, command.kv_blocks);
-    if (!resize) metrics_.on_switch(model_name_, name, *next);
+  }
+  return next;
+}
+
+void ServingEngine::apply_switch(SwitchCommand& command) {
+  try {
+    std::vector<Lane> next = resolve(command);
+    std::vector<int64_t> blocks;
+    for (const ResidentMember& member : command.members) blocks.push_back(member.kv_blocks);
+    // Members that carry on untouched: the same instance with an intact pool of the same size.
+    std::vector<int> carried(lanes_.size(), -1);  // old lane -> new lane
+    std::vector<bool> kept(next.size(), false);
+    for (size_t j = 0; j < lanes_.size() && !command.rebuild_all; ++j) {
+      for (size_t i = 0; i < next.size(); ++i) {
+        if (!kept[i] && next[i].model == lanes_[j].model && lanes_[j].lost_pool_blocks == 0 &&
+            lanes_[j].cache->pool().total_blocks() == blocks[i]) {
+          carried[j] = static_cast<int>(i);
+          kept[i] = true;
+          break;
+        }
+      }
+    }
+    // The sequences of the other lanes give their blocks back and wait to be recomputed; then
+    // their pools are freed before the new ones are built, so that a memory budget holds.
+    const Requeue requeue =
+        scheduler_.requeue_where([&](const Sequence& s) { return carried[s.lane] < 0; });
+    std::vector<int64_t> old_blocks(lanes_.size());
+    for (size_t j = 0; j < lanes_.size(); ++j) {
+      old_blocks[j] = lanes_[j].lost_pool_blocks > 0 ? lanes_[j].lost_pool_blocks
+                                                     : lanes_[j].cache->pool().total_blocks();
+      if (carried[j] < 0) lanes_[j].cache.reset();
+    }
+    try {
+      for (size_t i = 0; i < next.size(); ++i) {
+        if (!kept[i]) next[i].cache = allocate_cache(*next[i].model, blocks[i]);
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("KV pool could not be allocated: {}", exception_message(e));
+      metrics_.on_fault("kv_cache");
+      next.clear();  // frees what was built
+      for (size_t j = 0; j < lanes_.size(); ++j) {
+        if (!lanes_[j].cache) restore_lane(j, old_blocks[j]);
+      }
+      bind_caches();
+      regrow_lost_pools();
+      throw;
+    }
+    for (size_t j = 0; j < lanes_.size(); ++j) {
+      if (carried[j] >= 0) {
+        next[carried[j]].cache = std::move(lanes_[j].cache);
+        next[carried[j]].routed = lanes_[j].routed;
+      }
+    }
+    // Where each requeued sequence goes: the same instance or another load of its model
+    // directory (its exits replay), else the member the router picks (full depth).
+    std::vector<int32_t> moved_to;
+    for (Sequence* sequence : requeue.sequences) {
+      const ModelInstance& was = *lanes_[sequence->lane].model;
+      int32_t target = -1;
+      for (size_t i = 0; i < next.size() && target < 0; ++i) {
+        if (next[i].model.get() == &was) target = static_cast<int32_t>(i);
+      }
+      for (size_t i = 0; i < next.size() && target < 0; ++i) {
+        if (same_directory(next[i].model->loaded().dir, was.loaded().dir)) {
+          target = static_cast<int32_t>(i);
+        }
+      }
+      if (target < 0) {
+        double seconds = 0;
+        target = route(next, *sequence, seconds);
+        router_seconds_ += seconds;
+        metrics_.on_route(-1, seconds);
+        ++next[target].routed;
+        sequence->forget_exits();
+      }
+      moved_to.push_back(target);
+    }
+    scheduler_.for_each([&](Sequence& sequence) {
+      if (carried[sequence.lane] >= 0) sequence.lane = carried[sequence.lane];
+    });
+    for (size_t k = 0; k < requeue.sequences.size(); ++k) {
+      requeue.sequences[k]->lane = moved_to[k];
+    }
+    std::vector<ResidentModel> resident;
+    for (const Lane& lane : next) resident.push_back({lane.name, lane.model.get()});
+    metrics_.on_resident(resident);
     {
       std::lock_guard lock(mutex_);
-      model_ = next;
-      model_name_ = name;
+      lanes_ = std::move(next);
     }
-    output_.bind(next->config());
-    weight_bytes_ = next->resident_bytes();
+    bind_caches();
     ++epoch_;
-    const int64_t batch = scheduler_.running();
-    recompute_all(same_model);
+    recomputes_ += requeue.recomputed;
+    for (Sequence* sequence : requeue.sequences) {
+      // The new model's context cannot hold what the sequence already has.
+      if (!fits_context(*sequence, lane_of(*sequence).model->config().max_position_embeddings) &&
+          !refuse_if_too_long(*sequence)) {
+        finish(*sequence, Finish::kLength);
+      }
+    }
+    scheduler_.drop_finished();
     // Visible in stats() by the time the caller's future is ready.
     publish_stats();
-    spdlog::info("{} {} ({} layers): KV pool of {} blocks, {} sequences recomputed",
-                 resize ? "resized the KV pool of" : "switched to", name,
-                 next->transformer().loaded_layers(), command.kv_blocks, batch);
+    for (const Lane& lane : lanes_) {
+      spdlog::info("{} {} ({} layers): KV pool of {} blocks",
+                   command.resize ? "resized the KV pool of" : "serving", lane.name,
+                   lane.model->transformer().loaded_layers(), lane.cache->pool().total_blocks());
+    }
+    spdlog::info("resident set of {} model(s): {} sequences recomputed", lanes_.size(),
+                 requeue.recomputed);
     command.done.set_value();
   } catch (...) {
-    // Whatever pool the engine kept is visible by the time the caller's future is ready.
+    // Whatever pools the engine kept are visible by the time the caller's future is ready.
     try {
       publish_stats();
     } catch (const std::exception& e) {
@@ -192,97 +318,96 @@ void ServingEngine::apply_switch(SwitchCommand& command) {
   }
 }
 
-void ServingEngine::rebuild_cache(const ModelInstance& next, int64_t kv_blocks) {
-  // The old pool goes first: every sequence gives its blocks back so that the old cache can be
-  // freed before the new one is allocated (a memory budget holds).
-  scheduler_.release_all();
-  const int64_t old_blocks = cache_->pool().total_blocks();
-  cache_.reset();
-  try {
-    cache_ = allocate_cache(next, kv_blocks);
-  } catch (const std::exception& e) {
-    spdlog::error("KV pool of {} blocks could not be allocated: {}", kv_blocks, exception_message(e));
-    metrics_.on_fault("kv_cache");
-    restore_cache(old_blocks);
-    throw;
-  }
-  scheduler_.set_cache(*cache_);
-}
-
 std::unique_ptr<kv::KvCache> ServingEngine::allocate_cache(const ModelInstance& model,
                                                            int64_t blocks) {
   if (options_.faults.kv_cache) options_.faults.kv_cache(blocks);
   return make_kv_cache(model.transformer(), options_.kv_block_size, blocks);
 }
 
-void ServingEngine::restore_cache(int64_t blocks) {
-  // Keep serving the current model: its old pool size, or the smallest pool that still runs one
+void ServingEngine::bind_caches() {
+  std::vector<kv::KvCache*> caches;
+  for (Lane& lane : lanes_) caches.push_back(lane.cache.get());
+  scheduler_.set_caches(std::move(caches));
+}
+
+void ServingEngine::restore_lane(size_t index, int64_t blocks) {
+  // Keep serving the lane's model: its old pool size, or the smallest pool that still runs one
   // full-context sequence when the memory the old one held is gone.
+  Lane& lane = lanes_[index];
   const int64_t minimum =
-      blocks_for_tokens(model_->config().max_position_embeddings, options_.kv_block_size);
+      blocks_for_tokens(lane.model->config().max_position_embeddings, options_.kv_block_size);
   for (const int64_t size : {blocks, std::min(blocks, minimum)}) {
     try {
-      cache_ = allocate_cache(*model_, size);
-      break;
+      lane.cache = allocate_cache(*lane.model, size);
+      lane.lost_pool_blocks = 0;
+      return;
     } catch (const std::exception& e) {
-      spdlog::error("KV pool of {} blocks for {} could not be allocated: {}", size, model_name_,
+      spdlog::error("KV pool of {} blocks for {} could not be allocated: {}", size, lane.name,
                     exception_message(e));
       metrics_.on_fault("kv_cache");
     }
   }
-  if (!cache_) {
-    // No pool at all: an empty one keeps the engine consistent, nothing can run until a later
-    // step rebuilds it.
-    cache_ = make_kv_cache(model_->transformer(), options_.kv_block_size, 0);
-    lost_pool_blocks_ = blocks;
-  }
-  scheduler_.set_cache(*cache_);
-  recompute_all(true);
-  if (lost_pool_blocks_ > 0) regrow_lost_pool();
+  // No pool at all: an empty one keeps the engine consistent, nothing of this lane can run
+  // until a later step rebuilds it.
+  lane.cache = make_kv_cache(lane.model->transformer(), options_.kv_block_size, 0);
+  lane.lost_pool_blocks = blocks;
 }
 
-bool ServingEngine::regrow_lost_pool() {
-  if (lost_pool_blocks_ == 0) return true;
-  std::string why;
-  try {
-    std::unique_ptr<kv::KvCache> cache = allocate_cache(*model_, lost_pool_blocks_);
-    scheduler_.release_all();
-    cache_ = std::move(cache);
-    scheduler_.set_cache(*cache_);
-    spdlog::info("KV pool of {} blocks rebuilt for {}", lost_pool_blocks_, model_name_);
-    lost_pool_blocks_ = 0;
-    return true;
-  } catch (const std::exception& e) {
-    why = exception_message(e);
+bool ServingEngine::regrow_lost_pools() {
+  bool any_pool = false;
+  for (size_t index = 0; index < lanes_.size(); ++index) {
+    Lane& lane = lanes_[index];
+    if (lane.lost_pool_blocks == 0) {
+      any_pool = true;
+      continue;
+    }
+    std::string why;
+    try {
+      std::unique_ptr<kv::KvCache> cache = allocate_cache(*lane.model, lane.lost_pool_blocks);
+      // Its sequences hold no blocks of the empty pool.
+      lane.cache = std::move(cache);
+      bind_caches();
+      spdlog::info("KV pool of {} blocks rebuilt for {}", lane.lost_pool_blocks, lane.name);
+      lane.lost_pool_blocks = 0;
+      any_pool = true;
+      continue;
+    } catch (const std::exception& e) {
+      why = exception_message(e);
+    }
+    metrics_.on_fault("kv_cache");
+    spdlog::error("no KV pool: {} blocks for {} could not be allocated: {}",
+                  lane.lost_pool_blocks, lane.name, why);
+    const std::string error = "the engine has no KV cache (" + why + ")";
+    scheduler_.for_each([&](Sequence& sequence) {
+      if (sequence.lane == static_cast<int32_t>(index)) finish(sequence, Finish::kError, error);
+    });
+    scheduler_.drop_finished();
   }
-  metrics_.on_fault("kv_cache");
-  spdlog::error("no KV pool: {} blocks for {} could not be allocated: {}", lost_pool_blocks_,
-                model_name_, why);
-  const std::string error = "the engine has no KV cache (" + why + ")";
-  scheduler_.for_each([&](Sequence& sequence) { finish(sequence, Finish::kError, error); });
-  scheduler_.drop_finished();
-  return false;
+  return any_pool;
 }
 
-void ServingEngine::recompute_all(bool same_model) {
-  const int64_t context = model_->config().max_position_embeddings;
-  const Requeue requeue = scheduler_.requeue_all(same_model, context);
-  recomputes_ += requeue.recomputed;
-  for (Sequence* sequence : requeue.exceeds_context) {
-    // The new model's context cannot hold what the sequence already has.
-    if (!refuse_if_too_long(*sequence, context)) finish(*sequence, Finish::kLength);
-  }
-  scheduler_.drop_finished();
+int32_t ServingEngine::route(const std::vector<Lane>& lanes, const Sequence& sequence,
+                             double& seconds) const {
+  if (lanes.size() < 2) return 0;
+  std::vector<const model::Transformer*> members;
+  for (const Lane& lane : lanes) members.push_back(&lane.model->transformer());
+  const std::span<const int32_t> prompt(sequence.tokens.data(),
+                                        static_cast<size_t>(sequence.prompt_length));
+  const RouteChoice choice = route_prompt(members, prompt, options_.router_max_tokens);
+  seconds += choice.seconds;
+  return static_cast<int32_t>(choice.member);
 }
 
-bool ServingEngine::refuse_if_too_long(Sequence& sequence, int64_t context) {
+bool ServingEngine::refuse_if_too_long(Sequence& sequence) {
+  const Lane& lane = lane_of(sequence);
+  const int64_t context = lane.model->config().max_position_embeddings;
   if (sequence.generated > 0 || sequence.prompt_length < context) return false;
   // What the front end answers a prompt that long, for a request it accepted under a model
   // with a longer context.
   finish(sequence, Finish::kError,
          fmt::format("prompt: {} tokens (with BOS) leave no room to generate within the "
                      "context of {} tokens of {}, the model now serving",
-                     sequence.prompt_length, context, model_name_),
+                     sequence.prompt_length, context, lane.name),
          ErrorCode::kInvalidArgument);
   return true;
 }
@@ -296,7 +421,14 @@ EngineStats ServingEngine::stats() const {
 
 std::shared_ptr<const ModelInstance> ServingEngine::model() const {
   std::lock_guard lock(mutex_);
-  return model_;
+  return lanes_[0].model;
+}
+
+std::vector<std::shared_ptr<const ModelInstance>> ServingEngine::resident_models() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<const ModelInstance>> models;
+  for (const Lane& lane : lanes_) models.push_back(lane.model);
+  return models;
 }
 
 void ServingEngine::set_exit_threshold(double threshold) {
@@ -379,12 +511,20 @@ void ServingEngine::ingest() {
     std::lock_guard lock(mutex_);
     arrived.swap(incoming_);
   }
-  // Validated by the front end against the model serving then, which a switch may since have
-  // replaced with one of a shorter context.
-  const int64_t context = model_->config().max_position_embeddings;
   for (auto& request : arrived) {
-    auto sequence = std::make_unique<Sequence>(std::move(request), model_->shared_tokenizer());
-    if (!refuse_if_too_long(*sequence, context)) scheduler_.enqueue(std::move(sequence));
+    auto sequence =
+        std::make_unique<Sequence>(std::move(request), lanes_[0].model->shared_tokenizer());
+    if (lanes_.size() > 1) {
+      double seconds = 0;
+      sequence->lane = route(lanes_, *sequence, seconds);
+      router_seconds_ += seconds;
+      ++routed_;
+      ++lanes_[sequence->lane].routed;
+      metrics_.on_route(sequence->lane, seconds);
+    }
+    // Validated by the front end against the model serving then, which a switch may since have
+    // replaced with one of a shorter context.
+    if (!refuse_if_too_long(*sequence)) scheduler_.enqueue(std::move(sequence));
   }
 }
 
@@ -410,7 +550,7 @@ void ServingEngine::step() {
   metrics_.begin_step();
   ingest();
   reap();
-  if (!regrow_lost_pool()) {
+  if (!regrow_lost_pools()) {
     publish_stats();
     return;
   }
@@ -429,11 +569,22 @@ void ServingEngine::step() {
   for (const PrefillChunk& prefill : plan.prefills) {
     run_prefill(*prefill.sequence, prefill.tokens);
   }
-  if (!plan.decodes.empty()) run_decode(plan.decodes);
+  if (lanes_.size() == 1) {
+    if (!plan.decodes.empty()) run_decode(plan.decodes);
+  } else {
+    // One batched decode per lane (each runs its own model over its own pool).
+    for (size_t lane = 0; lane < lanes_.size(); ++lane) {
+      std::vector<Sequence*> rows;
+      for (Sequence* sequence : plan.decodes) {
+        if (sequence->lane == static_cast<int32_t>(lane)) rows.push_back(sequence);
+      }
+      if (!rows.empty()) run_decode(rows);
+    }
+  }
   scheduler_.drop_finished();
   ++steps_;
   publish_stats();
-  metrics_.on_step(plan.batch(), served(), scheduler_.running(), scheduler_.waiting(), start,
+  metrics_.on_step(plan.batch(), served(lanes_[0]), scheduler_.running(), scheduler_.waiting(), start,
                    forward_seconds_);
 }
 
@@ -458,8 +609,9 @@ void ServingEngine::run_prefill(Sequence& sequence, int64_t chunk) {
   const bool score = sequence.score_prompt && exits.empty();
   model::StepOutput out;
   try {
+    const Lane& lane = lane_of(sequence);
     out = forward({&sequence}, [&] {
-      return model_->transformer().prefill(*cache_, sequence.kv, tokens, policy_, score, exits,
+      return lane.model->transformer().prefill(*lane.cache, sequence.kv, tokens, policy_, score, exits,
                                            score && begin + chunk < sequence.prompt_length
                                                ? sequence.tokens[begin + chunk]
                                                : -1);
@@ -473,7 +625,7 @@ void ServingEngine::run_prefill(Sequence& sequence, int64_t chunk) {
     // Scored once: a later recompute of the prompt is not.
     if (sequence.kv.length >= sequence.prompt_length) {
       sequence.score_prompt = false;
-      metrics_.on_prompt_scored(sequence, served(), Clock::now());
+      metrics_.on_prompt_scored(sequence, served(lane_of(sequence)), Clock::now());
     }
   }
   if (sequence.kv.length == sequence.prefill_target() && sequence.generated == 0) {
@@ -519,7 +671,9 @@ model::StepOutput ServingEngine::forward_decode(const std::vector<Sequence*>& ro
     kvs.push_back(&sequence->kv);
     tokens.push_back(sequence->tokens.back());
   }
-  return forward(rows, [&] { return model_->transformer().decode(*cache_, kvs, tokens, policy_); });
+  const Lane& lane = lane_of(*rows.front());
+  return forward(rows,
+                 [&] { return lane.model->transformer().decode(*lane.cache, kvs, tokens, policy_); });
 }
 
 model::StepOutput ServingEngine::forward(const std::vector<Sequence*>& rows,
@@ -567,7 +721,7 @@ void ServingEngine::emit(Sequence& sequence, const at::Tensor& logits,
   const int32_t token = sequence.sampler.sample(logits);
   const Clock::time_point now = Clock::now();
   metrics_.on_token(sequence, exit, now);
-  const Finish end = output_.emit_token(sequence, token, exit, now);
+  const Finish end = output_.emit_token(sequence, token, exit, now, lane_of(sequence).model->config());
   if (end != Finish::kNone) finish(sequence, end);
 }
 
@@ -575,10 +729,11 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error,
                            ErrorCode code) {
   if (sequence.finished()) return;
   sequence.finish = reason;
-  cache_->release(sequence.kv);
+  const Lane& lane = lane_of(sequence);
+  lane.cache->release(sequence.kv);
   const Clock::time_point now = Clock::now();
-  const ServedModel model = served();
-  Update last = output_.final_update(sequence, reason, std::move(error), model_name_,
+  const ServedModel model = served(lane);
+  Update last = output_.final_update(sequence, reason, std::move(error), lane.name,
                                      model.loaded_layers, now);
   last.error_code = code;
   ++finished_;
@@ -591,27 +746,47 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error,
   in_flight_.fetch_sub(1);
 }
 
-ServedModel ServingEngine::served() const {
-  return ServedModel{model_name_, model_->transformer().loaded_layers(), epoch_};
+ServedModel ServingEngine::served(const Lane& lane) const {
+  return ServedModel{lane.name, lane.model->transformer().loaded_layers(), epoch_};
 }
 
 void ServingEngine::publish_stats() {
   EngineStats stats;
   stats.running = scheduler_.running();
-  stats.kv_blocks_total = cache_->pool().total_blocks();
-  stats.kv_blocks_used = cache_->pool().used_blocks();
-  stats.kv_cache_bytes = cache_->resident_bytes();
+  for (const Lane& lane : lanes_) {
+    MemberStats member;
+    member.name = lane.name;
+    member.loaded_layers = lane.model->transformer().loaded_layers();
+    member.weight_bytes = lane.model->resident_bytes();
+    member.kv_blocks_total = lane.cache->pool().total_blocks();
+    member.kv_blocks_used = lane.cache->pool().used_blocks();
+    member.kv_cache_bytes = lane.cache->resident_bytes();
+    member.kv_sequences = sequences_in(member.kv_blocks_total, options_.kv_block_size,
+                                       lane.model->config().max_position_embeddings);
+    member.routed = lane.routed;
+    stats.kv_blocks_total += member.kv_blocks_total;
+    stats.kv_blocks_used += member.kv_blocks_used;
+    stats.kv_cache_bytes += member.kv_cache_bytes;
+    stats.kv_sequences += member.kv_sequences;
+    stats.weight_bytes += member.weight_bytes;
+    stats.members.push_back(std::move(member));
+  }
+  scheduler_.for_each([&](const Sequence& sequence) { ++stats.members.at(sequence.lane).waiting; });
+  scheduler_.for_each_running([&](const Sequence& sequence) {
+    MemberStats& member = stats.members.at(sequence.lane);
+    ++member.running;
+    --member.waiting;
+  });
   stats.steps = steps_;
   stats.preemptions = preemptions_;
   stats.finished = finished_;
-  stats.model_name = model_name_;
-  stats.loaded_layers = model_->transformer().loaded_layers();
+  stats.model_name = lanes_[0].name;
+  stats.loaded_layers = lanes_[0].model->transformer().loaded_layers();
   stats.model_epoch = epoch_;
   stats.kv_block_size = options_.kv_block_size;
-  stats.kv_sequences = sequences_in(stats.kv_blocks_total, options_.kv_block_size,
-                                    model_->config().max_position_embeddings);
   stats.recomputes = recomputes_;
-  stats.weight_bytes = weight_bytes_;
+  stats.router_seconds = router_seconds_;
+  stats.routed = routed_;
   {
     std::lock_guard lock(mutex_);
     stats.waiting = scheduler_.waiting() + static_cast<int64_t>(incoming_.size());

@@ -315,6 +315,21 @@ grpc::ServerUnaryReactor* AdminService::GetStatus(grpc::CallbackServerContext* c
     response->set_preemptions(static_cast<uint64_t>(stats.preemptions));
     fill_model_info(*engine->model(), *context_.config, stats.model_name,
                     response->mutable_model());
+    for (const engine::MemberStats& member : stats.members) {
+      v1::ResidentModel* out = response->add_resident();
+      out->set_model(member.name);
+      out->set_loaded_layers(static_cast<uint32_t>(member.loaded_layers));
+      out->set_weight_bytes(static_cast<uint64_t>(member.weight_bytes));
+      out->set_kv_blocks_total(static_cast<uint64_t>(member.kv_blocks_total));
+      out->set_kv_blocks_used(static_cast<uint64_t>(member.kv_blocks_used));
+      out->set_kv_cache_bytes(static_cast<uint64_t>(member.kv_cache_bytes));
+      out->set_kv_capacity_sequences(static_cast<uint64_t>(member.kv_sequences));
+      out->set_running_requests(static_cast<uint32_t>(member.running));
+      out->set_waiting_requests(static_cast<uint32_t>(member.waiting));
+      out->set_routed_requests(static_cast<uint64_t>(member.routed));
+    }
+    response->set_routed_requests(static_cast<uint64_t>(stats.routed));
+    response->set_router_seconds(stats.router_seconds);
   }
   if (served != nullptr && served->controller != nullptr) {
     const controller::ControllerStatus status = served->controller->status();
@@ -332,8 +347,12 @@ grpc::ServerUnaryReactor* AdminService::ListModels(grpc::CallbackServerContext* 
   }
   const ServingContext::Served* served = context_.served();
   if (engine::ServingEngine* engine = served != nullptr ? served->engine : nullptr) {
-    fill_model_info(*engine->model(), *context_.config, engine->stats().model_name,
-                    response->add_models());
+    // Every resident model (the set may change between the two reads: pair what matches).
+    const auto models = engine->resident_models();
+    const engine::EngineStats stats = engine->stats();
+    for (size_t i = 0; i < models.size() && i < stats.members.size(); ++i) {
+      fill_model_info(*models[i], *context_.config, stats.members[i].name, response->add_models());
+    }
   }
   return finish(call, grpc::Status::OK);
 }
@@ -343,6 +362,23 @@ grpc::ServerUnaryReactor* AdminService::PinModel(grpc::CallbackServerContext* ca
                                                  v1::PinModelResponse* response) {
   if (grpc::Status access = check_admin_access(*call, *context_.config); !access.ok()) {
     return finish(call, access);
+  }
+  if (request->set_size() > 0) {
+    if (!request->model().empty() || request->layers() != 0) {
+      return finish(call, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                       "set: give either model (and layers) or set, not both"));
+    }
+    std::vector<controller::ResidentTarget> targets;
+    for (const v1::PinTarget& target : request->set()) {
+      if (target.model().empty()) {
+        return finish(call, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                         "set.model: is required for every member"));
+      }
+      targets.push_back({target.model(), static_cast<int64_t>(target.layers())});
+    }
+    return run_controller_action(call, [targets, response](controller::Controller& c) {
+      fill_decision(c.pin_set(targets), response->mutable_decision());
+    });
   }
   if (request->model().empty()) {
     return finish(call, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "model: is required"));

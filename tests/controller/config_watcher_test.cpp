@@ -48,6 +48,25 @@ class ConfigWatcherTest : public ::testing::Test {
   std::vector<std::string> seen_;
 };
 
+TEST(SettledContents, AHalfWrittenReadIsNotReported) {
+  SettledContents contents(std::string("one"));
+  // An in-place write read between its truncate and its write, then complete.
+  EXPECT_EQ(contents.observe(std::string("")), std::nullopt);
+  EXPECT_EQ(contents.observe(std::string("two")), std::nullopt);
+  EXPECT_EQ(contents.observe(std::string("two")), std::optional<std::string>("two"));
+  EXPECT_EQ(contents.observe(std::string("two")), std::nullopt) << "reported once";
+  // Missing reads change nothing; a flicker back to the reported contents is no change.
+  EXPECT_EQ(contents.observe(std::nullopt), std::nullopt);
+  EXPECT_EQ(contents.observe(std::string("three")), std::nullopt);
+  EXPECT_EQ(contents.observe(std::string("two")), std::nullopt);
+  EXPECT_EQ(contents.observe(std::string("three")), std::nullopt);
+  EXPECT_EQ(contents.observe(std::string("three")), std::optional<std::string>("three"));
+  // A file that starts missing reports its first settled contents.
+  SettledContents late(std::nullopt);
+  EXPECT_EQ(late.observe(std::string("x")), std::nullopt);
+  EXPECT_EQ(late.observe(std::string("x")), std::optional<std::string>("x"));
+}
+
 TEST_F(ConfigWatcherTest, NewContentsAreReportedOnce) {
   ConfigWatcher watcher = make();
   watcher.start();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -15,6 +16,7 @@
 #include "common/held_out_text.h"
 #include "engine/wait_for_result.h"
 #include "helios/common/files.h"
+#include "helios/engine/router.h"
 #include "helios/engine/serving_engine.h"
 #include "helios/tokenizer/utf8.h"
 
@@ -139,6 +141,16 @@ std::vector<Update> run_all(ServingEngine& engine, const std::vector<std::vector
   return results;
 }
 
+// Runs `prompt` alone on `first`, switched to `then` once it holds `before` tokens: the path
+// each request of a batch takes through a switch (its recompute prefills all but its last
+// token, which the next decode feeds). A fresh prefill of the continued text would compute the
+// first token after the switch from a prefill's last position instead of a decode, whose
+// float32 sums differ in the last bits; on a near tie that flips the token.
+std::vector<int32_t> alone_switched(std::shared_ptr<const ModelInstance> first,
+                                    std::shared_ptr<const ModelInstance> then,
+                                    const std::vector<int32_t>& prompt, int64_t before,
+                                    int64_t tokens);
+
 std::vector<std::vector<int32_t>> prompt_ids(size_t count) {
   std::vector<std::vector<int32_t>> out;
   for (const std::string& p : prompts(count)) out.push_back(encode(p));
@@ -183,6 +195,19 @@ TEST(ModelInstance, WithDepthSharesWeightsAndReadsOnlyNewLayers) {
                         ErrorCode::kInvalidArgument, {"reuse", "model.embed_tokens.weight"});
 }
 
+std::vector<int32_t> alone_switched(std::shared_ptr<const ModelInstance> first,
+                                    std::shared_ptr<const ModelInstance> then,
+                                    const std::vector<int32_t>& prompt, int64_t before,
+                                    int64_t tokens) {
+  Recorder recorder;
+  ServingEngine engine(std::move(first), options("first", 64, &recorder));
+  std::future<void> switched;
+  recorder.at_step(before, [&] { switched = engine.switch_model(then, "then", 64); });
+  const std::vector<Update> results = run_all(engine, {prompt}, tokens);
+  switched.get();
+  return ids(results.at(0));
+}
+
 TEST(ModelSwitch, ToAnotherModelMidStreamKeepsEveryTokenExact) {
   const auto prompts = prompt_ids(6);
   constexpr int64_t kTokens = 48, kBefore = 16;
@@ -199,17 +224,11 @@ TEST(ModelSwitch, ToAnotherModelMidStreamKeepsEveryTokenExact) {
     EXPECT_EQ(recorder.steps[s].generated, 6) << "step " << s;
   }
   const auto before = alone(prose(), prompts, kBefore);
-  std::vector<std::vector<int32_t>> continued;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    std::vector<int32_t> p = prompts[i];
-    p.insert(p.end(), before[i].begin(), before[i].end());
-    continued.push_back(p);
-  }
-  const auto after = alone(code(), continued, kTokens - kBefore);
   for (size_t i = 0; i < prompts.size(); ++i) {
     SCOPED_TRACE("request " + std::to_string(i));
-    std::vector<int32_t> expected = before[i];
-    expected.insert(expected.end(), after[i].begin(), after[i].end());
+    const std::vector<int32_t> expected =
+        alone_switched(prose(), code(), prompts[i], kBefore, kTokens);
+    EXPECT_EQ(std::vector<int32_t>(expected.begin(), expected.begin() + kBefore), before[i]);
     EXPECT_EQ(results[i].finish, Finish::kLength);
     EXPECT_EQ(results[i].usage.completion_tokens, kTokens);
     EXPECT_EQ(results[i].usage.model, "code-micro");
@@ -500,6 +519,150 @@ TEST(Telemetry, ExitThresholdTakesEffectAtTheNextStep) {
     for (const TokenDetail& t : u.tokens) EXPECT_EQ(t.exit.exit_layer, 1);
   }
   EXPECT_EQ(engine.exit_threshold(), 0.0);
+}
+
+}  // namespace
+}  // namespace helios::engine
+
+// ---- Resident sets: several models at once, each request routed to one ----
+
+namespace helios::engine {
+namespace {
+
+std::vector<std::vector<int32_t>> code_prompt_ids(size_t count) {
+  std::vector<std::vector<int32_t>> out;
+  for (const std::string& p : held_out_prompts("code", count, 5000, 701,
+                                               [](size_t i) { return 40 + (i % 3) * 13; })) {
+    out.push_back(encode(p));
+  }
+  return out;
+}
+
+// Prose and code prompts, alternating.
+std::vector<std::vector<int32_t>> mixed_prompt_ids(size_t each) {
+  const auto prose_ids = prompt_ids(each), code_ids = code_prompt_ids(each);
+  std::vector<std::vector<int32_t>> out;
+  for (size_t i = 0; i < each; ++i) {
+    out.push_back(prose_ids[i]);
+    out.push_back(code_ids[i]);
+  }
+  return out;
+}
+
+size_t routed_member(const std::vector<int32_t>& prompt) {
+  const model::Transformer* members[] = {&prose()->transformer(), &code()->transformer()};
+  return route_prompt(members, prompt, EngineOptions{}.router_max_tokens).member;
+}
+
+TEST(ResidentSet, TheRouterSendsEachDomainToItsModel) {
+  const model::Transformer* members[] = {&prose()->transformer(), &code()->transformer()};
+  int right = 0;
+  for (const auto& p : prompt_ids(10)) {
+    const RouteChoice choice = route_prompt(members, p, 64);
+    ASSERT_EQ(choice.nll.size(), 2u);
+    EXPECT_TRUE(std::isfinite(choice.nll[0]) && std::isfinite(choice.nll[1]));
+    EXPECT_GT(choice.seconds, 0.0);
+    right += choice.member == 0;
+  }
+  for (const auto& p : code_prompt_ids(10)) right += route_prompt(members, p, 64).member == 1;
+  EXPECT_GE(right, 18) << "of 20 held-out prompts routed to their domain's model";
+  // A prompt with nothing to predict goes to the first member; one member is never scored.
+  const std::vector<int32_t> bos{prose()->tokenizer().bos_id()};
+  EXPECT_EQ(route_prompt(members, bos, 64).member, 0u);
+  EXPECT_TRUE(route_prompt(std::span(members, 1), prompt_ids(1)[0], 64).nll.empty());
+}
+
+TEST(ResidentSet, EachRequestDecodesAsOnItsRoutedModelAlone) {
+  constexpr int64_t kTokens = 24;
+  const auto prompts = mixed_prompt_ids(4);
+  ServingEngine engine(prose(), options("prose-micro", 128));
+  std::future<void> resident = engine.set_resident(
+      {{prose(), "prose-micro", 128}, {code(), "code-micro", 96}});
+  const std::vector<Update> results = run_all(engine, prompts, kTokens);
+  resident.get();
+  size_t to_code = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    const size_t member = routed_member(prompts[i]);
+    to_code += member;
+    EXPECT_EQ(results[i].finish, Finish::kLength);
+    EXPECT_EQ(results[i].usage.model, member == 1 ? "code-micro" : "prose-micro");
+    EXPECT_EQ(ids(results[i]), alone(member == 1 ? code() : prose(), {prompts[i]}, kTokens)[0]);
+  }
+  EXPECT_GT(to_code, 0u);
+  EXPECT_LT(to_code, prompts.size());
+  const EngineStats stats = engine.stats();
+  ASSERT_EQ(stats.members.size(), 2u);
+  EXPECT_EQ(stats.members[0].name, "prose-micro");
+  EXPECT_EQ(stats.members[1].name, "code-micro");
+  EXPECT_EQ(stats.members[0].kv_blocks_total, 128);
+  EXPECT_EQ(stats.members[1].kv_blocks_total, 96);
+  EXPECT_EQ(stats.kv_blocks_total, 224);
+  EXPECT_EQ(stats.kv_cache_bytes, stats.members[0].kv_cache_bytes + stats.members[1].kv_cache_bytes);
+  EXPECT_EQ(stats.weight_bytes, prose()->resident_bytes() + code()->resident_bytes());
+  EXPECT_EQ(stats.routed, static_cast<int64_t>(prompts.size()));
+  EXPECT_EQ(stats.members[1].routed, static_cast<int64_t>(to_code));
+  EXPECT_GT(stats.router_seconds, 0.0);
+  EXPECT_EQ(engine.resident_models(), (std::vector<std::shared_ptr<const ModelInstance>>{prose(), code()}));
+}
+
+TEST(ResidentSet, AMemberThatLeavesHandsItsRequestsOnWithoutALostToken) {
+  constexpr int64_t kTokens = 36, kBefore = 12;
+  const auto prompts = mixed_prompt_ids(3);
+  Recorder recorder;
+  ServingEngine engine(prose(), options("prose-micro", 128, &recorder));
+  std::future<void> resident =
+      engine.set_resident({{prose(), "prose-micro", 128}, {code(), "code-micro", 128}});
+  std::future<void> left;
+  recorder.at_step(kBefore, [&] { left = engine.set_resident({{prose(), "prose-micro", 128}}); });
+  const std::vector<Update> results = run_all(engine, prompts, kTokens);
+  resident.get();
+  ASSERT_TRUE(left.valid());
+  left.get();
+
+  int64_t moved = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    EXPECT_EQ(results[i].finish, Finish::kLength);
+    EXPECT_EQ(results[i].usage.completion_tokens, kTokens);
+    EXPECT_EQ(results[i].usage.model, "prose-micro");
+    if (routed_member(prompts[i]) == 0) {
+      // Its member stayed with its pool: untouched.
+      EXPECT_EQ(ids(results[i]), alone(prose(), {prompts[i]}, kTokens)[0]);
+      continue;
+    }
+    ++moved;
+    EXPECT_EQ(ids(results[i]), alone_switched(code(), prose(), prompts[i], kBefore, kTokens));
+  }
+  ASSERT_GT(moved, 0);
+  const EngineStats stats = engine.stats();
+  EXPECT_EQ(stats.recomputes, moved) << "only the leaving member's requests are recomputed";
+  EXPECT_EQ(stats.model_epoch, 2u);
+  ASSERT_EQ(stats.members.size(), 1u);
+  EXPECT_EQ(stats.kv_blocks_total, 128);
+  EXPECT_EQ(stats.preemptions, 0);
+}
+
+TEST(ResidentSet, BadSetsAreRefusedAndTheOldSetKeepsServing) {
+  ServingEngine engine(prose(), options("prose-micro", 64));
+  engine.start();
+  testing::expect_error([&] { engine.set_resident({}).get(); }, ErrorCode::kInvalidArgument,
+                        {"empty"});
+  testing::expect_error(
+      [&] {
+        engine.set_resident({{prose(), "a", 64}, {code(), "a", 64}}).get();
+      },
+      ErrorCode::kInvalidArgument, {"twice"});
+  testing::expect_error(
+      [&] { engine.set_resident({{prose(), "prose-micro", 64}, {code(), "code-micro", 1}}).get(); },
+      ErrorCode::kInvalidArgument, {"cannot hold one full-context sequence"});
+  engine.set_resident({{prose(), "prose-micro", 64}, {code(), "code-micro", 64}}).get();
+  testing::expect_error([&] { engine.resize_kv(80).get(); }, ErrorCode::kFailedPrecondition,
+                        {"set_resident"});
+  EXPECT_EQ(engine.stats().members.size(), 2u);
+  auto request = make_request(prompt_ids(1)[0], 4, "after");
+  engine.submit(request);
+  EXPECT_EQ(result_of(*request).finish, Finish::kLength);
 }
 
 }  // namespace

@@ -163,6 +163,64 @@ TEST_F(SchedulerTest, AFullPoolPreemptsTheNewestRunningSequence) {
   EXPECT_FALSE(b->decoding());
 }
 
+TEST_F(SchedulerTest, AFullLaneHoldsBackOnlyItsOwnRequests) {
+  // Lane 0: 4 blocks, filled by a's prompt of 16; lane 1: a pool of its own.
+  make(4);
+  kv::KvCache other(kv::KvCacheShape{0, 1, 1, kBlockSize}, 8, at::kFloat, at::Device(at::kCPU));
+  scheduler_->set_caches({cache_.get(), &other});
+  add("a", 16);
+  Sequence* b = add("b", 8);
+  Sequence* c = add("c", 8);
+  Sequence* d = add("d", 4);
+  c->lane = 1;
+  StepPlan plan = step(64);
+  EXPECT_EQ(ids(plan.prefills), (std::vector<std::string>{"a", "c"}))
+      << "b waits for lane 0's blocks, and so does d behind it; c's lane has room";
+  EXPECT_EQ(b->kv.length, 0);
+  EXPECT_EQ(d->kv.length, 0);
+  EXPECT_EQ(other.pool().used_blocks(), 2);
+  EXPECT_EQ(scheduler_->waiting(), 2);
+}
+
+TEST_F(SchedulerTest, PreemptionTakesTheNewestSequenceOfTheFullLane) {
+  // Lane 0 holds 2 blocks: a and b fill one each; c, the newest, runs in lane 1.
+  make(2);
+  kv::KvCache other(kv::KvCacheShape{0, 1, 1, kBlockSize}, 8, at::kFloat, at::Device(at::kCPU));
+  scheduler_->set_caches({cache_.get(), &other});
+  Sequence* a = add("a", 4);
+  Sequence* b = add("b", 4);
+  Sequence* c = add("c", 4);
+  c->lane = 1;
+  step(64);
+  // Position 4 needs a second block: a takes b's, not c's (another pool).
+  const StepPlan plan = step(64);
+  EXPECT_EQ(ids(plan.decodes), (std::vector<std::string>{"a", "c"}));
+  EXPECT_EQ(plan.preempted, 1);
+  EXPECT_EQ(b->preemptions, 1);
+  EXPECT_EQ(c->preemptions, 0);
+  EXPECT_EQ(a->kv.block_table.size(), 2u);
+}
+
+TEST_F(SchedulerTest, RequeueWhereMovesOnlyTheAffectedLane) {
+  make(8);
+  kv::KvCache other(kv::KvCacheShape{0, 1, 1, kBlockSize}, 8, at::kFloat, at::Device(at::kCPU));
+  scheduler_->set_caches({cache_.get(), &other});
+  Sequence* a = add("a", 4);
+  Sequence* b = add("b", 4);
+  Sequence* c = add("c", 4);
+  b->lane = 1;
+  step(64);
+  const Requeue requeue = scheduler_->requeue_where([](const Sequence& s) { return s.lane == 1; });
+  EXPECT_EQ(requeue.recomputed, 1);
+  ASSERT_EQ(requeue.sequences, (std::vector<Sequence*>{b}));
+  EXPECT_TRUE(b->kv.block_table.empty()) << "its blocks went back to lane 1's pool";
+  EXPECT_EQ(other.pool().used_blocks(), 0);
+  EXPECT_EQ(scheduler_->running(), 2);
+  EXPECT_EQ(scheduler_->waiting(), 1);
+  EXPECT_EQ(a->kv.length, 4);
+  EXPECT_EQ(c->kv.length, 4);
+}
+
 TEST_F(SchedulerTest, APreemptedSequenceResumesAheadOfNewWork) {
   make(4);
   add("a", 8);

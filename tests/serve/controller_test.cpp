@@ -577,6 +577,108 @@ TEST(HeliosController, AdminCallsNeedTheTokenAndNameBadFields) {
   EXPECT_EQ(daemon.stop(), 0);
 }
 
+// An operator pins a resident set under mixed live traffic: both models stay loaded within the
+// budget, each request is routed to one of them by its prompt, and not one request fails or
+// loses text through the pin and the unpin.
+TEST(HeliosController, APinnedResidentSetRoutesMixedTrafficWithinTheBudget) {
+  ScratchDir dir("controller-resident");
+  const auto slo_path = dir.path() / "slo.json";
+  write_slo(slo_path, slo_file().dump(2));
+  DaemonProcess daemon(helios_config(slo_path));
+  ASSERT_TRUE(daemon.wait_ready());
+  auto pin_set = [&](const std::vector<std::pair<std::string, int>>& members,
+                     v1::PinModelResponse* response) {
+    grpc::ClientContext context;
+    v1::PinModelRequest pin;
+    for (const auto& [model, layers] : members) {
+      v1::PinTarget* target = pin.add_set();
+      target->set_model(model);
+      target->set_layers(layers);
+    }
+    return daemon.admin()->PinModel(&context, pin, response);
+  };
+  v1::PinModelResponse response;
+  // Bad sets name their field and change nothing.
+  grpc::Status bad = pin_set({{"prose-micro", 2}}, &response);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(bad.error_message().rfind("set:", 0), 0u) << bad.error_message();
+  bad = pin_set({{"prose-micro", 2}, {"no-such-model", 2}}, &response);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(bad.error_message().rfind("set.model:", 0), 0u) << bad.error_message();
+  bad = pin_set({{"prose-micro", 2}, {"code-micro", 9}}, &response);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(bad.error_message().rfind("set.layers:", 0), 0u) << bad.error_message();
+  bad = pin_set({{"prose-micro", 0}, {"code-micro", 0}, {"mix-micro", 0}}, &response);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << bad.error_message();
+  EXPECT_EQ(bad.error_message().rfind("memory.budget_mib:", 0), 0u) << bad.error_message();
+  EXPECT_EQ(daemon.status().resident_size(), 1);
+
+  std::vector<std::string> mixed = test_prompts(24);
+  for (const std::string& p : code_prompts(24)) mixed.push_back(p);
+  LiveTraffic traffic(daemon, 6, mixed);
+  wait_for(daemon, [&](const auto&) { return traffic.finished() >= 8; }, std::chrono::seconds(60),
+           "traffic before the pin");
+  const grpc::Status pinned = pin_set({{"prose-micro", 2}, {"code-micro", 2}}, &response);
+  ASSERT_TRUE(pinned.ok()) << pinned.error_message();
+  EXPECT_EQ(response.decision().kind(), "pin");
+  EXPECT_EQ(response.decision().to_model(), "prose-micro+code-micro");
+  const int64_t at_pin = traffic.finished();
+  v1::GetStatusResponse s = wait_for(
+      daemon,
+      [&](const v1::GetStatusResponse& s) {
+        return traffic.finished() >= at_pin + 40 && s.resident_size() == 2 &&
+               s.resident(0).routed_requests() > 0 && s.resident(1).routed_requests() > 0;
+      },
+      std::chrono::seconds(120), "mixed traffic routed to both members");
+  ASSERT_EQ(s.resident_size(), 2);
+  EXPECT_EQ(s.controller().phase(), "pinned");
+  EXPECT_EQ(s.resident(0).model(), "prose-micro");
+  EXPECT_EQ(s.resident(1).model(), "code-micro");
+  uint64_t resident_bytes = 0;
+  for (const v1::ResidentModel& m : s.resident()) {
+    EXPECT_EQ(m.loaded_layers(), 2u) << m.model();
+    EXPECT_GE(m.kv_capacity_sequences(), 1u) << m.model();
+    resident_bytes += m.weight_bytes() + m.kv_cache_bytes();
+    std::printf("resident %s: %u layers, %.2f MiB weights, %llu KV blocks, %llu routed\n",
+                m.model().c_str(), m.loaded_layers(), m.weight_bytes() / 1048576.0,
+                static_cast<unsigned long long>(m.kv_blocks_total()),
+                static_cast<unsigned long long>(m.routed_requests()));
+  }
+  EXPECT_LE(resident_bytes, s.memory_budget_bytes());
+  EXPECT_GE(resident_bytes, s.memory_budget_bytes() * 9 / 10) << "the pools take what is left";
+  EXPECT_EQ(s.routed_requests(), s.resident(0).routed_requests() + s.resident(1).routed_requests());
+  EXPECT_GT(s.router_seconds(), 0.0);
+  EXPECT_LE(metric_value(daemon, "helios_resident_memory_bytes"),
+            static_cast<double>(s.memory_budget_bytes()));
+  EXPECT_GT(metric_value(daemon, "helios_routed_requests_total{model=\"code-micro\"}"), 0);
+  {
+    grpc::ClientContext context;
+    v1::ListModelsResponse models;
+    ASSERT_TRUE(daemon.admin()->ListModels(&context, v1::ListModelsRequest(), &models).ok());
+    EXPECT_EQ(models.models_size(), 2);
+  }
+  // A code prompt is answered by the code model, a prose prompt by the prose model.
+  auto stub = daemon.inference();
+  EXPECT_EQ(generate(*stub, greedy_request(code_prompts(1)[0], 4)).usage.model(), "code-micro");
+  EXPECT_EQ(generate(*stub, greedy_request(test_prompts(1)[0], 4)).usage.model(), "prose-micro");
+
+  {
+    grpc::ClientContext context;
+    v1::UnpinResponse unpinned;
+    ASSERT_TRUE(daemon.admin()->Unpin(&context, v1::UnpinRequest(), &unpinned).ok());
+  }
+  const int64_t at_unpin = traffic.finished();
+  s = wait_for(
+      daemon,
+      [&](const v1::GetStatusResponse& s) {
+        return traffic.finished() >= at_unpin + 8 && s.resident_size() == 1;
+      },
+      std::chrono::seconds(60), "traffic after the unpin");
+  traffic.stop();
+  EXPECT_EQ(traffic.failures(), 0) << traffic.first_failure();
+  EXPECT_EQ(daemon.stop(), 0);
+}
+
 // Controller actions run one at a time on one worker: concurrent pins are refused with
 // RESOURCE_EXHAUSTED while one runs, and the worker is joined when the daemon stops.
 TEST(HeliosController, OneAdminActionAtATime) {

@@ -102,6 +102,14 @@ struct DecisionRecord {
 std::string_view to_string(DecisionRecord::Kind kind);
 std::string_view to_string(DecisionRecord::Trigger trigger);
 
+// A member of a resident set an operator pins: a candidate and its depth (0: the controller's
+// choice, as for pin).
+struct ResidentTarget {
+  std::string model;
+  int64_t layers = 0;
+};
+inline constexpr size_t kMaxResidentModels = 4;
+
 struct ControllerStatus {
   std::string phase;  // profiling | serving | pinned
   SloConfig slo;
@@ -159,6 +167,11 @@ class Controller final : public engine::TelemetrySink {
   // Operator commands, run on the controller thread; they throw helios::Error
   // (kInvalidArgument naming the field, kNotFound for an unknown model).
   DecisionRecord pin(const std::string& model, int64_t layers);
+  // Pins a resident set: 2 to kMaxResidentModels candidates, each at its depth (0: as pin
+  // chooses), with KV pools split evenly from what their weights leave of the budget
+  // (kResourceExhausted when the weights and one full-context sequence each do not fit).
+  // The engine routes every request to one member. pin and unpin release the set.
+  DecisionRecord pin_set(std::vector<ResidentTarget> targets);
   DecisionRecord unpin();
   // Re-reads the SLO file; returns whether it changed. Invalid: throws, the old one stays.
   bool reload();
@@ -225,6 +238,12 @@ class Controller final : public engine::TelemetrySink {
   // Loads the candidate at `depth` within the memory budget and has the engine switch to it;
   // `reason` labels the switch metrics.
   void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);
+  // Every resident pool down to one full-context sequence (room for loading a set).
+  void shrink_resident_pools();
+  // A pinned set gives way to its first member alone, with the budget's pool.
+  void collapse_resident_set();
+  // The end of an operator's pin: profiling stops, the cap is lifted, `decision` is recorded.
+  void enter_pinned(DecisionRecord& decision);
   void set_max_batch(int64_t cap);
   // The repository as an SLO file would have it: its candidates, every one that fits the
   // budget in shortlist order (ranked), the first candidates_top_k of those (shortlist), and
@@ -281,8 +300,9 @@ class Controller final : public engine::TelemetrySink {
   std::vector<Candidate> repository_, shortlist_;
   std::vector<UnavailableModel> unavailable_;
   PerformanceTable table_;
-  std::shared_ptr<const engine::ModelInstance> current_;
+  std::shared_ptr<const engine::ModelInstance> current_;  // the first of a pinned set
   std::string current_name_;
+  std::vector<std::string> resident_names_;  // a pinned resident set; empty for one model
   int64_t initial_kv_blocks_ = 0;
   engine::ServingEngine* engine_ = nullptr;
   uint64_t epoch_ = 0;  // the engine's model epoch of current_

@@ -25,7 +25,23 @@ struct MetricBuckets {
   std::vector<double> batch_size = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 };
 
-// Counters the engine keeps for status pages; read from any thread.
+// One member of the engine's resident set.
+struct MemberStats {
+  std::string name;
+  int64_t loaded_layers = 0;
+  int64_t weight_bytes = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t kv_cache_bytes = 0;
+  int64_t kv_sequences = 0;  // full-context sequences its pool holds
+  int64_t running = 0;       // its sequences in the batch
+  int64_t waiting = 0;       // its sequences waiting (the engine's queue; arrivals not yet routed are not counted)
+  int64_t routed = 0;        // requests the router assigned to it since it joined the set
+};
+
+// Counters the engine keeps for status pages; read from any thread. The pool and weight
+// figures sum over the resident set; model_name and loaded_layers are its first member's
+// (the only one, unless a set was made resident with set_resident).
 struct EngineStats {
   int64_t running = 0;
   int64_t waiting = 0;
@@ -41,7 +57,16 @@ struct EngineStats {
   int64_t kv_block_size = 0;
   int64_t kv_sequences = 0;  // full-context sequences the pool holds
   int64_t recomputes = 0;    // sequences recomputed by a switch or resize
-  int64_t weight_bytes = 0;  // resident weights of the current model
+  int64_t weight_bytes = 0;  // resident weights of the current model(s)
+  std::vector<MemberStats> members;  // the resident set, in lane order
+  double router_seconds = 0;         // spent scoring prompts to route them
+  int64_t routed = 0;                // requests routed (a set of one routes nothing)
+};
+
+// A resident model as the per-model series label it.
+struct ResidentModel {
+  std::string name;
+  const ModelInstance* model = nullptr;
 };
 
 // The model serving now, as metrics and telemetry label it.
@@ -61,9 +86,12 @@ class EngineMetrics {
                 const std::string& model_name, const ModelInstance& model);
   ~EngineMetrics();
 
-  // The per-model series follow the model now served as `name` (a switch).
-  void on_switch(const std::string& old_name, const std::string& name,
-                 const ModelInstance& model);
+  // The per-model series follow the resident set (in lane order); members that left it show
+  // zero weights and pools.
+  void on_resident(const std::vector<ResidentModel>& members);
+  // A request routed to member `lane` after `seconds` of scoring (lane -1: a request re-routed
+  // at a set change, before the series follow the new set: only the time counts).
+  void on_route(int32_t lane, double seconds);
   void begin_step();
   void on_admit(const Sequence& sequence, Clock::time_point now);
   void on_preempt(int64_t count);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "helios/kv/kv_cache.h"
 #include "helios/model/config.h"
@@ -75,6 +76,22 @@ KvCapacity kv_capacity(const ModelFootprint& footprint, int64_t depth, int64_t b
 // sequence of the full context.
 int64_t kv_blocks_for_budget(const ModelInstance& model, int64_t budget_bytes, int64_t block_size,
                              std::string_view field);
+
+// One member of a resident set, as the memory plan sees it.
+struct SetMemberFootprint {
+  ModelFootprint footprint;
+  int64_t depth = 0;         // loaded layers
+  int64_t weight_bytes = 0;  // what its load holds
+  double share = 1.0;        // its part of the KV bytes left over (any positive scale)
+};
+// The KV pools of a resident set within one budget: the weights of every member are paid
+// first; each pool then gets one full-context sequence, and the bytes left are split by share
+// (a member's bytes become whole blocks of its depth). The sum of weights and pools never
+// exceeds budget_bytes. Throws Error(kResourceExhausted) naming `field` when the weights and
+// one sequence per member do not fit.
+std::vector<int64_t> kv_blocks_for_set(const std::vector<SetMemberFootprint>& members,
+                                       int64_t budget_bytes, int64_t block_size,
+                                       std::string_view field);
 
 // A pool of `blocks` blocks for the loaded layers of `transformer`, in its weights' dtype and
 // on their device.

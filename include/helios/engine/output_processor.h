@@ -19,13 +19,11 @@ class OutputProcessor {
   // One request_finished log line per finished request when `log_requests`.
   explicit OutputProcessor(bool log_requests) : log_requests_(log_requests) {}
 
-  // The model now serving (its EOS id and context length end sequences).
-  void bind(const model::ModelConfig& config);
-
-  // Emits `token`, sampled at `exit`, for `sequence`. Returns kStop (EOS or a stop string),
-  // kLength (max_tokens or the context is reached) or kNone (the sequence goes on).
+  // Emits `token`, sampled at `exit` by `model` (whose EOS id and context length end the
+  // sequence), for `sequence`. Returns kStop (EOS or a stop string), kLength (max_tokens or the
+  // context is reached) or kNone (the sequence goes on).
   Finish emit_token(Sequence& sequence, int32_t token, const model::TokenExit& exit,
-                    Clock::time_point now);
+                    Clock::time_point now, const model::ModelConfig& model);
 
   // The last update of a sequence ending for `reason` (kLength flushes the text still held
   // back), with its Usage; logs it. The caller pushes it after its own bookkeeping.
@@ -38,8 +36,6 @@ class OutputProcessor {
                     const std::string& error, int64_t loaded_layers) const;
 
   bool log_requests_;
-  int32_t eos_ = -1;
-  int64_t context_ = 0;
 };
 
 }  // namespace helios::engine

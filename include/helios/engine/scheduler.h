@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -29,7 +30,8 @@ struct StepPlan {
 // What a switch's requeue_all left behind.
 struct Requeue {
   int64_t recomputed = 0;                  // sequences that were in the batch
-  std::vector<Sequence*> exceeds_context;  // see fits_context
+  std::vector<Sequence*> sequences;        // every one requeued, running or waiting, in queue order
+  std::vector<Sequence*> exceeds_context;  // see fits_context (requeue_all)
 };
 
 // Whether `sequence` can go on within a model of `context` positions: one that has generated
@@ -37,23 +39,32 @@ struct Requeue {
 // prompt room for a token (the front end's rule for a new request).
 bool fits_context(const Sequence& sequence, int64_t context);
 
-// Continuous batching over a paged KV pool: the waiting queue, the running batch (in admission
+// Continuous batching over paged KV pools: the waiting queue, the running batch (in admission
 // order), the concurrency cap, and the rules that pick each step's work. Pure bookkeeping over
-// a KvCache's block pool: no model, no metrics, no clock.
+// KvCache block pools, one per lane (a member of the engine's resident set; Sequence::lane
+// says whose pool a sequence uses): no model, no metrics, no clock.
 //
-// Each step every decoding sequence gets one token of the budget and a block for it, oldest
-// first; when the pool runs dry the newest running sequence gives way (preemption: its blocks
-// go back and it waits at the front of the queue, to be recomputed). Sequences whose prefill
-// is chunked continue next, then waiting requests are admitted in order while the budget, the
-// cap and the pool allow. Neither of those preempts: a request waits for blocks rather than
-// evicting one that holds them.
+// One queue, one batch, one token budget and one cap span every lane. Each step every decoding
+// sequence gets one token of the budget and a block for it, oldest first; when its pool runs
+// dry the newest running sequence of the same lane gives way (preemption: its blocks go back
+// and it waits at the front of the queue, to be recomputed). Sequences whose prefill is chunked
+// continue next, then waiting requests are admitted in order while the budget, the cap and
+// their pool allow. Neither of those preempts: a request waits for blocks rather than evicting
+// one that holds them, and so does every later request of its lane (order holds within a
+// lane), while requests of other lanes go on.
 class Scheduler {
  public:
-  // `max_running` bounds the batch and every later set_max_running.
+  // `max_running` bounds the batch and every later set_max_running. One lane, over `cache`.
   Scheduler(kv::KvCache& cache, int64_t max_running);
 
-  // The pool of a new cache (a switch or resize); every sequence must have released its blocks.
-  void set_cache(kv::KvCache& cache) { cache_ = &cache; }
+  // The pool of a new cache (a switch or resize) for a single lane; every sequence must have
+  // released its blocks.
+  void set_cache(kv::KvCache& cache) { set_caches({&cache}); }
+  // The pools of the lanes (index = Sequence::lane). Every sequence must have released its
+  // blocks of a pool that is replaced, and have a lane below caches.size().
+  void set_caches(std::vector<kv::KvCache*> caches);
+  int64_t lanes() const { return static_cast<int64_t>(caches_.size()); }
+  kv::KvCache& cache_of(const Sequence& sequence) const { return *caches_.at(sequence.lane); }
   // Caps the batch below the constructor's bound (clamped to [1, bound]). Running sequences are
   // not evicted: admission waits until the batch is under the cap. Any thread.
   void set_max_running(int64_t cap);
@@ -65,6 +76,11 @@ class Scheduler {
   StepPlan schedule(int64_t token_budget);
   // Every sequence gives its blocks back (the pool is about to be freed).
   void release_all();
+  // The sequences for which `affected` holds give their blocks back, and those running go back
+  // to the front of the queue in admission order (not counted as preemptions), to be
+  // recomputed: a lane whose pool or model changes. The caller sets their new lane (and forgets
+  // their exits on another model) and checks their context.
+  Requeue requeue_where(const std::function<bool(const Sequence&)>& affected);
   // For a switch (or resize) to a model with `context` positions: the batch goes back to the
   // front of the queue in admission order, ahead of work that has not started, as after a
   // preemption (but not counted as one), to be recomputed on the new pool. With
@@ -96,8 +112,11 @@ class Scheduler {
   void schedule_prefills(StepPlan& plan, int64_t& budget);
   bool reserve_or_preempt(Sequence& sequence, int64_t new_length, StepPlan& plan);
   void preempt(Sequence& victim, StepPlan& plan);
+  // A lane whose running sequences all wait on its full pool mid-prefill: its newest gives its
+  // blocks to the others rather than all of them waiting forever.
+  void unblock_lanes(StepPlan& plan);
 
-  kv::KvCache* cache_;
+  std::vector<kv::KvCache*> caches_;
   const int64_t max_running_bound_;
   std::atomic<int64_t> cap_;
   std::deque<std::unique_ptr<Sequence>> waiting_;

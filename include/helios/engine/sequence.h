@@ -49,6 +49,9 @@ struct Sequence {
   void forget_exits();
 
   std::shared_ptr<Request> request;
+  // The member of the engine's resident set that serves it (an index into the set, which the
+  // router chose at arrival): its pool holds `kv`, its model runs every forward.
+  int32_t lane = 0;
   kv::SequenceKv kv;
   Sampler sampler;
   std::vector<int32_t> tokens;  // prompt, then generated

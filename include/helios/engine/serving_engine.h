@@ -55,12 +55,22 @@ struct EngineOptions {
   int64_t kv_block_size = 16;
   int64_t kv_blocks = 0;  // pool size; see kv_blocks_for_budget
   model::ExitPolicy exit_policy;  // initial; see set_exit_threshold
+  // With several resident models (set_resident), each arrival is routed by the NLL of at most
+  // this many of its prompt tokens at each member's first exit point (router.h).
+  int64_t router_max_tokens = 64;
   TelemetrySink* telemetry = nullptr;  // not owned; must outlive the engine thread
   // One log line (event request_finished, info) per finished request: id, model, finish
   // reason, prompt/output tokens, TTFT, queue and total time, mean exit layer, greedy exits,
   // preemptions, and the error of a failed request.
   bool log_requests = true;
   EngineFaults faults;  // tests only
+};
+
+// A member of a resident set.
+struct ResidentMember {
+  std::shared_ptr<const ModelInstance> model;
+  std::string name;      // distinct within the set
+  int64_t kv_blocks = 0;  // its pool; at least one full-context sequence of the model
 };
 
 // The continuous-batching engine. One thread owns the model, the KV cache and the batch. Each
@@ -85,6 +95,13 @@ struct EngineOptions {
 // the engine drops the KV cache, builds one for the new model and recomputes every sequence
 // in the batch before admitting new work, so each client's text continues without a lost or
 // repeated token.
+//
+// Several models can be resident at once (set_resident), each with its own KV pool: a lane.
+// Each arrival is routed to one member by its prompt (route_prompt: the lowest NLL of its
+// prefix at each member's first exit) and stays there; one scheduler runs every lane's
+// sequences within one token budget and one batch cap, and each step runs one batched decode
+// per lane. A request moves only when its member leaves the set: it is then routed among the
+// new members and recomputed there, as at a switch.
 class ServingEngine {
  public:
   ServingEngine(std::shared_ptr<const ModelInstance> model, EngineOptions options,
@@ -126,8 +143,19 @@ class ServingEngine {
   std::future<void> switch_model(std::shared_ptr<const ModelInstance> model, std::string name,
                                  int64_t kv_blocks);
   // The same for the current model: rebuilds the pool with kv_blocks blocks (a controller
-  // shrinks it before loading new weights so that a memory budget holds during a switch).
+  // shrinks it before loading new weights so that a memory budget holds during a switch). With
+  // several resident models the future throws kFailedPrecondition: set_resident sizes each.
   std::future<void> resize_kv(int64_t kv_blocks);
+  // Makes `members` the resident set from the next step boundary (in this order; the first is
+  // the one model() and stats().model_name name). A member whose model instance and pool size
+  // are those of a current member carries on untouched: its pool and its sequences stay. The
+  // pools of the others are freed before the new ones are built (a memory budget holds), and
+  // their sequences are routed among the new members and recomputed: with their exits when
+  // the new member is a load of the same model directory, else at full depth. The future throws
+  // as switch_model's does (a pool too small for one full-context sequence, another
+  // tokenizer), kInvalidArgument for an empty set or a repeated name; a pool that cannot be
+  // allocated leaves the old set serving (see the class comment).
+  std::future<void> set_resident(std::vector<ResidentMember> members);
   // Takes effect at the next step. Throws Error(kInvalidArgument) when negative or NaN.
   void set_exit_threshold(double threshold);
   double exit_threshold() const { return exit_threshold_.load(); }
@@ -145,34 +173,49 @@ class ServingEngine {
   EngineStats stats() const;
   // As constructed: model_name and exit_policy are those of the start (see stats()).
   const EngineOptions& options() const { return options_; }
-  // The model serving now (replaced at a switch; holders keep theirs alive).
+  // The model serving now, the first of the resident set (replaced at a switch; holders keep
+  // theirs alive).
   std::shared_ptr<const ModelInstance> model() const;
+  // Every resident model, in lane order.
+  std::vector<std::shared_ptr<const ModelInstance>> resident_models() const;
 
  private:
-  // A switch or resize posted by switch_model / resize_kv, applied at a step boundary.
+  // A change of the resident set posted by switch_model / resize_kv / set_resident, applied at
+  // a step boundary.
   struct SwitchCommand {
-    std::shared_ptr<const ModelInstance> model;  // null: resize the current model's pool
-    std::string name;
-    int64_t kv_blocks = 0;
+    std::vector<ResidentMember> members;  // resize: one member with no model (the current one)
+    bool resize = false;
+    // switch_model and resize_kv rebuild every pool (the single-model contract); set_resident
+    // keeps the members that do not change.
+    bool rebuild_all = false;
     std::promise<void> done;
+  };
+  // A resident model with its pool.
+  struct Lane {
+    std::shared_ptr<const ModelInstance> model;
+    std::string name;
+    std::unique_ptr<kv::KvCache> cache;
+    int64_t lost_pool_blocks = 0;  // > 0: the pool is empty and should be rebuilt this large
+    int64_t routed = 0;            // requests routed to it since it joined
   };
 
   void run();
   std::future<void> post(SwitchCommand command);
   void apply_switch(SwitchCommand& command);
-  // Rebuilds the pool for `next` with `kv_blocks` blocks; on failure restore_cache rebuilds one
-  // for the current model before rethrowing.
-  void rebuild_cache(const ModelInstance& next, int64_t kv_blocks);
+  // The lanes `command` asks for (models, names; no pools yet), validated against the set now.
+  std::vector<Lane> resolve(const SwitchCommand& command) const;
   // A pool of `blocks` blocks for `model` (through EngineFaults::kv_cache).
   std::unique_ptr<kv::KvCache> allocate_cache(const ModelInstance& model, int64_t blocks);
-  // After a failed allocation: the current model's pool at `blocks`, else at the one-sequence
-  // minimum, else empty (the sequences in flight fail; later steps retry `blocks`). Never
-  // leaves the engine without a cache; the batch is recomputed into whatever was built.
-  void restore_cache(int64_t blocks);
-  // With an empty pool left by restore_cache: tries to rebuild it; false (and every sequence
-  // in flight failed) while it cannot.
-  bool regrow_lost_pool();
-  void recompute_all(bool same_model);
+  // After a failed allocation: lane `lane`'s pool at `blocks`, else at the one-sequence
+  // minimum, else empty (its sequences fail; later steps retry `blocks`).
+  void restore_lane(size_t lane, int64_t blocks);
+  // Tries to rebuild the pools restore_lane left empty; a lane that still has none fails its
+  // sequences. False when no lane has a pool.
+  bool regrow_lost_pools();
+  void bind_caches();
+  // The member of `lanes` that serves `sequence` (the router, for more than one); adds the
+  // scoring's wall time to `seconds`.
+  int32_t route(const std::vector<Lane>& lanes, const Sequence& sequence, double& seconds) const;
   // An exception escaped a step or a switch: the batch's sequences fail, the engine goes on.
   void recover(const char* what);
   void step();
@@ -185,6 +228,7 @@ class ServingEngine {
   // KV lengths are what they were (a retry rewrites the same positions).
   model::StepOutput forward(const std::vector<Sequence*>& rows,
                             const std::function<model::StepOutput()>& run);
+  // One batched decode of `rows`, all of one lane.
   model::StepOutput forward_decode(const std::vector<Sequence*>& rows);
   // Samples and emits row `row` of `out` for `sequence`; a failure fails only that sequence.
   void emit_row(Sequence& sequence, const model::StepOutput& out, size_t row, bool decoded);
@@ -195,16 +239,15 @@ class ServingEngine {
   void finish(Sequence& sequence, Finish reason, std::string error = {},
               ErrorCode code = ErrorCode::kInternal);
   // Finishes an arrival or a waiting sequence whose prompt leaves no room to generate within
-  // `context` positions (the front end's rule, applied again after a switch); true if it did.
-  bool refuse_if_too_long(Sequence& sequence, int64_t context);
-  ServedModel served() const;
+  // its member's context (the front end's rule, applied again after a switch); true if it did.
+  bool refuse_if_too_long(Sequence& sequence);
+  const Lane& lane_of(const Sequence& sequence) const { return lanes_.at(sequence.lane); }
+  ServedModel served(const Lane& lane) const;
   void publish_stats();
 
   // Written by the engine thread only, under mutex_; the engine thread reads it without.
-  std::shared_ptr<const ModelInstance> model_;
-  std::string model_name_;  // same rule as model_
+  std::vector<Lane> lanes_;  // the resident set; index = Sequence::lane
   EngineOptions options_;
-  std::unique_ptr<kv::KvCache> cache_;
   Scheduler scheduler_;  // engine thread only, but for set_max_running
   OutputProcessor output_;
   EngineMetrics metrics_;
@@ -224,13 +267,12 @@ class ServingEngine {
   EngineStats stats_;  // guarded by mutex_
 
   // Engine thread only.
-  int64_t steps_ = 0, preemptions_ = 0, finished_ = 0, recomputes_ = 0;
+  int64_t steps_ = 0, preemptions_ = 0, finished_ = 0, recomputes_ = 0, routed_ = 0;
+  double router_seconds_ = 0.0;
   uint64_t epoch_ = 0;
-  int64_t weight_bytes_ = 0;      // of model_, counted once per switch
   uint64_t admissions_ = 0;       // requests admitted so far (prompt sampling)
   model::ExitPolicy policy_;      // this step's
   double forward_seconds_ = 0.0;  // of the current step: prefill and decode calls only
-  int64_t lost_pool_blocks_ = 0;  // > 0: the pool is empty and should be rebuilt this large
   std::thread thread_;
 };
 
