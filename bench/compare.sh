@@ -23,11 +23,19 @@
 #   bash bench/compare.sh --quick   # quick mode: build/zoo-micro, 4 x 5 s phases at 40 req/s,
 #                                   # 1 repeat, 64 workers, 3 runs at once; about 2 min
 #
+#   bash bench/compare.sh --phases mix --routed code-m:2+prose-s:3
+#                                   # the mix phase alone, plus a run with that resident set
+#                                   # pinned for it (see --routed)
+#
 # Options: --out DIR (default build/compare or build/compare-quick), --zoo DIR, --slo FILE,
 # --budget-mib N, --rate R (requests/s), --phase-seconds S, --max-tokens N, --seed N,
 # --repeats N, --concurrency N (saturation workers), --jobs N (runs of a stage at once, each
 # daemon then on one compute thread; more than 1 shares the cores between runs, so use it for
-# smoke tests, not for measurements).
+# smoke tests, not for measurements), --phases LIST (the trace's phases in order, comma
+# separated, each prose, code or mix; default prose,code,mix,prose), --routed SET (adds a run
+# labelled routed: the oracle's pins, except that every mix phase pins the resident set SET,
+# MODEL:LAYERS+MODEL:LAYERS...; its report, routing.json / routing.md beside result.json, sets
+# it against the static runs and the per-request oracle).
 #
 # Full-mode estimate (2 cores): the trace is 2,880 requests x 48 tokens. At the rate load point
 # each run lasts the 48 s trace plus its backlog (mix-l, the slowest static, keeps up with half
@@ -41,7 +49,7 @@ BUILD="${HELIOS_BUILD_DIR:-$ROOT/build}"
 
 QUICK=0
 OUT="" ZOO="" SLO="" BUDGET="" RATE="" PHASE_SECONDS="" MAX_TOKENS=48 SEED=2026
-REPEATS="" CONCURRENCY="" JOBS=""
+REPEATS="" CONCURRENCY="" JOBS="" PHASES="prose,code,mix,prose" ROUTED=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1; shift ;;
@@ -56,7 +64,9 @@ while [[ $# -gt 0 ]]; do
     --repeats) REPEATS="$2"; shift 2 ;;
     --concurrency) CONCURRENCY="$2"; shift 2 ;;
     --jobs) JOBS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    --phases) PHASES="$2"; shift 2 ;;
+    --routed) ROUTED="$2"; shift 2 ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -137,9 +147,15 @@ static_config() {  # model
   \"controller\": { \"policy\": \"static\" }"
 }
 
+PHASE_ARGS=()
+IFS=',' read -ra PHASE_LIST <<<"$PHASES"
+for domain in "${PHASE_LIST[@]}"; do PHASE_ARGS+=(--phase "$domain:$PHASE_SECONDS"); done
+if [[ -n "$ROUTED" && ",$PHASES," != *,mix,* ]]; then
+  echo "compare.sh: --routed needs a mix phase in --phases" >&2
+  exit 2
+fi
 "$COMPARE" workload --data "$ROOT/data" --seed "$SEED" --rate "$RATE" --max-tokens "$MAX_TOKENS" \
-  --phase "prose:$PHASE_SECONDS" --phase "code:$PHASE_SECONDS" --phase "mix:$PHASE_SECONDS" \
-  --phase "prose:$PHASE_SECONDS" --out "$OUT/workload.jsonl"
+  "${PHASE_ARGS[@]}" --out "$OUT/workload.jsonl"
 
 # One run: a fresh daemon on `config`, the trace replayed against it, the daemon stopped.
 run() {  # dir, label, config file, replay options...
@@ -204,6 +220,15 @@ for repeat in $(seq "$REPEATS"); do
     start_run "$dir" oracle "$dir/configs/helios.json" "${load[@]}" "${pins[@]}"
     start_run "$dir" helios "$dir/configs/helios.json" "${load[@]}"
     start_run "$dir" helios-sample "$dir/configs/helios-sample.json" "${load[@]}"
+    if [[ -n "$ROUTED" ]]; then
+      routed_pins=()
+      for pin in "${pins[@]}"; do
+        [[ "$pin" == --pin ]] && continue
+        if [[ "${pin%%=*}" == *-mix ]]; then pin="${pin%%=*}=$ROUTED"; fi
+        routed_pins+=(--pin "$pin")
+      done
+      start_run "$dir" routed "$dir/configs/helios.json" "${load[@]}" "${routed_pins[@]}"
+    fi
     finish_runs
     plots=()
     [[ $repeat == 1 ]] && plots=(--plots "$dir/plots")
@@ -211,6 +236,10 @@ for repeat in $(seq "$REPEATS"); do
       "$dir/runs/helios-sample.json" --load-point "$point" --repeat "$repeat" \
       --out "$dir/result.json" --markdown "$dir/result.md" "${plots[@]}"
     REPORTS+=("$dir/result.json")
+    if [[ -n "$ROUTED" ]]; then
+      "$COMPARE" routing "${STATIC_RUNS[@]}" "$dir/runs/routed.json" --out "$dir/routing.json" \
+        --markdown "$dir/routing.md"
+    fi
   done
 done
 

@@ -13,6 +13,7 @@
 #include "aggregate.h"
 #include "replay.h"
 #include "report.h"
+#include "routing.h"
 #include "workload.h"
 
 using namespace helios::bench;
@@ -76,6 +77,16 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--plots", report_options.plots_dir, "directory for data + PNGs");
   report_cmd->add_option("--markdown", report_options.markdown, "the tables as Markdown");
 
+  RoutingOptions routing_options;
+  auto* routing_cmd = app.add_subcommand(
+      "routing", "a resident set's phase against the static runs and the per-request oracle");
+  routing_cmd->add_option("runs", routing_options.run_files, "static run JSON files and the routed run")
+      ->required();
+  routing_cmd->add_option("--routed", routing_options.routed_label, "label of the routed run");
+  routing_cmd->add_option("--phase", routing_options.phase, "the phase (default: the mix phase)");
+  routing_cmd->add_option("--out", routing_options.out, "result JSON")->required();
+  routing_cmd->add_option("--markdown", routing_options.markdown, "the table as Markdown");
+
   AggregateOptions aggregate_options;
   auto* aggregate_cmd = app.add_subcommand(
       "aggregate", "medians and ranges over the reports of every repeat and load point");
@@ -103,6 +114,8 @@ int main(int argc, char** argv) {
                  run["requests"].size(), run["wall_s"].get<double>());
     } else if (*oracle_cmd) {
       for (const std::string& pin : oracle_pins(oracle_runs)) fmt::print("{}\n", pin);
+    } else if (*routing_cmd) {
+      fmt::print("{}", format_routing_report(make_routing_report(routing_options)));
     } else if (*report_cmd) {
       const nlohmann::json result = make_report(report_options);
       fmt::print("{}", format_report(result));

@@ -81,6 +81,22 @@ class Sampler {
                    {"model", s.model().name()},
                    {"loaded_layers", s.model().loaded_layers()},
                    {"total_layers", s.model().total_layers()}};
+    if (s.resident_size() > 1) {
+      json members = json::array();
+      for (const pb::ResidentModel& m : s.resident()) {
+        members.push_back({{"model", m.model()},
+                           {"layers", m.loaded_layers()},
+                           {"running", m.running_requests()},
+                           {"waiting", m.waiting_requests()},
+                           {"routed", m.routed_requests()},
+                           {"kv_blocks_used", m.kv_blocks_used()},
+                           {"kv_blocks_total", m.kv_blocks_total()},
+                           {"weight_bytes", m.weight_bytes()},
+                           {"kv_cache_bytes", m.kv_cache_bytes()}});
+      }
+      sample["resident"] = members;
+      sample["memory_budget_bytes"] = s.memory_budget_bytes();
+    }
     if (s.has_controller()) {
       const pb::ControllerStatus& c = s.controller();
       sample["phase"] = c.phase();
@@ -136,6 +152,7 @@ class Sampler {
                         {"layer_loads", value("helios_layer_loads_total")},
                         {"profiling_runs", value("helios_profiling_runs_total")},
                         {"preemptions", value("helios_preemptions_total")},
+                        {"router_seconds", value("helios_router_seconds_total")},
                         {"engine_step_seconds", value("helios_engine_step_seconds_total")},
                         {"forward_seconds", value("helios_model_forward_seconds_total")},
                         {"evidence_seconds", value("helios_controller_evidence_seconds_total")},
@@ -193,30 +210,48 @@ json request_record(const WorkloadRequest& r, size_t index, Clock::time_point st
 Pin parse_pin(const std::string& text) {
   const size_t eq = text.find('=');
   auto bad = [&](const std::string& why) {
-    return UsageError(fmt::format("--pin {}: {} (expected PHASE=MODEL[:LAYERS])", text, why));
+    return UsageError(fmt::format(
+        "--pin {}: {} (expected PHASE=MODEL[:LAYERS], or MODEL[:LAYERS]+MODEL[:LAYERS]... for "
+        "a resident set)",
+        text, why));
   };
   if (eq == std::string::npos || eq == 0) throw bad("no PHASE=");
-  Pin pin{.phase = text.substr(0, eq), .model = text.substr(eq + 1)};
-  const size_t colon = pin.model.rfind(':');
-  if (colon != std::string::npos) {
-    const std::string layers = pin.model.substr(colon + 1);
-    pin.model.resize(colon);
-    size_t used = 0;
-    try {
-      pin.layers = std::stoll(layers, &used);
-    } catch (const std::exception&) {
-      used = 0;
+  Pin pin{.phase = text.substr(0, eq)};
+  const std::string members = text.substr(eq + 1);
+  for (size_t begin = 0; begin <= members.size();) {
+    const size_t plus = std::min(members.find('+', begin), members.size());
+    PinTarget target{.model = members.substr(begin, plus - begin)};
+    const size_t colon = target.model.rfind(':');
+    if (colon != std::string::npos) {
+      const std::string layers = target.model.substr(colon + 1);
+      target.model.resize(colon);
+      size_t used = 0;
+      try {
+        target.layers = std::stoll(layers, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != layers.size() || target.layers < 0) {
+        throw bad("LAYERS must be a whole number >= 0");
+      }
     }
-    if (used == 0 || used != layers.size() || pin.layers < 0) {
-      throw bad("LAYERS must be a whole number >= 0");
-    }
+    if (target.model.empty()) throw bad("no MODEL");
+    pin.set.push_back(std::move(target));
+    begin = plus + 1;
   }
-  if (pin.model.empty()) throw bad("no MODEL");
+  pin.model = pin.set.front().model;
+  pin.layers = pin.set.front().layers;
+  if (pin.set.size() == 1) pin.set.clear();
   return pin;
 }
 
 std::string to_string(const Pin& pin) {
-  return fmt::format("{}={}:{}", pin.phase, pin.model, pin.layers);
+  if (pin.set.empty()) return fmt::format("{}={}:{}", pin.phase, pin.model, pin.layers);
+  std::string out = pin.phase + "=";
+  for (size_t i = 0; i < pin.set.size(); ++i) {
+    out += fmt::format("{}{}:{}", i ? "+" : "", pin.set[i].model, pin.set[i].layers);
+  }
+  return out;
 }
 
 namespace {
@@ -229,8 +264,19 @@ json pin_model(pb::Admin::Stub* admin, const Pin& pin, Clock::time_point start) 
                  {"layers", pin.layers},
                  {"asked_s", seconds_since(start, Clock::now())}};
   pb::PinModelRequest request;
-  request.set_model(pin.model);
-  request.set_layers(static_cast<uint32_t>(pin.layers));
+  if (pin.set.empty()) {
+    request.set_model(pin.model);
+    request.set_layers(static_cast<uint32_t>(pin.layers));
+  } else {
+    json set = json::array();
+    for (const PinTarget& target : pin.set) {
+      pb::PinTarget* member = request.add_set();
+      member->set_model(target.model);
+      member->set_layers(static_cast<uint32_t>(target.layers));
+      set.push_back({{"model", target.model}, {"layers", target.layers}});
+    }
+    record["set"] = set;
+  }
   grpc::Status status;
   pb::PinModelResponse response;
   for (int attempt = 0; attempt < 600; ++attempt) {

@@ -11,13 +11,19 @@ namespace helios::bench {
 // An operator pin at a phase boundary: before the first request of `phase` (the trace's phase
 // label, e.g. "0-prose") is sent, the replay calls Admin.PinModel(model, layers) and holds back
 // every later request until the daemon answers. Layers 0 = the depth the daemon's table picks.
-struct Pin {
-  std::string phase;
+struct PinTarget {
   std::string model;
   int64_t layers = 0;
 };
+struct Pin {
+  std::string phase;
+  std::string model;  // the first (or only) member
+  int64_t layers = 0;
+  std::vector<PinTarget> set;  // two or more: a resident set (PinModelRequest.set)
+};
 
-// "PHASE=MODEL[:LAYERS]"; UsageError naming --pin.
+// "PHASE=MODEL[:LAYERS]" or a resident set "PHASE=MODEL[:LAYERS]+MODEL[:LAYERS]...";
+// UsageError naming --pin.
 Pin parse_pin(const std::string& text);
 std::string to_string(const Pin& pin);  // the same form
 

@@ -507,7 +507,14 @@ TEST(HeliosController, SampleModeProfilesOffTheServingPath) {
     EXPECT_NEAR(gate.required_gain(),
                 0.05 + (gate.horizon_seconds() > 0 ? gate.cost_seconds() / gate.horizon_seconds() : 0.0),
                 1e-9);
-    EXPECT_GT(gate.gain_low(), gate.required_gain());
+    // The gain clears its cost, unless the served model breaks the SLO on this traffic (code
+    // on prose prompts, by more than max_perplexity_increase): then the move is due whatever
+    // its gain, and the shared prompts must show the target better.
+    if (decision.reason().find("breaks the SLO") != std::string::npos) {
+      EXPECT_LT(gate.perplexity_ratio_high(), 1.0) << decision.reason();
+    } else {
+      EXPECT_GT(gate.gain_low(), gate.required_gain()) << decision.reason();
+    }
     EXPECT_TRUE(json::parse(decision.figures_json()).contains("gate"));
     std::printf("switch gate: gain %.3f [%.3f, %.3f], needed %.3f (recompute %llu tokens, %.3f s of "
                 "%.1f s); perplexity x%.3f [%.3f, %.3f]\n",
