@@ -238,7 +238,7 @@ for repeat in $(seq "$REPEATS"); do
     REPORTS+=("$dir/result.json")
     if [[ -n "$ROUTED" ]]; then
       "$COMPARE" routing "${STATIC_RUNS[@]}" "$dir/runs/routed.json" --out "$dir/routing.json" \
-        --markdown "$dir/routing.md"
+        --markdown "$dir/routing.md" "${plots[@]}"
     fi
   done
 done

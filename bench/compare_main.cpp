@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   routing_cmd->add_option("--phase", routing_options.phase, "the phase (default: the mix phase)");
   routing_cmd->add_option("--out", routing_options.out, "result JSON")->required();
   routing_cmd->add_option("--markdown", routing_options.markdown, "the table as Markdown");
+  routing_cmd->add_option("--plots", routing_options.plots_dir, "directory for routing.dat + PNG");
 
   AggregateOptions aggregate_options;
   auto* aggregate_cmd = app.add_subcommand(

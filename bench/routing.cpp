@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -53,6 +55,55 @@ std::string mix_phase(const json& run) {
     if (phase.value("domain", "") == "mix") return phase.at("name");
   }
   throw Fatal("the trace has no mix phase: name the phase the set served with --phase");
+}
+
+// The resident members' traffic over the routed run: per status sample, each member's routed
+// requests per second since the previous sample and the KV blocks its sequences hold; a PNG.
+void write_routing_plot(const json& run, const std::vector<std::string>& members,
+                        const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  std::string data = "# t";
+  for (const std::string& m : members) data += " routed_per_s:" + m + " kv_blocks_used:" + m;
+  data += "\n";
+  std::map<std::string, double> last_routed;
+  double last_t = 0;
+  for (const json& s : run.at("status_samples")) {
+    if (!s.contains("resident")) continue;
+    const double t = s.at("t").get<double>();
+    std::string line = fmt::format("{:.2f}", t);
+    for (const std::string& m : members) {
+      double routed = NAN, used = NAN;
+      for (const json& r : s["resident"]) {
+        if (r.at("model") != m) continue;
+        routed = r.value("routed", 0.0);
+        used = r.value("kv_blocks_used", 0.0);
+      }
+      const double rate = last_routed.contains(m) && t > last_t
+                              ? (routed - last_routed[m]) / (t - last_t)
+                              : NAN;
+      if (!std::isnan(routed)) last_routed[m] = routed;
+      line += fmt::format(" {} {}", rate, used);
+    }
+    last_t = t;
+    data += line + "\n";
+  }
+  write_text(dir + "/routing.dat", data);
+  std::string rates, blocks;
+  for (size_t i = 0; i < members.size(); ++i) {
+    rates += fmt::format("{}'routing.dat' using 1:{} with lines lw 1.5 title '{}'", i ? ", " : "",
+                         2 + 2 * i, members[i]);
+    blocks += fmt::format("{}'routing.dat' using 1:{} with steps lw 1.5 title '{}'", i ? ", " : "",
+                          3 + 2 * i, members[i]);
+  }
+  write_text(dir + "/routing.gp",
+             "set terminal pngcairo size 1000,700 font ',10'\nset output 'routing.png'\n"
+             "set multiplot layout 2,1 title '" + run.at("label").get<std::string>() +
+                 ": the resident set'\nset xlabel 'seconds'\nset key outside right\n"
+                 "set ylabel 'requests routed / s'\nplot " + rates +
+                 "\nset ylabel 'KV blocks held'\nplot " + blocks + "\nunset multiplot\n");
+  const std::string command =
+      fmt::format("cd '{}' && gnuplot routing.gp > routing.gnuplot.log 2>&1", dir);
+  if (std::system(command.c_str()) != 0) throw Fatal("gnuplot failed; see " + dir + "/routing.gnuplot.log");
 }
 
 }  // namespace
@@ -178,6 +229,12 @@ json make_routing_report(const RoutingOptions& options) {
       routed_phase.throughput() / best_static["throughput_tokens_per_s"].get<double>();
   report["throughput_vs_fastest_static"] =
       routed_phase.throughput() / fastest_static["throughput_tokens_per_s"].get<double>();
+  const std::optional<double> step_seconds =
+      counter_delta(routed->at("counter_samples"), "engine_step_seconds");
+  report["routed_run"]["router_share_of_step_time"] =
+      router_seconds && step_seconds && *step_seconds > 0 ? json(*router_seconds / *step_seconds)
+                                                          : json(nullptr);
+  if (!options.plots_dir.empty()) write_routing_plot(*routed, members, options.plots_dir);
   write_text(options.out, report.dump(1) + "\n");
   if (!options.markdown.empty()) write_text(options.markdown, format_routing_report(report));
   return report;
@@ -203,13 +260,18 @@ std::string format_routing_report(const json& r) {
   out += fmt::format(
       "perplexity vs the per-request oracle: {}; throughput vs the best static ({}): {}x, vs "
       "the fastest static ({}): {}x; routed to the better member: {} of {} judged; router: {} "
-      "ms per request; served by: {}; peak resident weights + KV: {} of {} bytes\n",
+      "ms per request ({} of engine step time); served by: {}; peak resident weights + KV: {} of "
+      "{} bytes\n",
       number(json(r["perplexity_vs_oracle"].get<double>() * 100), "{:+.1f}%"),
       r["best_static"]["model"].get<std::string>(), number(r["throughput_vs_best_static"], "{:.2f}"),
       r["fastest_static"]["model"].get<std::string>(),
       number(r["throughput_vs_fastest_static"], "{:.2f}"),
       number(routed["routing_accuracy"].is_number() ? json(routed["routing_accuracy"].get<double>() * 100) : json(nullptr), "{:.1f}%"),
       routed["routing_judged"].get<int64_t>(), number(routed["router_ms_per_request"], "{:.3f}"),
+      number(routed["router_share_of_step_time"].is_number()
+                 ? json(routed["router_share_of_step_time"].get<double>() * 100)
+                 : json(nullptr),
+             "{:.1f}%"),
       routed["served_by"].dump(), routed["peak_resident_bytes"].get<int64_t>(),
       routed["memory_budget_bytes"].get<int64_t>());
   return out;

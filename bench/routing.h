@@ -16,6 +16,7 @@ struct RoutingOptions {
   std::string phase;                   // the phase the set served (default: the mix phase)
   std::string out;                     // JSON
   std::string markdown;                // optional
+  std::string plots_dir;               // optional: routing.dat and routing.png (gnuplot)
 };
 
 nlohmann::json make_routing_report(const RoutingOptions& options);

@@ -162,10 +162,9 @@ void EngineMetrics::on_resident(const std::vector<ResidentModel>& members) {
   }
 }
 
-void EngineMetrics::on_route(int32_t lane, double seconds) {
-  if (lane >= 0) series_->members.at(lane).routed->inc();
-  series_->router_seconds->inc(seconds);
-}
+void EngineMetrics::on_route(int32_t lane) { series_->members.at(lane).routed->inc(); }
+
+void EngineMetrics::on_router_seconds(double seconds) { series_->router_seconds->inc(seconds); }
 
 void EngineMetrics::begin_step() { step_ = StepTelemetry{}; }
 

@@ -252,6 +252,7 @@ void ServingEngine::apply_switch(SwitchCommand& command) {
     // Where each requeued sequence goes: the same instance or another load of its model
     // directory (its exits replay), else the member the router picks (full depth).
     std::vector<int32_t> moved_to;
+    std::vector<Sequence*> to_route;
     for (Sequence* sequence : requeue.sequences) {
       const ModelInstance& was = *lanes_[sequence->lane].model;
       int32_t target = -1;
@@ -263,15 +264,15 @@ void ServingEngine::apply_switch(SwitchCommand& command) {
           target = static_cast<int32_t>(i);
         }
       }
-      if (target < 0) {
-        double seconds = 0;
-        target = route(next, *sequence, seconds);
-        router_seconds_ += seconds;
-        metrics_.on_route(-1, seconds);
-        ++next[target].routed;
-        sequence->forget_exits();
-      }
+      if (target < 0) to_route.push_back(sequence);
       moved_to.push_back(target);
+    }
+    const std::vector<int32_t> routed = route(next, to_route);
+    for (size_t k = 0, r = 0; k < moved_to.size(); ++k) {
+      if (moved_to[k] >= 0) continue;
+      moved_to[k] = routed[r++];
+      ++next[moved_to[k]].routed;
+      requeue.sequences[k]->forget_exits();
     }
     scheduler_.for_each([&](Sequence& sequence) {
       if (carried[sequence.lane] >= 0) sequence.lane = carried[sequence.lane];
@@ -386,16 +387,21 @@ bool ServingEngine::regrow_lost_pools() {
   return any_pool;
 }
 
-int32_t ServingEngine::route(const std::vector<Lane>& lanes, const Sequence& sequence,
-                             double& seconds) const {
-  if (lanes.size() < 2) return 0;
+std::vector<int32_t> ServingEngine::route(const std::vector<Lane>& lanes,
+                                          const std::vector<Sequence*>& sequences) {
+  std::vector<int32_t> out(sequences.size(), 0);
+  if (lanes.size() < 2 || sequences.empty()) return out;
   std::vector<const model::Transformer*> members;
   for (const Lane& lane : lanes) members.push_back(&lane.model->transformer());
-  const std::span<const int32_t> prompt(sequence.tokens.data(),
-                                        static_cast<size_t>(sequence.prompt_length));
-  const RouteChoice choice = route_prompt(members, prompt, options_.router_max_tokens);
-  seconds += choice.seconds;
-  return static_cast<int32_t>(choice.member);
+  std::vector<std::span<const int32_t>> prompts;
+  for (const Sequence* sequence : sequences) {
+    prompts.emplace_back(sequence->tokens.data(), static_cast<size_t>(sequence->prompt_length));
+  }
+  const RouteChoices choices = route_prompts(members, prompts, options_.router_max_tokens);
+  router_seconds_ += choices.seconds;
+  metrics_.on_router_seconds(choices.seconds);
+  for (size_t i = 0; i < sequences.size(); ++i) out[i] = static_cast<int32_t>(choices.members[i]);
+  return out;
 }
 
 bool ServingEngine::refuse_if_too_long(Sequence& sequence) {
@@ -511,17 +517,23 @@ void ServingEngine::ingest() {
     std::lock_guard lock(mutex_);
     arrived.swap(incoming_);
   }
+  std::vector<std::unique_ptr<Sequence>> sequences;
   for (auto& request : arrived) {
-    auto sequence =
-        std::make_unique<Sequence>(std::move(request), lanes_[0].model->shared_tokenizer());
-    if (lanes_.size() > 1) {
-      double seconds = 0;
-      sequence->lane = route(lanes_, *sequence, seconds);
-      router_seconds_ += seconds;
-      ++routed_;
-      ++lanes_[sequence->lane].routed;
-      metrics_.on_route(sequence->lane, seconds);
+    sequences.push_back(
+        std::make_unique<Sequence>(std::move(request), lanes_[0].model->shared_tokenizer()));
+  }
+  if (lanes_.size() > 1 && !sequences.empty()) {
+    std::vector<Sequence*> routed;
+    for (auto& sequence : sequences) routed.push_back(sequence.get());
+    const std::vector<int32_t> members = route(lanes_, routed);
+    for (size_t i = 0; i < routed.size(); ++i) {
+      routed[i]->lane = members[i];
+      ++lanes_[members[i]].routed;
+      metrics_.on_route(members[i]);
     }
+    routed_ += static_cast<int64_t>(routed.size());
+  }
+  for (auto& sequence : sequences) {
     // Validated by the front end against the model serving then, which a switch may since have
     // replaced with one of a shorter context.
     if (!refuse_if_too_long(*sequence)) scheduler_.enqueue(std::move(sequence));

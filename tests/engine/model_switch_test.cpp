@@ -549,27 +549,39 @@ std::vector<std::vector<int32_t>> mixed_prompt_ids(size_t each) {
   return out;
 }
 
-size_t routed_member(const std::vector<int32_t>& prompt) {
+// The member the engine routes each prompt to when they all arrive at once (scored as one batch).
+std::vector<size_t> routed_members(const std::vector<std::vector<int32_t>>& prompts) {
   const model::Transformer* members[] = {&prose()->transformer(), &code()->transformer()};
-  return route_prompt(members, prompt, EngineOptions{}.router_max_tokens).member;
+  std::vector<std::span<const int32_t>> spans(prompts.begin(), prompts.end());
+  return route_prompts(members, spans, EngineOptions{}.router_max_tokens).members;
 }
 
 TEST(ResidentSet, TheRouterSendsEachDomainToItsModel) {
   const model::Transformer* members[] = {&prose()->transformer(), &code()->transformer()};
+  std::vector<std::vector<int32_t>> prompts = prompt_ids(10);
+  for (auto& p : code_prompt_ids(10)) prompts.push_back(std::move(p));
+  const std::vector<int32_t> bos{prose()->tokenizer().bos_id()};
+  prompts.push_back(bos);
+  std::vector<std::span<const int32_t>> spans(prompts.begin(), prompts.end());
+  const RouteChoices batched = route_prompts(members, spans, 64);
+  ASSERT_EQ(batched.members.size(), 21u);
+  EXPECT_GT(batched.seconds, 0.0);
   int right = 0;
-  for (const auto& p : prompt_ids(10)) {
-    const RouteChoice choice = route_prompt(members, p, 64);
-    ASSERT_EQ(choice.nll.size(), 2u);
-    EXPECT_TRUE(std::isfinite(choice.nll[0]) && std::isfinite(choice.nll[1]));
-    EXPECT_GT(choice.seconds, 0.0);
-    right += choice.member == 0;
+  for (size_t p = 0; p < 20; ++p) {
+    SCOPED_TRACE("prompt " + std::to_string(p));
+    ASSERT_EQ(batched.nll[p].size(), 2u);
+    EXPECT_TRUE(std::isfinite(batched.nll[p][0]) && std::isfinite(batched.nll[p][1]));
+    right += batched.members[p] == (p < 10 ? 0u : 1u);
+    // One prompt alone scores as it does in the batch (padding never reaches it).
+    const RouteChoices alone = route_prompts(members, std::span(spans).subspan(p, 1), 64);
+    EXPECT_NEAR(alone.nll[0][0], batched.nll[p][0], 1e-4);
+    EXPECT_NEAR(alone.nll[0][1], batched.nll[p][1], 1e-4);
   }
-  for (const auto& p : code_prompt_ids(10)) right += route_prompt(members, p, 64).member == 1;
   EXPECT_GE(right, 18) << "of 20 held-out prompts routed to their domain's model";
   // A prompt with nothing to predict goes to the first member; one member is never scored.
-  const std::vector<int32_t> bos{prose()->tokenizer().bos_id()};
-  EXPECT_EQ(route_prompt(members, bos, 64).member, 0u);
-  EXPECT_TRUE(route_prompt(std::span(members, 1), prompt_ids(1)[0], 64).nll.empty());
+  EXPECT_TRUE(std::isnan(batched.nll[20][0]));
+  EXPECT_EQ(batched.members[20], 0u);
+  EXPECT_TRUE(route_prompts(std::span(members, 1), spans, 64).nll.empty());
 }
 
 TEST(ResidentSet, EachRequestDecodesAsOnItsRoutedModelAlone) {
@@ -581,9 +593,10 @@ TEST(ResidentSet, EachRequestDecodesAsOnItsRoutedModelAlone) {
   const std::vector<Update> results = run_all(engine, prompts, kTokens);
   resident.get();
   size_t to_code = 0;
+  const std::vector<size_t> routed = routed_members(prompts);
   for (size_t i = 0; i < prompts.size(); ++i) {
     SCOPED_TRACE("request " + std::to_string(i));
-    const size_t member = routed_member(prompts[i]);
+    const size_t member = routed[i];
     to_code += member;
     EXPECT_EQ(results[i].finish, Finish::kLength);
     EXPECT_EQ(results[i].usage.model, member == 1 ? "code-micro" : "prose-micro");
@@ -621,12 +634,13 @@ TEST(ResidentSet, AMemberThatLeavesHandsItsRequestsOnWithoutALostToken) {
   left.get();
 
   int64_t moved = 0;
+  const std::vector<size_t> routed = routed_members(prompts);
   for (size_t i = 0; i < prompts.size(); ++i) {
     SCOPED_TRACE("request " + std::to_string(i));
     EXPECT_EQ(results[i].finish, Finish::kLength);
     EXPECT_EQ(results[i].usage.completion_tokens, kTokens);
     EXPECT_EQ(results[i].usage.model, "prose-micro");
-    if (routed_member(prompts[i]) == 0) {
+    if (routed[i] == 0) {
       // Its member stayed with its pool: untouched.
       EXPECT_EQ(ids(results[i]), alone(prose(), {prompts[i]}, kTokens)[0]);
       continue;
@@ -646,19 +660,19 @@ TEST(ResidentSet, AMemberThatLeavesHandsItsRequestsOnWithoutALostToken) {
 TEST(ResidentSet, BadSetsAreRefusedAndTheOldSetKeepsServing) {
   ServingEngine engine(prose(), options("prose-micro", 64));
   engine.start();
-  testing::expect_error([&] { engine.set_resident({}).get(); }, ErrorCode::kInvalidArgument,
-                        {"empty"});
-  testing::expect_error(
-      [&] {
-        engine.set_resident({{prose(), "a", 64}, {code(), "a", 64}}).get();
-      },
-      ErrorCode::kInvalidArgument, {"twice"});
-  testing::expect_error(
-      [&] { engine.set_resident({{prose(), "prose-micro", 64}, {code(), "code-micro", 1}}).get(); },
-      ErrorCode::kInvalidArgument, {"cannot hold one full-context sequence"});
+  // Each future is held until its error has been read: its shared state (and the exception in
+  // it) then outlives the catch, whichever thread drops the last reference.
+  std::future<void> empty = engine.set_resident({});
+  testing::expect_error([&] { empty.get(); }, ErrorCode::kInvalidArgument, {"empty"});
+  std::future<void> twice = engine.set_resident({{prose(), "a", 64}, {code(), "a", 64}});
+  testing::expect_error([&] { twice.get(); }, ErrorCode::kInvalidArgument, {"twice"});
+  std::future<void> small =
+      engine.set_resident({{prose(), "prose-micro", 64}, {code(), "code-micro", 1}});
+  testing::expect_error([&] { small.get(); }, ErrorCode::kInvalidArgument,
+                        {"cannot hold one full-context sequence"});
   engine.set_resident({{prose(), "prose-micro", 64}, {code(), "code-micro", 64}}).get();
-  testing::expect_error([&] { engine.resize_kv(80).get(); }, ErrorCode::kFailedPrecondition,
-                        {"set_resident"});
+  std::future<void> resize = engine.resize_kv(80);
+  testing::expect_error([&] { resize.get(); }, ErrorCode::kFailedPrecondition, {"set_resident"});
   EXPECT_EQ(engine.stats().members.size(), 2u);
   auto request = make_request(prompt_ids(1)[0], 4, "after");
   engine.submit(request);

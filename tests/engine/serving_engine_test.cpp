@@ -183,5 +183,30 @@ TEST(ServingEngine, BudgetMustHoldWeightsAndOneContext) {
   EXPECT_GT(kv_blocks_for_budget(*half, budget, 16, "x"), blocks * 3 / 2);
 }
 
+TEST(KvBlocksForSet, WeightsFirstThenOneSequenceEachThenTheRestByShare) {
+  ModelFootprint small;
+  small.kv_bytes_per_token_layer = 100;
+  small.context_length = 64;
+  ModelFootprint deep = small;
+  deep.context_length = 128;
+  // Block of 16 tokens: 1600 bytes per layer of depth; one sequence is 4 (small) or 8 blocks.
+  const std::vector<SetMemberFootprint> set = {{small, 2, 10000, 1.0}, {deep, 4, 20000, 1.0}};
+  const int64_t needed = 10000 + 4 * 3200 + 20000 + 8 * 6400;  // 94,000 bytes
+  testing::expect_error([&] { kv_blocks_for_set(set, needed - 1, 16, "memory.budget_mib"); },
+                        ErrorCode::kResourceExhausted, {"memory.budget_mib", "resident set"});
+  EXPECT_EQ(kv_blocks_for_set(set, needed, 16, "x"), (std::vector<int64_t>{4, 8}));
+  // 64,000 spare bytes, 32,000 each: 10 blocks of 3200 bytes, 5 of 6400.
+  const std::vector<int64_t> blocks = kv_blocks_for_set(set, needed + 64000, 16, "x");
+  EXPECT_EQ(blocks, (std::vector<int64_t>{14, 13}));
+  EXPECT_LE(10000 + blocks[0] * 3200 + 20000 + blocks[1] * 6400, needed + 64000);
+  // Shares weight the split: 3:1 gives the first 48,000 bytes.
+  std::vector<SetMemberFootprint> weighted = set;
+  weighted[0].share = 3.0;
+  EXPECT_EQ(kv_blocks_for_set(weighted, needed + 64000, 16, "x"), (std::vector<int64_t>{19, 10}));
+  weighted[0].share = 0.0;
+  testing::expect_error([&] { kv_blocks_for_set(weighted, needed, 16, "x"); },
+                        ErrorCode::kInvalidArgument, {"shares"});
+}
+
 }  // namespace
 }  // namespace helios::engine

@@ -89,9 +89,9 @@ class EngineMetrics {
   // The per-model series follow the resident set (in lane order); members that left it show
   // zero weights and pools.
   void on_resident(const std::vector<ResidentModel>& members);
-  // A request routed to member `lane` after `seconds` of scoring (lane -1: a request re-routed
-  // at a set change, before the series follow the new set: only the time counts).
-  void on_route(int32_t lane, double seconds);
+  // A new request routed to member `lane`, and time spent scoring prompts to route them.
+  void on_route(int32_t lane);
+  void on_router_seconds(double seconds);
   void begin_step();
   void on_admit(const Sequence& sequence, Clock::time_point now);
   void on_preempt(int64_t count);

@@ -213,9 +213,9 @@ class ServingEngine {
   // sequences. False when no lane has a pool.
   bool regrow_lost_pools();
   void bind_caches();
-  // The member of `lanes` that serves `sequence` (the router, for more than one); adds the
-  // scoring's wall time to `seconds`.
-  int32_t route(const std::vector<Lane>& lanes, const Sequence& sequence, double& seconds) const;
+  // The member of `lanes` that serves each of `sequences` (the router, scoring them together,
+  // for more than one member); its time counts in router_seconds_.
+  std::vector<int32_t> route(const std::vector<Lane>& lanes, const std::vector<Sequence*>& sequences);
   // An exception escaped a step or a switch: the batch's sequences fail, the engine goes on.
   void recover(const char* what);
   void step();
