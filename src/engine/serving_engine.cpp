@@ -750,12 +750,22 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error,
   last.error_code = code;
   ++finished_;
   metrics_.on_finish(sequence, reason, model, now);
-  sequence.request->channel().push(std::move(last));
+  // Before the client can read its final update: whoever reads it and then asks for the
+  // status sees the request gone and its blocks free.
   {
     std::lock_guard lock(mutex_);
     ids_in_flight_.erase(sequence.request->spec().id);
+    ++stats_.finished;
+    stats_.kv_blocks_used = 0;
+    for (size_t i = 0; i < lanes_.size(); ++i) {
+      const int64_t used = lanes_[i].cache->pool().used_blocks();
+      stats_.kv_blocks_used += used;
+      // Mid set change the published members may be the old set's until the next publish.
+      if (lanes_.size() == stats_.members.size()) stats_.members[i].kv_blocks_used = used;
+    }
   }
   in_flight_.fetch_sub(1);
+  sequence.request->channel().push(std::move(last));
 }
 
 ServedModel ServingEngine::served(const Lane& lane) const {
