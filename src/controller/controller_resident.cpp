@@ -67,7 +67,8 @@ DecisionRecord Controller::pin_set(std::vector<ResidentTarget> targets) {
     // set's weights are read (the old weights are freed when the engine takes the new set).
     shrink_resident_pools();
     std::vector<std::shared_ptr<const engine::ModelInstance>> loaded;
-    int64_t loading_peak = engine_->stats().weight_bytes + engine_->stats().kv_cache_bytes;
+    const engine::EngineStats serving = engine_->stats();
+    int64_t loading_peak = serving.weight_bytes + serving.kv_cache_bytes;
     for (const Member& m : members) {
       loaded.push_back(load(*m.candidate, m.depth));
       loading_peak += loaded.back()->resident_bytes();

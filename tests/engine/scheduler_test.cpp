@@ -24,6 +24,14 @@ class SchedulerTest : public ::testing::Test {
     scheduler_ = std::make_unique<Scheduler>(*cache_, max_running);
   }
 
+  // A second lane (lane 1) with a pool of its own of `blocks` blocks.
+  kv::KvCache& add_lane(int64_t blocks) {
+    other_ = std::make_unique<kv::KvCache>(kv::KvCacheShape{0, 1, 1, kBlockSize}, blocks,
+                                           at::kFloat, at::Device(at::kCPU));
+    scheduler_->set_caches({cache_.get(), other_.get()});
+    return *other_;
+  }
+
   // Queues request `id` with a prompt of `prompt_length` tokens; returns its sequence.
   Sequence* add(const std::string& id, int64_t prompt_length, bool score_prompt = false) {
     RequestSpec spec;
@@ -74,7 +82,7 @@ class SchedulerTest : public ::testing::Test {
 
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_ =
       std::make_shared<tokenizer::ByteTokenizer>(258, 256, 257);
-  std::unique_ptr<kv::KvCache> cache_;
+  std::unique_ptr<kv::KvCache> cache_, other_;
   std::unique_ptr<Scheduler> scheduler_;
 };
 
@@ -166,8 +174,7 @@ TEST_F(SchedulerTest, AFullPoolPreemptsTheNewestRunningSequence) {
 TEST_F(SchedulerTest, AFullLaneHoldsBackOnlyItsOwnRequests) {
   // Lane 0: 4 blocks, filled by a's prompt of 16; lane 1: a pool of its own.
   make(4);
-  kv::KvCache other(kv::KvCacheShape{0, 1, 1, kBlockSize}, 8, at::kFloat, at::Device(at::kCPU));
-  scheduler_->set_caches({cache_.get(), &other});
+  kv::KvCache& other = add_lane(8);
   add("a", 16);
   Sequence* b = add("b", 8);
   Sequence* c = add("c", 8);
@@ -185,8 +192,7 @@ TEST_F(SchedulerTest, AFullLaneHoldsBackOnlyItsOwnRequests) {
 TEST_F(SchedulerTest, PreemptionTakesTheNewestSequenceOfTheFullLane) {
   // Lane 0 holds 2 blocks: a and b fill one each; c, the newest, runs in lane 1.
   make(2);
-  kv::KvCache other(kv::KvCacheShape{0, 1, 1, kBlockSize}, 8, at::kFloat, at::Device(at::kCPU));
-  scheduler_->set_caches({cache_.get(), &other});
+  kv::KvCache& other = add_lane(8);
   Sequence* a = add("a", 4);
   Sequence* b = add("b", 4);
   Sequence* c = add("c", 4);
@@ -203,8 +209,7 @@ TEST_F(SchedulerTest, PreemptionTakesTheNewestSequenceOfTheFullLane) {
 
 TEST_F(SchedulerTest, RequeueWhereMovesOnlyTheAffectedLane) {
   make(8);
-  kv::KvCache other(kv::KvCacheShape{0, 1, 1, kBlockSize}, 8, at::kFloat, at::Device(at::kCPU));
-  scheduler_->set_caches({cache_.get(), &other});
+  kv::KvCache& other = add_lane(8);
   Sequence* a = add("a", 4);
   Sequence* b = add("b", 4);
   Sequence* c = add("c", 4);
