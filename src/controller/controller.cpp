@@ -30,6 +30,7 @@ std::string_view to_string(DecisionRecord::Kind kind) {
     case DecisionRecord::Kind::kLimit: return "limit";
     case DecisionRecord::Kind::kPin: return "pin";
     case DecisionRecord::Kind::kUnpin: return "unpin";
+    case DecisionRecord::Kind::kResident: return "resident";
   }
   return "unknown";
 }

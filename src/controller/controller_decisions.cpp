@@ -4,6 +4,8 @@
 #include "helios/controller/controller.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -109,6 +111,19 @@ void Controller::decide(DecisionRecord::Trigger trigger, const std::string& reas
     figures["gate"] = gate->to_json();
     if (!gate->pass) chosen = static_cast<size_t>(from - ranked.begin());
   }
+  // A resident set of several candidates, routed per request, against the single choice on
+  // the same prompts (resident_policy.h); off with controller.resident_max_models 1.
+  if (slo_.resident_max_models >= 2 && phase_ != Phase::kPinned) {
+    const SetChoice sets = choose_resident_set(table_, ranked[chosen].first.model, slo_, limits(),
+                                               step_models_, switch_cost(ranked[chosen].first));
+    figures["resident_set"] = sets.to_json();
+    if (sets.set && sets.gate.pass) {
+      apply_set(*sets.set, trigger, reason + "; resident set: " + sets.reason, std::move(figures),
+                sets.gate);
+      return;
+    }
+    spdlog::info("controller: no resident set: {}", sets.reason);
+  }
   // Built before the call: the gate is moved into it, in an unspecified order of arguments.
   const std::string why = gate ? reason + "; " + gate->reason : reason;
   apply(ranked[chosen].first, ranked[chosen].second, trigger, why, std::move(figures),
@@ -175,10 +190,14 @@ void Controller::apply(const Option& option, int64_t cap, DecisionRecord::Trigge
   if (candidate == nullptr) {
     throw Error(ErrorCode::kNotFound, "model: no candidate named '" + option.model + "'");
   }
-  const std::string from = current_name_;
+  // A resident set gives way to its first member (with the budget's pool) before the move.
+  const std::string from = resident_names_.empty()
+                               ? current_name_
+                               : fmt::format("{}", fmt::join(resident_names_, "+"));
+  collapse_resident_set();
   const int64_t from_layers = current_->transformer().loaded_layers();
   using Kind = DecisionRecord::Kind;
-  Kind kind = option.model != from         ? Kind::kSwitch
+  Kind kind = option.model != current_name_ ? Kind::kSwitch
               : option.depth > from_layers ? Kind::kExtend
               : option.depth < from_layers ? Kind::kTruncate
                                            : Kind::kKeep;

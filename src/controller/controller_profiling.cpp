@@ -34,6 +34,9 @@ void identify(ProfileRow& row, const Candidate& candidate, const model::Transfor
 }  // namespace
 
 void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::string& reason) {
+  // A pass measures one served model at a time: the controller's resident set gives way to its
+  // first member, and the pass's decision may choose a set again.
+  collapse_resident_set();
   profile_queue_.clear();
   scoring_queue_.clear();
   evidence_.begin_pass();

@@ -48,6 +48,11 @@ void Controller::check_triggers() {
     const std::string why = fmt::format("{} breaches in the last {} tokens (maximum {})",
                                         breaches_.count(), breaches_.size(), slo_.breach_max);
     breaches_.reset();
+    if (!resident_names_.empty()) {
+      // The table's breach rules speak of one model; a set is chosen again by a pass.
+      start_profiling(DecisionRecord::Trigger::kBreach, why + "; the resident set is re-profiled");
+      return;
+    }
     const Decision d = decide_on_breach(table_, current_name_, depth, slo_, limits(), requests_seen_);
     switch (d.kind) {
       case Decision::Kind::kReprofile:
@@ -99,7 +104,10 @@ void Controller::check_triggers() {
   const size_t prompts_needed = prompt_window_size();
   const double best = best_full_perplexity(table_);
   const ProfileRow* row = table_.find(current_name_);
-  if (prompt_window_.size() >= prompts_needed && std::isfinite(best) && row != nullptr) {
+  // The drift test compares the window with the served row's prompts; a set's window mixes its
+  // members' prompts (its perplexity is watched by the periodic re-profile instead).
+  if (resident_names_.empty() && prompt_window_.size() >= prompts_needed && std::isfinite(best) &&
+      row != nullptr) {
     const DriftCheck drift = perplexity_drift(prompt_window_, *row, depth,
                                               (1.0 + slo_.max_perplexity_increase) * best);
     if (drift.drifted) violations.push_back(drift.reason);

@@ -99,6 +99,9 @@ SloConfig from_json(const json& root, const fs::path& base_dir) {
   controller.integer("reprofile_interval_requests", c.reprofile_interval_requests);
   controller.number("max_profiling_share", c.max_profiling_share);
   controller.number("switch_margin", c.switch_margin);
+  controller.integer("resident_max_models", c.resident_max_models);
+  controller.number("resident_min_share", c.resident_min_share);
+  controller.number("resident_min_advantage", c.resident_min_advantage);
   controller.integer("breach_window_tokens", c.breach_window_tokens);
   controller.integer("breach_max", c.breach_max);
   controller.integer("drift_window_requests", c.drift_window_requests);
@@ -188,6 +191,15 @@ void SloConfig::validate() const {
           "controller.max_profiling_share", "in (0, 1]", max_profiling_share);
   require(finite(switch_margin) && switch_margin >= 0 && switch_margin <= 10,
           "controller.switch_margin", "in [0, 10]", switch_margin);
+  if (resident_max_models < 1 || resident_max_models > static_cast<int64_t>(kMaxResidentModels)) {
+    fail("controller.resident_max_models", "must be in [1, " + std::to_string(kMaxResidentModels) +
+                                               "], got " + std::to_string(resident_max_models));
+  }
+  require(finite(resident_min_share) && resident_min_share >= 0 && resident_min_share <= 0.5,
+          "controller.resident_min_share", "in [0, 0.5]", resident_min_share);
+  require(finite(resident_min_advantage) && resident_min_advantage >= 0 &&
+              resident_min_advantage <= 10,
+          "controller.resident_min_advantage", "in [0, 10]", resident_min_advantage);
   within(breach_window_tokens, 1, "controller.breach_window_tokens");
   if (breach_max < 1 || breach_max > breach_window_tokens) {
     fail("controller.breach_max", "must be in [1, controller.breach_window_tokens = " +
@@ -217,6 +229,9 @@ nlohmann::json SloConfig::to_json() const {
         {"reprofile_interval_requests", reprofile_interval_requests},
         {"max_profiling_share", max_profiling_share},
         {"switch_margin", switch_margin},
+        {"resident_max_models", resident_max_models},
+        {"resident_min_share", resident_min_share},
+        {"resident_min_advantage", resident_min_advantage},
         {"breach_window_tokens", breach_window_tokens},
         {"breach_max", breach_max},
         {"drift_window_requests", drift_window_requests},

@@ -16,9 +16,26 @@ namespace {
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 constexpr uint64_t kGateSeed = 0x68656c696f73ULL;  // fixed: the same rows, the same decision
 
-// Layer units per token (token_cost's formula) from the first confident exits of the scored
-// positions of the weighted prompts: a position leaves at its first confident exit point when
-// that is within `depth`, else it runs all `depth` layers.
+// The option's objective score with its per-token work scaled by `work` (replicate / point).
+double scaled_score(Objective objective, const Option& o, double work) {
+  Option scaled = o;
+  scaled.tokens_per_second = o.tokens_per_second / work;
+  scaled.tpot_p95_ms = o.tpot_p95_ms * work;
+  scaled.energy_joules_per_token = o.energy_joules_per_token * work;
+  return objective_score(objective, scaled);
+}
+
+double quantile(std::vector<double> values, double q) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const double at = q * static_cast<double>(values.size() - 1);
+  const size_t below = static_cast<size_t>(std::floor(at));
+  const size_t above = std::min(values.size() - 1, below + 1);
+  return values[below] + (at - static_cast<double>(below)) * (values[above] - values[below]);
+}
+
+}  // namespace
+
 double weighted_token_cost(const ProfileRow& row, int64_t depth, const std::vector<int>& weights) {
   double layers = 0, tokens = 0;
   for (size_t p = 0; p < row.prompt_evidence.size() && p < weights.size(); ++p) {
@@ -40,27 +57,9 @@ double weighted_token_cost(const ProfileRow& row, int64_t depth, const std::vect
   return 1.0 + mean + row.footprint.kv_projection_share * (static_cast<double>(depth) - mean);
 }
 
-// The option's objective score with its per-token work scaled by `work` (replicate / point).
-double scaled_score(Objective objective, const Option& o, double work) {
-  Option scaled = o;
-  scaled.tokens_per_second = o.tokens_per_second / work;
-  scaled.tpot_p95_ms = o.tpot_p95_ms * work;
-  scaled.energy_joules_per_token = o.energy_joules_per_token * work;
-  return objective_score(objective, scaled);
-}
-
 double relative_gain(double from, double to) {
   if (from == 0) return to > 0 ? kInfinity : 0.0;
   return (to - from) / std::abs(from);
-}
-
-double quantile(std::vector<double> values, double q) {
-  if (values.empty()) return 0.0;
-  std::sort(values.begin(), values.end());
-  const double at = q * static_cast<double>(values.size() - 1);
-  const size_t below = static_cast<size_t>(std::floor(at));
-  const size_t above = std::min(values.size() - 1, below + 1);
-  return values[below] + (at - static_cast<double>(below)) * (values[above] - values[below]);
 }
 
 Interval interval_of(const std::vector<double>& values, double point) {
@@ -73,7 +72,23 @@ nlohmann::json interval_json(const Interval& i) {
   return {{"low", finite(i.low)}, {"point", finite(i.point)}, {"high", finite(i.high)}};
 }
 
-}  // namespace
+std::vector<std::vector<int>> bootstrap_weights(size_t n) {
+  std::vector<std::vector<int>> replicates;
+  if (n == 0) return replicates;
+  std::mt19937_64 rng(kGateSeed);
+  std::uniform_int_distribution<size_t> pick(0, n - 1);
+  for (int r = 0; r < kGateReplicates; ++r) {
+    std::vector<int> weights(n, 0);
+    for (size_t i = 0; i < n; ++i) ++weights[pick(rng)];
+    replicates.push_back(std::move(weights));
+  }
+  return replicates;
+}
+
+double cost_share(const SwitchCost& cost) {
+  if (!(cost.horizon_seconds > 0)) return kInfinity;
+  return std::isfinite(cost.horizon_seconds) ? cost.seconds / cost.horizon_seconds : 0.0;
+}
 
 double weighted_policy_perplexity(const ProfileRow& row, int64_t depth,
                                   const std::vector<int>& weights) {
@@ -117,10 +132,7 @@ GateResult gate_switch(const ProfileRow& from_row, const Option& from, const Pro
   GateResult g;
   g.cost = cost;
   g.margin = slo.switch_margin;
-  const double cost_share = cost.horizon_seconds > 0 && std::isfinite(cost.horizon_seconds)
-                                ? cost.seconds / cost.horizon_seconds
-                                : (cost.horizon_seconds > 0 ? 0.0 : kInfinity);
-  g.required_gain = slo.switch_margin + cost_share;
+  g.required_gain = slo.switch_margin + cost_share(cost);
   const double point_gain = relative_gain(from.score, to.score);
   g.gain = {point_gain, point_gain, point_gain};
 
@@ -132,13 +144,8 @@ GateResult gate_switch(const ProfileRow& from_row, const Option& from, const Pro
     const double from_work = weighted_token_cost(from_row, from.depth, all);
     const double to_ppl = weighted_policy_perplexity(to_row, to.depth, all);
     const double from_ppl = weighted_policy_perplexity(from_row, from.depth, all);
-    std::mt19937_64 rng(kGateSeed);
-    std::uniform_int_distribution<size_t> pick(0, n - 1);
     std::vector<double> gains, ratios, ppls;
-    std::vector<int> weights(n);
-    for (int r = 0; r < kGateReplicates; ++r) {
-      std::fill(weights.begin(), weights.end(), 0);
-      for (size_t i = 0; i < n; ++i) ++weights[pick(rng)];
+    for (const std::vector<int>& weights : bootstrap_weights(n)) {
       const double t = scaled_score(slo.objective, to,
                                     weighted_token_cost(to_row, to.depth, weights) / to_work);
       const double f = scaled_score(slo.objective, from,

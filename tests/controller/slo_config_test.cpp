@@ -54,6 +54,9 @@ TEST_F(SloConfigTest, DefaultsWithCommentsAndRelativeRepository) {
   EXPECT_EQ(c.reprofile_interval_requests, 150);
   EXPECT_DOUBLE_EQ(c.max_profiling_share, 0.1);
   EXPECT_DOUBLE_EQ(c.switch_margin, 0.05);
+  EXPECT_EQ(c.resident_max_models, 1);
+  EXPECT_DOUBLE_EQ(c.resident_min_share, 0.1);
+  EXPECT_DOUBLE_EQ(c.resident_min_advantage, 0.05);
   EXPECT_EQ(c.breach_window_tokens, 100);
   EXPECT_EQ(c.breach_max, 50);
   EXPECT_EQ(c.drift_window_requests, 32);
@@ -120,6 +123,10 @@ TEST_F(SloConfigTest, ErrorsStartWithTheKey) {
       {with("controller", "max_profiling_share", 1.5), "controller.max_profiling_share:"},
       {with("controller", "switch_margin", -0.1), "controller.switch_margin:"},
       {with("controller", "switch_margin", 11), "controller.switch_margin:"},
+      {with("controller", "resident_max_models", 0), "controller.resident_max_models: must be in [1, 4]"},
+      {with("controller", "resident_max_models", 5), "controller.resident_max_models: must be in [1, 4]"},
+      {with("controller", "resident_min_share", 0.6), "controller.resident_min_share: must be in [0, 0.5]"},
+      {with("controller", "resident_min_advantage", -1), "controller.resident_min_advantage:"},
       {with("controller", "breach_window_tokens", 0), "controller.breach_window_tokens:"},
       {with("controller", "breach_max", 101), "controller.breach_max:"},
       {with("controller", "breach_max", 0), "controller.breach_max:"},

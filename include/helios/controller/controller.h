@@ -25,6 +25,7 @@
 #include "helios/controller/evidence.h"
 #include "helios/controller/performance_table.h"
 #include "helios/controller/policy.h"
+#include "helios/controller/resident_policy.h"
 #include "helios/controller/slo_config.h"
 #include "helios/controller/sliding_window.h"
 #include "helios/controller/switch_gate.h"
@@ -72,7 +73,9 @@ struct ControllerOptions {
 
 // One decision of the controller and the figures behind it.
 struct DecisionRecord {
-  enum class Kind { kProfile, kSwitch, kExtend, kTruncate, kKeep, kLimit, kPin, kUnpin };
+  // kResident: the controller serves a resident set (resident_policy.h); to_model names its
+  // members "a+b", figures.set their depths, shares and pools.
+  enum class Kind { kProfile, kSwitch, kExtend, kTruncate, kKeep, kLimit, kPin, kUnpin, kResident };
   enum class Trigger {
     kStartup,
     kProfiled,
@@ -108,7 +111,6 @@ struct ResidentTarget {
   std::string model;
   int64_t layers = 0;
 };
-inline constexpr size_t kMaxResidentModels = 4;
 
 struct ControllerStatus {
   std::string phase;  // profiling | serving | pinned
@@ -238,6 +240,20 @@ class Controller final : public engine::TelemetrySink {
   // Loads the candidate at `depth` within the memory budget and has the engine switch to it;
   // `reason` labels the switch metrics.
   void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);
+  // A member of a set to load: the candidate, its depth and its share of the spare KV bytes.
+  struct SetTarget {
+    const Candidate* candidate = nullptr;
+    int64_t depth = 0;
+    double share = 1.0;
+  };
+  // Loads `members` within the budget (the serving pools shrunk to one sequence meanwhile) and
+  // has the engine serve them as one resident set, pools by share; returns each member's
+  // figures (layers, weights, pool). Throws kResourceExhausted, before anything changes, when
+  // the set does not fit.
+  nlohmann::json serve_set(const std::vector<SetTarget>& members);
+  // The controller's own resident set (a pass's decision): served, recorded as kResident.
+  void apply_set(const SetOption& set, DecisionRecord::Trigger trigger, const std::string& reason,
+                 nlohmann::json figures, GateResult gate);
   // Every resident pool down to one full-context sequence (room for loading a set).
   void shrink_resident_pools();
   // A pinned set gives way to its first member alone, with the budget's pool.

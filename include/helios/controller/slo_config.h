@@ -43,6 +43,9 @@ std::string_view profile_mode_name(ProfileMode mode);
 // but model_repository is optional; unknown keys are errors so a typo never leaves a default
 // silently in place. Every error is helios::Error(kInvalidArgument) whose message starts with
 // the dotted key, e.g. "constraints.p95_tpot_ms: must be a positive number or null, got -3".
+// The most models a resident set holds (an operator's pin or the controller's choice).
+inline constexpr size_t kMaxResidentModels = 4;
+
 struct SloConfig {
   Objective objective = Objective::kThroughput;
   // constraints
@@ -76,6 +79,14 @@ struct SloConfig {
   // next re-profile), unless the served option breaks the SLO (switch_gate.h). 0: any sure gain
   // that pays for its recompute.
   double switch_margin = 0.05;
+  // Resident sets (resident_policy.h): with 2 or more, a pass's decision may keep up to this
+  // many candidates loaded at once, each at its own depth with its own KV pool, every request
+  // routed to one of them; 1: one model at a time. A set is kept only when each member serves
+  // at least resident_min_share of the pass's sampled prompts and the set without any one
+  // member would have a perplexity at least resident_min_advantage (relative) higher.
+  int64_t resident_max_models = 1;
+  double resident_min_share = 0.1;
+  double resident_min_advantage = 0.05;
   int64_t breach_window_tokens = 100;
   int64_t breach_max = 50;
   int64_t drift_window_requests = 32;

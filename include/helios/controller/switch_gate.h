@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "helios/controller/performance_table.h"
 #include "helios/controller/policy.h"
@@ -62,6 +63,23 @@ struct GateResult {
 // evidence given by prompt weights (a bootstrap replicate's draw counts); +inf without tokens.
 double weighted_policy_perplexity(const ProfileRow& row, int64_t depth,
                                   const std::vector<int>& weights);
+
+// Layer units per token (token_cost's formula) from the first confident exits of the scored
+// positions of the weighted prompts: a position leaves at its first confident exit point when
+// that is within `depth`, else it runs all `depth` layers.
+double weighted_token_cost(const ProfileRow& row, int64_t depth, const std::vector<int>& weights);
+
+// The paired bootstrap's replicates over n prompts: kGateReplicates draws of n prompts with
+// replacement, as per-prompt counts, from a fixed seed.
+std::vector<std::vector<int>> bootstrap_weights(size_t n);
+// The central kGateConfidence interval of replicate values around `point`.
+Interval interval_of(const std::vector<double>& values, double point);
+nlohmann::json interval_json(const Interval& i);
+// (to - from) / |from|; +inf from 0 to a positive figure.
+double relative_gain(double from, double to);
+// The part of a change's gain its cost takes: cost seconds over horizon seconds (0 for an
+// infinite horizon, +inf for none).
+double cost_share(const SwitchCost& cost);
 
 // True when `a` and `b` carry per-prompt evidence from the same sample (same pass, same
 // tokenizer, same prompts), so that their prompts pair up.

@@ -1,0 +1,407 @@
+#include "helios/controller/resident_policy.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "helios/common/error.h"
+#include "helios/engine/memory_plan.h"
+
+namespace helios::controller {
+namespace {
+
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
+
+// Policy NLL and tokens of the weighted prompts each member is routed, at the members' depths.
+struct Sums {
+  double nll = 0, tokens = 0;
+};
+std::vector<Sums> routed_sums(const std::vector<const ProfileRow*>& rows,
+                              const std::vector<size_t>& routes, const std::vector<int64_t>& depths,
+                              const std::vector<int>& weights) {
+  std::vector<Sums> sums(rows.size());
+  for (size_t p = 0; p < routes.size() && p < weights.size(); ++p) {
+    if (weights[p] == 0) continue;
+    const size_t m = routes[p];
+    const ProfileRow& row = *rows[m];
+    const std::optional<size_t> at = deepest_exit_index(row, depths[m]);
+    const model::ExitScores& s = row.prompt_evidence[p];
+    if (!at || *at >= s.policy_nll_sum.size()) {
+      sums[m].nll = kInfinity;
+    } else {
+      sums[m].nll += weights[p] * s.policy_nll_sum[*at];
+    }
+    sums[m].tokens += weights[p] * static_cast<double>(s.tokens);
+  }
+  return sums;
+}
+
+double perplexity_of(const std::vector<Sums>& sums) {
+  double nll = 0, tokens = 0;
+  for (const Sums& s : sums) nll += s.nll, tokens += s.tokens;
+  return tokens > 0 ? std::exp(nll / tokens) : kInfinity;
+}
+
+std::vector<int> only(const std::vector<size_t>& routes, size_t member) {
+  std::vector<int> w(routes.size(), 0);
+  for (size_t p = 0; p < routes.size(); ++p) w[p] = routes[p] == member ? 1 : 0;
+  return w;
+}
+
+std::vector<int> masked(const std::vector<int>& weights, const std::vector<int>& mask) {
+  std::vector<int> w(weights.size());
+  for (size_t p = 0; p < w.size(); ++p) w[p] = p < mask.size() ? weights[p] * mask[p] : 0;
+  return w;
+}
+
+// The routed workload's perplexity with every member at its profiled depth.
+double full_depth_perplexity_of(const std::vector<const ProfileRow*>& rows) {
+  std::vector<int64_t> depths;
+  for (const ProfileRow* r : rows) depths.push_back(r->profiled_layers);
+  const std::vector<size_t> routes = simulate_routes(rows);
+  return perplexity_of(routed_sums(rows, routes, depths, std::vector<int>(routes.size(), 1)));
+}
+
+// Seconds of engine time per generated token of `row` at `depth` running `batch` sequences a
+// step: its step model scaled by the depth's cost ratio, or, without one, its measured rate at
+// the batch it was profiled at, the step time taken as independent of the batch (as
+// policy.cpp's capacity factor does).
+double token_seconds(const ProfileRow& row, const StepModel& steps, double cost_ratio,
+                     double batch, double profiled_batch) {
+  if (steps.valid()) return steps.seconds(batch) * cost_ratio / batch;
+  if (!(row.decode_tokens_per_second > 0)) return kInfinity;
+  return cost_ratio * profiled_batch / (row.decode_tokens_per_second * batch);
+}
+
+}  // namespace
+
+std::string SetOption::name() const {
+  std::string s;
+  for (const SetMember& m : members) s += fmt::format("{}{}@{}", s.empty() ? "" : "+", m.model, m.depth);
+  return s;
+}
+
+nlohmann::json SetOption::to_json() const {
+  const auto finite = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nullptr; };
+  nlohmann::json ms = nlohmann::json::array();
+  for (const SetMember& m : members) {
+    ms.push_back({{"model", m.model},
+                  {"depth", m.depth},
+                  {"share", m.share},
+                  {"prompts", m.prompts},
+                  {"perplexity", finite(m.perplexity)},
+                  {"cost_ratio", m.cost_ratio},
+                  {"weight_bytes", m.weight_bytes},
+                  {"kv_blocks", m.kv_blocks},
+                  {"kv_sequences", m.kv_sequences},
+                  {"batch", m.batch},
+                  {"tokens_per_second", finite(m.tokens_per_second)}});
+  }
+  return {{"set", name()},
+          {"members", std::move(ms)},
+          {"perplexity", finite(perplexity)},
+          {"perplexity_bound", finite(perplexity_bound)},
+          {"tokens_per_second", finite(tokens_per_second)},
+          {"feasible", feasible},
+          {"infeasible_reason", infeasible_reason}};
+}
+
+nlohmann::json SetChoice::to_json() const {
+  nlohmann::json j = {{"single", single.to_json()}, {"reason", reason}};
+  j["set"] = set ? set->to_json() : nlohmann::json(nullptr);
+  j["gate"] = set ? gate.to_json() : nlohmann::json(nullptr);
+  return j;
+}
+
+std::vector<size_t> simulate_routes(const std::vector<const ProfileRow*>& rows) {
+  std::vector<size_t> routes;
+  if (rows.empty()) return routes;
+  const size_t n = rows.front()->prompt_evidence.size();
+  for (size_t p = 0; p < n; ++p) {
+    size_t best = 0;
+    double best_nll = kInfinity;
+    for (size_t m = 0; m < rows.size(); ++m) {
+      const model::ExitScores& s = rows[m]->prompt_evidence.at(p);
+      if (s.tokens <= 0 || s.nll_sum.empty()) continue;
+      const double mean = s.nll_sum.front() / static_cast<double>(s.tokens);
+      if (mean < best_nll) best_nll = mean, best = m;
+    }
+    routes.push_back(best);
+  }
+  return routes;
+}
+
+SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const PerformanceTable& table,
+                       const SloConfig& slo, const PolicyLimits& limits,
+                       const std::map<std::string, StepModel>& steps) {
+  SetOption o;
+  o.perplexity_bound = (1.0 + slo.max_perplexity_increase) * best_full_perplexity(table);
+  const auto infeasible = [&](std::string why) {
+    if (o.infeasible_reason.empty()) o.infeasible_reason = std::move(why);
+  };
+  if (rows.empty()) {
+    infeasible("no member");
+    return o;
+  }
+  for (const ProfileRow* r : rows) {
+    if (!paired(*rows.front(), *r)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "resident set: " + r->model + " was not scored on the same prompts as " +
+                      rows.front()->model);
+    }
+  }
+  o.routes = simulate_routes(rows);
+  const size_t n = o.routes.size();
+  // The rows of the table scored on the same prompts: the best static model of each member's
+  // prompts sets the bound its depth is judged against.
+  std::vector<const ProfileRow*> peers;
+  for (const ProfileRow& r : table.rows()) {
+    if (paired(*rows.front(), r)) peers.push_back(&r);
+  }
+  std::vector<int64_t> depths;
+  double total_tokens = 0;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    const ProfileRow& row = *rows[m];
+    const std::vector<int> mine = only(o.routes, m);
+    double oracle = kInfinity;
+    for (const ProfileRow* peer : peers) {
+      oracle = std::min(oracle, weighted_policy_perplexity(*peer, peer->profiled_layers, mine));
+    }
+    const double bound = (1.0 + slo.max_perplexity_increase) * oracle;
+    int64_t depth = row.profiled_layers;
+    for (const int32_t d : row.exit_points) {
+      if (d > row.profiled_layers) break;
+      if (coverage(row, d) >= slo.load_quantile &&
+          weighted_policy_perplexity(row, d, mine) <= bound) {
+        depth = d;
+        break;
+      }
+    }
+    depths.push_back(depth);
+    SetMember member;
+    member.model = row.model;
+    member.depth = depth;
+    member.prompts = std::count(mine.begin(), mine.end(), 1);
+    member.perplexity = weighted_policy_perplexity(row, depth, mine);
+    member.cost_ratio = token_cost(row, depth) / token_cost(row, row.profiled_layers);
+    o.members.push_back(std::move(member));
+  }
+  const std::vector<Sums> sums = routed_sums(rows, o.routes, depths, std::vector<int>(n, 1));
+  for (const Sums& s : sums) total_tokens += s.tokens;
+  o.perplexity = perplexity_of(sums);
+  for (size_t m = 0; m < rows.size(); ++m) {
+    o.members[m].share = total_tokens > 0 ? sums[m].tokens / total_tokens : 0.0;
+  }
+
+  // The leave rules: a member earns its memory by traffic and by accuracy.
+  if (rows.size() > 1) {
+    for (const SetMember& m : o.members) {
+      if (m.share < slo.resident_min_share) {
+        infeasible(fmt::format("resident_min_share: {} serves {:.1f}% of the sampled prompt "
+                               "tokens < {:.1f}%",
+                               m.model, 100 * m.share, 100 * slo.resident_min_share));
+      }
+    }
+    const double with_all = full_depth_perplexity_of(rows);
+    for (size_t m = 0; m < rows.size(); ++m) {
+      std::vector<const ProfileRow*> rest = rows;
+      rest.erase(rest.begin() + static_cast<std::ptrdiff_t>(m));
+      const double advantage = full_depth_perplexity_of(rest) / with_all - 1.0;
+      if (!(advantage >= slo.resident_min_advantage)) {
+        infeasible(fmt::format("resident_min_advantage: without {} the routed perplexity rises "
+                               "by {:+.1f}% < {:.1f}%",
+                               rows[m]->model, 100 * advantage, 100 * slo.resident_min_advantage));
+      }
+    }
+  }
+
+  // Memory: weights first, a full-context sequence per pool, the rest by traffic share.
+  std::vector<engine::SetMemberFootprint> plan;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    plan.push_back({rows[m]->footprint, depths[m], rows[m]->footprint.weight_bytes(depths[m]),
+                    std::max(o.members[m].share, 1e-3)});
+  }
+  std::vector<int64_t> blocks;
+  try {
+    blocks = engine::kv_blocks_for_set(plan, limits.memory_budget_bytes, limits.kv_block_size,
+                                       "memory.budget_mib");
+  } catch (const Error& e) {
+    infeasible(e.what());
+    o.tokens_per_second = 0;
+    return o;
+  }
+
+  // Throughput at saturation: the traffic shares fix each member's part of the batch, so the
+  // scarcest pool (sequences over share) bounds the whole batch.
+  double demand = std::max<double>(1.0, static_cast<double>(limits.max_running));
+  for (const ProfileRow* r : rows) demand = std::max(demand, r->peak_concurrency);
+  double batch = demand;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    SetMember& member = o.members[m];
+    member.weight_bytes = plan[m].weight_bytes;
+    member.kv_blocks = blocks[m];
+    member.kv_sequences = blocks[m] / std::max<int64_t>(1, rows[m]->footprint.sequence_blocks(
+                                                              limits.kv_block_size));
+    if (member.share > 0) {
+      batch = std::min(batch, static_cast<double>(member.kv_sequences) / member.share);
+    }
+  }
+  batch = std::max(1.0, batch);
+  double seconds = 0;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    SetMember& member = o.members[m];
+    const ProfileRow& row = *rows[m];
+    member.batch = std::max(1.0, member.share * batch);
+    const engine::KvCapacity profiled = engine::kv_capacity(
+        row.footprint, row.profiled_layers, limits.memory_budget_bytes, limits.kv_block_size);
+    const double profiled_batch =
+        std::max(1.0, std::min(static_cast<double>(profiled.kv_sequences), demand));
+    const auto it = steps.find(row.model);
+    const double per_token = token_seconds(row, it != steps.end() ? it->second : StepModel{},
+                                           member.cost_ratio, member.batch, profiled_batch);
+    member.tokens_per_second = std::isfinite(per_token) ? 1.0 / per_token : 0.0;
+    seconds += member.share * per_token;
+  }
+  o.tokens_per_second = seconds > 0 && std::isfinite(seconds) ? 1.0 / seconds : 0.0;
+  if (!(o.tokens_per_second > 0)) {
+    infeasible("throughput: a member has no measured or predicted decode rate");
+  }
+  if (!(o.perplexity <= o.perplexity_bound)) {
+    infeasible(fmt::format("max_perplexity_increase: predicted routed perplexity {:.3f} > bound "
+                           "{:.3f}",
+                           o.perplexity, o.perplexity_bound));
+  }
+  o.feasible = o.infeasible_reason.empty();
+  return o;
+}
+
+namespace {
+
+// Replicate figures of a set with its routes, depths and pools fixed: the weighted prompts'
+// perplexity, and its throughput with the shares and each member's per-token work redrawn.
+struct Replicate {
+  double perplexity = 0, tokens_per_second = 0;
+};
+Replicate replicate(const SetOption& o, const std::vector<const ProfileRow*>& rows,
+                    const std::vector<int>& weights) {
+  std::vector<int64_t> depths;
+  for (const SetMember& m : o.members) depths.push_back(m.depth);
+  const std::vector<Sums> sums = routed_sums(rows, o.routes, depths, weights);
+  double total = 0;
+  for (const Sums& s : sums) total += s.tokens;
+  double seconds = 0;
+  for (size_t m = 0; m < rows.size(); ++m) {
+    const SetMember& member = o.members[m];
+    if (!(member.tokens_per_second > 0) || total <= 0) return {perplexity_of(sums), 0.0};
+    const std::vector<int> mine = only(o.routes, m);
+    const double point = weighted_token_cost(*rows[m], member.depth, mine);
+    const double here = weighted_token_cost(*rows[m], member.depth, masked(weights, mine));
+    seconds += sums[m].tokens / total * (here / point) / member.tokens_per_second;
+  }
+  return {perplexity_of(sums), seconds > 0 ? 1.0 / seconds : 0.0};
+}
+
+}  // namespace
+
+SetChoice choose_resident_set(const PerformanceTable& table, const std::string& single,
+                              const SloConfig& slo, const PolicyLimits& limits,
+                              const std::map<std::string, StepModel>& steps,
+                              const SwitchCost& cost) {
+  SetChoice choice;
+  const ProfileRow* single_row = table.find(single);
+  if (single_row == nullptr || single_row->prompt_evidence.empty()) {
+    choice.reason = "no per-prompt evidence for " + single;
+    return choice;
+  }
+  choice.single = evaluate_set({single_row}, table, slo, limits, steps);
+  if (slo.resident_max_models < 2) {
+    choice.reason = "controller.resident_max_models is 1";
+    return choice;
+  }
+  if (slo.objective != Objective::kThroughput || slo.p95_ttft_ms || slo.p95_tpot_ms) {
+    choice.reason = "resident sets are weighed under the throughput objective without latency "
+                    "bounds only";
+    return choice;
+  }
+  std::vector<const ProfileRow*> peers;
+  for (const ProfileRow& r : table.rows()) {
+    if (paired(*single_row, r)) peers.push_back(&r);
+  }
+  const size_t most = std::min<size_t>(peers.size(), static_cast<size_t>(slo.resident_max_models));
+  std::vector<const ProfileRow*> best_rows;
+  std::string last_reason;
+  // Every subset of 2..most peers (a bit mask; the repository's shortlist keeps peers few).
+  for (uint32_t mask = 1; mask < (1u << peers.size()); ++mask) {
+    const auto size = static_cast<size_t>(__builtin_popcount(mask));
+    if (size < 2 || size > most) continue;
+    std::vector<const ProfileRow*> rows;
+    for (size_t i = 0; i < peers.size(); ++i) {
+      if (mask & (1u << i)) rows.push_back(peers[i]);
+    }
+    SetOption o = evaluate_set(rows, table, slo, limits, steps);
+    if (!o.feasible) {
+      last_reason = o.name() + ": " + o.infeasible_reason;
+      continue;
+    }
+    if (!choice.set || o.tokens_per_second > choice.set->tokens_per_second) {
+      choice.set = std::move(o);
+      best_rows = rows;
+    }
+  }
+  if (!choice.set) {
+    choice.reason = last_reason.empty() ? "fewer than 2 candidates scored on the same prompts"
+                                         : "no feasible set (last: " + last_reason + ")";
+    return choice;
+  }
+
+  // The gate: the set against the single model on the same prompts.
+  GateResult& g = choice.gate;
+  g.cost = cost;
+  g.margin = slo.switch_margin;
+  g.required_gain = slo.switch_margin + cost_share(cost);
+  const size_t n = single_row->prompt_evidence.size();
+  g.prompts = static_cast<int64_t>(n);
+  const double point_gain =
+      relative_gain(choice.single.tokens_per_second, choice.set->tokens_per_second);
+  std::vector<double> gains, ppls, ratios;
+  for (const std::vector<int>& weights : bootstrap_weights(n)) {
+    const Replicate s = replicate(*choice.set, best_rows, weights);
+    const Replicate one = replicate(choice.single, {single_row}, weights);
+    gains.push_back(relative_gain(one.tokens_per_second, s.tokens_per_second));
+    ppls.push_back(s.perplexity);
+    ratios.push_back(s.perplexity / one.perplexity);
+  }
+  g.gain = interval_of(gains, point_gain);
+  g.perplexity = interval_of(ppls, choice.set->perplexity);
+  g.perplexity_ratio = interval_of(ratios, choice.set->perplexity / choice.single.perplexity);
+  const std::string figures = fmt::format(
+      "{} against {}: {:.0f} vs {:.0f} tokens/s predicted, gain {:+.1f}% (90% interval {:+.1f}% "
+      "to {:+.1f}%), needed {:.1f}% (margin {:.1f}% + recompute of {} tokens, {:.3f} s); "
+      "perplexity x{:.3f} ({:.3f} to {:.3f}) on {} shared prompts",
+      choice.set->name(), choice.single.name(), choice.set->tokens_per_second,
+      choice.single.tokens_per_second, 100 * g.gain.point, 100 * g.gain.low, 100 * g.gain.high,
+      100 * g.required_gain, 100 * g.margin, cost.recompute_tokens, cost.seconds,
+      g.perplexity_ratio->point, g.perplexity_ratio->low, g.perplexity_ratio->high, n);
+  if (!(g.perplexity->high <= choice.set->perplexity_bound)) {
+    g.reason = fmt::format("held: the set's perplexity may exceed its bound ({:.3f} to {:.3f} > "
+                           "{:.3f}); {}",
+                           g.perplexity->low, g.perplexity->high, choice.set->perplexity_bound,
+                           figures);
+  } else if (!choice.single.feasible) {
+    g.pass = true;
+    g.reason = "the single model breaks the SLO (" + choice.single.infeasible_reason + "): " +
+               figures;
+  } else if (!(g.gain.low > g.required_gain)) {
+    g.reason = "held: the gain does not clear its cost: " + figures;
+  } else {
+    g.pass = true;
+    g.reason = "the gain clears its cost: " + figures;
+  }
+  choice.reason = g.reason;
+  return choice;
+}
+
+}  // namespace helios::controller

@@ -1,0 +1,185 @@
+#include "helios/controller/resident_policy.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "controller/synthetic_rows.h"
+
+namespace helios::controller {
+namespace {
+
+using synthetic::prompt;
+
+constexpr int64_t kMiB = 1 << 20;
+
+// Prose and code prompts of 20 tokens, 16 of them confident at exit 2. The prose expert "p"
+// and the code expert "c" score their own domain at NLL 2.1 (exit 2) / 2.0 (exit 4) and the
+// other at 4.1 / 4.0; the generalist "m" scores both at 2.4 / 2.3.
+model::ExitScores good() { return prompt(20, 16, 2.1, 2.0); }
+model::ExitScores poor() { return prompt(20, 16, 4.1, 4.0); }
+model::ExitScores middling() { return prompt(20, 16, 2.4, 2.3); }
+
+// A 4-layer row scored on `prompts` (sample key 7) with a measured decode figure; `layer_mib`
+// of weights and `kv_kib` of keys and values per token and layer, 256 positions of context.
+ProfileRow row(const std::string& model, std::vector<model::ExitScores> prompts,
+               int64_t layer_mib = 1, int64_t kv_kib = 1) {
+  ProfileRow r = synthetic::row(model, std::move(prompts), 7);
+  r.footprint.fixed_bytes = kMiB;
+  r.footprint.layer_bytes = layer_mib * kMiB;
+  r.footprint.kv_bytes_per_token_layer = kv_kib * 1024;
+  r.footprint.context_length = 256;
+  r.generated_exits = {80, 20};  // 80% of generated tokens leave at exit 2
+  r.decode_tokens_per_second = 1000;
+  r.peak_concurrency = 64;
+  return r;
+}
+
+// `prose` prose prompts followed by `code` code prompts, as each model scores them.
+std::vector<model::ExitScores> mix(int prose, int code, model::ExitScores on_prose,
+                                   model::ExitScores on_code) {
+  std::vector<model::ExitScores> prompts(static_cast<size_t>(prose), on_prose);
+  prompts.insert(prompts.end(), static_cast<size_t>(code), on_code);
+  return prompts;
+}
+
+// The two experts and the generalist (twice the weights and KV per layer) on a mix.
+PerformanceTable table(int prose, int code) {
+  PerformanceTable t;
+  t.upsert(row("p", mix(prose, code, good(), poor())));
+  t.upsert(row("c", mix(prose, code, poor(), good())));
+  t.upsert(row("m", mix(prose, code, middling(), middling()), 2, 2));
+  return t;
+}
+
+SloConfig slo(int64_t max_models = 2) {
+  SloConfig s;
+  s.objective = Objective::kThroughput;
+  s.resident_max_models = max_models;
+  return s;
+}
+
+PolicyLimits limits(int64_t budget_mib = 12) {
+  return PolicyLimits{.memory_budget_bytes = budget_mib * kMiB, .kv_block_size = 16, .max_running = 64};
+}
+
+// Engine step seconds: the generalist's layers cost twice the experts'.
+std::map<std::string, StepModel> steps() {
+  return {{"p", {0.002, 0.0005}}, {"c", {0.002, 0.0005}}, {"m", {0.004, 0.001}}};
+}
+
+SwitchCost no_cost() { return SwitchCost{.recompute_tokens = 0, .seconds = 0, .horizon_seconds = 60}; }
+
+TEST(ResidentPolicy, TheSimulatedRouterSendsEachPromptToItsLowestFirstExitLoss) {
+  const PerformanceTable t = table(3, 2);
+  const std::vector<size_t> routes = simulate_routes({t.find("m"), t.find("p"), t.find("c")});
+  EXPECT_EQ(routes, (std::vector<size_t>{1, 1, 1, 2, 2}));
+  // Without the experts the generalist takes everything.
+  EXPECT_EQ(simulate_routes({t.find("m")}), (std::vector<size_t>(5, 0)));
+}
+
+TEST(ResidentPolicy, TwoExpertsAtPartialDepthBeatTheGeneralistOnMixedTraffic) {
+  const PerformanceTable t = table(8, 8);
+  const SetChoice choice = choose_resident_set(t, "m", slo(), limits(), steps(), no_cost());
+  ASSERT_TRUE(choice.set.has_value()) << choice.reason;
+  const SetOption& set = *choice.set;
+  EXPECT_EQ(set.name(), "p@2+c@2");
+  ASSERT_EQ(set.members.size(), 2u);
+  for (const SetMember& m : set.members) {
+    SCOPED_TRACE(m.model);
+    EXPECT_DOUBLE_EQ(m.share, 0.5);
+    EXPECT_EQ(m.prompts, 8);
+    EXPECT_NEAR(m.perplexity, std::exp(2.1), 1e-9);
+    // 3 MiB of weights each; 0.5 MiB per full-context sequence at 2 layers: one sequence each,
+    // then the 5 MiB left split evenly, 16 blocks a sequence.
+    EXPECT_EQ(m.weight_bytes, 3 * kMiB);
+    EXPECT_EQ(m.kv_blocks, 96);
+    EXPECT_EQ(m.kv_sequences, 6);
+    EXPECT_DOUBLE_EQ(m.batch, 6.0);
+  }
+  EXPECT_NEAR(set.perplexity, std::exp(2.1), 1e-9);
+  EXPECT_NEAR(set.perplexity_bound, 1.05 * std::exp(2.38), 1e-9);
+  EXPECT_TRUE(set.feasible) << set.infeasible_reason;
+  // The single generalist at its own partial load: 2 layers, 5 MiB, 7 sequences.
+  ASSERT_EQ(choice.single.members.size(), 1u);
+  EXPECT_EQ(choice.single.name(), "m@2");
+  EXPECT_EQ(choice.single.members[0].kv_sequences, 7);
+  EXPECT_NEAR(choice.single.perplexity, std::exp(2.4), 1e-9);
+  // Per token: (fixed + per sequence x batch) x cost ratio / batch.
+  const double ratio = 3.0 / 3.56;
+  EXPECT_NEAR(set.tokens_per_second, 6.0 / (0.005 * ratio), 1e-6);
+  EXPECT_NEAR(choice.single.tokens_per_second, 7.0 / (0.011 * ratio), 1e-6);
+  EXPECT_TRUE(choice.gate.pass) << choice.gate.reason;
+  EXPECT_GT(choice.gate.gain.low, 0.5);
+  EXPECT_EQ(choice.gate.prompts, 16);
+  ASSERT_TRUE(choice.gate.perplexity_ratio.has_value());
+  EXPECT_LT(choice.gate.perplexity_ratio->high, 1.0);
+  // The decision log's figures carry the set, the single model and the gate.
+  const nlohmann::json j = choice.to_json();
+  EXPECT_EQ(j["set"]["set"], "p@2+c@2");
+  EXPECT_EQ(j["single"]["set"], "m@2");
+  EXPECT_TRUE(j["gate"]["pass"].get<bool>());
+}
+
+TEST(ResidentPolicy, AMemberWithTooLittleTrafficLeaves) {
+  // One code prompt in sixteen: the code expert would serve 6% of the tokens.
+  const SetChoice choice = choose_resident_set(table(15, 1), "m", slo(), limits(), steps(), no_cost());
+  EXPECT_FALSE(choice.set.has_value());
+  EXPECT_NE(choice.reason.find("resident_min_share"), std::string::npos) << choice.reason;
+  SloConfig lenient = slo();
+  lenient.resident_min_share = 0.05;
+  EXPECT_TRUE(choose_resident_set(table(15, 1), "m", lenient, limits(), steps(), no_cost()).set);
+}
+
+TEST(ResidentPolicy, AMemberThatAddsNoAccuracyLeaves) {
+  PerformanceTable t;
+  t.upsert(row("p", mix(8, 8, good(), poor())));
+  t.upsert(row("twin", mix(8, 8, good(), poor())));
+  SloConfig s = slo();
+  s.resident_min_share = 0;  // the twin gets no prompt (ties go to the first row)
+  const SetOption set = evaluate_set({t.find("p"), t.find("twin")}, t, s, limits(), steps());
+  EXPECT_FALSE(set.feasible);
+  EXPECT_NE(set.infeasible_reason.find("resident_min_advantage: without"), std::string::npos)
+      << set.infeasible_reason;
+}
+
+TEST(ResidentPolicy, ASetThatDoesNotFitTheBudgetIsNotChosen) {
+  // 6 MiB of weights and one 0.5 MiB sequence each do not fit 6 MiB; the generalist at 2
+  // layers (5 MiB and one 1 MiB sequence) does.
+  const PerformanceTable t = table(8, 8);
+  const SetOption set = evaluate_set({t.find("p"), t.find("c")}, t, slo(), limits(6), steps());
+  EXPECT_FALSE(set.feasible);
+  EXPECT_NE(set.infeasible_reason.find("memory.budget_mib"), std::string::npos)
+      << set.infeasible_reason;
+  const SetChoice choice = choose_resident_set(t, "m", slo(), limits(6), steps(), no_cost());
+  EXPECT_FALSE(choice.set.has_value());
+  EXPECT_TRUE(choice.single.feasible) << choice.single.infeasible_reason;
+  EXPECT_NE(choice.reason.find("memory.budget_mib"), std::string::npos) << choice.reason;
+}
+
+TEST(ResidentPolicy, TheGateHoldsASetThatIsNotFaster) {
+  // A generalist whose steps cost a tenth of the experts': the set's accuracy is better, but
+  // the throughput objective keeps the single model.
+  std::map<std::string, StepModel> fast = steps();
+  fast["m"] = {0.0002, 0.00005};
+  const SetChoice choice = choose_resident_set(table(8, 8), "m", slo(), limits(), fast, no_cost());
+  ASSERT_TRUE(choice.set.has_value()) << choice.reason;
+  EXPECT_FALSE(choice.gate.pass);
+  EXPECT_NE(choice.gate.reason.find("held"), std::string::npos) << choice.gate.reason;
+}
+
+TEST(ResidentPolicy, SetsAreOffWithOneModelOrALatencyBound) {
+  const SetChoice one = choose_resident_set(table(8, 8), "m", slo(1), limits(), steps(), no_cost());
+  EXPECT_FALSE(one.set.has_value());
+  EXPECT_NE(one.reason.find("resident_max_models"), std::string::npos) << one.reason;
+  SloConfig bounded = slo();
+  bounded.p95_tpot_ms = 20;
+  const SetChoice latency = choose_resident_set(table(8, 8), "m", bounded, limits(), steps(), no_cost());
+  EXPECT_FALSE(latency.set.has_value());
+  EXPECT_NE(latency.reason.find("latency bounds"), std::string::npos) << latency.reason;
+}
+
+}  // namespace
+}  // namespace helios::controller
