@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "helios/common/error.h"
+#include "helios/controller/prediction.h"
 #include "helios/engine/memory_plan.h"
 
 namespace helios::controller {
@@ -58,11 +59,13 @@ std::vector<int> masked(const std::vector<int>& weights, const std::vector<int>&
 }
 
 // The routed workload's perplexity with every member at its profiled depth.
-double full_depth_perplexity_of(const std::vector<const ProfileRow*>& rows) {
+double full_depth_perplexity_of(const std::vector<const ProfileRow*>& rows,
+                                const std::vector<int>* weights = nullptr) {
   std::vector<int64_t> depths;
   for (const ProfileRow* r : rows) depths.push_back(r->profiled_layers);
   const std::vector<size_t> routes = simulate_routes(rows);
-  return perplexity_of(routed_sums(rows, routes, depths, std::vector<int>(routes.size(), 1)));
+  return perplexity_of(routed_sums(rows, routes, depths,
+                                   weights ? *weights : std::vector<int>(routes.size(), 1)));
 }
 
 // Seconds of engine time per generated token of `row` at `depth` running `batch` sequences a
@@ -74,6 +77,34 @@ double token_seconds(const ProfileRow& row, const StepModel& steps, double cost_
   if (steps.valid()) return steps.seconds(batch) * cost_ratio / batch;
   if (!(row.decode_tokens_per_second > 0)) return kInfinity;
   return cost_ratio * profiled_batch / (row.decode_tokens_per_second * batch);
+}
+
+// The step model a member's throughput is predicted with. With a `reference` (the single model
+// a set is weighed against) whose step model was measured: that one, carried to every other
+// member by their token work (prediction.h), so that set and single differ by what their
+// models and depths cost, not by the noise of separate profiling stints. Otherwise the
+// member's own measured one, or, for a row that served nothing (one screened on the sample),
+// a peer's carried the same way. Invalid when none exists (token_seconds then reads the
+// row's measured rate).
+StepModel steps_of(const ProfileRow& row, const std::vector<const ProfileRow*>& peers,
+                   const std::map<std::string, StepModel>& steps, const std::string& reference) {
+  const auto measured = [&](const std::string& model) -> const StepModel* {
+    const auto it = steps.find(model);
+    return it != steps.end() && it->second.valid() ? &it->second : nullptr;
+  };
+  for (const ProfileRow* peer : peers) {
+    if (peer->model != reference || peer->predicted) continue;
+    if (const StepModel* s = measured(reference)) {
+      return row.model == reference ? *s : predict_step_model(*s, *peer, row);
+    }
+  }
+  if (const StepModel* own = measured(row.model)) return *own;
+  if (row.decode_tokens_per_second > 0) return StepModel{};
+  for (const ProfileRow* peer : peers) {
+    const StepModel* s = measured(peer->model);
+    if (s != nullptr && !peer->predicted) return predict_step_model(*s, *peer, row);
+  }
+  return StepModel{};
 }
 
 }  // namespace
@@ -110,7 +141,13 @@ nlohmann::json SetOption::to_json() const {
 }
 
 nlohmann::json SetChoice::to_json() const {
-  nlohmann::json j = {{"single", single.to_json()}, {"reason", reason}};
+  nlohmann::json j = {{"single", single.to_json()},
+                      {"reason", reason},
+                      {"reference_perplexity",
+                       std::isfinite(reference_perplexity) ? nlohmann::json(reference_perplexity)
+                                                           : nlohmann::json(nullptr)}};
+  j["considered"] = nlohmann::json::array();
+  for (const nlohmann::json& o : considered) j["considered"].push_back(o);
   j["set"] = set ? set->to_json() : nlohmann::json(nullptr);
   j["gate"] = set ? gate.to_json() : nlohmann::json(nullptr);
   return j;
@@ -134,88 +171,29 @@ std::vector<size_t> simulate_routes(const std::vector<const ProfileRow*>& rows) 
   return routes;
 }
 
-SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const PerformanceTable& table,
-                       const SloConfig& slo, const PolicyLimits& limits,
-                       const std::map<std::string, StepModel>& steps) {
-  SetOption o;
-  o.perplexity_bound = (1.0 + slo.max_perplexity_increase) * best_full_perplexity(table);
+namespace {
+
+// The figures of `rows` with fixed routes at fixed depths: perplexity, pools, throughput.
+// `base` carries the routes and the leave rules' verdict.
+SetOption evaluate_at(const std::vector<const ProfileRow*>& rows, const std::vector<int64_t>& depths,
+                      const SetOption& base, const PolicyLimits& limits,
+                      const std::vector<StepModel>& member_steps) {
+  SetOption o = base;
+  const size_t n = o.routes.size();
+  const std::vector<Sums> sums = routed_sums(rows, o.routes, depths, std::vector<int>(n, 1));
+  double total_tokens = 0;
+  for (const Sums& s : sums) total_tokens += s.tokens;
+  o.perplexity = perplexity_of(sums);
   const auto infeasible = [&](std::string why) {
     if (o.infeasible_reason.empty()) o.infeasible_reason = std::move(why);
   };
-  if (rows.empty()) {
-    infeasible("no member");
-    return o;
-  }
-  for (const ProfileRow* r : rows) {
-    if (!paired(*rows.front(), *r)) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "resident set: " + r->model + " was not scored on the same prompts as " +
-                      rows.front()->model);
-    }
-  }
-  o.routes = simulate_routes(rows);
-  const size_t n = o.routes.size();
-  // The rows of the table scored on the same prompts: the best static model of each member's
-  // prompts sets the bound its depth is judged against.
-  std::vector<const ProfileRow*> peers;
-  for (const ProfileRow& r : table.rows()) {
-    if (paired(*rows.front(), r)) peers.push_back(&r);
-  }
-  std::vector<int64_t> depths;
-  double total_tokens = 0;
   for (size_t m = 0; m < rows.size(); ++m) {
     const ProfileRow& row = *rows[m];
-    const std::vector<int> mine = only(o.routes, m);
-    double oracle = kInfinity;
-    for (const ProfileRow* peer : peers) {
-      oracle = std::min(oracle, weighted_policy_perplexity(*peer, peer->profiled_layers, mine));
-    }
-    const double bound = (1.0 + slo.max_perplexity_increase) * oracle;
-    int64_t depth = row.profiled_layers;
-    for (const int32_t d : row.exit_points) {
-      if (d > row.profiled_layers) break;
-      if (coverage(row, d) >= slo.load_quantile &&
-          weighted_policy_perplexity(row, d, mine) <= bound) {
-        depth = d;
-        break;
-      }
-    }
-    depths.push_back(depth);
-    SetMember member;
-    member.model = row.model;
-    member.depth = depth;
-    member.prompts = std::count(mine.begin(), mine.end(), 1);
-    member.perplexity = weighted_policy_perplexity(row, depth, mine);
-    member.cost_ratio = token_cost(row, depth) / token_cost(row, row.profiled_layers);
-    o.members.push_back(std::move(member));
-  }
-  const std::vector<Sums> sums = routed_sums(rows, o.routes, depths, std::vector<int>(n, 1));
-  for (const Sums& s : sums) total_tokens += s.tokens;
-  o.perplexity = perplexity_of(sums);
-  for (size_t m = 0; m < rows.size(); ++m) {
-    o.members[m].share = total_tokens > 0 ? sums[m].tokens / total_tokens : 0.0;
-  }
-
-  // The leave rules: a member earns its memory by traffic and by accuracy.
-  if (rows.size() > 1) {
-    for (const SetMember& m : o.members) {
-      if (m.share < slo.resident_min_share) {
-        infeasible(fmt::format("resident_min_share: {} serves {:.1f}% of the sampled prompt "
-                               "tokens < {:.1f}%",
-                               m.model, 100 * m.share, 100 * slo.resident_min_share));
-      }
-    }
-    const double with_all = full_depth_perplexity_of(rows);
-    for (size_t m = 0; m < rows.size(); ++m) {
-      std::vector<const ProfileRow*> rest = rows;
-      rest.erase(rest.begin() + static_cast<std::ptrdiff_t>(m));
-      const double advantage = full_depth_perplexity_of(rest) / with_all - 1.0;
-      if (!(advantage >= slo.resident_min_advantage)) {
-        infeasible(fmt::format("resident_min_advantage: without {} the routed perplexity rises "
-                               "by {:+.1f}% < {:.1f}%",
-                               rows[m]->model, 100 * advantage, 100 * slo.resident_min_advantage));
-      }
-    }
+    SetMember& member = o.members[m];
+    member.depth = depths[m];
+    member.share = total_tokens > 0 ? sums[m].tokens / total_tokens : 0.0;
+    member.perplexity = sums[m].tokens > 0 ? std::exp(sums[m].nll / sums[m].tokens) : kInfinity;
+    member.cost_ratio = token_cost(row, depths[m]) / token_cost(row, row.profiled_layers);
   }
 
   // Memory: weights first, a full-context sequence per pool, the rest by traffic share.
@@ -231,6 +209,7 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
   } catch (const Error& e) {
     infeasible(e.what());
     o.tokens_per_second = 0;
+    o.feasible = false;
     return o;
   }
 
@@ -259,9 +238,8 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
         row.footprint, row.profiled_layers, limits.memory_budget_bytes, limits.kv_block_size);
     const double profiled_batch =
         std::max(1.0, std::min(static_cast<double>(profiled.kv_sequences), demand));
-    const auto it = steps.find(row.model);
-    const double per_token = token_seconds(row, it != steps.end() ? it->second : StepModel{},
-                                           member.cost_ratio, member.batch, profiled_batch);
+    const double per_token =
+        token_seconds(row, member_steps[m], member.cost_ratio, member.batch, profiled_batch);
     member.tokens_per_second = std::isfinite(per_token) ? 1.0 / per_token : 0.0;
     seconds += member.share * per_token;
   }
@@ -276,6 +254,109 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
   }
   o.feasible = o.infeasible_reason.empty();
   return o;
+}
+
+}  // namespace
+
+SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const PerformanceTable& table,
+                       const SloConfig& slo, const PolicyLimits& limits,
+                       const std::map<std::string, StepModel>& steps,
+                       const std::string& reference, double reference_perplexity) {
+  SetOption base;
+  base.perplexity_bound =
+      (1.0 + slo.max_perplexity_increase) *
+      (reference_perplexity > 0 ? reference_perplexity : best_full_perplexity(table));
+  if (rows.empty()) {
+    base.infeasible_reason = "no member";
+    return base;
+  }
+  for (const ProfileRow* r : rows) {
+    if (!paired(*rows.front(), *r)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "resident set: " + r->model + " was not scored on the same prompts as " +
+                      rows.front()->model);
+    }
+  }
+  base.routes = simulate_routes(rows);
+  std::vector<const ProfileRow*> peers;
+  for (const ProfileRow& r : table.rows()) {
+    if (paired(*rows.front(), r)) peers.push_back(&r);
+  }
+  std::vector<StepModel> member_steps;
+  for (const ProfileRow* r : rows) {
+    SetMember member;
+    member.model = r->model;
+    member.prompts = std::count(base.routes.begin(), base.routes.end(), base.members.size());
+    base.members.push_back(std::move(member));
+    member_steps.push_back(steps_of(*r, peers, steps, reference));
+  }
+  // The leave rules: a member earns its memory by traffic and by accuracy.
+  if (rows.size() > 1) {
+    const std::vector<int64_t> full = [&] {
+      std::vector<int64_t> d;
+      for (const ProfileRow* r : rows) d.push_back(r->profiled_layers);
+      return d;
+    }();
+    const std::vector<Sums> sums =
+        routed_sums(rows, base.routes, full, std::vector<int>(base.routes.size(), 1));
+    double total = 0;
+    for (const Sums& s : sums) total += s.tokens;
+    for (size_t m = 0; m < rows.size(); ++m) {
+      const double share = total > 0 ? sums[m].tokens / total : 0.0;
+      if (share < slo.resident_min_share && base.infeasible_reason.empty()) {
+        base.infeasible_reason = fmt::format(
+            "resident_min_share: {} serves {:.1f}% of the sampled prompt tokens < {:.1f}%",
+            rows[m]->model, 100 * share, 100 * slo.resident_min_share);
+      }
+    }
+    const double with_all = perplexity_of(sums);
+    for (size_t m = 0; m < rows.size() && base.infeasible_reason.empty(); ++m) {
+      std::vector<const ProfileRow*> rest = rows;
+      rest.erase(rest.begin() + static_cast<std::ptrdiff_t>(m));
+      const double advantage = full_depth_perplexity_of(rest) / with_all - 1.0;
+      if (!(advantage >= slo.resident_min_advantage)) {
+        base.infeasible_reason = fmt::format(
+            "resident_min_advantage: without {} the routed perplexity rises by {:+.1f}% < {:.1f}%",
+            rows[m]->model, 100 * advantage, 100 * slo.resident_min_advantage);
+      }
+    }
+  }
+
+  // The depths: every exit point covering load_quantile of a member's generated tokens, and
+  // its full depth; the feasible combination with the most tokens per second wins (ties: the
+  // lower perplexity). The set's accuracy, better than any single model's on mixed traffic,
+  // is what buys its members their truncation.
+  std::vector<std::vector<int64_t>> choices;
+  for (const ProfileRow* r : rows) {
+    std::vector<int64_t> d;
+    for (const int32_t e : r->exit_points) {
+      if (e < r->profiled_layers && coverage(*r, e) >= slo.load_quantile) d.push_back(e);
+    }
+    d.push_back(r->profiled_layers);
+    choices.push_back(std::move(d));
+  }
+  std::vector<size_t> at(rows.size(), 0);
+  std::optional<SetOption> best;
+  std::optional<SetOption> fullest;  // every member at full depth: reported when none fits
+  while (true) {
+    std::vector<int64_t> depths;
+    bool full = true;
+    for (size_t m = 0; m < rows.size(); ++m) {
+      depths.push_back(choices[m][at[m]]);
+      full = full && at[m] + 1 == choices[m].size();
+    }
+    SetOption o = evaluate_at(rows, depths, base, limits, member_steps);
+    if (o.feasible && (!best || o.tokens_per_second > best->tokens_per_second ||
+                       (o.tokens_per_second == best->tokens_per_second &&
+                        o.perplexity < best->perplexity))) {
+      best = o;
+    }
+    if (full) fullest = std::move(o);
+    size_t m = 0;
+    while (m < rows.size() && ++at[m] == choices[m].size()) at[m++] = 0;
+    if (m == rows.size()) break;
+  }
+  return best ? *best : *fullest;
 }
 
 namespace {
@@ -316,7 +397,8 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     choice.reason = "no per-prompt evidence for " + single;
     return choice;
   }
-  choice.single = evaluate_set({single_row}, table, slo, limits, steps);
+  choice.single = evaluate_set({single_row}, table, slo, limits, steps, single);
+  choice.reference_perplexity = best_full_perplexity(table);
   if (slo.resident_max_models < 2) {
     choice.reason = "controller.resident_max_models is 1";
     return choice;
@@ -331,9 +413,8 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     if (paired(*single_row, r)) peers.push_back(&r);
   }
   const size_t most = std::min<size_t>(peers.size(), static_cast<size_t>(slo.resident_max_models));
-  std::vector<const ProfileRow*> best_rows;
-  std::string last_reason;
   // Every subset of 2..most peers (a bit mask; the repository's shortlist keeps peers few).
+  std::vector<std::vector<const ProfileRow*>> subsets;
   for (uint32_t mask = 1; mask < (1u << peers.size()); ++mask) {
     const auto size = static_cast<size_t>(__builtin_popcount(mask));
     if (size < 2 || size > most) continue;
@@ -341,7 +422,46 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     for (size_t i = 0; i < peers.size(); ++i) {
       if (mask & (1u << i)) rows.push_back(peers[i]);
     }
-    SetOption o = evaluate_set(rows, table, slo, limits, steps);
+    subsets.push_back(std::move(rows));
+  }
+  // The accuracy the bound is relative to: the best full-depth perplexity of any single model,
+  // or of any set whose full-depth load fits the budget, on the sample as routed.
+  choice.reference_perplexity = best_full_perplexity(table);
+  // What may set the reference, for the bootstrap: every paired row alone and every set that
+  // fits at full depth.
+  std::vector<std::vector<const ProfileRow*>> references;
+  for (const ProfileRow* peer : peers) references.push_back({peer});
+  for (const auto& rows : subsets) {
+    std::vector<engine::SetMemberFootprint> plan;
+    for (const ProfileRow* r : rows) {
+      plan.push_back({r->footprint, r->profiled_layers, r->footprint.weight_bytes(r->profiled_layers)});
+    }
+    try {
+      engine::kv_blocks_for_set(plan, limits.memory_budget_bytes, limits.kv_block_size,
+                                "memory.budget_mib");
+    } catch (const Error&) {
+      continue;
+    }
+    choice.reference_perplexity =
+        std::min(choice.reference_perplexity, full_depth_perplexity_of(rows));
+    references.push_back(rows);
+  }
+  const auto reference_of = [&](const std::vector<int>* weights) {
+    double best = kInfinity;
+    for (const auto& rows : references) best = std::min(best, full_depth_perplexity_of(rows, weights));
+    return best;
+  };
+  // The table's best may come from a row of another sample: the replicates' references are
+  // scaled to the point's.
+  const double anchor = choice.reference_perplexity / reference_of(nullptr);
+  choice.single =
+      evaluate_set({single_row}, table, slo, limits, steps, single, choice.reference_perplexity);
+  std::vector<const ProfileRow*> best_rows;
+  std::string last_reason;
+  for (const auto& rows : subsets) {
+    SetOption o =
+        evaluate_set(rows, table, slo, limits, steps, single, choice.reference_perplexity);
+    choice.considered.push_back(o.to_json());
     if (!o.feasible) {
       last_reason = o.name() + ": " + o.infeasible_reason;
       continue;
@@ -366,16 +486,21 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
   g.prompts = static_cast<int64_t>(n);
   const double point_gain =
       relative_gain(choice.single.tokens_per_second, choice.set->tokens_per_second);
-  std::vector<double> gains, ppls, ratios;
+  std::vector<double> gains, ppls, ratios, increases;
   for (const std::vector<int>& weights : bootstrap_weights(n)) {
     const Replicate s = replicate(*choice.set, best_rows, weights);
     const Replicate one = replicate(choice.single, {single_row}, weights);
     gains.push_back(relative_gain(one.tokens_per_second, s.tokens_per_second));
     ppls.push_back(s.perplexity);
     ratios.push_back(s.perplexity / one.perplexity);
+    increases.push_back(s.perplexity / (reference_of(&weights) * anchor));
   }
   g.gain = interval_of(gains, point_gain);
   g.perplexity = interval_of(ppls, choice.set->perplexity);
+  // The bound moves with the reference on the same prompts: the set's perplexity over the
+  // replicate's reference, against 1 + max_perplexity_increase.
+  const Interval increase =
+      interval_of(increases, choice.set->perplexity / choice.reference_perplexity);
   g.perplexity_ratio = interval_of(ratios, choice.set->perplexity / choice.single.perplexity);
   const std::string figures = fmt::format(
       "{} against {}: {:.0f} vs {:.0f} tokens/s predicted, gain {:+.1f}% (90% interval {:+.1f}% "
@@ -385,15 +510,15 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
       choice.single.tokens_per_second, 100 * g.gain.point, 100 * g.gain.low, 100 * g.gain.high,
       100 * g.required_gain, 100 * g.margin, cost.recompute_tokens, cost.seconds,
       g.perplexity_ratio->point, g.perplexity_ratio->low, g.perplexity_ratio->high, n);
-  if (!(g.perplexity->high <= choice.set->perplexity_bound)) {
-    g.reason = fmt::format("held: the set's perplexity may exceed its bound ({:.3f} to {:.3f} > "
-                           "{:.3f}); {}",
-                           g.perplexity->low, g.perplexity->high, choice.set->perplexity_bound,
+  if (!(increase.high <= 1.0 + slo.max_perplexity_increase)) {
+    g.reason = fmt::format("held: the set's perplexity may exceed its bound (x{:.3f} to x{:.3f} "
+                           "the reference on the same prompts > x{:.3f}); {}",
+                           increase.low, increase.high, 1.0 + slo.max_perplexity_increase,
                            figures);
   } else if (!choice.single.feasible) {
     g.pass = true;
-    g.reason = "the single model breaks the SLO (" + choice.single.infeasible_reason + "): " +
-               figures;
+    g.reason = "the single model breaks the SLO (" + choice.single.infeasible_reason +
+               "; the bound is relative to the best set's full-depth perplexity): " + figures;
   } else if (!(g.gain.low > g.required_gain)) {
     g.reason = "held: the gain does not clear its cost: " + figures;
   } else {

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <mutex>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "helios/tokenizer/utf8.h"
@@ -683,6 +684,80 @@ TEST(HeliosController, APinnedResidentSetRoutesMixedTrafficWithinTheBudget) {
         return traffic.finished() >= at_unpin + 8 && s.resident_size() == 1;
       },
       std::chrono::seconds(60), "traffic after the unpin");
+  traffic.stop();
+  EXPECT_EQ(traffic.failures(), 0) << traffic.first_failure();
+  EXPECT_EQ(daemon.stop(), 0);
+}
+
+// With controller.resident_max_models 2 the start-up pass over mixed prose and code traffic
+// may keep two candidates loaded, each request routed to one: the decision is a "resident"
+// one with the set's figures and its gate, both members answer their own domain, the set
+// stays within the budget, and no request fails or repeats a token through the change.
+TEST(HeliosController, ChoosesAResidentSetForMixedTraffic) {
+  ScratchDir dir("controller-chosen-set");
+  const auto slo_path = dir.path() / "slo.json";
+  write_slo(slo_path, slo_file({{"controller", {{"resident_max_models", 2}}}}).dump(2));
+  json config = helios_config(slo_path);
+  config["memory"]["budget_mib"] = 10;
+  DaemonProcess daemon(config);
+  ASSERT_TRUE(daemon.wait_ready());
+  // Prose and code alternate, so every client (stepping 7 prompts at a time) sends both.
+  const std::vector<std::string> prose = test_prompts(24), code = code_prompts(24);
+  std::vector<std::string> mixed;
+  for (size_t i = 0; i < prose.size(); ++i) {
+    mixed.push_back(prose[i]);
+    mixed.push_back(code[i]);
+  }
+  LiveTraffic traffic(daemon, 6, mixed);
+  v1::GetStatusResponse s = wait_for(
+      daemon,
+      [](const v1::GetStatusResponse& s) {
+        return s.controller().phase() == "serving" && s.controller().decisions_size() >= 2;
+      },
+      std::chrono::seconds(180), "the start-up pass's decision");
+  const v1::Decision* decided = nullptr;
+  for (const auto& d : s.controller().decisions()) {
+    if (d.kind() != "profile") decided = &d;
+  }
+  ASSERT_NE(decided, nullptr);
+  const json figures = json::parse(decided->figures_json());
+  ASSERT_TRUE(figures.contains("resident_set")) << decided->figures_json();
+  std::printf("decision %s -> %s: %s\n", decided->kind().c_str(), decided->to_model().c_str(),
+              decided->reason().c_str());
+  ASSERT_EQ(decided->kind(), "resident") << figures["resident_set"].dump(2);
+  const json& set = figures["resident_set"]["set"];
+  EXPECT_TRUE(set["feasible"].get<bool>());
+  EXPECT_EQ(set["members"].size(), 2u);
+  EXPECT_TRUE(decided->has_gate());
+  EXPECT_TRUE(decided->gate().passed());
+  EXPECT_GT(decided->gate().prompts(), 0u);
+
+  const int64_t at_set = traffic.finished();
+  s = wait_for(
+      daemon,
+      [&](const v1::GetStatusResponse& s) {
+        return traffic.finished() >= at_set + 30 && s.resident_size() == 2 &&
+               s.resident(0).routed_requests() > 0 && s.resident(1).routed_requests() > 0;
+      },
+      std::chrono::seconds(120), "mixed traffic routed to both members of the chosen set");
+  ASSERT_EQ(s.resident_size(), 2);
+  uint64_t resident_bytes = 0;
+  for (const v1::ResidentModel& m : s.resident()) {
+    resident_bytes += m.weight_bytes() + m.kv_cache_bytes();
+    std::printf("resident %s: %u layers, %.2f MiB weights, %llu KV blocks, %llu routed\n",
+                m.model().c_str(), m.loaded_layers(), m.weight_bytes() / 1048576.0,
+                static_cast<unsigned long long>(m.kv_blocks_total()),
+                static_cast<unsigned long long>(m.routed_requests()));
+  }
+  EXPECT_LE(resident_bytes, s.memory_budget_bytes());
+  EXPECT_LE(s.controller().peak_memory_bytes(), s.memory_budget_bytes());
+  // Each domain goes to the member its prompts favour.
+  auto stub = daemon.inference();
+  std::set<std::string> answered;
+  for (const std::string& prompt : {prose[0], code[0]}) {
+    answered.insert(generate(*stub, greedy_request(prompt, 4)).usage.model());
+  }
+  EXPECT_EQ(answered.size(), 2u) << "one member answered both domains";
   traffic.stop();
   EXPECT_EQ(traffic.failures(), 0) << traffic.first_failure();
   EXPECT_EQ(daemon.stop(), 0);

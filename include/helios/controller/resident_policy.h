@@ -1,6 +1,6 @@
 #pragma once
 
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <map>
@@ -53,18 +53,20 @@ struct SetOption {
 // same exit). Rows must be paired (switch_gate.h `paired`).
 std::vector<size_t> simulate_routes(const std::vector<const ProfileRow*>& rows);
 
-// `rows` (paired, at most kMaxResidentModels) as a resident set: the router's routes, each
-// member at the greedy partial load's depth judged on its own prompts (the smallest exit point
-// covering load_quantile whose perplexity on them is within max_perplexity_increase of the
-// best full-depth perplexity any row of `table` paired with them scores there), its pool from
-// engine::kv_blocks_for_set with the traffic shares, and the set's throughput from each
-// member's step model (`steps`, by model; the row's measured rate where none is valid) at its
-// share of the batch. Infeasible: a member's share below resident_min_share, a member whose
-// absence raises the set's perplexity by less than resident_min_advantage, a set that does not
-// fit the budget, or a perplexity above the bound (the single-model rule's).
+// `rows` (paired, at most kMaxResidentModels) as a resident set: the router's routes; each
+// member at an exit point covering load_quantile of its generated tokens or at full depth,
+// the combination with the most tokens per second whose routed perplexity is within the bound
+// (max_perplexity_increase over `reference_perplexity`, by default the single-model rule's
+// best full-depth perplexity of the table); pools from engine::kv_blocks_for_set with the traffic shares; throughput from
+// the members' step models at their shares of the batch (steps_of in the .cpp: `reference`'s
+// measured one carried by token work when given, else each member's own, else its measured
+// rate). Infeasible: a member's share below resident_min_share, a member whose absence raises
+// the routed full-depth perplexity by less than resident_min_advantage, or no combination
+// that fits the budget within the bound (the full-depth one is returned, with its reason).
 SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const PerformanceTable& table,
                        const SloConfig& slo, const PolicyLimits& limits,
-                       const std::map<std::string, StepModel>& steps);
+                       const std::map<std::string, StepModel>& steps,
+                       const std::string& reference = "", double reference_perplexity = 0);
 
 // The set the controller may serve instead of `single` (the model its single-model decision
 // picked, a row of `table`), and the gate's verdict on the move.
@@ -73,9 +75,17 @@ struct SetChoice {
   SetOption single;              // `single` as a set of one, on the same terms
   GateResult gate;               // set against single (only when `set`)
   std::string reason;            // why no set, or the gate's reason
+  // The bound's reference: the best full-depth perplexity of a single row or of a set that
+  // fits the budget at full depth (the table's best single one when sets are off).
+  double reference_perplexity = 0;
+  std::vector<nlohmann::json> considered;  // every set evaluated (SetOption::to_json)
   nlohmann::json to_json() const;
 };
-// Every subset of 2 to resident_max_models rows paired with `single`'s row is evaluated; the
+// Every subset of 2 to resident_max_models rows paired with `single`'s row is evaluated, and
+// `single` as a set of one, against one perplexity bound: max_perplexity_increase over the
+// best full-depth perplexity of any single row or any such set that fits the budget at full
+// depth (with sets allowed, the server's best achievable accuracy is what truncation is
+// measured against, as the per-request oracle is for the comparison's figures). The
 // feasible one with the most tokens per second is weighed against `single` by a paired
 // bootstrap over the sample's prompts (routes fixed, shares, perplexities and per-token work
 // redrawn): it passes when the lower end of the throughput gain exceeds switch_margin plus the
