@@ -35,7 +35,10 @@
 # separated, each prose, code or mix; default prose,code,mix,prose), --routed SET (adds a run
 # labelled routed: the oracle's pins, except that every mix phase pins the resident set SET,
 # MODEL:LAYERS+MODEL:LAYERS...; its report, routing.json / routing.md beside result.json, sets
-# it against the static runs and the per-request oracle).
+# it against the static runs and the per-request oracle), --resident N (adds a run labelled
+# helios-resident: helios in profile mode "serve" with controller.resident_max_models N, so
+# that its passes may choose resident sets themselves; it joins the report beside helios, and
+# its mix phase gets the routing report, resident-routing.json / .md).
 #
 # Full-mode estimate (2 cores): the trace is 2,880 requests x 48 tokens. At the rate load point
 # each run lasts the 48 s trace plus its backlog (mix-l, the slowest static, keeps up with half
@@ -49,7 +52,7 @@ BUILD="${HELIOS_BUILD_DIR:-$ROOT/build}"
 
 QUICK=0
 OUT="" ZOO="" SLO="" BUDGET="" RATE="" PHASE_SECONDS="" MAX_TOKENS=48 SEED=2026
-REPEATS="" CONCURRENCY="" JOBS="" PHASES="prose,code,mix,prose" ROUTED=""
+REPEATS="" CONCURRENCY="" JOBS="" PHASES="prose,code,mix,prose" ROUTED="" RESIDENT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1; shift ;;
@@ -66,7 +69,8 @@ while [[ $# -gt 0 ]]; do
     --jobs) JOBS="$2"; shift 2 ;;
     --phases) PHASES="$2"; shift 2 ;;
     --routed) ROUTED="$2"; shift 2 ;;
-    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+    --resident) RESIDENT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -119,6 +123,13 @@ for mode in serve sample; do
   "$HELIOS" validate-config "$OUT/slo-$mode.json" --kind slo >/dev/null ||
     { echo "compare.sh: $OUT/slo-$mode.json is not a valid SLO file" >&2; exit 1; }
 done
+if [[ -n "$RESIDENT" ]]; then
+  [[ "$RESIDENT" =~ ^[2-4]$ ]] || { echo "compare.sh: --resident takes 2, 3 or 4" >&2; exit 2; }
+  jq --argjson n "$RESIDENT" '.controller.resident_max_models = $n' "$OUT/slo-serve.json" \
+    >"$OUT/slo-resident.json"
+  "$HELIOS" validate-config "$OUT/slo-resident.json" --kind slo >/dev/null ||
+    { echo "compare.sh: $OUT/slo-resident.json is not a valid SLO file" >&2; exit 1; }
+fi
 # The SLO's threshold is the static baselines' threshold too: every run exits by the same rule.
 THRESHOLD="$(jq -r '.early_exit.threshold' "$OUT/slo-serve.json")"
 
@@ -220,6 +231,14 @@ for repeat in $(seq "$REPEATS"); do
     start_run "$dir" oracle "$dir/configs/helios.json" "${load[@]}" "${pins[@]}"
     start_run "$dir" helios "$dir/configs/helios.json" "${load[@]}"
     start_run "$dir" helios-sample "$dir/configs/helios-sample.json" "${load[@]}"
+    HELIOS_LABELS=(--helios helios --helios helios-sample)
+    RESIDENT_RUNS=()
+    if [[ -n "$RESIDENT" ]]; then
+      helios_config "$OUT/slo-resident.json" >"$dir/configs/helios-resident.json"
+      start_run "$dir" helios-resident "$dir/configs/helios-resident.json" "${load[@]}"
+      HELIOS_LABELS+=(--helios helios-resident)
+      RESIDENT_RUNS=("$dir/runs/helios-resident.json")
+    fi
     if [[ -n "$ROUTED" ]]; then
       routed_pins=()
       for pin in "${pins[@]}"; do
@@ -233,9 +252,15 @@ for repeat in $(seq "$REPEATS"); do
     plots=()
     [[ $repeat == 1 ]] && plots=(--plots "$dir/plots")
     "$COMPARE" report "${STATIC_RUNS[@]}" "$dir/runs/oracle.json" "$dir/runs/helios.json" \
-      "$dir/runs/helios-sample.json" --load-point "$point" --repeat "$repeat" \
+      "$dir/runs/helios-sample.json" "${RESIDENT_RUNS[@]}" "${HELIOS_LABELS[@]}" \
+      --load-point "$point" --repeat "$repeat" \
       --out "$dir/result.json" --markdown "$dir/result.md" "${plots[@]}"
     REPORTS+=("$dir/result.json")
+    if [[ -n "$RESIDENT" && ",$PHASES," == *,mix,* ]]; then
+      "$COMPARE" routing "${STATIC_RUNS[@]}" "$dir/runs/helios-resident.json" \
+        --routed helios-resident --out "$dir/resident-routing.json" \
+        --markdown "$dir/resident-routing.md"
+    fi
     if [[ -n "$ROUTED" ]]; then
       "$COMPARE" routing "${STATIC_RUNS[@]}" "$dir/runs/routed.json" --out "$dir/routing.json" \
         --markdown "$dir/routing.md" "${plots[@]}"

@@ -39,11 +39,13 @@ void Controller::check_triggers() {
   // When the table itself predicts more breaches than the maximum for this choice (a full
   // load no candidate beats), the counter says nothing new: the drift and interval triggers
   // watch for a change of traffic instead of re-profiling on every window.
+  // A resident set's expected share is its members' uncovered shares weighted by traffic.
   const ProfileRow* current_row = table_.find(current_name_);
-  const bool breaches_expected =
-      current_row != nullptr &&
-      (1.0 - coverage(*current_row, depth)) * static_cast<double>(slo_.breach_window_tokens) >=
-          static_cast<double>(slo_.breach_max);
+  const double uncovered = !resident_names_.empty() ? resident_uncovered_share_
+                           : current_row != nullptr ? 1.0 - coverage(*current_row, depth)
+                                                    : 0.0;
+  const bool breaches_expected = uncovered * static_cast<double>(slo_.breach_window_tokens) >=
+                                 static_cast<double>(slo_.breach_max);
   if (breaches_.count() > slo_.breach_max && !breaches_expected) {
     const std::string why = fmt::format("{} breaches in the last {} tokens (maximum {})",
                                         breaches_.count(), breaches_.size(), slo_.breach_max);

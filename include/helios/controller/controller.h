@@ -318,7 +318,10 @@ class Controller final : public engine::TelemetrySink {
   PerformanceTable table_;
   std::shared_ptr<const engine::ModelInstance> current_;  // the first of a pinned set
   std::string current_name_;
-  std::vector<std::string> resident_names_;  // a pinned resident set; empty for one model
+  std::vector<std::string> resident_names_;  // a resident set's members; empty for one model
+  // The controller's set: the share of generated tokens its members' depths do not cover
+  // (traffic-weighted), what the breach counter is expected to see.
+  double resident_uncovered_share_ = 0;
   int64_t initial_kv_blocks_ = 0;
   engine::ServingEngine* engine_ = nullptr;
   uint64_t epoch_ = 0;  // the engine's model epoch of current_
