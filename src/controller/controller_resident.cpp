@@ -53,6 +53,7 @@ DecisionRecord Controller::pin_set(std::vector<ResidentTarget> targets) {
     const int64_t from_layers = current_->transformer().loaded_layers();
     nlohmann::json figures = serve_set(members);
     resident_uncovered_share_ = 0;  // pinned: the breach counter does not act
+    resident_choice_.reset();
     const engine::EngineStats after = engine_->stats();
     DecisionRecord decision{.kind = DecisionRecord::Kind::kPin,
                             .trigger = DecisionRecord::Trigger::kOperator,
@@ -133,7 +134,8 @@ nlohmann::json Controller::serve_set(const std::vector<SetTarget>& members) {
 }
 
 void Controller::apply_set(const SetOption& set, DecisionRecord::Trigger trigger,
-                           const std::string& reason, nlohmann::json figures, GateResult gate) {
+                           const std::string& reason, nlohmann::json figures,
+                           std::optional<GateResult> gate) {
   std::vector<SetTarget> members;
   for (const SetMember& m : set.members) {
     const Candidate* candidate = find_candidate(m.model);
@@ -147,6 +149,11 @@ void Controller::apply_set(const SetOption& set, DecisionRecord::Trigger trigger
                                : fmt::format("{}", fmt::join(resident_names_, "+"));
   const int64_t from_layers = current_->transformer().loaded_layers();
   figures["resident"] = serve_set(members);
+  resident_choice_ = set;
+  resident_routed_base_.clear();
+  for (const engine::MemberStats& m : engine_->stats().members) {
+    resident_routed_base_.push_back(m.routed);
+  }
   resident_uncovered_share_ = 0;
   for (const SetMember& m : set.members) {
     if (const ProfileRow* row = table_.find(m.model)) {
@@ -199,6 +206,7 @@ void Controller::collapse_resident_set() {
     }
   }
   resident_names_.clear();
+  resident_choice_.reset();
   engine_->resize_kv(engine::kv_blocks_for_budget(*current_, limits().memory_budget_bytes,
                                                   options_.kv_block_size, "memory.budget_mib"))
       .get();

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "helios/controller/drift.h"
+#include "helios/engine/serving_engine.h"
 #include "controller_internal.h"
 
 namespace helios::controller {
@@ -51,8 +52,25 @@ void Controller::check_triggers() {
                                         breaches_.count(), breaches_.size(), slo_.breach_max);
     breaches_.reset();
     if (!resident_names_.empty()) {
-      // The table's breach rules speak of one model; a set is chosen again by a pass.
-      start_profiling(DecisionRecord::Trigger::kBreach, why + "; the resident set is re-profiled");
+      // As a single model extends: the set's truncated members are loaded to full depth (a
+      // set at full depth has nothing to extend; its traffic is watched by the leave rule and
+      // the periodic re-profile).
+      if (resident_choice_) {
+        SetOption full = *resident_choice_;
+        bool truncated = false;
+        for (SetMember& m : full.members) {
+          const ProfileRow* row = table_.find(m.model);
+          if (row != nullptr && m.depth < row->profiled_layers) {
+            m.depth = row->profiled_layers;
+            truncated = true;
+          }
+        }
+        if (truncated) {
+          apply_set(full, DecisionRecord::Trigger::kBreach,
+                    why + "; the resident set's truncated members extend to full depth",
+                    nlohmann::json{{"set", full.to_json()}}, std::nullopt);
+        }
+      }
       return;
     }
     const Decision d = decide_on_breach(table_, current_name_, depth, slo_, limits(), requests_seen_);
@@ -68,7 +86,29 @@ void Controller::check_triggers() {
       case Decision::Kind::kKeep: return;
     }
   }
-  // 2. SLO drift: a full window of live figures against the SLO file.
+  // 2. A resident set the traffic has left: each window of drift_window_requests routed
+  // requests, every member must have kept resident_min_share of them.
+  if (!resident_names_.empty()) {
+    const engine::EngineStats stats = engine_->stats();
+    std::vector<int64_t> routed;
+    int64_t total = 0;
+    for (size_t m = 0; m < stats.members.size(); ++m) {
+      routed.push_back(stats.members[m].routed -
+                       (m < resident_routed_base_.size() ? resident_routed_base_[m] : 0));
+      total += routed.back();
+    }
+    if (const auto left = resident_share_drift(routed, resident_names_,
+                                               slo_.drift_window_requests,
+                                               slo_.resident_min_share)) {
+      start_profiling(DecisionRecord::Trigger::kDrift, *left);
+      return;
+    }
+    if (total >= slo_.drift_window_requests) {
+      resident_routed_base_.clear();
+      for (const engine::MemberStats& m : stats.members) resident_routed_base_.push_back(m.routed);
+    }
+  }
+  // 3. SLO drift: a full window of live figures against the SLO file.
   const size_t window = static_cast<size_t>(slo_.drift_window_requests);
   std::vector<std::string> violations;
   if (slo_.p95_ttft_ms && ttft_window_.size() >= window &&
@@ -121,7 +161,7 @@ void Controller::check_triggers() {
                     "sustained SLO violation over the drift window: " + why);
     return;
   }
-  // 3. Periodic re-profiling, once enough requests and enough serving time have passed: a pass
+  // 4. Periodic re-profiling, once enough requests and enough serving time have passed: a pass
   // serves every candidate at full depth and recomputes the batch at each switch, so under
   // heavy traffic a request count alone would keep the server profiling most of the time.
   if (slo_.reprofile_interval_requests <= 0 ||

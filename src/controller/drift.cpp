@@ -83,4 +83,25 @@ DriftCheck perplexity_drift(const std::deque<std::pair<double, int64_t>>& window
   return c;
 }
 
+std::optional<std::string> resident_share_drift(const std::vector<int64_t>& routed,
+                                                const std::vector<std::string>& names,
+                                                int64_t window, double min_share) {
+  int64_t total = 0;
+  for (const int64_t r : routed) total += r;
+  if (total < window || total <= 0) return std::nullopt;
+  std::string shares;
+  std::optional<size_t> left;
+  for (size_t m = 0; m < routed.size(); ++m) {
+    const double share = static_cast<double>(routed[m]) / static_cast<double>(total);
+    shares += fmt::format("{}{} {:.0f}%", shares.empty() ? "" : ", ",
+                          m < names.size() ? names[m] : std::to_string(m), 100 * share);
+    if (share < min_share && !left) left = m;
+  }
+  if (!left) return std::nullopt;
+  return fmt::format("the traffic left resident member {}: routed shares over the last {} "
+                     "requests {} (resident_min_share {:.0f}%)",
+                     *left < names.size() ? names[*left] : std::to_string(*left), total, shares,
+                     100 * min_share);
+}
+
 }  // namespace helios::controller

@@ -101,5 +101,19 @@ TEST(DriftBackoff, GrowsOnFalseAlarmsAndResetsOnAMove) {
   EXPECT_EQ(next_drift_backoff(backoff, /*drift_pass=*/true, /*moved=*/true), 0);
 }
 
+TEST(ResidentShareDrift, AMemberTheTrafficLeftEndsTheSetOnceAWindowIsFull) {
+  const std::vector<std::string> names{"prose", "code"};
+  // Not a full window yet.
+  EXPECT_FALSE(resident_share_drift({20, 0}, names, 32, 0.1));
+  // A full window, both members used.
+  EXPECT_FALSE(resident_share_drift({20, 12}, names, 32, 0.1));
+  // The code traffic is gone: 2 of 32 is 6%.
+  const std::optional<std::string> left = resident_share_drift({30, 2}, names, 32, 0.1);
+  ASSERT_TRUE(left.has_value());
+  EXPECT_NE(left->find("resident member code"), std::string::npos) << *left;
+  EXPECT_NE(left->find("prose 94%, code 6%"), std::string::npos) << *left;
+  EXPECT_FALSE(resident_share_drift({30, 2}, names, 32, 0.0));
+}
+
 }  // namespace
 }  // namespace helios::controller

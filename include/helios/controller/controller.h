@@ -253,7 +253,7 @@ class Controller final : public engine::TelemetrySink {
   nlohmann::json serve_set(const std::vector<SetTarget>& members);
   // The controller's own resident set (a pass's decision): served, recorded as kResident.
   void apply_set(const SetOption& set, DecisionRecord::Trigger trigger, const std::string& reason,
-                 nlohmann::json figures, GateResult gate);
+                 nlohmann::json figures, std::optional<GateResult> gate);
   // Every resident pool down to one full-context sequence (room for loading a set).
   void shrink_resident_pools();
   // A pinned set gives way to its first member alone, with the budget's pool.
@@ -322,6 +322,10 @@ class Controller final : public engine::TelemetrySink {
   // The controller's set: the share of generated tokens its members' depths do not cover
   // (traffic-weighted), what the breach counter is expected to see.
   double resident_uncovered_share_ = 0;
+  // The controller's set as its decision chose it (empty for a pinned set or one model).
+  std::optional<SetOption> resident_choice_;
+  // Requests routed to each member when the current window of the live leave rule began.
+  std::vector<int64_t> resident_routed_base_;
   int64_t initial_kv_blocks_ = 0;
   engine::ServingEngine* engine_ = nullptr;
   uint64_t epoch_ = 0;  // the engine's model epoch of current_

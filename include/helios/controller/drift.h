@@ -3,7 +3,9 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "helios/controller/performance_table.h"
 
@@ -50,5 +52,13 @@ struct DriftCheck {
 // perplexity measured on harder ones.
 DriftCheck perplexity_drift(const std::deque<std::pair<double, int64_t>>& window,
                             const ProfileRow& row, int64_t depth, double bound);
+
+// The live leave rule of a resident set: requests each member was routed over the window
+// (`routed`, by member, in the order of `names`). Once they add up to `window` requests, a
+// member routed less than `min_share` of them means the traffic has left it: the reason, with
+// the shares. nullopt before a full window, or when every member keeps its share.
+std::optional<std::string> resident_share_drift(const std::vector<int64_t>& routed,
+                                                const std::vector<std::string>& names,
+                                                int64_t window, double min_share);
 
 }  // namespace helios::controller
