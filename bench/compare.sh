@@ -257,9 +257,11 @@ for repeat in $(seq "$REPEATS"); do
       --out "$dir/result.json" --markdown "$dir/result.md" "${plots[@]}"
     REPORTS+=("$dir/result.json")
     if [[ -n "$RESIDENT" && ",$PHASES," == *,mix,* ]]; then
+      resident_plots=()
+      [[ $repeat == 1 ]] && resident_plots=(--plots "$dir/plots-resident")
       "$COMPARE" routing "${STATIC_RUNS[@]}" "$dir/runs/helios-resident.json" \
         --routed helios-resident --out "$dir/resident-routing.json" \
-        --markdown "$dir/resident-routing.md"
+        --markdown "$dir/resident-routing.md" "${resident_plots[@]}"
     fi
     if [[ -n "$ROUTED" ]]; then
       "$COMPARE" routing "${STATIC_RUNS[@]}" "$dir/runs/routed.json" --out "$dir/routing.json" \

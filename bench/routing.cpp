@@ -165,6 +165,18 @@ json make_routing_report(const RoutingOptions& options) {
   for (const json& pin : routed->value("pins", json::array())) {
     for (const json& m : pin.value("set", json::array())) members.push_back(m.at("model"));
   }
+  if (members.empty()) {
+    // A set the controller chose: every model its status samples list in a set of two or more.
+    for (const json& s : routed->at("status_samples")) {
+      if (!s.contains("resident") || s["resident"].size() < 2) continue;
+      for (const json& m : s["resident"]) {
+        const std::string name = m.value("model", "");
+        if (!name.empty() && std::find(members.begin(), members.end(), name) == members.end()) {
+          members.push_back(name);
+        }
+      }
+    }
+  }
   for (const auto& [index, r] : routed_requests) {
     routed_pool.add(*r);
     const std::string model = r->value("model", "");
@@ -180,7 +192,9 @@ json make_routing_report(const RoutingOptions& options) {
       const double ppl = it->second->at("prompt_perplexity").get<double>();
       if (ppl < lowest) lowest = ppl, better = member;
     }
-    if (better.empty()) continue;
+    if (better.empty() || std::find(members.begin(), members.end(), model) == members.end()) {
+      continue;  // served outside the set (a profiling stint)
+    }
     ++judged;
     right += better == model;
   }

@@ -382,7 +382,7 @@ DecisionRecord Controller::pin(const std::string& model, int64_t layers) {
       const ProfileRow* row = table_.find(model);
       depth = row != nullptr ? choose_depth(*row, slo_, best_full_perplexity(table_)) : total;
     }
-    const std::string from = resident_names_.empty() ? current_name_ : fmt::format("{}", fmt::join(resident_names_, "+"));
+    const std::string from = served_name();
     const int64_t from_layers = current_->transformer().loaded_layers();
     collapse_resident_set();
     // A switch that fails leaves everything as it was, profiling included.

@@ -4,7 +4,6 @@
 #include "helios/controller/controller.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -118,6 +117,17 @@ void Controller::decide(DecisionRecord::Trigger trigger, const std::string& reas
                                                step_models_, switch_cost(ranked[chosen].first));
     figures["resident_set"] = sets.to_json();
     if (sets.set && sets.gate.pass) {
+      if (resident_choice_ && resident_choice_->name() == sets.set->name()) {
+        // The set serving now (a decision without a pass, after an SLO edit): no reload.
+        DecisionRecord keep = keep_decision(DecisionRecord::Kind::kKeep, trigger,
+                                            reason + "; the resident set stays: " + sets.reason);
+        keep.from_model = keep.to_model = served_name();
+        keep.figures = std::move(figures);
+        keep.gate = sets.gate;
+        record(std::move(keep));
+        phase_ = Phase::kServing;
+        return;
+      }
       apply_set(*sets.set, trigger, reason + "; resident set: " + sets.reason, std::move(figures),
                 sets.gate);
       return;
@@ -191,9 +201,7 @@ void Controller::apply(const Option& option, int64_t cap, DecisionRecord::Trigge
     throw Error(ErrorCode::kNotFound, "model: no candidate named '" + option.model + "'");
   }
   // A resident set gives way to its first member (with the budget's pool) before the move.
-  const std::string from = resident_names_.empty()
-                               ? current_name_
-                               : fmt::format("{}", fmt::join(resident_names_, "+"));
+  const std::string from = served_name();
   collapse_resident_set();
   const int64_t from_layers = current_->transformer().loaded_layers();
   using Kind = DecisionRecord::Kind;

@@ -59,7 +59,7 @@ DecisionRecord Controller::pin_set(std::vector<ResidentTarget> targets) {
                             .trigger = DecisionRecord::Trigger::kOperator,
                             .from_model = from,
                             .from_layers = from_layers,
-                            .to_model = fmt::format("{}", fmt::join(resident_names_, "+")),
+                            .to_model = served_name(),
                             .to_layers = members.front().depth,
                             .reason = fmt::format("resident set of {} models pinned by an operator; "
                                                   "{:.2f} MiB of weights and KV cache",
@@ -144,9 +144,7 @@ void Controller::apply_set(const SetOption& set, DecisionRecord::Trigger trigger
     }
     members.push_back({candidate, m.depth, std::max(m.share, 1e-3)});
   }
-  const std::string from = resident_names_.empty()
-                               ? current_name_
-                               : fmt::format("{}", fmt::join(resident_names_, "+"));
+  const std::string from = served_name();
   const int64_t from_layers = current_->transformer().loaded_layers();
   figures["resident"] = serve_set(members);
   resident_choice_ = set;
@@ -166,7 +164,7 @@ void Controller::apply_set(const SetOption& set, DecisionRecord::Trigger trigger
                         .trigger = trigger,
                         .from_model = from,
                         .from_layers = from_layers,
-                        .to_model = fmt::format("{}", fmt::join(resident_names_, "+")),
+                        .to_model = served_name(),
                         .to_layers = set.members.front().depth,
                         .max_batch = max_batch_,
                         .reason = reason,
@@ -177,6 +175,11 @@ void Controller::apply_set(const SetOption& set, DecisionRecord::Trigger trigger
   engine_->set_prompt_sampling(slo_.monitor_sample_rate);
   reset_windows();
   breaches_.reset();
+}
+
+std::string Controller::served_name() const {
+  return resident_names_.empty() ? current_name_
+                                 : fmt::format("{}", fmt::join(resident_names_, "+"));
 }
 
 void Controller::shrink_resident_pools() {

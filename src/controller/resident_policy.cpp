@@ -80,7 +80,7 @@ double token_seconds(const ProfileRow& row, const StepModel& steps, double cost_
 }
 
 // The step model a member's throughput is predicted with. With a `reference` (the single model
-// a set is weighed against) whose step model was measured: that one, carried to every other
+// a set is weighed against) whose step model or decode rate was measured: that one, carried to every other
 // member by their token work (prediction.h), so that set and single differ by what their
 // models and depths cost, not by the noise of separate profiling stints. Otherwise the
 // member's own measured one, or, for a row that served nothing (one screened on the sample),
@@ -94,9 +94,15 @@ StepModel steps_of(const ProfileRow& row, const std::vector<const ProfileRow*>& 
   };
   for (const ProfileRow* peer : peers) {
     if (peer->model != reference || peer->predicted) continue;
-    if (const StepModel* s = measured(reference)) {
-      return row.model == reference ? *s : predict_step_model(*s, *peer, row);
-    }
+    // Without a fitted step model (under a steady stream of arrivals almost every step also
+    // runs a prefill chunk, and only pure decode steps are fitted), the reference's measured
+    // rate as a step time proportional to the batch.
+    const StepModel* s = measured(reference);
+    const StepModel from_rate{0.0, peer->decode_tokens_per_second > 0
+                                       ? 1.0 / peer->decode_tokens_per_second
+                                       : 0.0};
+    if (s == nullptr && from_rate.valid()) s = &from_rate;
+    if (s != nullptr) return row.model == reference ? *s : predict_step_model(*s, *peer, row);
   }
   if (const StepModel* own = measured(row.model)) return *own;
   if (row.decode_tokens_per_second > 0) return StepModel{};

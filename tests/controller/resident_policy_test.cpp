@@ -153,6 +153,25 @@ TEST(ResidentPolicy, TheBestSetWithinTheBudgetSetsTheAccuracyBound) {
       << choice.gate.reason;
 }
 
+TEST(ResidentPolicy, TheReferencesRateStandsInForMissingStepModels) {
+  // No step model was fitted (no pure decode step) and the experts served nothing (screened):
+  // the generalist's measured 1000 tokens/s, a step time proportional to the batch, carried to
+  // the experts by their token work.
+  PerformanceTable t = table(8, 8);
+  for (const char* expert : {"p", "c"}) {
+    ProfileRow r = *t.find(expert);
+    r.decode_tokens_per_second = 0;
+    t.upsert(std::move(r));
+  }
+  const SetChoice choice = choose_resident_set(t, "m", slo(), limits(11), {}, no_cost());
+  ASSERT_TRUE(choice.set.has_value()) << choice.reason;
+  const double ratio = 3.0 / 3.56;  // 2 of 4 layers, for every row
+  const double work = token_work_bytes(*t.find("p"), 4) / token_work_bytes(*t.find("m"), 4);
+  EXPECT_NEAR(choice.single.tokens_per_second, 1000.0 / ratio, 1e-6);
+  EXPECT_NEAR(choice.set->tokens_per_second, 1000.0 / (ratio * work), 1e-6);
+  EXPECT_TRUE(choice.gate.pass) << choice.gate.reason;
+}
+
 TEST(ResidentPolicy, TheSetsAccuracyBuysItsMembersTruncation) {
   // Experts 10% worse at exit 2 than at full depth on their own prompts (beyond the 5% a
   // single model may lose), yet the set at 2 layers each stays within the bound the best

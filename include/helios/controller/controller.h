@@ -240,6 +240,8 @@ class Controller final : public engine::TelemetrySink {
   // Loads the candidate at `depth` within the memory budget and has the engine switch to it;
   // `reason` labels the switch metrics.
   void switch_to(const Candidate& candidate, int64_t depth, const std::string& reason);
+  // What serves: "a+b" for a resident set, else the model's name.
+  std::string served_name() const;
   // A member of a set to load: the candidate, its depth and its share of the spare KV bytes.
   struct SetTarget {
     const Candidate* candidate = nullptr;
