@@ -52,8 +52,7 @@ DecisionRecord Controller::pin_set(std::vector<ResidentTarget> targets) {
     const std::string from = current_name_;
     const int64_t from_layers = current_->transformer().loaded_layers();
     nlohmann::json figures = serve_set(members);
-    resident_uncovered_share_ = 0;  // pinned: the breach counter does not act
-    resident_choice_.reset();
+    resident_choice_.reset();  // pinned: the breach counter does not act
     const engine::EngineStats after = engine_->stats();
     DecisionRecord decision{.kind = DecisionRecord::Kind::kPin,
                             .trigger = DecisionRecord::Trigger::kOperator,
@@ -151,12 +150,6 @@ void Controller::apply_set(const SetOption& set, DecisionRecord::Trigger trigger
   resident_routed_base_.clear();
   for (const engine::MemberStats& m : engine_->stats().members) {
     resident_routed_base_.push_back(m.routed);
-  }
-  resident_uncovered_share_ = 0;
-  for (const SetMember& m : set.members) {
-    if (const ProfileRow* row = table_.find(m.model)) {
-      resident_uncovered_share_ += m.share * (1.0 - coverage(*row, m.depth));
-    }
   }
   // Sets are chosen without latency bounds (resident_policy.h): the pools limit the batch.
   set_max_batch(options_.max_running);

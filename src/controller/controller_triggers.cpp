@@ -41,10 +41,22 @@ void Controller::check_triggers() {
   // load no candidate beats), the counter says nothing new: the drift and interval triggers
   // watch for a change of traffic instead of re-profiling on every window.
   // A resident set's expected share is its members' uncovered shares weighted by traffic.
-  const ProfileRow* current_row = table_.find(current_name_);
-  const double uncovered = !resident_names_.empty() ? resident_uncovered_share_
-                           : current_row != nullptr ? 1.0 - coverage(*current_row, depth)
-                                                    : 0.0;
+  // A pinned set (no choice of the controller's) is not acted on by the counter.
+  const double uncovered = [&] {
+    if (!resident_names_.empty()) {
+      double share = 0;
+      if (resident_choice_) {
+        for (const SetMember& m : resident_choice_->members) {
+          if (const ProfileRow* row = table_.find(m.model)) {
+            share += m.share * (1.0 - coverage(*row, m.depth));
+          }
+        }
+      }
+      return share;
+    }
+    const ProfileRow* row = table_.find(current_name_);
+    return row != nullptr ? 1.0 - coverage(*row, depth) : 0.0;
+  }();
   const bool breaches_expected = uncovered * static_cast<double>(slo_.breach_window_tokens) >=
                                  static_cast<double>(slo_.breach_max);
   if (breaches_.count() > slo_.breach_max && !breaches_expected) {
@@ -56,20 +68,28 @@ void Controller::check_triggers() {
       // set at full depth has nothing to extend; its traffic is watched by the leave rule and
       // the periodic re-profile).
       if (resident_choice_) {
-        SetOption full = *resident_choice_;
+        std::vector<int64_t> depths;
         bool truncated = false;
-        for (SetMember& m : full.members) {
+        for (const SetMember& m : resident_choice_->members) {
           const ProfileRow* row = table_.find(m.model);
-          if (row != nullptr && m.depth < row->profiled_layers) {
-            m.depth = row->profiled_layers;
-            truncated = true;
-          }
+          depths.push_back(row != nullptr ? std::max(m.depth, row->profiled_layers) : m.depth);
+          truncated = truncated || depths.back() > m.depth;
         }
-        if (truncated) {
-          apply_set(full, DecisionRecord::Trigger::kBreach,
-                    why + "; the resident set's truncated members extend to full depth",
-                    nlohmann::json{{"set", full.to_json()}}, std::nullopt);
+        if (!truncated) return;
+        // The extension's own figures (perplexity, pools, throughput at the new depths).
+        std::optional<SetOption> full =
+            evaluate_set_at(*resident_choice_, depths, table_, limits(), step_models_);
+        if (!full || !full->feasible) {
+          start_profiling(DecisionRecord::Trigger::kBreach,
+                          why + "; the resident set's members cannot extend to full depth (" +
+                              (full ? full->infeasible_reason
+                                    : std::string("their rows have been replaced")) +
+                              ")");
+          return;
         }
+        apply_set(*full, DecisionRecord::Trigger::kBreach,
+                  why + "; the resident set's truncated members extend to full depth",
+                  nlohmann::json{{"set", full->to_json()}}, std::nullopt);
       }
       return;
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "helios/controller/slo_config.h"
@@ -26,7 +27,9 @@ void EvidenceSample::add(std::span<const int32_t> ids, uint64_t tokenizer,
 
 const std::vector<EvidencePrompt>& EvidenceSample::pass_sample() {
   if (!frozen_ || frozen_->empty()) {
-    frozen_.emplace(recent_.begin(), recent_.end());
+    frozen_.emplace();
+    std::copy_if(recent_.begin(), recent_.end(), std::back_inserter(*frozen_),
+                 [&](const EvidencePrompt& prompt) { return prompt.arrived >= since_; });
     frozen_at_ = std::chrono::steady_clock::now();
   }
   return *frozen_;

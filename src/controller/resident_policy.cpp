@@ -59,13 +59,11 @@ std::vector<int> masked(const std::vector<int>& weights, const std::vector<int>&
 }
 
 // The routed workload's perplexity with every member at its profiled depth.
-double full_depth_perplexity_of(const std::vector<const ProfileRow*>& rows,
-                                const std::vector<int>* weights = nullptr) {
+double full_depth_perplexity_of(const std::vector<const ProfileRow*>& rows) {
   std::vector<int64_t> depths;
   for (const ProfileRow* r : rows) depths.push_back(r->profiled_layers);
   const std::vector<size_t> routes = simulate_routes(rows);
-  return perplexity_of(routed_sums(rows, routes, depths,
-                                   weights ? *weights : std::vector<int>(routes.size(), 1)));
+  return perplexity_of(routed_sums(rows, routes, depths, std::vector<int>(routes.size(), 1)));
 }
 
 // Seconds of engine time per generated token of `row` at `depth` running `batch` sequences a
@@ -143,7 +141,8 @@ nlohmann::json SetOption::to_json() const {
           {"perplexity_bound", finite(perplexity_bound)},
           {"tokens_per_second", finite(tokens_per_second)},
           {"feasible", feasible},
-          {"infeasible_reason", infeasible_reason}};
+          {"infeasible_reason", infeasible_reason},
+          {"step_reference", step_reference}};
 }
 
 nlohmann::json SetChoice::to_json() const {
@@ -288,6 +287,7 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
   for (const ProfileRow& r : table.rows()) {
     if (paired(*rows.front(), r)) peers.push_back(&r);
   }
+  base.step_reference = reference;
   std::vector<StepModel> member_steps;
   for (const ProfileRow* r : rows) {
     SetMember member;
@@ -365,6 +365,32 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
   return best ? *best : *fullest;
 }
 
+std::optional<SetOption> evaluate_set_at(const SetOption& set, const std::vector<int64_t>& depths,
+                                         const PerformanceTable& table, const PolicyLimits& limits,
+                                         const std::map<std::string, StepModel>& steps) {
+  if (set.members.empty() || depths.size() != set.members.size()) return std::nullopt;
+  std::vector<const ProfileRow*> rows;
+  for (const SetMember& m : set.members) {
+    const ProfileRow* row = table.find(m.model);
+    if (row == nullptr || row->prompt_evidence.size() != set.routes.size() ||
+        (!rows.empty() && !paired(*rows.front(), *row))) {
+      return std::nullopt;
+    }
+    rows.push_back(row);
+  }
+  std::vector<const ProfileRow*> peers;
+  for (const ProfileRow& r : table.rows()) {
+    if (paired(*rows.front(), r)) peers.push_back(&r);
+  }
+  std::vector<StepModel> member_steps;
+  for (const ProfileRow* r : rows) {
+    member_steps.push_back(steps_of(*r, peers, steps, set.step_reference));
+  }
+  SetOption base = set;
+  base.infeasible_reason.clear();
+  return evaluate_at(rows, depths, base, limits, member_steps);
+}
+
 namespace {
 
 // Replicate figures of a set with its routes, depths and pools fixed: the weighted prompts'
@@ -403,16 +429,16 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     choice.reason = "no per-prompt evidence for " + single;
     return choice;
   }
-  choice.single = evaluate_set({single_row}, table, slo, limits, steps, single);
   choice.reference_perplexity = best_full_perplexity(table);
-  if (slo.resident_max_models < 2) {
-    choice.reason = "controller.resident_max_models is 1";
+  const auto single_only = [&](std::string why) {
+    choice.single = evaluate_set({single_row}, table, slo, limits, steps, single);
+    choice.reason = std::move(why);
     return choice;
-  }
+  };
+  if (slo.resident_max_models < 2) return single_only("controller.resident_max_models is 1");
   if (slo.objective != Objective::kThroughput || slo.p95_ttft_ms || slo.p95_tpot_ms) {
-    choice.reason = "resident sets are weighed under the throughput objective without latency "
-                    "bounds only";
-    return choice;
+    return single_only(
+        "resident sets are weighed under the throughput objective without latency bounds only");
   }
   std::vector<const ProfileRow*> peers;
   for (const ProfileRow& r : table.rows()) {
@@ -431,12 +457,21 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     subsets.push_back(std::move(rows));
   }
   // The accuracy the bound is relative to: the best full-depth perplexity of any single model,
-  // or of any set whose full-depth load fits the budget, on the sample as routed.
-  choice.reference_perplexity = best_full_perplexity(table);
-  // What may set the reference, for the bootstrap: every paired row alone and every set that
-  // fits at full depth.
-  std::vector<std::vector<const ProfileRow*>> references;
-  for (const ProfileRow* peer : peers) references.push_back({peer});
+  // or of any set whose full-depth load fits the budget, on the sample as routed. What may set
+  // it, for the bootstrap: every paired row alone and every set that fits at full depth, each
+  // with its routes (fixed across the replicates).
+  struct Reference {
+    std::vector<const ProfileRow*> rows;
+    std::vector<size_t> routes;
+    std::vector<int64_t> depths;
+  };
+  std::vector<Reference> references;
+  const auto add_reference = [&](const std::vector<const ProfileRow*>& rows) {
+    Reference r{rows, simulate_routes(rows), {}};
+    for (const ProfileRow* row : rows) r.depths.push_back(row->profiled_layers);
+    references.push_back(std::move(r));
+  };
+  for (const ProfileRow* peer : peers) add_reference({peer});
   for (const auto& rows : subsets) {
     std::vector<engine::SetMemberFootprint> plan;
     for (const ProfileRow* r : rows) {
@@ -448,18 +483,21 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     } catch (const Error&) {
       continue;
     }
+    add_reference(rows);
     choice.reference_perplexity =
         std::min(choice.reference_perplexity, full_depth_perplexity_of(rows));
-    references.push_back(rows);
   }
-  const auto reference_of = [&](const std::vector<int>* weights) {
+  const auto reference_of = [&](const std::vector<int>& weights) {
     double best = kInfinity;
-    for (const auto& rows : references) best = std::min(best, full_depth_perplexity_of(rows, weights));
+    for (const Reference& r : references) {
+      best = std::min(best, perplexity_of(routed_sums(r.rows, r.routes, r.depths, weights)));
+    }
     return best;
   };
   // The table's best may come from a row of another sample: the replicates' references are
   // scaled to the point's.
-  const double anchor = choice.reference_perplexity / reference_of(nullptr);
+  const double anchor = choice.reference_perplexity /
+                        reference_of(std::vector<int>(single_row->prompt_evidence.size(), 1));
   choice.single =
       evaluate_set({single_row}, table, slo, limits, steps, single, choice.reference_perplexity);
   std::vector<const ProfileRow*> best_rows;
@@ -499,7 +537,7 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     gains.push_back(relative_gain(one.tokens_per_second, s.tokens_per_second));
     ppls.push_back(s.perplexity);
     ratios.push_back(s.perplexity / one.perplexity);
-    increases.push_back(s.perplexity / (reference_of(&weights) * anchor));
+    increases.push_back(s.perplexity / (reference_of(weights) * anchor));
   }
   g.gain = interval_of(gains, point_gain);
   g.perplexity = interval_of(ppls, choice.set->perplexity);

@@ -135,6 +135,44 @@ TEST(ResidentPolicy, TwoExpertsAtPartialDepthBeatTheGeneralistOnMixedTraffic) {
   EXPECT_EQ(j["considered"].size(), 3u);
 }
 
+// A breach extends a chosen set's truncated members to full depth: the extension is evaluated
+// on the choice's routes with its own figures, and refused when it does not fit the budget.
+TEST(ResidentPolicy, AnExtensionToFullDepthIsEvaluatedOnTheChoicesRoutes) {
+  const PerformanceTable t = table(8, 8);
+  const SetChoice choice = choose_resident_set(t, "m", slo(), limits(11), steps(), no_cost());
+  ASSERT_TRUE(choice.set.has_value()) << choice.reason;
+  const SetOption& set = *choice.set;
+  ASSERT_EQ(set.name(), "p@2+c@2");
+  EXPECT_EQ(set.step_reference, "m");
+
+  const std::optional<SetOption> tight = evaluate_set_at(set, {4, 4}, t, limits(11), steps());
+  ASSERT_TRUE(tight.has_value());
+  EXPECT_FALSE(tight->feasible);
+  EXPECT_NE(tight->infeasible_reason.find("memory.budget_mib"), std::string::npos)
+      << tight->infeasible_reason;
+
+  const std::optional<SetOption> full = evaluate_set_at(set, {4, 4}, t, limits(12), steps());
+  ASSERT_TRUE(full.has_value());
+  EXPECT_TRUE(full->feasible) << full->infeasible_reason;
+  EXPECT_EQ(full->name(), "p@4+c@4");
+  EXPECT_EQ(full->routes, set.routes);
+  EXPECT_DOUBLE_EQ(full->perplexity_bound, set.perplexity_bound);
+  EXPECT_NEAR(full->perplexity, std::exp(2.08), 1e-9);
+  for (const SetMember& m : full->members) {
+    SCOPED_TRACE(m.model);
+    EXPECT_EQ(m.depth, 4);
+    EXPECT_EQ(m.weight_bytes, 5 * kMiB);
+    EXPECT_DOUBLE_EQ(m.cost_ratio, 1.0);
+  }
+  EXPECT_LT(full->tokens_per_second, set.tokens_per_second) << "more layers, smaller pools";
+
+  PerformanceTable without_c;
+  without_c.upsert(*t.find("p"));
+  without_c.upsert(*t.find("m"));
+  EXPECT_FALSE(evaluate_set_at(set, {4, 4}, without_c, limits(12), steps()).has_value())
+      << "a member's row is gone";
+}
+
 TEST(ResidentPolicy, TheBestSetWithinTheBudgetSetsTheAccuracyBound) {
   // 12 MiB hold both experts at full depth: their routed perplexity (e^2.08) becomes the
   // reference, which the generalist at any depth breaks; the set at 2 layers each is within

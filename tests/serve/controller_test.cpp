@@ -587,6 +587,32 @@ TEST(HeliosController, AdminCallsNeedTheTokenAndNameBadFields) {
   EXPECT_EQ(daemon.stop(), 0);
 }
 
+// Status once `traffic` has finished `more` requests after `after` and both members of a
+// resident set of two have been routed requests.
+v1::GetStatusResponse wait_for_routed_set(const DaemonProcess& daemon, const LiveTraffic& traffic,
+                                          int64_t after, int64_t more, const std::string& what) {
+  return wait_for(
+      daemon,
+      [&](const v1::GetStatusResponse& s) {
+        return traffic.finished() >= after + more && s.resident_size() == 2 &&
+               s.resident(0).routed_requests() > 0 && s.resident(1).routed_requests() > 0;
+      },
+      std::chrono::seconds(120), what);
+}
+
+// The weights and KV pools the resident set's members hold, each printed.
+uint64_t resident_bytes(const v1::GetStatusResponse& s) {
+  uint64_t bytes = 0;
+  for (const v1::ResidentModel& m : s.resident()) {
+    bytes += m.weight_bytes() + m.kv_cache_bytes();
+    std::printf("resident %s: %u layers, %.2f MiB weights, %llu KV blocks, %llu routed\n",
+                m.model().c_str(), m.loaded_layers(), m.weight_bytes() / 1048576.0,
+                static_cast<unsigned long long>(m.kv_blocks_total()),
+                static_cast<unsigned long long>(m.routed_requests()));
+  }
+  return bytes;
+}
+
 // An operator pins a resident set under mixed live traffic: both models stay loaded within the
 // budget, each request is routed to one of them by its prompt, and not one request fails or
 // loses text through the pin and the unpin.
@@ -633,29 +659,19 @@ TEST(HeliosController, APinnedResidentSetRoutesMixedTrafficWithinTheBudget) {
   EXPECT_EQ(response.decision().kind(), "pin");
   EXPECT_EQ(response.decision().to_model(), "prose-micro+code-micro");
   const int64_t at_pin = traffic.finished();
-  v1::GetStatusResponse s = wait_for(
-      daemon,
-      [&](const v1::GetStatusResponse& s) {
-        return traffic.finished() >= at_pin + 40 && s.resident_size() == 2 &&
-               s.resident(0).routed_requests() > 0 && s.resident(1).routed_requests() > 0;
-      },
-      std::chrono::seconds(120), "mixed traffic routed to both members");
+  v1::GetStatusResponse s =
+      wait_for_routed_set(daemon, traffic, at_pin, 40, "mixed traffic routed to both members");
   ASSERT_EQ(s.resident_size(), 2);
   EXPECT_EQ(s.controller().phase(), "pinned");
   EXPECT_EQ(s.resident(0).model(), "prose-micro");
   EXPECT_EQ(s.resident(1).model(), "code-micro");
-  uint64_t resident_bytes = 0;
   for (const v1::ResidentModel& m : s.resident()) {
     EXPECT_EQ(m.loaded_layers(), 2u) << m.model();
     EXPECT_GE(m.kv_capacity_sequences(), 1u) << m.model();
-    resident_bytes += m.weight_bytes() + m.kv_cache_bytes();
-    std::printf("resident %s: %u layers, %.2f MiB weights, %llu KV blocks, %llu routed\n",
-                m.model().c_str(), m.loaded_layers(), m.weight_bytes() / 1048576.0,
-                static_cast<unsigned long long>(m.kv_blocks_total()),
-                static_cast<unsigned long long>(m.routed_requests()));
   }
-  EXPECT_LE(resident_bytes, s.memory_budget_bytes());
-  EXPECT_GE(resident_bytes, s.memory_budget_bytes() * 9 / 10) << "the pools take what is left";
+  const uint64_t held = resident_bytes(s);
+  EXPECT_LE(held, s.memory_budget_bytes());
+  EXPECT_GE(held, s.memory_budget_bytes() * 9 / 10) << "the pools take what is left";
   EXPECT_EQ(s.routed_requests(), s.resident(0).routed_requests() + s.resident(1).routed_requests());
   EXPECT_GT(s.router_seconds(), 0.0);
   EXPECT_LE(metric_value(daemon, "helios_resident_memory_bytes"),
@@ -733,23 +749,10 @@ TEST(HeliosController, ChoosesAResidentSetForMixedTraffic) {
   EXPECT_GT(decided->gate().prompts(), 0u);
 
   const int64_t at_set = traffic.finished();
-  s = wait_for(
-      daemon,
-      [&](const v1::GetStatusResponse& s) {
-        return traffic.finished() >= at_set + 30 && s.resident_size() == 2 &&
-               s.resident(0).routed_requests() > 0 && s.resident(1).routed_requests() > 0;
-      },
-      std::chrono::seconds(120), "mixed traffic routed to both members of the chosen set");
+  s = wait_for_routed_set(daemon, traffic, at_set, 30,
+                          "mixed traffic routed to both members of the chosen set");
   ASSERT_EQ(s.resident_size(), 2);
-  uint64_t resident_bytes = 0;
-  for (const v1::ResidentModel& m : s.resident()) {
-    resident_bytes += m.weight_bytes() + m.kv_cache_bytes();
-    std::printf("resident %s: %u layers, %.2f MiB weights, %llu KV blocks, %llu routed\n",
-                m.model().c_str(), m.loaded_layers(), m.weight_bytes() / 1048576.0,
-                static_cast<unsigned long long>(m.kv_blocks_total()),
-                static_cast<unsigned long long>(m.routed_requests()));
-  }
-  EXPECT_LE(resident_bytes, s.memory_budget_bytes());
+  EXPECT_LE(resident_bytes(s), s.memory_budget_bytes());
   EXPECT_LE(s.controller().peak_memory_bytes(), s.memory_budget_bytes());
   // Each domain goes to the member its prompts favour.
   auto stub = daemon.inference();

@@ -321,10 +321,8 @@ class Controller final : public engine::TelemetrySink {
   std::shared_ptr<const engine::ModelInstance> current_;  // the first of a pinned set
   std::string current_name_;
   std::vector<std::string> resident_names_;  // a resident set's members; empty for one model
-  // The controller's set: the share of generated tokens its members' depths do not cover
-  // (traffic-weighted), what the breach counter is expected to see.
-  double resident_uncovered_share_ = 0;
-  // The controller's set as its decision chose it (empty for a pinned set or one model).
+  // The controller's set as its decision chose it (empty for a pinned set or one model); the
+  // breach counter expects the share of generated tokens its members' depths do not cover.
   std::optional<SetOption> resident_choice_;
   // Requests routed to each member when the current window of the live leave rule began.
   std::vector<int64_t> resident_routed_base_;

@@ -37,10 +37,15 @@ class EvidenceSample {
   void add(std::span<const int32_t> ids, uint64_t tokenizer,
            std::chrono::steady_clock::time_point arrived = std::chrono::steady_clock::now());
   size_t size() const { return recent_.size(); }
-  // A new pass: the next pass_sample() freezes the recent prompts of that moment.
-  void begin_pass() { frozen_.reset(); }
+  // A new pass: the next pass_sample() freezes the recent prompts of that moment that arrived
+  // at or after `since` (a pass started by a change of traffic samples only what came after
+  // it was seen: a sample straddling the change looks like mixed traffic).
+  void begin_pass(std::chrono::steady_clock::time_point since = {}) {
+    frozen_.reset();
+    since_ = since;
+  }
   // The pass's sample: the recent prompts as of the pass's first call (empty when none had
-  // been sampled then, in which case the next call tries again).
+  // been sampled since the pass's `since` then, in which case the next call tries again).
   const std::vector<EvidencePrompt>& pass_sample();
   // Seconds from the oldest and the newest arrival of the frozen sample to the moment it was
   // frozen (0, 0 when none is): how far the pass's evidence lags the traffic.
@@ -51,6 +56,7 @@ class EvidenceSample {
   std::deque<EvidencePrompt> recent_;
   std::optional<std::vector<EvidencePrompt>> frozen_;
   std::chrono::steady_clock::time_point frozen_at_{};
+  std::chrono::steady_clock::time_point since_{};
 };
 
 // What scoring one candidate on the sample gave.

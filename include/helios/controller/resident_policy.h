@@ -44,6 +44,7 @@ struct SetOption {
   double tokens_per_second = 0;
   bool feasible = false;
   std::string infeasible_reason;  // the first rule it breaks, with figures
+  std::string step_reference;     // the model whose measured step time the throughput carries
   std::string name() const;      // "a@2+b@3"
   nlohmann::json to_json() const;
 };
@@ -67,6 +68,14 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
                        const SloConfig& slo, const PolicyLimits& limits,
                        const std::map<std::string, StepModel>& steps,
                        const std::string& reference = "", double reference_perplexity = 0);
+
+// `set` (an evaluate_set result) with its members at `depths` instead, on the same routes,
+// bound and step reference: the figures of what a breach's extension to full depth serves.
+// Infeasible with the reason when it does not fit the budget. nullopt when the table no longer
+// holds the members' rows as scored for `set` (another pass replaced them).
+std::optional<SetOption> evaluate_set_at(const SetOption& set, const std::vector<int64_t>& depths,
+                                         const PerformanceTable& table, const PolicyLimits& limits,
+                                         const std::map<std::string, StepModel>& steps);
 
 // The set the controller may serve instead of `single` (the model its single-model decision
 // picked, a row of `table`), and the gate's verdict on the move.
