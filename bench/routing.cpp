@@ -140,6 +140,7 @@ json make_routing_report(const RoutingOptions& options) {
   }
   PerplexityPool oracle;
   std::map<int64_t, std::string> best_model;  // per request: the static model best for it
+  std::map<int64_t, const json*> best_of;     // and its scores there
   for (const auto& [index, r] : by_model.begin()->second) {
     const json* best = nullptr;
     for (const auto& [model, requests] : by_model) {
@@ -152,6 +153,7 @@ json make_routing_report(const RoutingOptions& options) {
       }
     }
     oracle.add(*best);
+    best_of[index] = best;
   }
   report["statics"] = static_rows;
   report["oracle_prompt_perplexity"] = oracle.value();
@@ -177,8 +179,30 @@ json make_routing_report(const RoutingOptions& options) {
       }
     }
   }
+  // The spans of the run during which a set of two or more served (status samples, the
+  // requests' clock): a request sent and finished within one was served by the set alone,
+  // not by a profiling pass's candidates.
+  std::vector<std::pair<double, double>> set_spans;
+  bool in_set = false;
+  for (const json& s : routed->at("status_samples")) {
+    const bool set = s.contains("resident") && s["resident"].size() >= 2;
+    const double t = s.value("t", 0.0);
+    if (set && !in_set) set_spans.push_back({t, t});
+    if (set) set_spans.back().second = t;
+    in_set = set;
+  }
+  PerplexityPool set_pool, set_oracle;
+  int64_t set_served = 0;
   for (const auto& [index, r] : routed_requests) {
     routed_pool.add(*r);
+    const double sent = r->value("sent_s", -1.0), done = r->value("done_s", -1.0);
+    const bool within = std::any_of(set_spans.begin(), set_spans.end(), [&](const auto& span) {
+      return sent >= span.first && done <= span.second;
+    });
+    if (within && best_of.count(index) && set_pool.add(*r)) {
+      set_oracle.add(*best_of.at(index));
+      ++set_served;
+    }
     const std::string model = r->value("model", "");
     ++served_by[model];
     // The member whose static run scored this prompt lowest (full depth, the same prompt).
@@ -237,6 +261,12 @@ json make_routing_report(const RoutingOptions& options) {
       {"peak_resident_bytes", peak_resident},
       {"memory_budget_bytes", budget}};
   report["perplexity_vs_oracle"] = routed_ppl / oracle_ppl - 1.0;
+  // The same on the requests the set served start to finish (the passes' stints left out).
+  report["set_served_requests"] = set_served;
+  report["set_perplexity_vs_oracle"] =
+      set_served > 0 && set_pool.value().is_number() && set_oracle.value().is_number()
+          ? json(set_pool.value().get<double>() / set_oracle.value().get<double>() - 1.0)
+          : json(nullptr);
   report["best_static"] = best_static;
   report["fastest_static"] = fastest_static;
   report["throughput_vs_best_static"] =
@@ -272,11 +302,17 @@ std::string format_routing_report(const json& r) {
                      number(routed["prompt_perplexity"], "{:.2f}"),
                      number(routed["throughput_tokens_per_s"], "{:.0f}"));
   out += fmt::format(
-      "perplexity vs the per-request oracle: {}; throughput vs the best static ({}): {}x, vs "
+      "perplexity vs the per-request oracle: {} ({} on the {} requests the set served start to "
+      "finish); throughput vs the best static ({}): {}x, vs "
       "the fastest static ({}): {}x; routed to the better member: {} of {} judged; router: {} "
       "ms per request ({} of engine step time); served by: {}; peak resident weights + KV: {} of "
       "{} bytes\n",
       number(json(r["perplexity_vs_oracle"].get<double>() * 100), "{:+.1f}%"),
+      number(r.value("set_perplexity_vs_oracle", json(nullptr)).is_number()
+                 ? json(r["set_perplexity_vs_oracle"].get<double>() * 100)
+                 : json(nullptr),
+             "{:+.1f}%"),
+      r.value("set_served_requests", int64_t{0}),
       r["best_static"]["model"].get<std::string>(), number(r["throughput_vs_best_static"], "{:.2f}"),
       r["fastest_static"]["model"].get<std::string>(),
       number(r["throughput_vs_fastest_static"], "{:.2f}"),

@@ -263,17 +263,19 @@ SetOption evaluate_at(const std::vector<const ProfileRow*>& rows, const std::vec
 
 }  // namespace
 
-SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const PerformanceTable& table,
-                       const SloConfig& slo, const PolicyLimits& limits,
-                       const std::map<std::string, StepModel>& steps,
-                       const std::string& reference, double reference_perplexity) {
+std::vector<SetOption> evaluate_set_options(const std::vector<const ProfileRow*>& rows,
+                                            const PerformanceTable& table, const SloConfig& slo,
+                                            const PolicyLimits& limits,
+                                            const std::map<std::string, StepModel>& steps,
+                                            const std::string& reference,
+                                            double reference_perplexity) {
   SetOption base;
   base.perplexity_bound =
       (1.0 + slo.max_perplexity_increase) *
       (reference_perplexity > 0 ? reference_perplexity : best_full_perplexity(table));
   if (rows.empty()) {
     base.infeasible_reason = "no member";
-    return base;
+    return {base};
   }
   for (const ProfileRow* r : rows) {
     if (!paired(*rows.front(), *r)) {
@@ -342,7 +344,7 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
     choices.push_back(std::move(d));
   }
   std::vector<size_t> at(rows.size(), 0);
-  std::optional<SetOption> best;
+  std::vector<SetOption> feasible;
   std::optional<SetOption> fullest;  // every member at full depth: reported when none fits
   while (true) {
     std::vector<int64_t> depths;
@@ -352,17 +354,26 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
       full = full && at[m] + 1 == choices[m].size();
     }
     SetOption o = evaluate_at(rows, depths, base, limits, member_steps);
-    if (o.feasible && (!best || o.tokens_per_second > best->tokens_per_second ||
-                       (o.tokens_per_second == best->tokens_per_second &&
-                        o.perplexity < best->perplexity))) {
-      best = o;
-    }
+    if (o.feasible) feasible.push_back(o);
     if (full) fullest = std::move(o);
     size_t m = 0;
     while (m < rows.size() && ++at[m] == choices[m].size()) at[m++] = 0;
     if (m == rows.size()) break;
   }
-  return best ? *best : *fullest;
+  if (feasible.empty()) return {*fullest};
+  std::stable_sort(feasible.begin(), feasible.end(), [](const SetOption& a, const SetOption& b) {
+    return a.tokens_per_second > b.tokens_per_second ||
+           (a.tokens_per_second == b.tokens_per_second && a.perplexity < b.perplexity);
+  });
+  return feasible;
+}
+
+SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const PerformanceTable& table,
+                       const SloConfig& slo, const PolicyLimits& limits,
+                       const std::map<std::string, StepModel>& steps,
+                       const std::string& reference, double reference_perplexity) {
+  return evaluate_set_options(rows, table, slo, limits, steps, reference, reference_perplexity)
+      .front();
 }
 
 std::optional<SetOption> evaluate_set_at(const SetOption& set, const std::vector<int64_t>& depths,
@@ -500,60 +511,91 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
                         reference_of(std::vector<int>(single_row->prompt_evidence.size(), 1));
   choice.single =
       evaluate_set({single_row}, table, slo, limits, steps, single, choice.reference_perplexity);
-  std::vector<const ProfileRow*> best_rows;
+  // Every feasible depth combination of every set, fastest first: the gate takes the fastest
+  // whose perplexity stays within the bound with confidence, so that a sample on which the
+  // fastest combination only just fits the bound yields a deeper one rather than no set.
+  std::vector<std::pair<SetOption, std::vector<const ProfileRow*>>> options;
   std::string last_reason;
   for (const auto& rows : subsets) {
-    SetOption o =
-        evaluate_set(rows, table, slo, limits, steps, single, choice.reference_perplexity);
-    choice.considered.push_back(o.to_json());
-    if (!o.feasible) {
-      last_reason = o.name() + ": " + o.infeasible_reason;
+    std::vector<SetOption> of = evaluate_set_options(rows, table, slo, limits, steps, single,
+                                                     choice.reference_perplexity);
+    choice.considered.push_back(of.front().to_json());
+    if (!of.front().feasible) {
+      last_reason = of.front().name() + ": " + of.front().infeasible_reason;
       continue;
     }
-    if (!choice.set || o.tokens_per_second > choice.set->tokens_per_second) {
-      choice.set = std::move(o);
-      best_rows = rows;
-    }
+    for (SetOption& o : of) options.emplace_back(std::move(o), rows);
   }
-  if (!choice.set) {
+  if (options.empty()) {
     choice.reason = last_reason.empty() ? "fewer than 2 candidates scored on the same prompts"
                                          : "no feasible set (last: " + last_reason + ")";
     return choice;
   }
+  std::stable_sort(options.begin(), options.end(), [](const auto& a, const auto& b) {
+    return a.first.tokens_per_second > b.first.tokens_per_second;
+  });
 
-  // The gate: the set against the single model on the same prompts.
+  // The gate: the set against the single model on the same prompts, every option on the same
+  // replicates.
+  const size_t n = single_row->prompt_evidence.size();
+  const std::vector<std::vector<int>> replicates = bootstrap_weights(n);
+  std::vector<Replicate> singles;
+  std::vector<double> replicate_references;
+  for (const std::vector<int>& weights : replicates) {
+    singles.push_back(replicate(choice.single, {single_row}, weights));
+    replicate_references.push_back(reference_of(weights) * anchor);
+  }
+  // The bound moves with the reference on the same prompts: the set's perplexity over the
+  // replicate's reference, against 1 + max_perplexity_increase.
+  std::vector<Replicate> sets;
+  Interval increase;
+  bool any = false;
+  int64_t held = 0;
+  for (const auto& [option, rows] : options) {
+    std::vector<Replicate> replicated;
+    std::vector<double> increases;
+    for (size_t i = 0; i < replicates.size(); ++i) {
+      replicated.push_back(replicate(option, rows, replicates[i]));
+      increases.push_back(replicated.back().perplexity / replicate_references[i]);
+    }
+    const Interval within = interval_of(increases, option.perplexity / choice.reference_perplexity);
+    if (!any || within.high <= 1.0 + slo.max_perplexity_increase) {
+      choice.set = option;
+      sets = std::move(replicated);
+      increase = within;
+      any = true;
+    }
+    if (within.high <= 1.0 + slo.max_perplexity_increase) break;
+    ++held;
+  }
   GateResult& g = choice.gate;
   g.cost = cost;
   g.margin = slo.switch_margin;
   g.required_gain = slo.switch_margin + cost_share(cost);
-  const size_t n = single_row->prompt_evidence.size();
   g.prompts = static_cast<int64_t>(n);
   const double point_gain =
       relative_gain(choice.single.tokens_per_second, choice.set->tokens_per_second);
-  std::vector<double> gains, ppls, ratios, increases;
-  for (const std::vector<int>& weights : bootstrap_weights(n)) {
-    const Replicate s = replicate(*choice.set, best_rows, weights);
-    const Replicate one = replicate(choice.single, {single_row}, weights);
-    gains.push_back(relative_gain(one.tokens_per_second, s.tokens_per_second));
-    ppls.push_back(s.perplexity);
-    ratios.push_back(s.perplexity / one.perplexity);
-    increases.push_back(s.perplexity / (reference_of(weights) * anchor));
+  std::vector<double> gains, ppls, ratios;
+  for (size_t i = 0; i < replicates.size(); ++i) {
+    gains.push_back(relative_gain(singles[i].tokens_per_second, sets[i].tokens_per_second));
+    ppls.push_back(sets[i].perplexity);
+    ratios.push_back(sets[i].perplexity / singles[i].perplexity);
   }
   g.gain = interval_of(gains, point_gain);
   g.perplexity = interval_of(ppls, choice.set->perplexity);
-  // The bound moves with the reference on the same prompts: the set's perplexity over the
-  // replicate's reference, against 1 + max_perplexity_increase.
-  const Interval increase =
-      interval_of(increases, choice.set->perplexity / choice.reference_perplexity);
   g.perplexity_ratio = interval_of(ratios, choice.set->perplexity / choice.single.perplexity);
   const std::string figures = fmt::format(
       "{} against {}: {:.0f} vs {:.0f} tokens/s predicted, gain {:+.1f}% (90% interval {:+.1f}% "
       "to {:+.1f}%), needed {:.1f}% (margin {:.1f}% + recompute of {} tokens, {:.3f} s); "
-      "perplexity x{:.3f} ({:.3f} to {:.3f}) on {} shared prompts",
+      "perplexity x{:.3f} ({:.3f} to {:.3f}) on {} shared prompts{}",
       choice.set->name(), choice.single.name(), choice.set->tokens_per_second,
       choice.single.tokens_per_second, 100 * g.gain.point, 100 * g.gain.low, 100 * g.gain.high,
       100 * g.required_gain, 100 * g.margin, cost.recompute_tokens, cost.seconds,
-      g.perplexity_ratio->point, g.perplexity_ratio->low, g.perplexity_ratio->high, n);
+      g.perplexity_ratio->point, g.perplexity_ratio->low, g.perplexity_ratio->high, n,
+      held > 0 && increase.high <= 1.0 + slo.max_perplexity_increase
+          ? fmt::format(" ({} faster option(s) held: their perplexity may exceed the bound)",
+                        held)
+          : std::string());
   if (!(increase.high <= 1.0 + slo.max_perplexity_increase)) {
     g.reason = fmt::format("held: the set's perplexity may exceed its bound (x{:.3f} to x{:.3f} "
                            "the reference on the same prompts > x{:.3f}); {}",

@@ -58,18 +58,20 @@ TEST(EvidenceSample, APassScoresEveryCandidateOnTheSamePrompts) {
   EXPECT_EQ(sample.pass_sample().size(), 2u);
 }
 
-// A pass started by a change of traffic takes only the prompts that arrived after it was seen:
-// older ones would make one domain followed by another look like a mix of both.
-TEST(EvidenceSample, APassAfterADriftSamplesOnlyTheTrafficSinceIt) {
+// A pass started by a change of traffic takes only the prompts sampled after it was seen
+// (older ones would make one domain followed by another look like a mix of both), whenever
+// their requests arrived: under a backlog, requests that arrived before the change are
+// admitted after it.
+TEST(EvidenceSample, APassAfterADriftSamplesOnlyWhatIsAdmittedAfterIt) {
   using std::chrono::seconds;
   EvidenceSample sample;
   sample.set_capacity(4);
   const auto now = std::chrono::steady_clock::now();
   sample.add(ids({1, 2}), 3, now - seconds(5));
   sample.add(ids({1, 3}), 3, now - seconds(4));
-  sample.begin_pass(now - seconds(1));
-  EXPECT_TRUE(sample.pass_sample().empty()) << "nothing arrived since the drift";
-  sample.add(ids({1, 4}), 3, now);
+  sample.begin_pass(/*fresh_only=*/true);
+  EXPECT_TRUE(sample.pass_sample().empty()) << "nothing admitted since the drift";
+  sample.add(ids({1, 4}), 3, now - seconds(6));  // queued before the drift, admitted after
   ASSERT_EQ(sample.pass_sample().size(), 1u) << "an empty sample is taken again";
   EXPECT_EQ(sample.pass_sample().front().ids, ids({1, 4}));
   sample.add(ids({1, 5}), 3, now);

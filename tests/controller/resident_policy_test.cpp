@@ -173,6 +173,45 @@ TEST(ResidentPolicy, AnExtensionToFullDepthIsEvaluatedOnTheChoicesRoutes) {
       << "a member's row is gone";
 }
 
+// The fastest depths may fit the bound on the sample's average yet not with confidence (the
+// experts' exit 2 is good on some prompts and poor on others): the gate then takes the fastest
+// combination that does, one member deeper, rather than no set.
+TEST(ResidentPolicy, AnUncertainFastestOptionGivesWayToADeeperOne) {
+  // Exit 2 of each expert on its own domain: NLL 1.8 and 2.8 on alternate prompts (mean 2.3),
+  // 2.0 at full depth, no position confident early; the generalist 2.4 / 2.3 everywhere, so
+  // the bound is 1.05 x e^2.3 and both experts at 2 layers sit just inside it.
+  std::vector<model::ExitScores> on_p, on_c, on_m;
+  for (int i = 0; i < 16; ++i) {
+    const bool prose = i < 8;
+    const model::ExitScores own = synthetic::prompt(20, 0, i % 2 ? 2.8 : 1.8, 2.0);
+    const model::ExitScores other = synthetic::prompt(20, 0, 4.1, 4.0);
+    on_p.push_back(prose ? own : other);
+    on_c.push_back(prose ? other : own);
+    on_m.push_back(synthetic::prompt(20, 0, 2.4, 2.3));
+  }
+  PerformanceTable t;
+  t.upsert(row("p", on_p));
+  t.upsert(row("c", on_c));
+  t.upsert(row("m", on_m, 2, 2));
+  const std::vector<SetOption> options =
+      evaluate_set_options({t.find("p"), t.find("c")}, t, slo(), limits(11), steps(), "m");
+  ASSERT_GE(options.size(), 2u);
+  EXPECT_EQ(options.front().name(), "p@2+c@2") << "the fastest, within the bound on average";
+  EXPECT_NEAR(options.front().perplexity, std::exp(2.3), 1e-9);
+  for (size_t i = 1; i < options.size(); ++i) {
+    EXPECT_LE(options[i].tokens_per_second, options[i - 1].tokens_per_second);
+  }
+
+  const SetChoice choice = choose_resident_set(t, "m", slo(), limits(11), steps(), no_cost());
+  ASSERT_TRUE(choice.set.has_value()) << choice.reason;
+  const std::string name = choice.set->name();
+  EXPECT_TRUE(name == "p@2+c@4" || name == "p@4+c@2") << name;
+  EXPECT_NE(choice.gate.reason.find("faster option(s) held"), std::string::npos)
+      << choice.gate.reason;
+  ASSERT_TRUE(choice.gate.perplexity.has_value());
+  EXPECT_LT(choice.gate.perplexity->high, 1.05 * std::exp(2.3));
+}
+
 TEST(ResidentPolicy, TheBestSetWithinTheBudgetSetsTheAccuracyBound) {
   // 12 MiB hold both experts at full depth: their routed perplexity (e^2.08) becomes the
   // reference, which the generalist at any depth breaks; the set at 2 layers each is within

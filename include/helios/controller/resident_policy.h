@@ -69,6 +69,15 @@ SetOption evaluate_set(const std::vector<const ProfileRow*>& rows, const Perform
                        const std::map<std::string, StepModel>& steps,
                        const std::string& reference = "", double reference_perplexity = 0);
 
+// evaluate_set's every feasible depth combination, fastest first (ties: the lower
+// perplexity); the full-depth one alone, with its reason, when none is feasible.
+std::vector<SetOption> evaluate_set_options(const std::vector<const ProfileRow*>& rows,
+                                            const PerformanceTable& table, const SloConfig& slo,
+                                            const PolicyLimits& limits,
+                                            const std::map<std::string, StepModel>& steps,
+                                            const std::string& reference = "",
+                                            double reference_perplexity = 0);
+
 // `set` (an evaluate_set result) with its members at `depths` instead, on the same routes,
 // bound and step reference: the figures of what a breach's extension to full depth serves.
 // Infeasible with the reason when it does not fit the budget. nullopt when the table no longer
@@ -95,9 +104,11 @@ struct SetChoice {
 // best full-depth perplexity of any single row or any such set that fits the budget at full
 // depth (with sets allowed, the server's best achievable accuracy is what truncation is
 // measured against, as the per-request oracle is for the comparison's figures). The
-// feasible one with the most tokens per second is weighed against `single` by a paired
-// bootstrap over the sample's prompts (routes fixed, shares, perplexities and per-token work
-// redrawn): it passes when the lower end of the throughput gain exceeds switch_margin plus the
+// feasible options (every set at every feasible depth combination) are weighed against
+// `single` by a paired bootstrap over the sample's prompts (routes fixed, shares, perplexities
+// and per-token work redrawn), fastest first: the first whose perplexity stays within the
+// bound at the upper end of its interval is the set (the fastest when none does); it passes
+// when the lower end of the throughput gain exceeds switch_margin plus the
 // cost share and the upper end of its perplexity is within the bound, or when `single` breaks
 // the perplexity bound and the set does not. Sets are weighed under the throughput objective
 // without latency bounds only (the step interleaving of several models is not modelled for
