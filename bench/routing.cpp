@@ -180,8 +180,9 @@ json make_routing_report(const RoutingOptions& options) {
     }
   }
   // The spans of the run during which a set of two or more served (status samples, the
-  // requests' clock): a request sent and finished within one was served by the set alone,
-  // not by a profiling pass's candidates.
+  // requests' clock): a request whose first token and end fall within one was prefilled and
+  // decoded by the member the router chose, not by a profiling pass's candidates (it may
+  // have been sent, and queued, before).
   std::vector<std::pair<double, double>> set_spans;
   bool in_set = false;
   for (const json& s : routed->at("status_samples")) {
@@ -195,9 +196,10 @@ json make_routing_report(const RoutingOptions& options) {
   int64_t set_served = 0;
   for (const auto& [index, r] : routed_requests) {
     routed_pool.add(*r);
-    const double sent = r->value("sent_s", -1.0), done = r->value("done_s", -1.0);
+    const double first_token = r->value("sent_s", -1.0) + r->value("ttft_ms", 0.0) / 1e3;
+    const double done = r->value("done_s", -1.0);
     const bool within = std::any_of(set_spans.begin(), set_spans.end(), [&](const auto& span) {
-      return sent >= span.first && done <= span.second;
+      return first_token >= span.first && done <= span.second;
     });
     if (within && best_of.count(index) && set_pool.add(*r)) {
       set_oracle.add(*best_of.at(index));
@@ -261,7 +263,8 @@ json make_routing_report(const RoutingOptions& options) {
       {"peak_resident_bytes", peak_resident},
       {"memory_budget_bytes", budget}};
   report["perplexity_vs_oracle"] = routed_ppl / oracle_ppl - 1.0;
-  // The same on the requests the set served start to finish (the passes' stints left out).
+  // The same on the requests the set served from their first token to their last (the
+  // passes' stints left out).
   report["set_served_requests"] = set_served;
   report["set_perplexity_vs_oracle"] =
       set_served > 0 && set_pool.value().is_number() && set_oracle.value().is_number()
@@ -302,8 +305,8 @@ std::string format_routing_report(const json& r) {
                      number(routed["prompt_perplexity"], "{:.2f}"),
                      number(routed["throughput_tokens_per_s"], "{:.0f}"));
   out += fmt::format(
-      "perplexity vs the per-request oracle: {} ({} on the {} requests the set served start to "
-      "finish); throughput vs the best static ({}): {}x, vs "
+      "perplexity vs the per-request oracle: {} ({} on the {} requests the set served from "
+      "their first token to their last); throughput vs the best static ({}): {}x, vs "
       "the fastest static ({}): {}x; routed to the better member: {} of {} judged; router: {} "
       "ms per request ({} of engine step time); served by: {}; peak resident weights + KV: {} of "
       "{} bytes\n",

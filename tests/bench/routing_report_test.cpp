@@ -22,7 +22,8 @@ namespace fs = std::filesystem;
 json request(int64_t index, double sent, double done, const std::string& model, double ppl) {
   return {{"index", index},         {"phase", "0-mix"},     {"ok", true},
           {"sent_s", sent},         {"done_s", done},       {"output_tokens", 10},
-          {"model", model},         {"prompt_perplexity", ppl}, {"prompt_scored_tokens", 10}};
+          {"ttft_ms", 50.0},        {"model", model},       {"prompt_perplexity", ppl},
+          {"prompt_scored_tokens", 10}};
 }
 
 // A static run of `model`: request i at perplexity ppls[i].
@@ -44,13 +45,14 @@ TEST(RoutingReport, TheSetIsJudgedOnTheRequestsItServedApartFromThePass) {
     return (dir.path() / name).string();
   };
   // Request 0 is served by a's profiling stint before the set; 1-3 by the set {a, b}, which
-  // sends 3 to a although b scores it lower.
+  // sends 3 to a although b scores it lower. Request 1 was sent before the set served, and
+  // queued: its first token came from the set.
   const std::string a = write("a.json", static_run("a", {10, 4, 6, 9}));
   const std::string b = write("b.json", static_run("b", {5, 8, 3, 6}));
   const json member = {{"model", "a"}, {"routed", 0}}, other = {{"model", "b"}, {"routed", 0}};
   const json routed = {
       {"label", "helios-resident"},
-      {"requests", json::array({request(0, 0.1, 0.5, "a", 100), request(1, 1.2, 2.0, "a", 4),
+      {"requests", json::array({request(0, 0.1, 0.5, "a", 100), request(1, 0.96, 2.0, "a", 4),
                                 request(2, 1.5, 2.5, "b", 3), request(3, 2.0, 2.8, "a", 9)})},
       {"status_samples",
        json::array({{{"t", 0.0}, {"model", "a"}},
@@ -77,7 +79,7 @@ TEST(RoutingReport, TheSetIsJudgedOnTheRequestsItServedApartFromThePass) {
   EXPECT_EQ(report["routed_run"]["routing_judged"], 4);
   EXPECT_DOUBLE_EQ(report["routed_run"]["routing_accuracy"].get<double>(), 0.5);
   EXPECT_EQ(report["best_static"]["model"], "b");
-  EXPECT_NE(result.output.find("+14.5% on the 3 requests the set served start to finish"),
+  EXPECT_NE(result.output.find("+14.5% on the 3 requests the set served from their first token"),
             std::string::npos)
       << result.output;
 }
