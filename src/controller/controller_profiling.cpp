@@ -39,10 +39,7 @@ void Controller::start_profiling(DecisionRecord::Trigger trigger, const std::str
   collapse_resident_set();
   profile_queue_.clear();
   scoring_queue_.clear();
-  // After a drift only the prompts admitted from now on are the traffic the pass decides
-  // for; the ones before it may be the old domain (in serve mode the served model, first in
-  // the queue, is then scored at the end of its stint, when the new prompts are there).
-  evidence_.begin_pass(/*fresh_only=*/trigger == DecisionRecord::Trigger::kDrift);
+  evidence_.begin_pass();
   ++passes_;
   pass_from_ = current_name_;
   pass_trigger_ = trigger;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
-#include <iterator>
 #include <string>
 
 #include "helios/controller/slo_config.h"
@@ -21,15 +20,13 @@ void EvidenceSample::add(std::span<const int32_t> ids, uint64_t tokenizer,
   if (capacity_ == 0 || ids.size() < 2) return;
   const size_t kept = std::min(ids.size(), static_cast<size_t>(kEvidencePromptTokens));
   recent_.push_back({std::vector<int32_t>(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(kept)),
-                     tokenizer, arrived, added_++});
+                     tokenizer, arrived});
   while (recent_.size() > capacity_) recent_.pop_front();
 }
 
 const std::vector<EvidencePrompt>& EvidenceSample::pass_sample() {
   if (!frozen_ || frozen_->empty()) {
-    frozen_.emplace();
-    std::copy_if(recent_.begin(), recent_.end(), std::back_inserter(*frozen_),
-                 [&](const EvidencePrompt& prompt) { return prompt.order >= since_; });
+    frozen_.emplace(recent_.begin(), recent_.end());
     frozen_at_ = std::chrono::steady_clock::now();
   }
   return *frozen_;

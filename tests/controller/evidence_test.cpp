@@ -58,28 +58,6 @@ TEST(EvidenceSample, APassScoresEveryCandidateOnTheSamePrompts) {
   EXPECT_EQ(sample.pass_sample().size(), 2u);
 }
 
-// A pass started by a change of traffic takes only the prompts sampled after it was seen
-// (older ones would make one domain followed by another look like a mix of both), whenever
-// their requests arrived: under a backlog, requests that arrived before the change are
-// admitted after it.
-TEST(EvidenceSample, APassAfterADriftSamplesOnlyWhatIsAdmittedAfterIt) {
-  using std::chrono::seconds;
-  EvidenceSample sample;
-  sample.set_capacity(4);
-  const auto now = std::chrono::steady_clock::now();
-  sample.add(ids({1, 2}), 3, now - seconds(5));
-  sample.add(ids({1, 3}), 3, now - seconds(4));
-  sample.begin_pass(/*fresh_only=*/true);
-  EXPECT_TRUE(sample.pass_sample().empty()) << "nothing admitted since the drift";
-  sample.add(ids({1, 4}), 3, now - seconds(6));  // queued before the drift, admitted after
-  ASSERT_EQ(sample.pass_sample().size(), 1u) << "an empty sample is taken again";
-  EXPECT_EQ(sample.pass_sample().front().ids, ids({1, 4}));
-  sample.add(ids({1, 5}), 3, now);
-  EXPECT_EQ(sample.pass_sample().size(), 1u) << "frozen for the rest of the pass";
-  sample.begin_pass();
-  EXPECT_EQ(sample.pass_sample().size(), 4u) << "any other pass takes every recent prompt";
-}
-
 // Each prompt keeps when it arrived, and the frozen sample says how old its prompts were when
 // it was taken: the lag of the pass's evidence behind the traffic.
 TEST(EvidenceSample, KnowsHowOldTheFrozenPromptsWere) {

@@ -24,7 +24,6 @@ struct EvidencePrompt {
   std::vector<int32_t> ids;  // BOS included, cut to kEvidencePromptTokens
   uint64_t tokenizer = 0;    // tokenizer_fingerprint of the model that tokenized it
   std::chrono::steady_clock::time_point arrived{};  // when its request reached the server
-  uint64_t order = 0;  // the sample's count of prompts added before it
 };
 
 // The last `capacity` sampled prompts, and the sample a profiling pass freezes so that all of
@@ -38,18 +37,10 @@ class EvidenceSample {
   void add(std::span<const int32_t> ids, uint64_t tokenizer,
            std::chrono::steady_clock::time_point arrived = std::chrono::steady_clock::now());
   size_t size() const { return recent_.size(); }
-  // A new pass: the next pass_sample() freezes the recent prompts of that moment; with
-  // `fresh_only`, only those sampled from now on (a pass started by a change of traffic
-  // samples only what the engine admits after it was seen: a sample straddling the change
-  // looks like mixed traffic). Admission, not arrival, is what counts: under a backlog the
-  // requests that arrived before the change are still being admitted.
-  void begin_pass(bool fresh_only = false) {
-    frozen_.reset();
-    since_ = fresh_only ? added_ : 0;
-  }
+  // A new pass: the next pass_sample() freezes the recent prompts of that moment.
+  void begin_pass() { frozen_.reset(); }
   // The pass's sample: the recent prompts as of the pass's first call (empty when none had
-  // been sampled since the pass began, with `fresh_only`, in which case the next call tries
-  // again).
+  // been sampled then, in which case the next call tries again).
   const std::vector<EvidencePrompt>& pass_sample();
   // Seconds from the oldest and the newest arrival of the frozen sample to the moment it was
   // frozen (0, 0 when none is): how far the pass's evidence lags the traffic.
@@ -60,8 +51,6 @@ class EvidenceSample {
   std::deque<EvidencePrompt> recent_;
   std::optional<std::vector<EvidencePrompt>> frozen_;
   std::chrono::steady_clock::time_point frozen_at_{};
-  uint64_t added_ = 0;  // prompts added so far; EvidencePrompt::order numbers them
-  uint64_t since_ = 0;  // the first order the pass's sample may take
 };
 
 // What scoring one candidate on the sample gave.
