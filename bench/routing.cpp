@@ -139,8 +139,7 @@ json make_routing_report(const RoutingOptions& options) {
                            {"throughput_tokens_per_s", phase_of(*run, phase).throughput()}});
   }
   PerplexityPool oracle;
-  std::map<int64_t, std::string> best_model;  // per request: the static model best for it
-  std::map<int64_t, const json*> best_of;     // and its scores there
+  std::map<int64_t, const json*> best_of;  // per request: its scores on the static model best for it
   for (const auto& [index, r] : by_model.begin()->second) {
     const json* best = nullptr;
     for (const auto& [model, requests] : by_model) {
@@ -149,7 +148,6 @@ json make_routing_report(const RoutingOptions& options) {
       if (best == nullptr || it->second->at("prompt_perplexity").get<double>() <
                                  best->at("prompt_perplexity").get<double>()) {
         best = it->second;
-        best_model[index] = model;
       }
     }
     oracle.add(*best);

@@ -111,6 +111,20 @@ StepModel steps_of(const ProfileRow& row, const std::vector<const ProfileRow*>& 
   return StepModel{};
 }
 
+// steps_of for each of `rows`, their peers being the table's rows scored on the same prompts.
+std::vector<StepModel> member_step_models(const std::vector<const ProfileRow*>& rows,
+                                          const PerformanceTable& table,
+                                          const std::map<std::string, StepModel>& steps,
+                                          const std::string& reference) {
+  std::vector<const ProfileRow*> peers;
+  for (const ProfileRow& r : table.rows()) {
+    if (paired(*rows.front(), r)) peers.push_back(&r);
+  }
+  std::vector<StepModel> out;
+  for (const ProfileRow* r : rows) out.push_back(steps_of(*r, peers, steps, reference));
+  return out;
+}
+
 }  // namespace
 
 std::string SetOption::name() const {
@@ -285,18 +299,13 @@ std::vector<SetOption> evaluate_set_options(const std::vector<const ProfileRow*>
     }
   }
   base.routes = simulate_routes(rows);
-  std::vector<const ProfileRow*> peers;
-  for (const ProfileRow& r : table.rows()) {
-    if (paired(*rows.front(), r)) peers.push_back(&r);
-  }
   base.step_reference = reference;
-  std::vector<StepModel> member_steps;
+  const std::vector<StepModel> member_steps = member_step_models(rows, table, steps, reference);
   for (const ProfileRow* r : rows) {
     SetMember member;
     member.model = r->model;
     member.prompts = std::count(base.routes.begin(), base.routes.end(), base.members.size());
     base.members.push_back(std::move(member));
-    member_steps.push_back(steps_of(*r, peers, steps, reference));
   }
   // The leave rules: a member earns its memory by traffic and by accuracy.
   if (rows.size() > 1) {
@@ -389,17 +398,10 @@ std::optional<SetOption> evaluate_set_at(const SetOption& set, const std::vector
     }
     rows.push_back(row);
   }
-  std::vector<const ProfileRow*> peers;
-  for (const ProfileRow& r : table.rows()) {
-    if (paired(*rows.front(), r)) peers.push_back(&r);
-  }
-  std::vector<StepModel> member_steps;
-  for (const ProfileRow* r : rows) {
-    member_steps.push_back(steps_of(*r, peers, steps, set.step_reference));
-  }
   SetOption base = set;
   base.infeasible_reason.clear();
-  return evaluate_at(rows, depths, base, limits, member_steps);
+  return evaluate_at(rows, depths, base, limits,
+                     member_step_models(rows, table, steps, set.step_reference));
 }
 
 namespace {
@@ -482,6 +484,10 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     for (const ProfileRow* row : rows) r.depths.push_back(row->profiled_layers);
     references.push_back(std::move(r));
   };
+  const auto perplexity_at = [](const Reference& r, const std::vector<int>& weights) {
+    return perplexity_of(routed_sums(r.rows, r.routes, r.depths, weights));
+  };
+  const std::vector<int> every_prompt(single_row->prompt_evidence.size(), 1);
   for (const ProfileRow* peer : peers) add_reference({peer});
   for (const auto& rows : subsets) {
     std::vector<engine::SetMemberFootprint> plan;
@@ -496,19 +502,16 @@ SetChoice choose_resident_set(const PerformanceTable& table, const std::string& 
     }
     add_reference(rows);
     choice.reference_perplexity =
-        std::min(choice.reference_perplexity, full_depth_perplexity_of(rows));
+        std::min(choice.reference_perplexity, perplexity_at(references.back(), every_prompt));
   }
   const auto reference_of = [&](const std::vector<int>& weights) {
     double best = kInfinity;
-    for (const Reference& r : references) {
-      best = std::min(best, perplexity_of(routed_sums(r.rows, r.routes, r.depths, weights)));
-    }
+    for (const Reference& r : references) best = std::min(best, perplexity_at(r, weights));
     return best;
   };
   // The table's best may come from a row of another sample: the replicates' references are
   // scaled to the point's.
-  const double anchor = choice.reference_perplexity /
-                        reference_of(std::vector<int>(single_row->prompt_evidence.size(), 1));
+  const double anchor = choice.reference_perplexity / reference_of(every_prompt);
   choice.single =
       evaluate_set({single_row}, table, slo, limits, steps, single, choice.reference_perplexity);
   // Every feasible depth combination of every set, fastest first: the gate takes the fastest
