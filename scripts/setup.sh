@@ -35,4 +35,17 @@ else
   echo "setup: all packages present"
 fi
 
+# The official openai npm client that tests/openai/client_test.mjs drives the OpenAI API with, at
+# the version tests/openai/package.json pins (npm ci installs what package-lock.json locks).
+OPENAI_TEST="$ROOT/tests/openai"
+openai_pinned="$(node -p "require(process.argv[1]).dependencies.openai" "$OPENAI_TEST/package.json")"
+openai_installed=""
+if [[ -f "$OPENAI_TEST/node_modules/openai/package.json" ]]; then
+  openai_installed="$(node -p "require(process.argv[1]).version" "$OPENAI_TEST/node_modules/openai/package.json")"
+fi
+if [[ "$openai_installed" != "$openai_pinned" ]]; then
+  (cd "$OPENAI_TEST" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+echo "setup: openai npm client $openai_pinned"
+
 "$ROOT/scripts/prepare_data.sh" --out "$ROOT/data"

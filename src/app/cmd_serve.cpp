@@ -85,7 +85,8 @@ void wait_for_signal() { wait_for_signal_or(-1); }
 // for the file never reads half of it.
 void write_ports_file(const std::filesystem::path& path, const serve::Daemon& daemon) {
   const nlohmann::json ports = {
-      {"grpc_port", daemon.grpc_port()}, {"http_port", daemon.http_port()}, {"pid", ::getpid()}};
+      {"grpc_port", daemon.grpc_port()}, {"http_port", daemon.http_port()},
+      {"openai_port", daemon.openai_port()}, {"pid", ::getpid()}};
   const std::filesystem::path temporary = path.string() + ".tmp";
   {
     std::ofstream out(temporary);
@@ -111,7 +112,7 @@ void add_serve_command(CLI::App& app) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--ports-file", options->ports_file,
-                  "Write {grpc_port, http_port, pid} as JSON here once serving");
+                  "Write {grpc_port, http_port, openai_port, pid} as JSON here once serving");
   cmd->add_option("--log-level", options->log_level, "Overrides logging.level")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   cmd->add_option("--log-format", options->log_format, "Overrides logging.format")

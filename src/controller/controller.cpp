@@ -401,6 +401,14 @@ void Controller::handle_request(const engine::RequestTelemetry& request) {
     return;
   }
   if (phase_ != Phase::kServing) return;
+  // The latency constraints hold for the most urgent class the traffic carries: less urgent
+  // requests wait behind it by design.
+  if (latency_classes_.observe(request.priority)) {
+    const size_t window = static_cast<size_t>(std::max<int64_t>(1, slo_.drift_window_requests));
+    ttft_window_ = PercentileWindow(window);
+    tpot_window_ = PercentileWindow(window);
+  }
+  if (request.priority != latency_classes_.most_urgent()) return;
   if (request.generated > 0) ttft_window_.add(request.ttft_s * 1e3);
   if (request.generated > 1) tpot_window_.add(request.tpot_s * 1e3);
 }

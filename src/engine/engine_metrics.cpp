@@ -12,9 +12,8 @@ namespace helios::engine {
 struct EngineMetrics::Series {
   Series(metrics::Registry& r, const MetricBuckets& b) {
     ttft = &r.histogram("helios_time_to_first_token_seconds",
-                        "Time from arrival to the first generated token.",
-                        b.time_to_first_token)
-                .get();
+                        "Time from arrival to the first generated token, by priority class.",
+                        b.time_to_first_token, {"priority"});
     inter_token = &r.histogram("helios_inter_token_latency_seconds",
                                "Time between consecutive generated tokens of a request.",
                                b.inter_token)
@@ -23,8 +22,9 @@ struct EngineMetrics::Series {
                        "End-to-end request latency, arrival to finish.", b.request)
                .get();
     queue = &r.histogram("helios_queue_time_seconds",
-                         "Time from arrival to first admission into the batch.", b.queue)
-                 .get();
+                         "Time from arrival to first admission into the batch, by priority "
+                         "class.",
+                         b.queue, {"priority"});
     batch_size = &r.histogram("helios_batch_size",
                               "Sequences run per engine step (prefill chunks and decodes).",
                               b.batch_size)
@@ -46,8 +46,10 @@ struct EngineMetrics::Series {
                                "loaded layer).",
                                {"model"});
     preemptions = &r.counter("helios_preemptions_total",
-                             "Sequences preempted because the KV cache was full.")
-                       .get();
+                             "Sequences preempted (the KV cache was full, or a more urgent "
+                             "request needed their place), by the preempted one's priority "
+                             "class.",
+                             {"priority"});
     steps = &r.counter("helios_engine_steps_total", "Engine steps run.").get();
     step_seconds = &r.counter("helios_engine_step_seconds_total",
                               "Wall time of engine steps (scheduling, model, sampling, "
@@ -122,9 +124,11 @@ struct EngineMetrics::Series {
     member_running->labels({name}).set(0.0);
   }
 
-  metrics::Histogram *ttft, *inter_token, *e2e, *queue, *batch_size;
+  metrics::Family<metrics::Histogram>*ttft, *queue;
+  metrics::Histogram *inter_token, *e2e, *batch_size;
   metrics::Gauge *running, *waiting, *blocks_total, *blocks_used, *usage, *kv_bytes, *kv_sequences;
-  metrics::Counter *prompt_tokens, *generated_tokens, *preemptions, *steps, *step_seconds,
+  metrics::Family<metrics::Counter>* preemptions;
+  metrics::Counter *prompt_tokens, *generated_tokens, *steps, *step_seconds,
       *forward_seconds, *router_seconds;
   metrics::Family<metrics::Counter>*finished, *exits, *greedy_family, *faults, *routed_family;
   metrics::Family<metrics::Gauge>*weight_bytes, *loaded_layers, *member_kv_blocks, *member_kv_used,
@@ -168,13 +172,31 @@ void EngineMetrics::on_router_seconds(double seconds) { series_->router_seconds-
 
 void EngineMetrics::begin_step() { step_ = StepTelemetry{}; }
 
+namespace {
+std::string priority_label(const Sequence& sequence) {
+  return std::to_string(sequence.request->spec().priority);
+}
+}  // namespace
+
+void EngineMetrics::declare_priorities(int64_t levels) {
+  for (int64_t p = 0; p < levels; ++p) {
+    const std::string label = std::to_string(p);
+    series_->ttft->labels({label});
+    series_->queue->labels({label});
+    series_->preemptions->labels({label});
+  }
+}
+
 void EngineMetrics::on_admit(const Sequence& sequence, Clock::time_point now) {
-  series_->queue->observe(seconds_between(sequence.request->arrival(), now));
+  series_->queue->labels({priority_label(sequence)})
+      .observe(seconds_between(sequence.request->arrival(), now));
   series_->prompt_tokens->inc(static_cast<double>(sequence.prompt_length));
 }
 
-void EngineMetrics::on_preempt(int64_t count) {
-  if (count > 0) series_->preemptions->inc(static_cast<double>(count));
+void EngineMetrics::on_preempt(const std::vector<int32_t>& priorities) {
+  for (const int32_t priority : priorities) {
+    series_->preemptions->labels({std::to_string(priority)}).inc();
+  }
 }
 
 void EngineMetrics::on_token(const Sequence& sequence, const model::TokenExit& exit,
@@ -187,7 +209,8 @@ void EngineMetrics::on_token(const Sequence& sequence, const model::TokenExit& e
   if (metrics::Counter* exits = member.exit_by_layer.at(exit.exit_layer)) exits->inc();
   if (exit.greedy_exit) member.greedy->inc();
   if (sequence.generated == 0) {
-    series_->ttft->observe(seconds_between(sequence.request->arrival(), now));
+    series_->ttft->labels({priority_label(sequence)})
+        .observe(seconds_between(sequence.request->arrival(), now));
   } else {
     series_->inter_token->observe(seconds_between(sequence.last_token_at, now));
   }
@@ -227,10 +250,14 @@ void EngineMetrics::on_finish(Sequence& sequence, Finish reason, const ServedMod
   const Request& request = *sequence.request;
   series_->finished->labels({std::string(finish_label(reason))}).inc();
   series_->e2e->observe(seconds_between(request.arrival(), now));
-  if (!sequence.admitted) series_->queue->observe(seconds_between(request.arrival(), now));
+  if (!sequence.admitted) {
+    series_->queue->labels({priority_label(sequence)})
+        .observe(seconds_between(request.arrival(), now));
+  }
   if (sink_ == nullptr) return;
   RequestTelemetry t;
   t.id = request.spec().id;
+  t.priority = sequence.request->spec().priority;
   t.model = model.name;
   t.loaded_layers = model.loaded_layers;
   t.model_epoch = model.epoch;

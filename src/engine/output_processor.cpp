@@ -48,6 +48,8 @@ Update OutputProcessor::final_update(Sequence& sequence, Finish reason, std::str
   usage.prompt_tokens = sequence.prompt_length;
   usage.completion_tokens = sequence.generated;
   usage.preemptions = sequence.preemptions;
+  usage.loaded_layers = loaded_layers;
+  usage.priority = request.spec().priority;
   usage.mean_exit_layer =
       sequence.generated > 0 ? sequence.exit_layer_sum / static_cast<double>(sequence.generated)
                              : 0.0;
@@ -81,6 +83,7 @@ void OutputProcessor::log_finished(const Sequence& sequence, const Usage& usage,
   fields["mean_exit_layer"] = usage.mean_exit_layer;
   fields["greedy_exits"] = sequence.greedy_exits;
   fields["preemptions"] = usage.preemptions;
+  fields["priority"] = usage.priority;
   if (!error.empty()) fields["error"] = error;
   logging::event(reason == Finish::kError ? spdlog::level::warn : spdlog::level::info,
                  "request_finished", fields);

@@ -27,6 +27,12 @@ const SchedulerLimits& checked(const SchedulerLimits& limits) {
                 "scheduler limits: max_running and max_batch_tokens must be positive, "
                 "max_queued non-negative");
   }
+  if (limits.priority_levels < 1 || limits.default_priority < 0 ||
+      limits.default_priority >= limits.priority_levels) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "scheduler limits: priority_levels must be positive and default_priority below "
+                "it");
+  }
   return limits;
 }
 
@@ -51,6 +57,8 @@ ServingEngine::ServingEngine(std::shared_ptr<const ModelInstance> model, EngineO
   options_.exit_policy.validate();
   lanes_[0].model = std::move(model);
   lanes_[0].name = options_.model_name;
+  queued_by_class_.assign(static_cast<size_t>(options_.limits.priority_levels), 0);
+  metrics_.declare_priorities(options_.limits.priority_levels);
   publish_stats();
 }
 
@@ -67,21 +75,37 @@ void ServingEngine::submit(std::shared_ptr<Request> request) {
     if (closed_ || stopping_) {
       throw Error(ErrorCode::kUnavailable, "the server is shutting down");
     }
-    const int64_t queued = in_flight_.load() - stats_.running;
+    const int32_t priority = request->spec().priority;
+    if (priority < 0 || priority >= options_.limits.priority_levels) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("priority: {} is outside 0..{}", priority,
+                              options_.limits.priority_levels - 1));
+    }
+    const int64_t queued = queued_by_class_[static_cast<size_t>(priority)];
     if (queued >= options_.limits.max_queued) {
-      throw Error(ErrorCode::kResourceExhausted,
-                  fmt::format("request queue is full ({} requests waiting, limit "
-                              "scheduler.max_queued_requests = {})",
-                              queued, options_.limits.max_queued));
+      throw Error(ErrorCode::kResourceExhausted, queue_full_message(priority, queued));
     }
     if (!ids_in_flight_.insert(request->spec().id).second) {
       throw Error(ErrorCode::kFailedPrecondition,
                   "request_id: a request with id '" + request->spec().id + "' is in flight");
     }
+    ++queued_by_class_[static_cast<size_t>(priority)];
     incoming_.push_back(std::move(request));
     in_flight_.fetch_add(1);
   }
   wakeup_.notify_one();
+}
+
+std::string ServingEngine::queue_full_message(int32_t priority, int64_t queued) const {
+  return fmt::format("request queue is full ({} requests of priority {} waiting, limit "
+                     "scheduler.max_queued_requests = {} per priority class)",
+                     queued, priority, options_.limits.max_queued);
+}
+
+int64_t ServingEngine::queued(int32_t priority) const {
+  std::lock_guard lock(mutex_);
+  if (priority < 0 || static_cast<size_t>(priority) >= queued_by_class_.size()) return 0;
+  return queued_by_class_[static_cast<size_t>(priority)];
 }
 
 void ServingEngine::wake() {
@@ -569,7 +593,7 @@ void ServingEngine::step() {
 
   const StepPlan plan = scheduler_.schedule(options_.limits.max_batch_tokens);
   preemptions_ += plan.preempted;
-  metrics_.on_preempt(plan.preempted);
+  metrics_.on_preempt(plan.preempted_priorities);
   admit(plan);
   // Status shows the batch this step runs (its blocks reserved) before any of its tokens
   // reach a client: a client that reads its first token and then asks for the status sees
@@ -604,6 +628,12 @@ void ServingEngine::admit(const StepPlan& plan) {
   // Deterministic prompt sampling: admission n (0-based) is scored when
   // floor((n + 1) * rate) > floor(n * rate).
   const double rate = prompt_sampling_.load();
+  if (!plan.admitted.empty()) {
+    std::lock_guard lock(mutex_);
+    for (const Sequence* sequence : plan.admitted) {
+      --queued_by_class_[static_cast<size_t>(sequence->request->spec().priority)];
+    }
+  }
   for (Sequence* sequence : plan.admitted) {
     const Clock::time_point now = Clock::now();
     const uint64_t n = admissions_++;
@@ -755,6 +785,9 @@ void ServingEngine::finish(Sequence& sequence, Finish reason, std::string error,
   {
     std::lock_guard lock(mutex_);
     ids_in_flight_.erase(sequence.request->spec().id);
+    if (!sequence.admitted) {
+      --queued_by_class_[static_cast<size_t>(sequence.request->spec().priority)];
+    }
     ++stats_.finished;
     stats_.kv_blocks_used = 0;
     for (size_t i = 0; i < lanes_.size(); ++i) {

@@ -28,6 +28,7 @@
 #include "helios/metrics/registry.h"
 #include "admin_service.h"
 #include "inference_service.h"
+#include "openai_service.h"
 
 namespace helios::serve {
 
@@ -197,8 +198,13 @@ void Daemon::start() {
   }
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   health->SetServingStatus(false);
-  spdlog::info("listening: gRPC on port {}, HTTP on {}", grpc_port_,
-               http_ ? config_.http_host + ":" + std::to_string(http_port_) : "(disabled)");
+  if (config_.openai_port >= 0) {
+    openai_ = std::make_unique<OpenAiServer>(services_->context, *registry_);
+    openai_port_ = openai_->start(config_.openai_host, static_cast<int>(config_.openai_port));
+  }
+  spdlog::info("listening: gRPC on port {}, HTTP on {}, OpenAI API on {}", grpc_port_,
+               http_ ? config_.http_host + ":" + std::to_string(http_port_) : "(disabled)",
+               openai_ ? config_.openai_host + ":" + std::to_string(openai_port_) : "(disabled)");
 
   load_model();
   export_energy();
@@ -265,6 +271,8 @@ void Daemon::load_model() {
   served.limits.max_prompt_bytes = config_.max_prompt_bytes;
   served.limits.max_stop_strings = config_.max_stop_strings;
   served.limits.max_stop_bytes = config_.max_stop_bytes;
+  served.limits.priority_levels = config_.limits.priority_levels;
+  served.limits.default_priority = config_.limits.default_priority;
   services_->context.publish(served);
 
   const engine::EngineStats stats = engine_->stats();
@@ -358,6 +366,8 @@ void Daemon::shutdown() {
   }
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
   if (engine_) engine_->stop();
+  // Its handlers returned once the engine finished their requests.
+  if (openai_) openai_->stop();
   state_.store(ServerState::kStopped);
   if (http_) http_->stop();
   if (server_) server_->Wait();

@@ -49,6 +49,7 @@ void fill_usage(const engine::Usage& usage, v1::Usage* out) {
   out->set_preemptions(static_cast<uint32_t>(usage.preemptions));
   out->set_prompt_perplexity(usage.prompt_perplexity);
   out->set_prompt_scored_tokens(static_cast<uint32_t>(usage.prompt_scored_tokens));
+  out->set_priority(static_cast<uint32_t>(usage.priority));
 }
 
 void fill_tokens(const std::vector<engine::TokenDetail>& tokens,
@@ -275,13 +276,12 @@ std::shared_ptr<engine::Request> InferenceService::prepare(grpc::CallbackServerC
   engine::ServingEngine& engine = *served.engine;
   // Refused before any real work: the engine checks again when the request is submitted (the
   // queue may fill in between), but a flood of requests it would refuse is never tokenized.
-  const int64_t queued = engine.in_flight() - engine.stats().running;
-  const int64_t max_queued = engine.options().limits.max_queued;
-  if (queued >= max_queued) {
-    throw Error(ErrorCode::kResourceExhausted,
-                fmt::format("request queue is full ({} requests waiting, limit "
-                            "scheduler.max_queued_requests = {})",
-                            queued, max_queued));
+  const int32_t priority = request.has_priority()
+                               ? static_cast<int32_t>(std::min<uint32_t>(request.priority(), 1 << 20))
+                               : static_cast<int32_t>(served.limits.default_priority);
+  if (const int64_t queued = engine.queued(priority);
+      queued >= engine.options().limits.max_queued) {
+    throw Error(ErrorCode::kResourceExhausted, engine.queue_full_message(priority, queued));
   }
   engine::RequestSpec spec =
       validate_request(request, served.limits, engine.model()->tokenizer());

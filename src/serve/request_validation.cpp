@@ -143,6 +143,15 @@ engine::RequestSpec validate_request(const v1::GenerateRequest& request,
     }
     spec.stop.push_back(stop);
   }
+  spec.priority = static_cast<int32_t>(limits.default_priority);
+  if (request.has_priority()) {
+    if (request.priority() >= static_cast<uint64_t>(limits.priority_levels)) {
+      invalid(fmt::format("priority: {} is outside 0..{} (scheduler.priority_levels = {}; 0 is "
+                          "the most urgent)",
+                          request.priority(), limits.priority_levels - 1, limits.priority_levels));
+    }
+    spec.priority = static_cast<int32_t>(request.priority());
+  }
   spec.token_details = request.include_token_details();
   spec.score_prompt = request.score_prompt();
 

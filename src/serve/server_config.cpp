@@ -65,7 +65,8 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   static const std::set<std::string> kSections = {"grpc",      "http",       "model",
                                                   "memory",    "scheduler",  "early_exit",
                                                   "shutdown",  "metrics",    "logging",
-                                                  "controller", "energy",    "admin"};
+                                                  "controller", "energy",    "admin",
+                                                  "openai"};
   for (const auto& [key, value] : root.items()) {
     if (!kSections.contains(key)) fail(key, "unknown section");
   }
@@ -92,6 +93,29 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   http.string("host", c.http_host);
   http.integer("port", c.http_port, -1, 65535);
   http.check_unknown();
+
+  Section openai(root, "openai");
+  openai.string("host", c.openai_host);
+  openai.integer("port", c.openai_port, -1, 65535);
+  if (const json* keys = openai.find("api_keys"); keys != nullptr && !keys->is_null()) {
+    if (!keys->is_array()) fail("openai.api_keys", "must be an array of strings");
+    for (size_t i = 0; i < keys->size(); ++i) {
+      const json& key = (*keys)[i];
+      const std::string name = "openai.api_keys[" + std::to_string(i) + "]";
+      if (!key.is_string() || key.get_ref<const std::string&>().empty()) {
+        fail(name, "must be a non-empty string");
+      }
+      for (const char ch : key.get_ref<const std::string&>()) {
+        if (static_cast<unsigned char>(ch) <= 0x20 || ch == 0x7f) {
+          fail(name, "must not contain spaces or control characters");
+        }
+      }
+      c.openai_api_keys.push_back(key.get<std::string>());
+    }
+  }
+  openai.integer("max_connections", c.openai_max_connections, 1, 4096);
+  openai.integer("max_body_bytes", c.openai_max_body_bytes, 1024, int64_t{1} << 30);
+  openai.check_unknown();
 
   Section model(root, "model");
   std::string path;
@@ -124,6 +148,8 @@ ServerConfig ServerConfig::from_json(const json& root, const std::filesystem::pa
   scheduler.integer("max_stop_strings", c.max_stop_strings, 0, 64);
   scheduler.integer("max_stop_bytes", c.max_stop_bytes, 1, 1024);
   scheduler.integer("max_prompt_bytes", c.max_prompt_bytes, 1, int64_t{1} << 30);
+  scheduler.integer("priority_levels", c.limits.priority_levels, 1, 64);
+  scheduler.integer("default_priority", c.limits.default_priority, 0, 63);
   scheduler.check_unknown();
 
   Section exit(root, "early_exit");
@@ -225,6 +251,16 @@ void ServerConfig::validate() const {
   if (energy_source == "nvml" && device == "cpu") {
     fail("energy.source", "\"nvml\" needs model.device cuda or cuda:N (NVML measures a GPU)");
   }
+  if (limits.default_priority >= limits.priority_levels) {
+    fail("scheduler.default_priority",
+         "must be below scheduler.priority_levels (" + std::to_string(limits.priority_levels) +
+             ")");
+  }
+  if (openai_host.empty()) fail("openai.host", "must not be empty");
+  if (openai_port >= 0 && http_port >= 0 && openai_port != 0 && openai_port == http_port &&
+      openai_host == http_host) {
+    fail("openai.port", "must differ from http.port (" + std::to_string(http_port) + ")");
+  }
   if (limits.max_batch_tokens < limits.max_running) {
     // Every running sequence decodes one token per step; a smaller budget would starve some.
     fail("scheduler.max_batch_tokens",
@@ -247,6 +283,12 @@ nlohmann::json ServerConfig::to_json() const {
         {"max_connection_age_ms", grpc_max_connection_age_ms},
         {"max_connection_age_grace_ms", grpc_max_connection_age_grace_ms}}},
       {"http", {{"host", http_host}, {"port", http_port}}},
+      {"openai",
+       {{"host", openai_host},
+        {"port", openai_port},
+        {"api_keys", json::array_t(openai_api_keys.size(), "(set)")},
+        {"max_connections", openai_max_connections},
+        {"max_body_bytes", openai_max_body_bytes}}},
       {"model",
        {{"path", model_path.string()},
         {"name", model_name},
@@ -265,7 +307,9 @@ nlohmann::json ServerConfig::to_json() const {
         {"max_output_tokens", max_output_tokens},
         {"max_stop_strings", max_stop_strings},
         {"max_stop_bytes", max_stop_bytes},
-        {"max_prompt_bytes", max_prompt_bytes}}},
+        {"max_prompt_bytes", max_prompt_bytes},
+        {"priority_levels", limits.priority_levels},
+        {"default_priority", limits.default_priority}}},
       {"early_exit",
        {{"threshold", exit_policy.threshold},
         {"metric", exit_policy.metric == model::ConfidenceMetric::kEntropy ? "entropy"

@@ -33,9 +33,11 @@ class SchedulerTest : public ::testing::Test {
   }
 
   // Queues request `id` with a prompt of `prompt_length` tokens; returns its sequence.
-  Sequence* add(const std::string& id, int64_t prompt_length, bool score_prompt = false) {
+  Sequence* add(const std::string& id, int64_t prompt_length, bool score_prompt = false,
+               int32_t priority = 0) {
     RequestSpec spec;
     spec.id = id;
+    spec.priority = priority;
     spec.prompt.assign(static_cast<size_t>(prompt_length), 'a');
     spec.max_tokens = 1000;
     spec.score_prompt = score_prompt;
@@ -334,6 +336,93 @@ TEST_F(SchedulerTest, DropFinishedRemovesFinishedSequencesEverywhere) {
   b->finish = Finish::kDeadline;
   scheduler_->drop_finished();
   EXPECT_TRUE(scheduler_->idle());
+}
+
+// Priority classes (RequestSpec::priority): 0 is the most urgent.
+TEST_F(SchedulerTest, TheQueueIsOrderedByPriorityThenArrival) {
+  make(64);
+  add("low-1", 2, false, 2);
+  add("urgent-1", 2, false, 0);
+  add("low-2", 2, false, 2);
+  add("normal", 2, false, 1);
+  add("urgent-2", 2, false, 0);
+  const StepPlan plan = step(64);
+  EXPECT_EQ(ids(plan.prefills),
+            (std::vector<std::string>{"urgent-1", "urgent-2", "normal", "low-1", "low-2"}));
+}
+
+TEST_F(SchedulerTest, AnUrgentRequestTakesThePlaceOfTheLeastUrgentInAFullBatch) {
+  make(64, /*max_running=*/2);
+  Sequence* low = add("low", 2, false, 2);
+  Sequence* normal = add("normal", 2, false, 1);
+  step(64);
+  ASSERT_EQ(scheduler_->running(), 2);
+  add("urgent", 2, false, 0);
+  const StepPlan plan = step(64);
+  // The least urgent gives way even though it is the oldest; the other class keeps running.
+  EXPECT_EQ(low->preemptions, 1);
+  EXPECT_EQ(normal->preemptions, 0);
+  EXPECT_EQ(plan.preempted_priorities, (std::vector<int32_t>{2}));
+  EXPECT_EQ(ids(plan.decodes), (std::vector<std::string>{"normal"}));
+  EXPECT_EQ(ids(plan.prefills), (std::vector<std::string>{"urgent"}));
+  EXPECT_EQ(scheduler_->waiting(), 1);
+
+  // Nothing less urgent than itself is running: the preempted one waits for a free place.
+  const StepPlan next = step(64);
+  EXPECT_EQ(next.preempted, 0);
+  EXPECT_EQ(scheduler_->waiting(), 1);
+}
+
+TEST_F(SchedulerTest, ARequestNeverPreemptsItsOwnClassOrAMoreUrgentOne) {
+  make(64, /*max_running=*/1);
+  add("urgent", 2, false, 0);
+  step(64);
+  add("same", 2, false, 0);
+  add("low", 2, false, 2);
+  const StepPlan plan = step(64);
+  EXPECT_EQ(plan.preempted, 0);
+  EXPECT_EQ(ids(plan.decodes), (std::vector<std::string>{"urgent"}));
+  EXPECT_EQ(scheduler_->waiting(), 2);
+}
+
+TEST_F(SchedulerTest, AnUrgentRequestTakesBlocksFromTheLeastUrgent) {
+  // 4 blocks of 4: normal's prompt of 7 and low's of 8 fill 2 blocks each.
+  make(4);
+  Sequence* normal = add("normal", 7, false, 1);
+  Sequence* low = add("low", 8, false, 2);
+  step(64);
+  ASSERT_EQ(cache_->pool().free_blocks(), 0);
+  add("urgent", 8, false, 0);
+  const StepPlan plan = step(64);
+  EXPECT_EQ(low->preemptions, 1);
+  EXPECT_EQ(normal->preemptions, 0);
+  EXPECT_EQ(ids(plan.decodes), (std::vector<std::string>{"normal"}));
+  EXPECT_EQ(ids(plan.prefills), (std::vector<std::string>{"urgent"}));
+}
+
+TEST_F(SchedulerTest, UnderPoolPressureTheLeastUrgentGivesWayNotTheNewest) {
+  // 4 blocks of 4. low (prompt 7) is admitted first and decodes within its 2 blocks; urgent
+  // (prompt 8) fills the other 2. Then urgent needs a third block for position 8.
+  make(4);
+  Sequence* low = add("low", 7, false, 2);
+  step(64);
+  Sequence* urgent = add("urgent", 8, false, 1);
+  StepPlan plan = step(64);
+  ASSERT_EQ(ids(plan.prefills), (std::vector<std::string>{"urgent"}));
+  ASSERT_EQ(cache_->pool().free_blocks(), 0);
+  plan = step(64);
+  EXPECT_EQ(ids(plan.decodes), (std::vector<std::string>{"urgent"}));
+  EXPECT_EQ(low->preemptions, 1) << "the older but less urgent sequence gives way";
+  EXPECT_EQ(urgent->preemptions, 0);
+  // Back in the queue it stays ahead of newer work of its class, behind more urgent work.
+  add("low-new", 2, false, 2);
+  add("urgent-new", 2, false, 1);
+  add("urgent-old", 2, false, 0);
+  std::vector<std::string> waiting;
+  scheduler_->for_each([&](Sequence& s) {
+    if (s.kv.length == 0) waiting.push_back(s.request->spec().id);
+  });
+  EXPECT_EQ(waiting, (std::vector<std::string>{"urgent-old", "urgent-new", "low", "low-new"}));
 }
 
 }  // namespace

@@ -91,6 +91,7 @@ class DaemonProcess {
         const auto ports = nlohmann::json::parse(helios::read_file(ports_path_));
         grpc_port_ = ports.at("grpc_port").get<int>();
         http_port_ = ports.at("http_port").get<int>();
+        openai_port_ = ports.value("openai_port", 0);
         return true;
       }
       int status = 0;
@@ -149,6 +150,7 @@ class DaemonProcess {
 
   std::string address() const { return host_ + ":" + std::to_string(grpc_port_); }
   int http_port() const { return http_port_; }
+  int openai_port() const { return openai_port_; }
   std::string log() const {
     return std::filesystem::exists(log_path_) ? helios::read_file(log_path_) : "";
   }
@@ -172,7 +174,7 @@ class DaemonProcess {
   std::filesystem::path ports_path_, log_path_;
   pid_t pid_ = -1;
   std::string host_ = "127.0.0.1";
-  int grpc_port_ = 0, http_port_ = 0;
+  int grpc_port_ = 0, http_port_ = 0, openai_port_ = 0;
 };
 
 // The result of one streamed Generate call.

@@ -334,7 +334,8 @@ class Controller final : public engine::TelemetrySink {
   std::unique_ptr<Accumulator> profile_;
   int64_t max_batch_ = 0;
   BreachCounter breaches_{100};
-  PercentileWindow ttft_window_{32}, tpot_window_{32};
+  PercentileWindow ttft_window_{32}, tpot_window_{32};  // of the most urgent class
+  UrgentClass latency_classes_;
   std::deque<std::pair<double, int64_t>> prompt_window_;  // sampled prompts: NLL, tokens
   EvidenceSample evidence_;                        // recent sampled prompts (token ids)
   std::map<std::string, uint64_t> tokenizers_;     // per candidate: tokenizer_fingerprint

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <deque>
 #include <vector>
 
 #include "helios/common/error.h"
@@ -58,6 +60,31 @@ class PercentileWindow {
   size_t capacity_;
   std::vector<double> samples_;  // ring buffer once full
   size_t next_ = 0;              // slot the next sample overwrites
+};
+
+// The most urgent priority class (lowest value) among the last `span` requests: the class
+// whose latency the controller's constraints judge. A class that stops arriving for `span`
+// requests hands over to the most urgent of those that did.
+class UrgentClass {
+ public:
+  explicit UrgentClass(size_t span = 256) : span_(std::max<size_t>(1, span)) {}
+
+  // Records a request's class; true when the most urgent class changed.
+  bool observe(int32_t priority) {
+    const int32_t before = most_urgent();
+    recent_.push_back(priority);
+    if (recent_.size() > span_) recent_.pop_front();
+    return most_urgent() != before;
+  }
+  // -1 before any request.
+  int32_t most_urgent() const {
+    if (recent_.empty()) return -1;
+    return *std::min_element(recent_.begin(), recent_.end());
+  }
+
+ private:
+  size_t span_;
+  std::deque<int32_t> recent_;
 };
 
 }  // namespace helios::controller

@@ -94,7 +94,10 @@ class EngineMetrics {
   void on_router_seconds(double seconds);
   void begin_step();
   void on_admit(const Sequence& sequence, Clock::time_point now);
-  void on_preempt(int64_t count);
+  // Sequences preempted this step, by their priority class.
+  void on_preempt(const std::vector<int32_t>& priorities);
+  // Creates the per-class series (TTFT, queue time, preemptions) of classes 0..levels-1 at zero.
+  void declare_priorities(int64_t levels);
   // A token sampled for `sequence`, before the sequence records it (so that the time since
   // its previous token is still known).
   void on_token(const Sequence& sequence, const model::TokenExit& exit, Clock::time_point now);

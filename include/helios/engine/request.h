@@ -27,6 +27,8 @@ struct RequestSpec {
   std::vector<std::string> stop;  // stop strings, matched on the decoded text
   bool token_details = false;
   bool score_prompt = false;  // report the prompt's perplexity in Usage
+  // Scheduling class: 0 is the most urgent; below SchedulerLimits::priority_levels.
+  int32_t priority = 0;
   Clock::time_point deadline = Clock::time_point::max();
 };
 
@@ -47,6 +49,8 @@ struct Usage {
   // With RequestSpec::score_prompt: early-exit perplexity of the prompt at the loaded depth.
   double prompt_perplexity = 0.0;
   int64_t prompt_scored_tokens = 0;
+  int32_t priority = 0;  // the request's scheduling class
+  int64_t loaded_layers = 0;  // depth of the model that finished it
 };
 
 // What the engine has produced for a request since the consumer last looked. Updates merge:

@@ -23,6 +23,7 @@ struct StepPlan {
   std::vector<PrefillChunk> prefills;  // chunks continuing in the batch, then new admissions
   std::vector<Sequence*> admitted;     // admitted into the batch for the first time this step
   int64_t preempted = 0;               // sequences that gave their blocks back this step
+  std::vector<int32_t> preempted_priorities;  // their priority classes
 
   int64_t batch() const { return static_cast<int64_t>(decodes.size() + prefills.size()); }
 };
@@ -44,14 +45,18 @@ bool fits_context(const Sequence& sequence, int64_t context);
 // KvCache block pools, one per lane (a member of the engine's resident set; Sequence::lane
 // says whose pool a sequence uses): no model, no metrics, no clock.
 //
-// One queue, one batch, one token budget and one cap span every lane. Each step every decoding
-// sequence gets one token of the budget and a block for it, oldest first; when its pool runs
-// dry the newest running sequence of the same lane gives way (preemption: its blocks go back
-// and it waits at the front of the queue, to be recomputed). Sequences whose prefill is chunked
-// continue next, then waiting requests are admitted in order while the budget, the cap and
-// their pool allow. Neither of those preempts: a request waits for blocks rather than evicting
-// one that holds them, and so does every later request of its lane (order holds within a
-// lane), while requests of other lanes go on.
+// One queue, one batch, one token budget and one cap span every lane. Every request has a
+// priority (RequestSpec::priority: 0 is the most urgent class) and the queue is ordered by
+// class, then arrival. Each step, first, a waiting request that would wait for a place in a
+// full batch, or for blocks of its pool, while a less urgent sequence runs, preempts the least
+// urgent (newest) one. Then every decoding sequence gets one token of the budget and a block
+// for it, most urgent class first and oldest first within it; when its pool runs dry the least
+// urgent, newest running sequence of the same lane gives way (preemption: its blocks go back
+// and it waits at the front of its class, to be recomputed). Sequences whose prefill is
+// chunked continue next, then waiting requests are admitted in order while the budget, the cap
+// and their pool allow. Neither of those preempts a sequence of the same class: a request
+// waits for blocks rather than evicting one that holds them, and so does every later request
+// of its lane (order holds within a lane), while requests of other lanes go on.
 class Scheduler {
  public:
   // `max_running` bounds the batch and every later set_max_running. One lane, over `cache`.
@@ -112,6 +117,16 @@ class Scheduler {
   void schedule_prefills(StepPlan& plan, int64_t& budget);
   bool reserve_or_preempt(Sequence& sequence, int64_t new_length, StepPlan& plan);
   void preempt(Sequence& victim, StepPlan& plan);
+  // Puts a sequence that already ran back at the front of its class's waiting requests.
+  void requeue_front(std::unique_ptr<Sequence> sequence);
+  // The running sequence of `lane` (any lane when negative) whose priority value is the
+  // largest and above `below`, the newest of those; null when none.
+  Sequence* least_urgent_running(int32_t lane, int32_t below) const;
+  // Preempts less urgent running sequences for waiting requests that would otherwise wait
+  // for a place in the batch or for blocks they hold.
+  void make_room_for_urgent(StepPlan& plan);
+  // Indices into running_, most urgent class first, admission order within a class.
+  std::vector<size_t> running_by_urgency() const;
   // A lane whose running sequences all wait on its full pool mid-prefill: its newest gives its
   // blocks to the others rather than all of them waiting forever.
   void unblock_lanes(StepPlan& plan);

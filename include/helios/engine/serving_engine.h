@@ -30,7 +30,11 @@ namespace helios::engine {
 struct SchedulerLimits {
   int64_t max_running = 64;        // sequences in the batch (prefilling or decoding)
   int64_t max_batch_tokens = 512;  // tokens one step may run: decodes + prefill chunks
-  int64_t max_queued = 256;        // requests waiting for admission
+  int64_t max_queued = 256;        // requests waiting for admission, per priority class
+  // Scheduling classes 0 (most urgent) .. priority_levels - 1; a request that names none gets
+  // default_priority.
+  int64_t priority_levels = 3;
+  int64_t default_priority = 1;
 };
 
 // Fault injection for tests: hooks the engine thread calls where a real failure would strike.
@@ -114,7 +118,9 @@ class ServingEngine {
   ServingEngine& operator=(const ServingEngine&) = delete;
 
   void start();
-  // Queues a request. Throws Error(kResourceExhausted) when max_queued requests wait already,
+  // Queues a request. Throws Error(kInvalidArgument) for a priority outside
+  // 0..priority_levels - 1, Error(kResourceExhausted) when max_queued requests of its priority
+  // class wait already,
   // Error(kUnavailable) once close() was called, Error(kFailedPrecondition) when a request
   // with the same id is in flight. A request whose prompt leaves no room to generate within the
   // context of the model serving when the engine takes it in (a switch to a shorter context
@@ -170,6 +176,11 @@ class ServingEngine {
   int64_t max_running() const { return scheduler_.max_running(); }
 
   int64_t in_flight() const { return in_flight_.load(); }
+  // Requests of class `priority` submitted and not yet admitted into the batch (the count
+  // scheduler.max_queued_requests bounds per class).
+  int64_t queued(int32_t priority) const;
+  // The message of the RESOURCE_EXHAUSTED a full queue of class `priority` gets.
+  std::string queue_full_message(int32_t priority, int64_t queued) const;
   EngineStats stats() const;
   // As constructed: model_name and exit_policy are those of the start (see stats()).
   const EngineOptions& options() const { return options_; }
@@ -259,6 +270,7 @@ class ServingEngine {
   std::condition_variable wakeup_;
   std::deque<std::shared_ptr<Request>> incoming_;
   std::unordered_set<std::string> ids_in_flight_;
+  std::vector<int64_t> queued_by_class_;  // by priority: submitted, not yet admitted
   bool closed_ = false;
   bool stopping_ = false;
   std::atomic<int64_t> in_flight_{0};

@@ -17,6 +17,7 @@ struct RequestTelemetry {
   std::string model;          // model name at finish
   int64_t loaded_layers = 0;  // at finish
   uint64_t model_epoch = 0;   // engine model epoch at finish
+  int32_t priority = 0;       // the request's scheduling class (0 = most urgent)
   // Admitted and finished under the same epoch (no switch or resize in between), so every
   // figure below comes from one model at one depth.
   bool single_epoch = true;

@@ -43,10 +43,12 @@ void check_admin_exposure(const ServerConfig& config);
 void read_admin_token(ServerConfig& config);
 
 // The helios daemon: the HTTP endpoint, the gRPC server (Inference, Admin, health,
-// reflection) and the serving engine, with their lifecycle. start() brings everything up and
+// reflection), the OpenAI-compatible HTTP API and the serving engine, with their lifecycle. start() brings everything up and
 // returns once the model serves; shutdown() drains: health goes NOT_SERVING, new calls get
 // UNAVAILABLE, requests in flight finish (or are cancelled when the drain timeout passes),
 // then the servers stop.
+class OpenAiServer;
+
 class Daemon {
  public:
   explicit Daemon(ServerConfig config);
@@ -61,6 +63,7 @@ class Daemon {
 
   int grpc_port() const { return grpc_port_; }
   int http_port() const { return http_port_; }
+  int openai_port() const { return openai_port_; }  // 0 when openai.port is -1
   ServerState state() const { return state_.load(); }
 
  private:
@@ -79,8 +82,10 @@ class Daemon {
   std::unique_ptr<engine::ServingEngine> engine_;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<OpenAiServer> openai_;
   int grpc_port_ = 0;
   int http_port_ = 0;
+  int openai_port_ = 0;
   std::mutex shutdown_mutex_;
   std::atomic<bool> force_{false};
   bool shut_down_ = false;

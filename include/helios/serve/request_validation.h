@@ -25,6 +25,8 @@ struct RequestLimits {
   int64_t context_length = 0;                   // the model's max_position_embeddings
   int64_t max_stop_strings = 8;                 // scheduler.max_stop_strings
   int64_t max_stop_bytes = 64;                  // scheduler.max_stop_bytes
+  int64_t priority_levels = 3;                  // scheduler.priority_levels
+  int64_t default_priority = 1;                 // scheduler.default_priority
 };
 
 // Parses serialized GenerateRequest bytes without protobuf's UTF-8 check on string fields, so

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "helios/engine/serving_engine.h"
 
@@ -20,6 +21,16 @@ struct ServerConfig {
   // http: /metrics, /healthz, /readyz
   std::string http_host = "127.0.0.1";
   int64_t http_port = 9464;  // 0 picks a free one; -1 disables the endpoint
+  // openai: the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models)
+  std::string openai_host = "127.0.0.1";
+  int64_t openai_port = -1;  // 0 picks a free one; -1 (the default) disables it
+  // Bearer keys a client must present (Authorization: Bearer KEY); empty = no key asked.
+  std::vector<std::string> openai_api_keys;
+  // Connections served at once: each holds a thread from its first byte until it closes (a
+  // streaming completion holds it for the whole stream); past this they wait to be accepted.
+  int64_t openai_max_connections = 256;
+  // A request body past this gets 413 before it is parsed.
+  int64_t openai_max_body_bytes = int64_t{4} << 20;
   // model
   std::filesystem::path model_path;  // relative paths are relative to the config file
   std::string model_name;            // defaults to the directory name
