@@ -59,6 +59,7 @@ struct Options {
   int64_t prompt_bytes = 96;
   int64_t max_tokens = 64;
   double temperature = 0.0;
+  int64_t priority = -1;  // the request's class; -1 = unset (the server's default class)
   int64_t warmup = 0;
   uint64_t seed = 1;
   double timeout = 60.0;
@@ -260,6 +261,7 @@ class Run {
     request.set_prompt(prompts_->next());
     request.set_max_tokens(static_cast<uint32_t>(options_.max_tokens));
     request.set_temperature(static_cast<float>(options_.temperature));
+    if (options_.priority >= 0) request.set_priority(static_cast<uint32_t>(options_.priority));
     // A per-request sampler seed makes sampled runs (temperature > 0) reproducible.
     request.set_seed(options_.seed * 1000003ULL + static_cast<uint64_t>(index));
     Sample* sample = nullptr;
@@ -468,6 +470,7 @@ json report_json(const Options& options, const pb::GetStatusResponse& server,
       {"duration_s", options.duration_given ? json(options.duration) : json(nullptr)},
       {"max_tokens", options.max_tokens},
       {"temperature", options.temperature},
+      {"priority", options.priority >= 0 ? json(options.priority) : json(nullptr)},
       {"warmup", options.warmup},
       {"seed", options.seed},
       {"timeout_s", options.timeout},
@@ -740,6 +743,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--temperature", options.temperature, "Sampling temperature (0 = greedy)")
       ->capture_default_str();
+  app.add_option("--priority", options.priority,
+                 "Priority class of every request (0 = most urgent); unset: the server's default")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
   app.add_option("--warmup", options.warmup, "Requests sent first and left out of every statistic")
       ->capture_default_str();
   app.add_option("--seed", options.seed, "Seed of arrivals, corpus slices and request samplers")

@@ -27,11 +27,19 @@ for _ in $(seq 300); do [[ -f "$RUN/ports.json" ]] && break; sleep 0.1; done
 port() { sed -E "s/.*\"$1\":([0-9]+).*/\1/" "$RUN/ports.json"; }
 GRPC="127.0.0.1:$(port grpc_port)"
 METRICS="http://127.0.0.1:$(port http_port)/metrics"
+OPENAI="http://127.0.0.1:$(port openai_port)/v1"
 
 echo
 echo "=== helios client (streamed; exit layer of each token on stderr) ==="
 "$HELIOS" client --address "$GRPC" --prompt "The committee said that the new" --max-tokens 48 \
   --temperature 0.7 --top-p 0.9 --seed 1 --details
+echo
+echo "=== the OpenAI-compatible API: curl $OPENAI/completions ==="
+# The first model /v1/models lists is the one serving.
+MODEL="$(curl -s "$OPENAI/models" | grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4)"
+curl -s "$OPENAI/completions" -H 'Content-Type: application/json' \
+  -d "{\"model\": \"$MODEL\", \"prompt\": \"The committee said that the new\", \"max_tokens\": 24, \"temperature\": 0}"
+echo
 echo
 controller_metrics() {
   curl -s "$METRICS" | grep -E '^helios_(active_model|loaded_layers|kv_capacity_sequences|model_switches_total|layer_loads_total|profiling_runs_total|confidence_breaches_total|controller_max_batch)' || true

@@ -19,6 +19,7 @@ struct ClientOptions {
   float top_p = 1.0f;
   uint32_t top_k = 0;
   uint64_t seed = 0;
+  int64_t priority = -1;  // unset: the server's default class
   std::vector<std::string> stop;
   std::string request_id;
   bool details = false;
@@ -39,10 +40,10 @@ std::string_view finish_name(v1::FinishReason reason) {
 void print_usage(const std::string& id, v1::FinishReason reason, const v1::Usage& usage) {
   fmt::print(stderr,
              "\n[{}] finish={} model={} prompt_tokens={} completion_tokens={} ttft={:.1f} ms "
-             "total={:.1f} ms mean_exit_layer={:.2f} preemptions={}\n",
+             "total={:.1f} ms mean_exit_layer={:.2f} preemptions={} priority={}\n",
              id, finish_name(reason), usage.model(), usage.prompt_tokens(),
              usage.completion_tokens(), usage.time_to_first_token_ms(), usage.total_time_ms(),
-             usage.mean_exit_layer(), usage.preemptions());
+             usage.mean_exit_layer(), usage.preemptions(), usage.priority());
 }
 
 void print_details(const google::protobuf::RepeatedPtrField<v1::TokenDetail>& tokens) {
@@ -62,6 +63,7 @@ void run_client(const ClientOptions& o) {
   request.set_top_p(o.top_p);
   request.set_top_k(o.top_k);
   request.set_seed(o.seed);
+  if (o.priority >= 0) request.set_priority(static_cast<uint32_t>(o.priority));
   for (const auto& s : o.stop) request.add_stop(s);
   request.set_request_id(o.request_id);
   request.set_include_token_details(o.details);
@@ -120,6 +122,9 @@ void add_client_command(CLI::App& app) {
   cmd->add_option("--top-k", o->top_k, "0 = no cut")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Sampler seed")->capture_default_str();
   cmd->add_option("--stop", o->stop, "Stop string (repeatable)");
+  cmd->add_option("--priority", o->priority,
+                  "Priority class, 0 = most urgent (unset: the server's default)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
   cmd->add_option("--request-id", o->request_id, "Request id (the server assigns one if empty)");
   cmd->add_flag("--details", o->details, "Print each token's exit layer and confidence");
   cmd->add_flag("--unary", o->unary, "Use Complete (one response) instead of streaming");

@@ -66,5 +66,21 @@ TEST(PercentileWindow, EvictsOldestFirst) {
   EXPECT_DOUBLE_EQ(window.mean(), 2.0);
 }
 
+TEST(UrgentClass, TheMostUrgentRecentClassHandsOverWhenItStopsArriving) {
+  UrgentClass classes(4);
+  EXPECT_EQ(classes.most_urgent(), -1);
+  EXPECT_TRUE(classes.observe(2));
+  EXPECT_FALSE(classes.observe(2));
+  EXPECT_TRUE(classes.observe(0)) << "a more urgent class takes over at once";
+  EXPECT_EQ(classes.most_urgent(), 0);
+  // Three more of class 1: class 0 is still among the last 4.
+  EXPECT_TRUE(classes.observe(1) == false && classes.observe(1) == false);
+  EXPECT_FALSE(classes.observe(1));
+  EXPECT_EQ(classes.most_urgent(), 0);
+  // A fourth: class 0 left the span, class 1 is the most urgent now.
+  EXPECT_TRUE(classes.observe(1));
+  EXPECT_EQ(classes.most_urgent(), 1);
+}
+
 }  // namespace
 }  // namespace helios::controller

@@ -375,6 +375,7 @@ class HeliosDaemon {
     daemon_.emplace(json{
         {"grpc", {{"address", "127.0.0.1:0"}}},
         {"http", {{"host", "127.0.0.1"}, {"port", 0}}},
+        {"openai", {{"port", 0}}},
         {"memory", {{"budget_mib", 4}, {"kv_block_size", 16}}},
         {"scheduler", {{"max_running_requests", 32}, {"max_batch_tokens", 512}}},
         {"controller", {{"policy", "helios"}, {"slo_file", slo_path.string()}}},
@@ -401,6 +402,7 @@ void pin(const DaemonProcess& daemon, const std::string& model, uint32_t layers)
 }
 
 // Streams in parallel (batches form), a rejected call (helios_requests_rejected_total{code}),
+// a completion through the OpenAI-compatible API (helios_openai_responses_total),
 // then pins: code-micro at 2 layers, prose-micro at 2 (a switch whatever was served before:
 // helios_model_switches_total, helios_active_model), prose-micro at 3 (a depth change of the
 // same model: helios_layer_loads_total), and tokens on the pinned model.
@@ -417,6 +419,13 @@ void drive(const DaemonProcess& daemon) {
   for (const std::string& prompt : test_prompts(2)) {
     ASSERT_TRUE(generate(*stub, greedy_request(prompt, 8)).status.ok());
   }
+  // One completion through the OpenAI-compatible API (helios_openai_responses_total).
+  httplib::Client openai("127.0.0.1", daemon.openai_port());
+  const auto result = openai.Post(
+      "/v1/completions", R"({"model": "prose-micro", "prompt": "The", "max_tokens": 4})",
+      "application/json");
+  ASSERT_TRUE(result);
+  ASSERT_EQ(result->status, 200) << result->body;
 }
 
 bool has_tool(const std::string& name) {

@@ -1,0 +1,75 @@
+// libFuzzer target: bytes -> an OpenAI API request body (the first byte picks /v1/completions
+// or /v1/chat/completions) -> parse_openai_request -> each prompt validated and tokenized as
+// the OpenAI front end does (a chat rendered as ChatML first). The expected outcome for a bad
+// body is ApiError 400 or helios::Error(kInvalidArgument); any other exception, a crash, or an
+// accepted request that breaks a limit is a bug.
+//
+// Seeds: fuzz/corpus/openai_request_fuzz/ (a mode byte, then a JSON body).
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "helios/common/error.h"
+#include "helios/serve/openai_api.h"
+#include "helios/serve/request_validation.h"
+#include "helios/tokenizer/byte_tokenizer.h"
+
+namespace {
+
+const helios::tokenizer::ByteTokenizer& tokenizer() {
+  static const helios::tokenizer::ByteTokenizer instance(258, 256, 257);
+  return instance;
+}
+
+constexpr helios::serve::RequestLimits kLimits{
+    .max_prompt_bytes = 512,
+    .max_prompt_tokens = 200,
+    .max_output_tokens = 100,
+    .context_length = 256,
+    .max_stop_strings = 4,
+    .max_stop_bytes = 16,
+    .priority_levels = 3,
+    .default_priority = 1,
+};
+
+void check(bool holds) {
+  if (!holds) std::abort();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  const bool chat = (data[0] & 1) != 0;
+  const std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
+  try {
+    helios::serve::OpenAiRequest request = helios::serve::parse_openai_request(body, chat);
+    check(!request.model.empty());
+    check(!request.prompts.empty() &&
+          request.prompts.size() <= helios::serve::kMaxPromptsPerRequest);
+    check(!request.include_usage || request.stream);
+    if (chat) {
+      check(request.prompts.size() == 1 && !request.messages.empty());
+      const helios::serve::RenderedChat rendered =
+          helios::serve::render_chat(request.messages, helios::serve::ChatFormat::kChatML);
+      request.prompts[0].set_prompt(rendered.prompt);
+      request.prompts[0].add_stop(rendered.stop);
+      if (request.prompts[0].max_tokens() == 0) request.prompts[0].set_max_tokens(100);
+    }
+    for (const helios::v1::GenerateRequest& prompt : request.prompts) {
+      const helios::engine::RequestSpec spec =
+          helios::serve::validate_request(prompt, kLimits, tokenizer());
+      check(static_cast<int64_t>(spec.prompt.size()) < kLimits.context_length);
+      check(spec.max_tokens >= 1 && spec.max_tokens <= kLimits.max_output_tokens);
+      check(spec.priority >= 0 && spec.priority < kLimits.priority_levels);
+      check(spec.sampling.temperature >= 0.0f && spec.sampling.temperature <= 2.0f);
+      check(spec.token_details);
+    }
+  } catch (const helios::serve::ApiError& e) {
+    check(e.status == 400);
+  } catch (const helios::Error& e) {
+    check(e.code() == helios::ErrorCode::kInvalidArgument);
+  }
+  return 0;
+}
