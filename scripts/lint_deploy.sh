@@ -63,7 +63,7 @@ for dockerfile in docker/Dockerfile docker/Dockerfile.cpu; do
     finding "$dockerfile: dockerfile-utils:"
     printf '%s\n' "$output" | sed 's/^/    /'
   fi
-  for line in '^USER 10001:10001$' '^EXPOSE 50051 9464$' '^HEALTHCHECK ' \
+  for line in '^USER 10001:10001$' '^EXPOSE 50051 9464 8000$' '^HEALTHCHECK ' \
               'CMD curl -fsS http://127\.0\.0\.1:9464/healthz \|\| exit 1$' \
               '^STOPSIGNAL SIGTERM$' '^ENTRYPOINT \["/usr/local/bin/helios"\]$' \
               '^CMD \["serve", "--config", "/etc/helios/server.json"\]$'; do
@@ -175,7 +175,7 @@ for (const d of deployments) {
     probe("livenessProbe", "/healthz");
     probe("startupProbe", "/readyz");
     const ports = (c.ports || []).map((p) => p.containerPort);
-    for (const port of [50051, 9464]) {
+    for (const port of [50051, 9464, 8000]) {
       if (!ports.includes(port)) problems.push(`${name}, container ${c.name}: no containerPort ${port}`);
     }
     if (!c.resources || !c.resources.requests || !c.resources.limits) {
