@@ -11,7 +11,8 @@
 #                                [--urgent-requests N] [--max-tokens N]
 # The model defaults to the default zoo's mix-l (zoo/mix-l), else the micro zoo's mix-micro;
 # it is served statically (no controller passes) with the memory and scheduler limits of
-# configs/server.json.
+# configs/server.json, and room for 2048 streams on the flood's one connection (gRPC's default
+# of 128 would hold the flood back on the client side and the queue would never fill).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL="" OUT="$ROOT/build/priority-bench" URGENT_RATE=4 FLOOD_RATE=100 URGENT_REQUESTS=60
@@ -37,7 +38,7 @@ mkdir -p "$OUT"
 rm -f "$OUT/ports.json"
 cat > "$OUT/server.json" <<EOF
 {
-  "grpc": { "address": "127.0.0.1:0" },
+  "grpc": { "address": "127.0.0.1:0", "max_concurrent_streams": 2048 },
   "http": { "host": "127.0.0.1", "port": 0 },
   "model": { "path": "$MODEL" },
   "memory": { "budget_mib": 24, "kv_block_size": 16 },
@@ -56,13 +57,14 @@ port() { sed -E "s/.*\"$1\":([0-9]+).*/\1/" "$OUT/ports.json"; }
 GRPC="127.0.0.1:$(port grpc_port)"
 METRICS="http://127.0.0.1:$(port http_port)/metrics"
 LOADGEN=("$ROOT/build/bench/helios_loadgen" --address "$GRPC" --metrics-url "$METRICS"
-         --corpus "$ROOT/data/prose/test.txt" --prompt-bytes 96 --max-tokens "$MAX_TOKENS")
+         --corpus "$ROOT/data/prose/test.txt" --prompt-bytes 96)
 # The urgent side lasts URGENT_REQUESTS / URGENT_RATE seconds; the flood starts 5 s earlier
 # and outlasts it.
 FLOOD_SECONDS=$(python3 -c "print(int($URGENT_REQUESTS / $URGENT_RATE) + 10)")
 
 urgent() {  # name priority
   "${LOADGEN[@]}" --rate "$URGENT_RATE" --requests "$URGENT_REQUESTS" --priority "$2" --seed 7 \
+    --max-tokens "$MAX_TOKENS" \
     --json "$OUT/$1.json" > "$OUT/$1.txt"
 }
 flood() {  # name
@@ -94,7 +96,7 @@ trap - EXIT
 python3 - "$OUT" "$MODEL" <<'PY'
 import json, sys
 out, model = sys.argv[1], sys.argv[2]
-print(f"model {model}; urgent: Poisson, max_tokens as set; flood: priority 2, 64 tokens\n")
+print(f"model {model}; TTFT and TPOT as the clients measured them; flood: priority 2, 64 tokens\n")
 print("| phase | urgent sent / ok / refused | urgent TTFT p50 / p95 / p99 ms | urgent TPOT p50 ms "
       "| flood ok / refused | flood output tok/s |")
 print("|---|---|---|---|---|---|")
