@@ -202,7 +202,8 @@ ApiError::ApiError(int status_, std::string message, std::string param_, std::st
       code(std::move(code_)),
       type(type_.empty() ? type_for(status_) : std::move(type_)) {}
 
-json ApiError::body() const {
+nlohmann::ordered_json ApiError::body() const {
+  using json = nlohmann::ordered_json;
   return {{"error",
            {{"message", what()},
             {"type", type},

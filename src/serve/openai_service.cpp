@@ -28,7 +28,8 @@
 namespace helios::serve {
 namespace {
 
-using nlohmann::json;
+// Responses keep OpenAI's key order (id, object, created, model, choices, usage).
+using json = nlohmann::ordered_json;
 using engine::Finish;
 
 constexpr const char* kJson = "application/json";
@@ -282,7 +283,7 @@ std::optional<ChatFormat> OpenAiServer::chat_format(const std::filesystem::path&
   std::error_code ec;
   if (std::filesystem::is_regular_file(path, ec)) {
     try {
-      const json config = parse_json(read_json_file(path), path.string());
+      const nlohmann::json config = parse_json(read_json_file(path), path.string());
       if (config.is_object() && config.contains("chat_template") &&
           config.at("chat_template").is_string()) {
         format = detect_chat_format(config.at("chat_template").get_ref<const std::string&>());
@@ -451,12 +452,12 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
     json choices = json::array(), extension = json::array();
     for (size_t i = 0; i < batch->results.size(); ++i) {
       const engine::Update& final = batch->results[i];
-      json choice = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", finish_reason(final.finish)}};
-      if (chat) {
-        choice["message"] = {{"role", "assistant"}, {"content", final.text}};
-      } else {
-        choice["text"] = final.text;
-      }
+      // OpenAI's key order.
+      json choice = chat ? json{{"index", i},
+                                {"message", {{"role", "assistant"}, {"content", final.text}}}}
+                         : json{{"text", final.text}, {"index", i}};
+      choice["logprobs"] = nullptr;
+      choice["finish_reason"] = finish_reason(final.finish);
       choices.push_back(std::move(choice));
       extension.push_back(extension_of(final, exits[i], i, scored));
     }
@@ -521,12 +522,12 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
               }
             }
             if (update.text.empty() && !finished) continue;
-            json choice = {{"index", i}, {"logprobs", nullptr}};
-            if (chat) {
-              choice["delta"] = update.text.empty() ? json::object() : json{{"content", update.text}};
-            } else {
-              choice["text"] = update.text;
-            }
+            json choice =
+                chat ? json{{"index", i},
+                            {"delta", update.text.empty() ? json::object()
+                                                          : json{{"content", update.text}}}}
+                     : json{{"text", update.text}, {"index", i}};
+            choice["logprobs"] = nullptr;
             choice["finish_reason"] = finished ? json(finish_reason(update.finish)) : json();
             json body = chunk(json::array({std::move(choice)}));
             if (finished) {

@@ -26,8 +26,8 @@ struct ApiError : std::runtime_error {
   std::string param;  // the request field at fault; empty renders as null
   std::string code;   // e.g. "model_not_found", "invalid_api_key"; empty renders as null
   std::string type;   // invalid_request_error, authentication_error, ...
-  // {"error": {"message", "type", "param", "code"}}
-  nlohmann::json body() const;
+  // {"error": {"message", "type", "param", "code"}}, keys in that order
+  nlohmann::ordered_json body() const;
 };
 
 // A helios::Error as the API returns it: kInvalidArgument is 400 naming the field its message
