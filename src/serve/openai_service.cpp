@@ -8,12 +8,12 @@
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -75,39 +75,54 @@ const char* finish_reason(Finish finish) {
   }
 }
 
+// The inode of the TCP socket from local port `local` to remote port `remote`, from the
+// kernel's table of TCP sockets (/proc/net/tcp, tcp6); 0 when none.
+unsigned long tcp_socket_inode(int local, int remote) {
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      // "  sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode"
+      std::istringstream fields(line);
+      std::string slot, local_address, remote_address, state, queues, timer, retransmits, uid,
+          timeout;
+      unsigned long inode = 0;
+      if (!(fields >> slot >> local_address >> remote_address >> state >> queues >> timer >>
+            retransmits >> uid >> timeout >> inode)) {
+        continue;
+      }
+      const auto port_of = [](const std::string& address) {
+        const size_t colon = address.rfind(':');
+        return colon == std::string::npos ? -1
+                                          : static_cast<int>(std::strtol(address.c_str() + colon + 1, nullptr, 16));
+      };
+      if (port_of(local_address) == local && port_of(remote_address) == remote) return inode;
+    }
+  }
+  return 0;
+}
+
 // The socket of the connection `req` came on. cpp-httplib 0.11 does not hand it to handlers;
 // without it a handler waiting on the engine could not tell that its client went away. The
-// connection is identified by its two endpoints, which no other open socket shares.
+// kernel's TCP table gives the connection's socket inode from its two ports, and
+// /proc/self/fd the descriptor holding that inode: no other thread's descriptor is touched
+// (their connections are being accepted and closed concurrently). -1 when not found.
 int connection_socket(const httplib::Request& req) {
+  const unsigned long inode = tcp_socket_inode(req.local_port, req.remote_port);
+  if (inode == 0) return -1;
+  const std::string wanted = "socket:[" + std::to_string(inode) + "]";
   DIR* dir = ::opendir("/proc/self/fd");
   if (dir == nullptr) return -1;
   int found = -1;
   while (const dirent* entry = ::readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0') continue;
-    struct stat st {};
-    if (::fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage local{}, peer{};
-    socklen_t local_len = sizeof(local), peer_len = sizeof(peer);
-    if (::getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
-        ::getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
-      continue;
+    char target[64] = {};
+    const std::string path = std::string("/proc/self/fd/") + entry->d_name;
+    const ssize_t length = ::readlink(path.c_str(), target, sizeof(target) - 1);
+    if (length > 0 && wanted == std::string_view(target, static_cast<size_t>(length))) {
+      found = std::atoi(entry->d_name);
+      break;
     }
-    const auto port_of = [](const sockaddr_storage& a) {
-      if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
-      if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
-      return uint16_t{0};
-    };
-    if (port_of(local) != req.local_port || port_of(peer) != req.remote_port) continue;
-    char address[INET6_ADDRSTRLEN] = {};
-    const void* raw = peer.ss_family == AF_INET
-                          ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in&>(peer).sin_addr)
-                          : static_cast<const void*>(&reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr);
-    if (::inet_ntop(peer.ss_family, raw, address, sizeof(address)) == nullptr) continue;
-    if (req.remote_addr != address) continue;
-    found = static_cast<int>(fd);
-    break;
   }
   ::closedir(dir);
   return found;

@@ -149,7 +149,7 @@ TEST(OpenAiApi, AFullQueueAnswers429AndTheOthersComplete) {
       const json body = {{"model", kModel}, {"prompt", "Once upon a time " + std::to_string(i)},
                          {"max_tokens", 200}, {"temperature", 0}};
       const auto result = post(daemon, "/v1/completions", body);
-      if (!result) return std::make_pair(-1, json());
+      if (!result) return std::make_pair(-1, json(httplib::to_string(result.error())));
       return std::make_pair(result->status, json::parse(result->body, nullptr, false));
     }));
   }
@@ -215,6 +215,40 @@ TEST(OpenAiApi, AChatIsRenderedThroughTheModelsChatMLTemplate) {
   EXPECT_EQ(result->status, 400);
   EXPECT_EQ(error_of(result).value("param", ""), "messages");
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
+}
+
+TEST(OpenAiApi, WhileDrainingNewRequestsGet503AndInFlightOnesFinish) {
+  DaemonProcess daemon(openai_config({}, {{"max_running_requests", 2}}));
+  ASSERT_TRUE(daemon.wait_ready());
+  // Seconds of work: 16 prompts x 200 tokens, two at a time.
+  auto in_flight = std::async(std::launch::async, [&daemon] {
+    const json body = {{"model", kModel},
+                       {"prompt", std::vector<std::string>(16, "It was a dark and stormy night")},
+                       {"max_tokens", 200}};
+    return post(daemon, "/v1/completions", body);
+  });
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (daemon.status().running_requests() == 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(5ms);
+  }
+  ::kill(daemon.pid(), SIGTERM);
+  // Draining once /readyz says so.
+  httplib::Client probe("127.0.0.1", daemon.http_port());
+  while (std::chrono::steady_clock::now() < until) {
+    const auto ready = probe.Get("/readyz");
+    if (ready && ready->status == 503) break;
+    std::this_thread::sleep_for(5ms);
+  }
+  const auto refused = post(daemon, "/v1/completions",
+                            {{"model", kModel}, {"prompt", "late"}, {"max_tokens", 2}});
+  ASSERT_TRUE(refused) << httplib::to_string(refused.error());
+  EXPECT_EQ(refused->status, 503);
+  EXPECT_EQ(error_of(refused).value("type", ""), "service_unavailable");
+  const auto finished = in_flight.get();
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(finished->status, 200) << finished->body;
+  EXPECT_EQ(json::parse(finished->body)["choices"].size(), 16u);
+  EXPECT_EQ(daemon.wait_exit(), 0) << daemon.log();
 }
 
 // Sends `request` on a raw connection and closes it after `after` without reading.
