@@ -6,58 +6,38 @@
 // Seeds: fuzz/corpus/generate_request_fuzz/ (serialized GenerateRequests).
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <string_view>
 
+#include "fuzz_support.h"
 #include "helios/common/error.h"
 #include "helios/serve/request_validation.h"
-#include "helios/tokenizer/byte_tokenizer.h"
+#include "request_fuzz_support.h"
 
-namespace {
-
-// The micro zoo's models use the byte tokenizer (vocabulary 258, BOS 256, EOS 257); their
-// context is 256 tokens. Small limits keep every branch within reach of short inputs.
-const helios::tokenizer::ByteTokenizer& tokenizer() {
-  static const helios::tokenizer::ByteTokenizer instance(258, 256, 257);
-  return instance;
-}
-
-constexpr helios::serve::RequestLimits kLimits{
-    .max_prompt_bytes = 512,
-    .max_prompt_tokens = 200,
-    .max_output_tokens = 100,
-    .context_length = 256,
-    .max_stop_strings = 4,
-    .max_stop_bytes = 16,
-};
-
-void check(bool holds) {
-  if (!holds) std::abort();
-}
-
-}  // namespace
+using helios::fuzz::kMicroLimits;
+using helios::fuzz::micro_tokenizer;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const helios::v1::GenerateRequest request = helios::serve::parse_generate_request(
         std::string_view(reinterpret_cast<const char*>(data), size));
     const helios::engine::RequestSpec spec =
-        helios::serve::validate_request(request, kLimits, tokenizer());
+        helios::serve::validate_request(request, kMicroLimits, micro_tokenizer());
     // What validation lets through must hold what the engine relies on.
-    check(!spec.prompt.empty() && spec.prompt.front() == tokenizer().bos_id());
-    check(static_cast<int64_t>(spec.prompt.size()) <= kLimits.max_prompt_tokens);
-    check(static_cast<int64_t>(spec.prompt.size()) < kLimits.context_length);
-    check(spec.max_tokens >= 1 && spec.max_tokens <= kLimits.max_output_tokens);
-    check(spec.id.size() <= helios::serve::kMaxRequestIdBytes);
-    check(static_cast<int64_t>(spec.stop.size()) <= kLimits.max_stop_strings);
+    HELIOS_FUZZ_CHECK(!spec.prompt.empty() && spec.prompt.front() == micro_tokenizer().bos_id());
+    HELIOS_FUZZ_CHECK(static_cast<int64_t>(spec.prompt.size()) <= kMicroLimits.max_prompt_tokens);
+    HELIOS_FUZZ_CHECK(static_cast<int64_t>(spec.prompt.size()) < kMicroLimits.context_length);
+    HELIOS_FUZZ_CHECK(spec.max_tokens >= 1 && spec.max_tokens <= kMicroLimits.max_output_tokens);
+    HELIOS_FUZZ_CHECK(spec.id.size() <= helios::serve::kMaxRequestIdBytes);
+    HELIOS_FUZZ_CHECK(static_cast<int64_t>(spec.stop.size()) <= kMicroLimits.max_stop_strings);
     for (const std::string& stop : spec.stop) {
-      check(!stop.empty() && static_cast<int64_t>(stop.size()) <= kLimits.max_stop_bytes);
+      HELIOS_FUZZ_CHECK(!stop.empty() &&
+                        static_cast<int64_t>(stop.size()) <= kMicroLimits.max_stop_bytes);
     }
-    check(spec.sampling.temperature >= 0.0f);
-    check(spec.sampling.top_k >= 0);
-    check(spec.sampling.top_p > 0.0f && spec.sampling.top_p <= 1.0f);
+    HELIOS_FUZZ_CHECK(spec.sampling.temperature >= 0.0f);
+    HELIOS_FUZZ_CHECK(spec.sampling.top_k >= 0);
+    HELIOS_FUZZ_CHECK(spec.sampling.top_p > 0.0f && spec.sampling.top_p <= 1.0f);
   } catch (const helios::Error& e) {
-    check(e.code() == helios::ErrorCode::kInvalidArgument);
+    HELIOS_FUZZ_CHECK(e.code() == helios::ErrorCode::kInvalidArgument);
   }
   return 0;
 }

@@ -7,37 +7,16 @@
 // Seeds: fuzz/corpus/openai_request_fuzz/ (a mode byte, then a JSON body).
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <string_view>
 
+#include "fuzz_support.h"
 #include "helios/common/error.h"
 #include "helios/serve/openai_api.h"
 #include "helios/serve/request_validation.h"
-#include "helios/tokenizer/byte_tokenizer.h"
+#include "request_fuzz_support.h"
 
-namespace {
-
-const helios::tokenizer::ByteTokenizer& tokenizer() {
-  static const helios::tokenizer::ByteTokenizer instance(258, 256, 257);
-  return instance;
-}
-
-constexpr helios::serve::RequestLimits kLimits{
-    .max_prompt_bytes = 512,
-    .max_prompt_tokens = 200,
-    .max_output_tokens = 100,
-    .context_length = 256,
-    .max_stop_strings = 4,
-    .max_stop_bytes = 16,
-    .priority_levels = 3,
-    .default_priority = 1,
-};
-
-void check(bool holds) {
-  if (!holds) std::abort();
-}
-
-}  // namespace
+using helios::fuzz::kMicroLimits;
+using helios::fuzz::micro_tokenizer;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
@@ -45,12 +24,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   try {
     helios::serve::OpenAiRequest request = helios::serve::parse_openai_request(body, chat);
-    check(!request.model.empty());
-    check(!request.prompts.empty() &&
-          request.prompts.size() <= helios::serve::kMaxPromptsPerRequest);
-    check(!request.include_usage || request.stream);
+    HELIOS_FUZZ_CHECK(!request.model.empty());
+    HELIOS_FUZZ_CHECK(!request.prompts.empty() &&
+                      request.prompts.size() <= helios::serve::kMaxPromptsPerRequest);
+    HELIOS_FUZZ_CHECK(!request.include_usage || request.stream);
     if (chat) {
-      check(request.prompts.size() == 1 && !request.messages.empty());
+      HELIOS_FUZZ_CHECK(request.prompts.size() == 1 && !request.messages.empty());
       const helios::serve::RenderedChat rendered =
           helios::serve::render_chat(request.messages, helios::serve::ChatFormat::kChatML);
       request.prompts[0].set_prompt(rendered.prompt);
@@ -59,17 +38,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     for (const helios::v1::GenerateRequest& prompt : request.prompts) {
       const helios::engine::RequestSpec spec =
-          helios::serve::validate_request(prompt, kLimits, tokenizer());
-      check(static_cast<int64_t>(spec.prompt.size()) < kLimits.context_length);
-      check(spec.max_tokens >= 1 && spec.max_tokens <= kLimits.max_output_tokens);
-      check(spec.priority >= 0 && spec.priority < kLimits.priority_levels);
-      check(spec.sampling.temperature >= 0.0f && spec.sampling.temperature <= 2.0f);
-      check(spec.token_details);
+          helios::serve::validate_request(prompt, kMicroLimits, micro_tokenizer());
+      HELIOS_FUZZ_CHECK(static_cast<int64_t>(spec.prompt.size()) < kMicroLimits.context_length);
+      HELIOS_FUZZ_CHECK(spec.max_tokens >= 1 && spec.max_tokens <= kMicroLimits.max_output_tokens);
+      HELIOS_FUZZ_CHECK(spec.priority >= 0 && spec.priority < kMicroLimits.priority_levels);
+      HELIOS_FUZZ_CHECK(spec.sampling.temperature >= 0.0f && spec.sampling.temperature <= 2.0f);
+      HELIOS_FUZZ_CHECK(spec.token_details);
     }
   } catch (const helios::serve::ApiError& e) {
-    check(e.status == 400);
+    HELIOS_FUZZ_CHECK(e.status == 400);
   } catch (const helios::Error& e) {
-    check(e.code() == helios::ErrorCode::kInvalidArgument);
+    HELIOS_FUZZ_CHECK(e.code() == helios::ErrorCode::kInvalidArgument);
   }
   return 0;
 }

@@ -78,6 +78,11 @@ void Scheduler::make_room_for_urgent(StepPlan& plan) {
   // Waiting requests in queue order (most urgent first). Each one that would wait for a place
   // in the batch or for blocks of its pool, while a less urgent sequence holds them, takes
   // them: the less urgent one is preempted (recomputed later, as after any preemption).
+  // Nothing to do unless the most urgent waiting request outranks some running sequence (every
+  // step of a single-class workload ends here).
+  if (waiting_.empty() || least_urgent_running(-1, priority_of(*waiting_.front())) == nullptr) {
+    return;
+  }
   int64_t free_slots = cap_.load() - static_cast<int64_t>(running_.size());
   std::vector<int64_t> free_blocks(caches_.size());
   for (size_t lane = 0; lane < caches_.size(); ++lane) {

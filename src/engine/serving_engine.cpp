@@ -81,10 +81,7 @@ void ServingEngine::submit(std::shared_ptr<Request> request) {
                   fmt::format("priority: {} is outside 0..{}", priority,
                               options_.limits.priority_levels - 1));
     }
-    const int64_t queued = queued_by_class_[static_cast<size_t>(priority)];
-    if (queued >= options_.limits.max_queued) {
-      throw Error(ErrorCode::kResourceExhausted, queue_full_message(priority, queued));
-    }
+    refuse_if_queue_full_locked(priority);
     if (!ids_in_flight_.insert(request->spec().id).second) {
       throw Error(ErrorCode::kFailedPrecondition,
                   "request_id: a request with id '" + request->spec().id + "' is in flight");
@@ -96,16 +93,20 @@ void ServingEngine::submit(std::shared_ptr<Request> request) {
   wakeup_.notify_one();
 }
 
-std::string ServingEngine::queue_full_message(int32_t priority, int64_t queued) const {
-  return fmt::format("request queue is full ({} requests of priority {} waiting, limit "
-                     "scheduler.max_queued_requests = {} per priority class)",
-                     queued, priority, options_.limits.max_queued);
+void ServingEngine::refuse_if_queue_full_locked(int32_t priority) const {
+  const int64_t queued = queued_by_class_[static_cast<size_t>(priority)];
+  if (queued >= options_.limits.max_queued) {
+    throw Error(ErrorCode::kResourceExhausted,
+                fmt::format("request queue is full ({} requests of priority {} waiting, limit "
+                            "scheduler.max_queued_requests = {} per priority class)",
+                            queued, priority, options_.limits.max_queued));
+  }
 }
 
-int64_t ServingEngine::queued(int32_t priority) const {
+void ServingEngine::refuse_if_queue_full(int32_t priority) const {
   std::lock_guard lock(mutex_);
-  if (priority < 0 || static_cast<size_t>(priority) >= queued_by_class_.size()) return 0;
-  return queued_by_class_[static_cast<size_t>(priority)];
+  if (priority < 0 || static_cast<size_t>(priority) >= queued_by_class_.size()) return;
+  refuse_if_queue_full_locked(priority);
 }
 
 void ServingEngine::wake() {

@@ -2,9 +2,7 @@
 
 #include "http_server.h"
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 
-#include <chrono>
 #include <utility>
 
 #include "helios/common/error.h"
@@ -64,7 +62,7 @@ HttpEndpoint::~HttpEndpoint() {
 
 int HttpEndpoint::start(const std::string& host, int port) {
   std::lock_guard lock(mutex_);
-  if (server_) {
+  if (server_.serving()) {
     throw Error(ErrorCode::kFailedPrecondition,
                 "metrics endpoint already serving on port " + std::to_string(port_.load()));
   }
@@ -78,13 +76,7 @@ int HttpEndpoint::start(const std::string& host, int port) {
   server->set_write_timeout(kWriteTimeoutSeconds, 0);
   server->set_payload_max_length(kMaxPayloadBytes);
   server->set_keep_alive_max_count(kKeepAliveMaxRequests);
-  // httplib's default sets SO_REUSEPORT, which lets a second daemon bind the same port and
-  // silently take half the scrapes. SO_REUSEADDR alone still allows a restart while old
-  // connections sit in TIME_WAIT.
-  server->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
+  apply_common_settings(*server);
   // A keep-alive connection holds a pool thread, and stop() waits for it, until it idles out;
   // scrapes come seconds apart, so a long keep-alive buys nothing.
   server->set_keep_alive_timeout(kKeepAliveSeconds);
@@ -122,12 +114,6 @@ int HttpEndpoint::start(const std::string& host, int port) {
   server->Put(".*", drop_body);
   server->Patch(".*", drop_body);
   server->Delete(".*", drop_body);
-  // The one other method httplib reads a body for (HTTP/2's preface): refused before it is read.
-  server->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (req.method != "PRI") return httplib::Server::HandlerResponse::Unhandled;
-    res.status = 400;
-    return httplib::Server::HandlerResponse::Handled;
-  });
   // Runs for every status >= 400; fills in a body only where a handler left none (the 404s).
   server->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (res.body.empty()) {
@@ -135,35 +121,14 @@ int HttpEndpoint::start(const std::string& host, int port) {
     }
   });
 
-  const int bound =
-      port == 0 ? server->bind_to_any_port(host) : (server->bind_to_port(host, port) ? port : -1);
-  if (bound <= 0) {
-    throw Error(ErrorCode::kUnavailable,
-                "metrics endpoint: cannot bind " + host + ":" + std::to_string(port));
-  }
-
-  listen_exited_ = false;
-  httplib::Server* raw = server.get();
-  thread_ = std::thread([this, raw] {
-    raw->listen_after_bind();
-    listen_exited_ = true;
-  });
-  // httplib's stop() does nothing until the listen loop has marked itself running; waiting for
-  // that here means a stop() right after start() cannot be lost and leave join() hanging.
-  while (!raw->is_running() && !listen_exited_) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  server_ = std::move(server);
+  const int bound = server_.start(std::move(server), host, port, "metrics endpoint");
   port_ = bound;
   return bound;
 }
 
 void HttpEndpoint::stop() {
   std::lock_guard lock(mutex_);
-  if (server_) server_->stop();
-  // Waits for in-flight requests too: the listen loop shuts its thread pool down on the way out.
-  if (thread_.joinable()) thread_.join();
-  server_.reset();
+  server_.stop();
   port_ = 0;
 }
 

@@ -4,7 +4,6 @@
 #include <spdlog/spdlog.h>
 
 #include <cmath>
-#include <random>
 
 #include "helios/common/error.h"
 #include "helios/common/exception_message.h"
@@ -14,17 +13,6 @@ namespace helios::serve {
 namespace {
 
 using engine::Finish;
-
-// Request ids the server assigns: a random per-process prefix and a counter, so ids from two
-// runs of the daemon do not collide in logs.
-std::string next_request_id() {
-  static const std::string prefix = [] {
-    std::random_device device;
-    return fmt::format("{:08x}", device());
-  }();
-  static std::atomic<uint64_t> counter{0};
-  return fmt::format("req-{}-{}", prefix, counter.fetch_add(1) + 1);
-}
 
 v1::FinishReason to_proto(Finish finish) {
   switch (finish) {
@@ -276,16 +264,10 @@ std::shared_ptr<engine::Request> InferenceService::prepare(grpc::CallbackServerC
   engine::ServingEngine& engine = *served.engine;
   // Refused before any real work: the engine checks again when the request is submitted (the
   // queue may fill in between), but a flood of requests it would refuse is never tokenized.
-  const int32_t priority = request.has_priority()
-                               ? static_cast<int32_t>(std::min<uint32_t>(request.priority(), 1 << 20))
-                               : static_cast<int32_t>(served.limits.default_priority);
-  if (const int64_t queued = engine.queued(priority);
-      queued >= engine.options().limits.max_queued) {
-    throw Error(ErrorCode::kResourceExhausted, engine.queue_full_message(priority, queued));
-  }
+  engine.refuse_if_queue_full(requested_priority(request, served.limits));
   engine::RequestSpec spec =
       validate_request(request, served.limits, engine.model()->tokenizer());
-  if (spec.id.empty()) spec.id = next_request_id();
+  if (spec.id.empty()) spec.id = server_request_id("req");
   if (const auto deadline = call->deadline();
       deadline != std::chrono::system_clock::time_point::max()) {
     const auto remaining = deadline - std::chrono::system_clock::now();

@@ -45,7 +45,8 @@ std::optional<int64_t> integer(const json& body, const char* key, int64_t min, i
     refuse(key, fmt::format("must be an integer in [{}, {}]", min, max));
   }
   const int64_t v = value.get<int64_t>();
-  if (v < min || v > max) refuse(key, fmt::format("must be an integer in [{}, {}], got {}", min, max, v));
+  if (v < min || v > max)
+    refuse(key, fmt::format("must be an integer in [{}, {}], got {}", min, max, v));
   return v;
 }
 
@@ -88,7 +89,8 @@ void refuse_unsupported(const json& body, bool chat) {
     }
   }
   for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
-    if (const auto v = number(body, penalty); v && *v != 0.0) refuse(penalty, "not supported; must be 0");
+    if (const auto v = number(body, penalty); v && *v != 0.0)
+      refuse(penalty, "not supported; must be 0");
   }
   if (const auto v = number(body, "repetition_penalty"); v && *v != 1.0) {
     refuse("repetition_penalty", "not supported; must be 1");
@@ -127,7 +129,8 @@ std::vector<std::string> strings_of(const json& body, const char* key) {
     out.push_back(value.get<std::string>());
   } else if (value.is_array()) {
     for (size_t i = 0; i < value.size(); ++i) {
-      if (!value[i].is_string()) refuse(fmt::format("{}", key), fmt::format("[{}] must be a string", i));
+      if (!value[i].is_string())
+        refuse(fmt::format("{}", key), fmt::format("[{}] must be a string", i));
       out.push_back(value[i].get<std::string>());
     }
   } else {
@@ -141,8 +144,8 @@ std::vector<ChatMessage> messages_of(const json& body) {
   const json& messages = body.at("messages");
   if (!messages.is_array() || messages.empty()) refuse("messages", "must be a non-empty array");
   if (messages.size() > kMaxChatMessages) {
-    refuse("messages", fmt::format("{} messages exceed the limit of {}", messages.size(),
-                                   kMaxChatMessages));
+    refuse("messages",
+           fmt::format("{} messages exceed the limit of {}", messages.size(), kMaxChatMessages));
   }
   std::vector<ChatMessage> out;
   for (size_t i = 0; i < messages.size(); ++i) {
@@ -167,8 +170,8 @@ std::vector<ChatMessage> messages_of(const json& body) {
     } else if (content->is_array()) {
       for (size_t j = 0; j < content->size(); ++j) {
         const json& part = (*content)[j];
-        if (!part.is_object() || part.value("type", json()) != "text" ||
-            !part.contains("text") || !part.at("text").is_string()) {
+        if (!part.is_object() || part.value("type", json()) != "text" || !part.contains("text") ||
+            !part.at("text").is_string()) {
           refuse("messages", fmt::format("{}.content[{}]: only text parts are supported", at, j));
         }
         message.content += part.at("text").get<std::string>();
@@ -213,8 +216,10 @@ nlohmann::ordered_json ApiError::body() const {
 
 ApiError to_api_error(const Error& error) {
   switch (error.code()) {
-    case ErrorCode::kInvalidArgument: return ApiError(400, error.what(), field_of_message(error.what()));
-    case ErrorCode::kFailedPrecondition: return ApiError(400, error.what(), field_of_message(error.what()));
+    case ErrorCode::kInvalidArgument:
+      return ApiError(400, error.what(), field_of_message(error.what()));
+    case ErrorCode::kFailedPrecondition:
+      return ApiError(400, error.what(), field_of_message(error.what()));
     case ErrorCode::kNotFound: return ApiError(404, error.what());
     case ErrorCode::kResourceExhausted: return ApiError(429, error.what(), {}, "queue_full");
     case ErrorCode::kUnavailable: return ApiError(503, error.what());
@@ -242,7 +247,8 @@ OpenAiRequest parse_openai_request(std::string_view text, bool chat) {
 
   // The sampling fields every prompt shares.
   v1::GenerateRequest shared;
-  std::optional<int64_t> max_tokens = integer(body, "max_tokens", 1, std::numeric_limits<uint32_t>::max());
+  std::optional<int64_t> max_tokens =
+      integer(body, "max_tokens", 1, std::numeric_limits<uint32_t>::max());
   if (chat && !max_tokens) {
     max_tokens = integer(body, "max_completion_tokens", 1, std::numeric_limits<uint32_t>::max());
   }
@@ -254,7 +260,8 @@ OpenAiRequest parse_openai_request(std::string_view text, bool chat) {
   }
   shared.set_temperature(static_cast<float>(temperature));
   if (const auto top_p = number(body, "top_p")) {
-    if (!(*top_p > 0.0 && *top_p <= 1.0)) refuse("top_p", fmt::format("must be in (0, 1], got {}", *top_p));
+    if (!(*top_p > 0.0 && *top_p <= 1.0))
+      refuse("top_p", fmt::format("must be in (0, 1], got {}", *top_p));
     shared.set_top_p(static_cast<float>(*top_p));
   }
   if (const auto top_k = integer(body, "top_k", -1, std::numeric_limits<int32_t>::max())) {

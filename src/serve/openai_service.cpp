@@ -2,8 +2,6 @@
 // server-sent events in OpenAI's shapes.
 #include "openai_service.h"
 
-#include "../metrics/http_server.h"
-
 #include <dirent.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
@@ -13,11 +11,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
-#include <sstream>
 #include <nlohmann/json.hpp>
-#include <random>
-#include <set>
+#include <sstream>
 
+#include "../metrics/http_server.h"
 #include "helios/common/exception_message.h"
 #include "helios/common/files.h"
 #include "helios/common/json_limits.h"
@@ -49,15 +46,6 @@ int64_t unix_now() {
       .count();
 }
 
-std::string random_hex() {
-  static const std::string prefix = [] {
-    std::random_device device;
-    return fmt::format("{:08x}", device());
-  }();
-  static std::atomic<uint64_t> counter{0};
-  return fmt::format("{}{:06x}", prefix, counter.fetch_add(1) + 1);
-}
-
 void respond(httplib::Response& res, int status, const json& body) {
   res.status = status;
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), kJson);
@@ -83,7 +71,8 @@ unsigned long tcp_socket_inode(int local, int remote) {
     std::string line;
     std::getline(in, line);  // the header
     while (std::getline(in, line)) {
-      // "  sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode"
+      // "  sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+      // inode"
       std::istringstream fields(line);
       std::string slot, local_address, remote_address, state, queues, timer, retransmits, uid,
           timeout;
@@ -94,8 +83,9 @@ unsigned long tcp_socket_inode(int local, int remote) {
       }
       const auto port_of = [](const std::string& address) {
         const size_t colon = address.rfind(':');
-        return colon == std::string::npos ? -1
-                                          : static_cast<int>(std::strtol(address.c_str() + colon + 1, nullptr, 16));
+        return colon == std::string::npos
+                   ? -1
+                   : static_cast<int>(std::strtol(address.c_str() + colon + 1, nullptr, 16));
       };
       if (port_of(local_address) == local && port_of(remote_address) == remote) return inode;
     }
@@ -169,7 +159,9 @@ struct Batch {
     for (const auto& request : requests) request->cancel();
     if (engine != nullptr) engine->wake();
   }
-  bool all_done() const { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); }
+  bool all_done() const {
+    return std::all_of(done.begin(), done.end(), [](bool d) { return d; });
+  }
   // Takes what each channel has: the new part per request (empty updates where nothing came).
   std::vector<engine::Update> take() {
     std::vector<engine::Update> fresh(requests.size());
@@ -194,7 +186,8 @@ json extension_of(const engine::Update& final, const std::vector<int32_t>& exit_
           {"total_time_ms", u.total_time_ms},
           {"preemptions", u.preemptions},
           {"priority", u.priority},
-          {"prompt_perplexity", scored && u.prompt_scored_tokens > 0 ? json(u.prompt_perplexity) : json()}};
+          {"prompt_perplexity",
+           scored && u.prompt_scored_tokens > 0 ? json(u.prompt_perplexity) : json()}};
 }
 
 json usage_of(const std::vector<engine::Update>& finals) {
@@ -214,7 +207,8 @@ std::optional<ApiError> failure_of(const engine::Update& final) {
     case Finish::kStop:
     case Finish::kLength: return std::nullopt;
     case Finish::kError:
-      if (final.error_code == ErrorCode::kInvalidArgument) return ApiError(400, final.error, field_of_message(final.error));
+      if (final.error_code == ErrorCode::kInvalidArgument)
+        return ApiError(400, final.error, field_of_message(final.error));
       return ApiError(500, "engine error: " + final.error);
     case Finish::kDeadline: return ApiError(504, "deadline exceeded");
     default: return ApiError(503, "the server shut down before the request finished");
@@ -230,7 +224,9 @@ OpenAiServer::OpenAiServer(ServingContext& context, metrics::Registry& registry)
                                    "status.",
                                    {"endpoint", "status"})) {}
 
-OpenAiServer::~OpenAiServer() { stop(); }
+OpenAiServer::~OpenAiServer() {
+  stop();
+}
 
 void OpenAiServer::count(const char* endpoint, int status) {
   responses_->labels({endpoint, std::to_string(status)}).inc();
@@ -288,6 +284,17 @@ std::vector<OpenAiServer::ModelEntry> OpenAiServer::model_entries(
     }
   }
   return entries;
+}
+
+bool OpenAiServer::lists(const ServingContext::Served& served, const std::string& id) const {
+  // The resident models first: the controller's status (the repository's candidates) is a
+  // copy of its whole state, read only for a request naming a model that does not serve.
+  for (const engine::MemberStats& member : served.engine->stats().members) {
+    if (member.name == id) return true;
+  }
+  if (served.controller == nullptr) return false;
+  const std::vector<std::string> candidates = served.controller->status().candidates;
+  return std::find(candidates.begin(), candidates.end(), id) != candidates.end();
 }
 
 std::optional<ChatFormat> OpenAiServer::chat_format(const std::filesystem::path& model_dir) {
@@ -352,14 +359,12 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
   const char* endpoint = chat ? "/v1/chat/completions" : "/v1/completions";
   auto batch = std::make_shared<Batch>();
   OpenAiRequest parsed;
-  const std::string id = (chat ? "chatcmpl-" : "cmpl-") + random_hex();
+  const std::string id = server_request_id(chat ? "chatcmpl" : "cmpl");
   try {
     authorize(req);
     const ServingContext::Served& served = ready();
     parsed = parse_openai_request(req.body, chat);
-    const std::vector<ModelEntry> entries = model_entries(served);
-    if (std::none_of(entries.begin(), entries.end(),
-                     [&](const ModelEntry& e) { return e.id == parsed.model; })) {
+    if (!lists(served, parsed.model)) {
       throw ApiError(404,
                      "The model '" + parsed.model.substr(0, 128) +
                          "' does not exist (GET /v1/models lists the models served)",
@@ -389,13 +394,7 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
     const bool list = parsed.prompts.size() > 1;
     for (size_t i = 0; i < parsed.prompts.size(); ++i) {
       const v1::GenerateRequest& request = parsed.prompts[i];
-      const int32_t priority = request.has_priority()
-                                   ? static_cast<int32_t>(std::min<uint32_t>(request.priority(), 1 << 20))
-                                   : static_cast<int32_t>(served.limits.default_priority);
-      if (const int64_t queued = engine.queued(priority);
-          queued >= engine.options().limits.max_queued) {
-        throw Error(ErrorCode::kResourceExhausted, engine.queue_full_message(priority, queued));
-      }
+      engine.refuse_if_queue_full(requested_priority(request, served.limits));
       engine::RequestSpec spec;
       try {
         spec = validate_request(request, served.limits, model->tokenizer());
@@ -468,9 +467,9 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
     for (size_t i = 0; i < batch->results.size(); ++i) {
       const engine::Update& final = batch->results[i];
       // OpenAI's key order.
-      json choice = chat ? json{{"index", i},
-                                {"message", {{"role", "assistant"}, {"content", final.text}}}}
-                         : json{{"text", final.text}, {"index", i}};
+      json choice =
+          chat ? json{{"index", i}, {"message", {{"role", "assistant"}, {"content", final.text}}}}
+               : json{{"text", final.text}, {"index", i}};
       choice["logprobs"] = nullptr;
       choice["finish_reason"] = finish_reason(final.finish);
       choices.push_back(std::move(choice));
@@ -495,8 +494,8 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [batch, fd, id, created, model_name, chat, include_usage, scored,
-       exits = std::move(exits)](size_t, httplib::DataSink& sink) mutable {
+      [batch, fd, id, created, model_name, chat, include_usage, scored, exits = std::move(exits)](
+          size_t, httplib::DataSink& sink) mutable {
         const auto chunk = [&](json choices) {
           json body = {{"id", id},
                        {"object", chat ? "chat.completion.chunk" : "text_completion"},
@@ -524,7 +523,8 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
           std::vector<engine::Update> fresh = batch->take();
           for (size_t i = 0; i < fresh.size(); ++i) {
             engine::Update& update = fresh[i];
-            for (const engine::TokenDetail& t : update.tokens) exits[i].push_back(t.exit.exit_layer);
+            for (const engine::TokenDetail& t : update.tokens)
+              exits[i].push_back(t.exit.exit_layer);
             if (update.empty()) continue;
             const bool finished = update.finished();
             if (finished) {
@@ -539,14 +539,15 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
             if (update.text.empty() && !finished) continue;
             json choice =
                 chat ? json{{"index", i},
-                            {"delta", update.text.empty() ? json::object()
-                                                          : json{{"content", update.text}}}}
+                            {"delta",
+                             update.text.empty() ? json::object() : json{{"content", update.text}}}}
                      : json{{"text", update.text}, {"index", i}};
             choice["logprobs"] = nullptr;
             choice["finish_reason"] = finished ? json(finish_reason(update.finish)) : json();
             json body = chunk(json::array({std::move(choice)}));
             if (finished) {
-              body["helios"] = {{"choices", json::array({extension_of(update, exits[i], i, scored)})}};
+              body["helios"] = {
+                  {"choices", json::array({extension_of(update, exits[i], i, scored)})}};
               batch->results[i] = std::move(update);
             }
             if (!write(sse(body))) {
@@ -575,7 +576,7 @@ void OpenAiServer::completions(const httplib::Request& req, httplib::Response& r
 
 int OpenAiServer::start(const std::string& host, int port) {
   std::lock_guard lock(mutex_);
-  if (server_) throw Error(ErrorCode::kFailedPrecondition, "openai: already serving");
+  if (server_.serving()) throw Error(ErrorCode::kFailedPrecondition, "openai: already serving");
   auto server = std::make_unique<httplib::Server>();
   const size_t threads = static_cast<size_t>(context_.config->openai_max_connections);
   server->new_task_queue = [threads] { return new metrics::ConnectionPool(threads); };
@@ -584,17 +585,13 @@ int OpenAiServer::start(const std::string& host, int port) {
   server->set_payload_max_length(static_cast<size_t>(context_.config->openai_max_body_bytes));
   server->set_keep_alive_max_count(kKeepAliveMaxRequests);
   server->set_keep_alive_timeout(kKeepAliveSeconds);
-  server->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
+  metrics::apply_common_settings(*server);
   server->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     completions(req, res, false);
   });
-  server->Post("/v1/chat/completions",
-               [this](const httplib::Request& req, httplib::Response& res) {
-                 completions(req, res, true);
-               });
+  server->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    completions(req, res, true);
+  });
   server->Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
     models(req, res, nullptr);
   });
@@ -602,16 +599,12 @@ int OpenAiServer::start(const std::string& host, int port) {
     const std::string id = req.matches[1];
     models(req, res, &id);
   });
-  server->set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (req.method != "PRI") return httplib::Server::HandlerResponse::Unhandled;
-    res.status = 400;
-    return httplib::Server::HandlerResponse::Handled;
-  });
   // Every status >= 400 a handler left without a body (404, 405, 413 past
   // openai.max_body_bytes) gets OpenAI's error object.
   server->set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty() || res.status == 499) return;
-    std::string message = std::to_string(res.status) + " " + req.method + " " + req.path.substr(0, 128);
+    std::string message =
+        std::to_string(res.status) + " " + req.method + " " + req.path.substr(0, 128);
     if (res.status == 413) {
       message = fmt::format("request body exceeds openai.max_body_bytes ({} bytes)",
                             context_.config->openai_max_body_bytes);
@@ -621,30 +614,12 @@ int OpenAiServer::start(const std::string& host, int port) {
     }
     respond(res, res.status, ApiError(res.status, message).body());
   });
-  const int bound =
-      port == 0 ? server->bind_to_any_port(host) : (server->bind_to_port(host, port) ? port : -1);
-  if (bound <= 0) {
-    throw Error(ErrorCode::kUnavailable,
-                "openai.port: cannot bind " + host + ":" + std::to_string(port));
-  }
-  listen_exited_ = false;
-  httplib::Server* raw = server.get();
-  thread_ = std::thread([this, raw] {
-    raw->listen_after_bind();
-    listen_exited_ = true;
-  });
-  while (!raw->is_running() && !listen_exited_) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  server_ = std::move(server);
-  return bound;
+  return server_.start(std::move(server), host, port, "openai.port");
 }
 
 void OpenAiServer::stop() {
   std::lock_guard lock(mutex_);
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
-  server_.reset();
+  server_.stop();
 }
 
 }  // namespace helios::serve

@@ -1,20 +1,18 @@
 #pragma once
 
-#include <atomic>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include "helios/metrics/registry.h"
+#include "helios/metrics/server_thread.h"
 #include "helios/serve/openai_api.h"
 #include "serving_context.h"
 
 namespace httplib {
-class Server;
 struct Request;
 struct Response;
 }  // namespace httplib
@@ -58,6 +56,9 @@ class OpenAiServer {
     int64_t loaded_layers = 0;
   };
   std::vector<ModelEntry> model_entries(const ServingContext::Served& served) const;
+  // Whether `id` is one of model_entries(), reading the controller only when no resident model
+  // has that name.
+  bool lists(const ServingContext::Served& served, const std::string& id) const;
   // The chat format of the model serving now (its tokenizer_config.json chat_template).
   std::optional<ChatFormat> chat_format(const std::filesystem::path& model_dir);
   void count(const char* endpoint, int status);
@@ -67,9 +68,7 @@ class OpenAiServer {
   std::mutex formats_mutex_;
   std::map<std::filesystem::path, std::optional<ChatFormat>> formats_;
   std::mutex mutex_;  // start / stop
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
-  std::atomic<bool> listen_exited_{false};
+  metrics::ServerThread server_;
 };
 
 }  // namespace helios::serve

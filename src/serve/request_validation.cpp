@@ -4,6 +4,7 @@
 #include <google/protobuf/unknown_field_set.h>
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -79,6 +80,12 @@ v1::GenerateRequest parse_generate_request(std::string_view bytes) {
   return out;
 }
 
+int32_t requested_priority(const v1::GenerateRequest& request, const RequestLimits& limits) {
+  if (!request.has_priority()) return static_cast<int32_t>(limits.default_priority);
+  return static_cast<int32_t>(
+      std::min<uint32_t>(request.priority(), std::numeric_limits<int32_t>::max()));
+}
+
 engine::RequestSpec validate_request(const v1::GenerateRequest& request,
                                      const RequestLimits& limits,
                                      const tokenizer::Tokenizer& tokenizer) {
@@ -143,14 +150,11 @@ engine::RequestSpec validate_request(const v1::GenerateRequest& request,
     }
     spec.stop.push_back(stop);
   }
-  spec.priority = static_cast<int32_t>(limits.default_priority);
-  if (request.has_priority()) {
-    if (request.priority() >= static_cast<uint64_t>(limits.priority_levels)) {
-      invalid(fmt::format("priority: {} is outside 0..{} (scheduler.priority_levels = {}; 0 is "
-                          "the most urgent)",
-                          request.priority(), limits.priority_levels - 1, limits.priority_levels));
-    }
-    spec.priority = static_cast<int32_t>(request.priority());
+  spec.priority = requested_priority(request, limits);
+  if (spec.priority >= limits.priority_levels) {
+    invalid(fmt::format("priority: {} is outside 0..{} (scheduler.priority_levels = {}; 0 is "
+                        "the most urgent)",
+                        request.priority(), limits.priority_levels - 1, limits.priority_levels));
   }
   spec.token_details = request.include_token_details();
   spec.score_prompt = request.score_prompt();

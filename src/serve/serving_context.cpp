@@ -1,6 +1,19 @@
 #include "serving_context.h"
 
+#include <fmt/format.h>
+
+#include <random>
+
 namespace helios::serve {
+
+std::string server_request_id(std::string_view kind) {
+  static const std::string prefix = [] {
+    std::random_device device;
+    return fmt::format("{:08x}", device());
+  }();
+  static std::atomic<uint64_t> counter{0};
+  return fmt::format("{}-{}-{}", kind, prefix, counter.fetch_add(1) + 1);
+}
 
 void ServingContext::publish(const Served& served) {
   if (served_.load(std::memory_order_acquire) != nullptr) {

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <string>
+#include <string_view>
 
 #include "helios/common/error.h"
 #include "helios/metrics/registry.h"
@@ -43,6 +45,10 @@ struct ServingContext {
   Served storage_;
   std::atomic<const Served*> served_{nullptr};
 };
+
+// A request id the server assigns, "<kind>-<hex>-<n>": a random per-process prefix and one
+// counter for every front end, so ids from two runs of the daemon do not collide in logs.
+std::string server_request_id(std::string_view kind);
 
 // Maps a helios::Error onto the gRPC status code of the same meaning.
 grpc::Status to_status(const Error& error);

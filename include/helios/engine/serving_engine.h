@@ -176,11 +176,11 @@ class ServingEngine {
   int64_t max_running() const { return scheduler_.max_running(); }
 
   int64_t in_flight() const { return in_flight_.load(); }
-  // Requests of class `priority` submitted and not yet admitted into the batch (the count
-  // scheduler.max_queued_requests bounds per class).
-  int64_t queued(int32_t priority) const;
-  // The message of the RESOURCE_EXHAUSTED a full queue of class `priority` gets.
-  std::string queue_full_message(int32_t priority, int64_t queued) const;
+  // Throws what submit() throws for a full queue of class `priority` (Error kResourceExhausted):
+  // max_queued requests of the class submitted and not yet admitted into the batch. A front
+  // end's check before any real work; a class outside 0..priority_levels - 1 passes (the
+  // request's validation refuses it).
+  void refuse_if_queue_full(int32_t priority) const;
   EngineStats stats() const;
   // As constructed: model_name and exit_policy are those of the start (see stats()).
   const EngineOptions& options() const { return options_; }
@@ -247,6 +247,8 @@ class ServingEngine {
   // The sequence fails with `what` (the cause, e.what()) after `stage` ("model forward").
   void fail(Sequence& sequence, std::string_view fault, std::string_view stage,
             std::string_view what);
+  // refuse_if_queue_full with mutex_ held and `priority` in range.
+  void refuse_if_queue_full_locked(int32_t priority) const;
   void finish(Sequence& sequence, Finish reason, std::string error = {},
               ErrorCode code = ErrorCode::kInternal);
   // Finishes an arrival or a waiting sequence whose prompt leaves no room to generate within

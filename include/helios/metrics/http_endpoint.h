@@ -5,11 +5,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
-namespace httplib {
-class Server;
-}
+#include "helios/metrics/server_thread.h"
 
 namespace helios::metrics {
 
@@ -52,10 +49,8 @@ class HttpEndpoint {
  private:
   Handlers handlers_;
   std::mutex mutex_;  // serializes start() and stop()
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  ServerThread server_;
   std::atomic<int> port_{0};
-  std::atomic<bool> listen_exited_{false};
 };
 
 }  // namespace helios::metrics

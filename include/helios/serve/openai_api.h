@@ -6,7 +6,6 @@
 // fuzz/openai_request_fuzz.cpp drives parse_openai_request.
 
 #include <nlohmann/json_fwd.hpp>
-
 #include <optional>
 #include <stdexcept>
 #include <string>

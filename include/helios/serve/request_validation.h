@@ -35,6 +35,10 @@ struct RequestLimits {
 // helios::Error(kInvalidArgument) for bytes that are not a GenerateRequest.
 v1::GenerateRequest parse_generate_request(std::string_view bytes);
 
+// The scheduling class `request` asks for: its priority (not yet checked against
+// limits.priority_levels; saturated at INT32_MAX), else limits.default_priority.
+int32_t requested_priority(const v1::GenerateRequest& request, const RequestLimits& limits);
+
 // Validates every field, cheap checks first (sizes, UTF-8, ranges), then tokenizes the prompt
 // (BOS first) and checks its length in tokens. The spec's id is the client's request_id (empty
 // when none was sent) and it has no deadline. Throws helios::Error(kInvalidArgument) whose
