@@ -27,6 +27,11 @@ class Sampler {
  public:
   Sampler(pb::Admin::Stub* admin, MetricsEndpoint metrics, Clock::time_point start, double period)
       : admin_(admin), metrics_(std::move(metrics)), start_(start), period_(period) {
+    // The baseline is taken here, before the caller sends its first request: taken on the
+    // sampler's thread it raced the load, and a token generated before it was missing from the
+    // counters' deltas.
+    poll_status();
+    scrape(kScrapeTries);
     thread_ = std::thread([this] { loop(); });
   }
   ~Sampler() { stop(); }
@@ -63,7 +68,7 @@ class Sampler {
       wake_.wait_until(lock, next, [this] { return stopping_; });
     }
     lock.unlock();
-    scrape();  // the counters at the end of the run
+    scrape(kScrapeTries);  // the counters at the end of the run: the deltas end here
   }
 
   // Returns true when the controller's phase changed since the previous poll.
@@ -126,12 +131,20 @@ class Sampler {
     }
   }
 
-  void scrape() {
+  // The first and last scrapes bound every counter delta, so they are retried; a missed one in
+  // between leaves a gap that the next one covers.
+  static constexpr int kScrapeTries = 3;
+
+  void scrape(int tries = 1) {
     MetricSamples m;
-    try {
-      m = fetch_metrics(metrics_);
-    } catch (const Fatal&) {
-      return;  // a missed scrape leaves a gap; the next one covers the interval
+    for (int attempt = 1;; ++attempt) {
+      try {
+        m = fetch_metrics(metrics_);
+        break;
+      } catch (const Fatal&) {
+        if (attempt >= tries) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
     }
     auto value = [&](const char* name) {
       const auto it = m.by_name.find(name);
