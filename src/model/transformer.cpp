@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <utility>
 
+#include "cpu_decode.h"
 #include "decode_graphs.h"
 #include "decode_steps.h"
 #include "helios/common/error.h"
@@ -56,6 +59,16 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights)
     if (exit_layer < depth) exit_points_.push_back(exit_layer);
   }
   exit_points_.push_back(depth);
+  const char* path = std::getenv("HELIOS_CPU_DECODE");
+  set_fused_cpu_decode(path == nullptr || std::strcmp(path, "aten") != 0);
+}
+
+void Transformer::set_fused_cpu_decode(bool enabled, const std::string& kernels) {
+  cpu_decode_ = enabled ? std::shared_ptr<CpuDecode>(CpuDecode::create(*this, kernels)) : nullptr;
+}
+
+std::string Transformer::cpu_kernels() const {
+  return cpu_decode_ != nullptr ? cpu_decode_->kernels_name() : "";
 }
 
 kv::KvCacheShape Transformer::kv_shape(int64_t block_size) const {
@@ -530,6 +543,11 @@ StepOutput Transformer::decode(kv::KvCache& cache, std::span<kv::SequenceKv* con
     return out;
   }
 #endif
+  if (cpu_decode_ != nullptr && CpuDecode::accepts(cache)) {
+    cpu_decode_->decode(*this, cache, plan, policy, out);
+    for (kv::SequenceKv* sequence : sequences) sequence->length += 1;
+    return out;
+  }
   const auto device = weights_.embed_tokens.device();
   const int64_t batch = plan.batch, max_blocks = plan.max_blocks;
   // The step's metadata in two host-to-device copies: token ids, positions and new slots

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "helios/kv/kv_cache.h"
@@ -45,6 +46,7 @@ struct TokenExit {
 
 class DecodeGraphs;
 struct DecodeSteps;
+class CpuDecode;
 
 // One row per sequence: the exit head's logits at the row's exit layer, and the exit.
 struct StepOutput {
@@ -167,9 +169,23 @@ class Transformer {
   void set_cuda_graphs(bool enabled);
   bool cuda_graphs() const { return graphs_ != nullptr; }
 
+  // The fused CPU decode step (src/model/cpu_decode.h): on by default wherever it can run
+  // (float32 weights and cache on the CPU), unless HELIOS_CPU_DECODE=aten is set when the
+  // transformer is built. Off, decode runs the ATen ops, the reference the fused step is
+  // tested against. Same results either way, within float32 rounding. Not thread-safe against
+  // a running decode.
+  // `kernels` names the instruction set ("" for the best this CPU has; Error kInvalidArgument
+  // when this build or CPU lacks the one named).
+  void set_fused_cpu_decode(bool enabled, const std::string& kernels = "");
+  bool fused_cpu_decode() const { return cpu_decode_ != nullptr; }
+  // The instruction set of the fused step's kernels ("avx512", "avx2", "generic"), or "" when
+  // it is off.
+  std::string cpu_kernels() const;
+
  private:
   // The steps of decode, shared with the graphed path (src/model/decode_steps.h).
   friend struct DecodeSteps;
+  friend class CpuDecode;
 
   // The post-attention norm + SwiGLU block of a layer.
   at::Tensor mlp(const LayerWeights& layer, const at::Tensor& h) const;
@@ -180,6 +196,7 @@ class Transformer {
   std::vector<int32_t> exit_points_;
   double attention_scale_;
   std::shared_ptr<DecodeGraphs> graphs_;  // see set_cuda_graphs
+  std::shared_ptr<CpuDecode> cpu_decode_;  // see set_fused_cpu_decode
 };
 
 }  // namespace helios::model

@@ -21,6 +21,9 @@ class RotaryEmbedding {
   // which costs no copy back. Either way q and k hold the rotated values afterwards.
   void rotate(at::Tensor& q, at::Tensor& k, const at::Tensor& positions) const;
   int64_t max_positions() const { return max_positions_; }
+  // The tables: [max_positions, head_dim] float32 on the device, row p the position's cos/sin.
+  const at::Tensor& cos_table() const { return cos_; }
+  const at::Tensor& sin_table() const { return sin_; }
 
  private:
   int64_t head_dim_;
