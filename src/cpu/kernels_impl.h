@@ -156,13 +156,17 @@ inline float max_of(const float* x, int64_t n) {
 // row whatever the group size.
 template <class S>
 void attend(const cpu::AttendArgs& a) {
-  const int64_t hd = a.head_dim, stride = a.kv_heads * hd, ctx = a.context;
+  const int64_t hd = a.head_dim, stride = a.kv_heads * hd, ctx = a.context, bs = a.block_size;
   const int64_t offset = a.kv_head * hd;
-  for (int64_t p = 0; p < ctx; ++p) {
-    const int64_t slot = static_cast<int64_t>(a.block_table[p / a.block_size]) * a.block_size +
-                         p % a.block_size;
-    const float* k = a.keys + slot * stride + offset;
-    for (int64_t j = 0; j < a.group; ++j) a.scores[j * ctx + p] = dot<S>(a.q + j * hd, k, hd) * a.scale;
+  // Block by block: position p sits at slot block_table[p / bs] * bs + p % bs.
+  for (int64_t start = 0, block = 0; start < ctx; start += bs, ++block) {
+    const float* k = a.keys + static_cast<int64_t>(a.block_table[block]) * bs * stride + offset;
+    const int64_t count = ctx - start < bs ? ctx - start : bs;
+    for (int64_t i = 0; i < count; ++i, k += stride) {
+      for (int64_t j = 0; j < a.group; ++j) {
+        a.scores[j * ctx + start + i] = dot<S>(a.q + j * hd, k, hd) * a.scale;
+      }
+    }
   }
   for (int64_t j = 0; j < a.group; ++j) {
     float* s = a.scores + j * ctx;
@@ -171,11 +175,12 @@ void attend(const cpu::AttendArgs& a) {
     float* out = a.out + j * hd;
     for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
   }
-  for (int64_t p = 0; p < ctx; ++p) {
-    const int64_t slot = static_cast<int64_t>(a.block_table[p / a.block_size]) * a.block_size +
-                         p % a.block_size;
-    const float* v = a.values + slot * stride + offset;
-    for (int64_t j = 0; j < a.group; ++j) axpy<S>(a.scores[j * ctx + p], v, a.out + j * hd, hd);
+  for (int64_t start = 0, block = 0; start < ctx; start += bs, ++block) {
+    const float* v = a.values + static_cast<int64_t>(a.block_table[block]) * bs * stride + offset;
+    const int64_t count = ctx - start < bs ? ctx - start : bs;
+    for (int64_t i = 0; i < count; ++i, v += stride) {
+      for (int64_t j = 0; j < a.group; ++j) axpy<S>(a.scores[j * ctx + start + i], v, a.out + j * hd, hd);
+    }
   }
 }
 
