@@ -18,6 +18,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <unistd.h>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -287,6 +288,12 @@ struct Peak {
 // Waits for the device: a one-element read-back to the host orders after every queued kernel.
 void sync(const at::Tensor& t) {
   if (t.is_cuda()) (void)t.flatten()[0].item<float>();
+}
+
+// One core's L2 cache, as the C library reports it (0 when unknown).
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = std::max<long>(0, sysconf(_SC_LEVEL2_CACHE_SIZE));
+  return bytes;
 }
 
 Peak measure_peak(at::Device device) {
@@ -780,6 +787,9 @@ class Sweep {
                 {"bytes_per_step", bytes.total()},
                 {"achieved_gbps", achieved},
                 {"fraction_of_peak", achieved / peak_.gbps},
+                // On the CPU a step whose bytes fit in one core's L2 cache streams them from
+                // there, not from memory: the copy peak is no roof for it.
+                {"fits_in_cache", !s_.device.is_cuda() && bytes.total() <= l2_cache_bytes()},
                 {"exit_head_evaluations", timing.exit_heads}});
     decode_rows_.push_back(row);
   }

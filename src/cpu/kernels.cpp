@@ -9,7 +9,8 @@ namespace {
 
 bool cpu_has(const std::string& name) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (name == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  if (name == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
   if (name == "avx512" || name == "avx2") return false;

@@ -66,6 +66,8 @@ const Kernels* avx2_kernels() {
 
 #else
 namespace helios::cpu {
-const Kernels* avx2_kernels() { return nullptr; }
+const Kernels* avx2_kernels() {
+  return nullptr;
+}
 }  // namespace helios::cpu
 #endif

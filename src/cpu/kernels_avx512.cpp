@@ -55,6 +55,8 @@ const Kernels* avx512_kernels() {
 
 #else
 namespace helios::cpu {
-const Kernels* avx512_kernels() { return nullptr; }
+const Kernels* avx512_kernels() {
+  return nullptr;
+}
 }  // namespace helios::cpu
 #endif

@@ -46,14 +46,16 @@ void linear(const float* x, int64_t rows, int64_t ldx, const float* w, int64_t i
     for (; r + R <= rows; r += R) {
       linear_tile<S, R, C>(x + r * ldx, ldx, w + c * in, in, y + r * ldy + c, ldy);
     }
-    for (; r < rows; ++r) linear_tile<S, 1, C>(x + r * ldx, ldx, w + c * in, in, y + r * ldy + c, ldy);
+    for (; r < rows; ++r)
+      linear_tile<S, 1, C>(x + r * ldx, ldx, w + c * in, in, y + r * ldy + c, ldy);
   }
   for (; c < col_end; ++c) {
     int64_t r = 0;
     for (; r + R <= rows; r += R) {
       linear_tile<S, R, 1>(x + r * ldx, ldx, w + c * in, in, y + r * ldy + c, ldy);
     }
-    for (; r < rows; ++r) linear_tile<S, 1, 1>(x + r * ldx, ldx, w + c * in, in, y + r * ldy + c, ldy);
+    for (; r < rows; ++r)
+      linear_tile<S, 1, 1>(x + r * ldx, ldx, w + c * in, in, y + r * ldy + c, ldy);
   }
 }
 
@@ -65,8 +67,7 @@ void add(float* h, const float* a, int64_t n) {
 }
 
 template <class S>
-void add_rms_norm(float* h, const float* a, const float* weight, int64_t n, float eps,
-                  float* out) {
+void add_rms_norm(float* h, const float* a, const float* weight, int64_t n, float eps, float* out) {
   typename S::V squares = S::zero();
   int64_t i = 0;
   for (; i + S::W <= n; i += S::W) {
@@ -118,7 +119,8 @@ template <class S>
 inline void axpy(float p, const float* v, float* out, int64_t n) {
   const typename S::V pv = S::set1(p);
   int64_t i = 0;
-  for (; i + S::W <= n; i += S::W) S::store(out + i, S::fmadd(pv, S::load(v + i), S::load(out + i)));
+  for (; i + S::W <= n; i += S::W)
+    S::store(out + i, S::fmadd(pv, S::load(v + i), S::load(out + i)));
   for (; i < n; ++i) out[i] += p * v[i];
 }
 
@@ -179,7 +181,8 @@ void attend(const cpu::AttendArgs& a) {
     const float* v = a.values + static_cast<int64_t>(a.block_table[block]) * bs * stride + offset;
     const int64_t count = ctx - start < bs ? ctx - start : bs;
     for (int64_t i = 0; i < count; ++i, v += stride) {
-      for (int64_t j = 0; j < a.group; ++j) axpy<S>(a.scores[j * ctx + start + i], v, a.out + j * hd, hd);
+      for (int64_t j = 0; j < a.group; ++j)
+        axpy<S>(a.scores[j * ctx + start + i], v, a.out + j * hd, hd);
     }
   }
 }
@@ -211,6 +214,6 @@ void softmax_stats(const float* logits, int64_t n, float* log_sum_exp, float* ma
 // The table of one instruction set; R x C is its linear tile (accumulators held in registers).
 template <class S, int R, int C>
 cpu::Kernels make_kernels(const char* name) {
-  return cpu::Kernels{name,           &linear<S, R, C>, &add_rms_norm<S>, &silu_mul<S>,
-                      &add<S>,        &attend<S>,       &softmax_stats<S>};
+  return cpu::Kernels{name,    &linear<S, R, C>, &add_rms_norm<S>, &silu_mul<S>,
+                      &add<S>, &attend<S>,       &softmax_stats<S>};
 }

@@ -7,8 +7,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "helios/cpu/kernels.h"
 #include "helios/common/error.h"
+#include "helios/cpu/kernels.h"
 
 namespace helios::model {
 namespace {
@@ -22,7 +22,9 @@ bool usable(const at::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
 }
 
-const float* ptr(const at::Tensor& t) { return t.data_ptr<float>(); }
+const float* ptr(const at::Tensor& t) {
+  return t.data_ptr<float>();
+}
 
 // Runs f(begin, end) over [0, n) in chunks of at least `grain`, in parallel when there is more
 // than one chunk (at::parallel_for: the same thread pool as every ATen op, so the fused path
@@ -52,7 +54,8 @@ void linear_multi(const cpu::Kernels& k, const float* x, int64_t rows, int64_t l
   int64_t blocks = 0;
   for (const LinearOut& o : outs) blocks += (o.out + kColumnBlock - 1) / kColumnBlock;
   const int64_t work_per_block = rows * in * kColumnBlock;
-  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_block));
+  const int64_t grain =
+      std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_block));
   parallel(blocks, grain, [&](int64_t begin, int64_t end) {
     int64_t first = 0;  // the first block of the current output
     for (const LinearOut& o : outs) {
@@ -111,8 +114,8 @@ std::unique_ptr<CpuDecode> CpuDecode::create(const Transformer& t, const std::st
   if (kernels.empty()) return std::make_unique<CpuDecode>(t, cpu::kernels());
   const cpu::Kernels* named = cpu::kernels_named(kernels);
   if (named == nullptr) {
-    throw Error(ErrorCode::kInvalidArgument, "CPU kernels '" + kernels +
-                                                 "' are not available on this build and CPU");
+    throw Error(ErrorCode::kInvalidArgument,
+                "CPU kernels '" + kernels + "' are not available on this build and CPU");
   }
   return std::make_unique<CpuDecode>(t, *named);
 }
@@ -133,7 +136,9 @@ CpuDecode::CpuDecode(const Transformer& t, const cpu::Kernels& kernels)
       eps_(static_cast<float>(t.config_.rms_norm_eps)),
       scale_(static_cast<float>(t.attention_scale_)) {}
 
-const char* CpuDecode::kernels_name() const { return k_.name; }
+const char* CpuDecode::kernels_name() const {
+  return k_.name;
+}
 
 void CpuDecode::ensure_capacity(int64_t rows) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
@@ -296,8 +301,8 @@ void CpuDecode::decode(const Transformer& t, kv::KvCache& cache, const DecodePla
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t token = plan.rows[b];
     if (token < 0 || token >= t_->weights_.embed_tokens.size(0)) {
-      throw Error(ErrorCode::kInvalidArgument, "decode: token id " + std::to_string(token) +
-                                                   " outside the vocabulary");
+      throw Error(ErrorCode::kInvalidArgument,
+                  "decode: token id " + std::to_string(token) + " outside the vocabulary");
     }
     std::memcpy(h_.data() + b * hidden_, embed + token * hidden_, hidden_ * sizeof(float));
     rows.batch_row[b] = b;
@@ -316,7 +321,8 @@ void CpuDecode::decode(const Transformer& t, kv::KvCache& cache, const DecodePla
     begin = end;
     const int64_t n = rows.size();
     if (pending) {
-      for (int64_t r = 0; r < n; ++r) k_.add(h_.data() + r * hidden_, pending_.data() + r * hidden_, hidden_);
+      for (int64_t r = 0; r < n; ++r)
+        k_.add(h_.data() + r * hidden_, pending_.data() + r * hidden_, hidden_);
       pending = false;
     }
     exit_head(n, policy);

@@ -77,7 +77,9 @@ TEST(RooflineSmoke, ReportsEveryConfigurationWithConsistentBytes) {
     EXPECT_EQ(row.at("bytes_per_step").get<int64_t>(), expected_bytes);
     const double fraction = row.at("fraction_of_peak").get<double>();
     EXPECT_GT(fraction, 0.0);
-    EXPECT_LT(fraction, 1.5);
+    // Past the memory roof only when the step's bytes stay in cache (the micro models do on
+    // the CPU's fused step: about 3.5x here), and never by more than cache bandwidth allows.
+    EXPECT_LT(fraction, row.at("fits_in_cache").get<bool>() ? 50.0 : 1.5);
     EXPECT_NEAR(row.at("achieved_gbps").get<double>() / peak, fraction, 1e-9);
   }
   EXPECT_EQ(seen, expected);

@@ -125,13 +125,22 @@ TEST(Serve, DeadlineExceededFreesTheRequest) {
   DaemonProcess daemon(daemon_config(kModel, {{"scheduler", {{"max_running_requests", 1}}}}));
   ASSERT_TRUE(daemon.wait_ready());
   auto stub = daemon.inference();
-  // A long request holds the only batch slot, so the second waits past its deadline.
-  auto first = std::async(std::launch::async, [&] {
-    return generate(*stub, greedy_request(test_prompts(1)[0], 190));
-  });
+  // Eight long requests hold the only batch slot one after another, so the last, queued
+  // behind them all, waits past its deadline however fast a step is (190 tokens of the micro
+  // model take about 20 ms on the fused CPU step).
+  std::vector<std::future<StreamResult>> first;
+  for (const std::string& prompt : test_prompts(8)) {
+    first.push_back(std::async(std::launch::async, [&stub, prompt] {
+      return generate(*stub, greedy_request(prompt, 190));
+    }));
+  }
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (daemon.status().waiting_requests() < 6 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(1ms);
+  }
   const StreamResult late = generate(*stub, greedy_request("The man", 100), 30ms);
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_TRUE(first.get().status.ok());
+  for (auto& f : first) EXPECT_TRUE(f.get().status.ok());
   EXPECT_TRUE(wait_idle(daemon));
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
 }

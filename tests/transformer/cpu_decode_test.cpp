@@ -95,7 +95,8 @@ TEST_P(CpuKernels, SoftmaxStatsMatchLogSoftmax) {
       const at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1);
       const double expected_entropy = -(lp.exp() * lp).nan_to_num(0.0).sum().item<double>();
       EXPECT_NEAR(max_logit, logits.max().item<float>(), 0.0f);
-      EXPECT_NEAR(lse, at::logsumexp(logits.to(at::kDouble), 0).item<double>(), 1e-5 * spread + 1e-5);
+      EXPECT_NEAR(lse, at::logsumexp(logits.to(at::kDouble), 0).item<double>(),
+                  1e-5 * spread + 1e-5);
       EXPECT_NEAR(entropy, expected_entropy, 1e-5 + 1e-5 * expected_entropy)
           << "n " << n << " spread " << spread;
     }
@@ -134,10 +135,13 @@ TEST_P(CpuKernels, AttendReadsThePagedCacheInPlace) {
         k().attend(a);
 
         std::vector<int64_t> slots;
-        for (int64_t p = 0; p < context; ++p) slots.push_back(table[p / block_size] * block_size + p % block_size);
+        for (int64_t p = 0; p < context; ++p)
+          slots.push_back(table[p / block_size] * block_size + p % block_size);
         const at::Tensor index = at::tensor(slots, at::TensorOptions().dtype(at::kLong));
-        const at::Tensor k_rows = keys.index_select(0, index).select(1, g).view({1, context, 1, hd});
-        const at::Tensor v_rows = values.index_select(0, index).select(1, g).view({1, context, 1, hd});
+        const at::Tensor k_rows =
+            keys.index_select(0, index).select(1, g).view({1, context, 1, hd});
+        const at::Tensor v_rows =
+            values.index_select(0, index).select(1, g).view({1, context, 1, hd});
         const at::Tensor expected = ops::attention(q.view({1, 1, group, hd}), k_rows, v_rows,
                                                    at::zeros({1, 1, 1, 1, context}), a.scale);
         expect_close(out.view({1, 1, group * hd}), expected,
@@ -177,7 +181,8 @@ class FusedCpuDecode : public ::testing::TestWithParam<std::string> {
     std::vector<int32_t> next(batch);
     for (int64_t b = 0; b < batch; ++b) {
       std::vector<int32_t> prompt;
-      for (int64_t i = 0; i < 3 + 2 * b; ++i) prompt.push_back(static_cast<int32_t>((b * 7 + i * 3) % config.vocab_size));
+      for (int64_t i = 0; i < 3 + 2 * b; ++i)
+        prompt.push_back(static_cast<int32_t>((b * 7 + i * 3) % config.vocab_size));
       // Interleaved reservations, so that the rows' blocks are not contiguous.
       EXPECT_TRUE(ref_cache.reserve(ref_seqs[b], static_cast<int64_t>(prompt.size()) + steps));
       EXPECT_TRUE(fused_cache.reserve(fused_seqs[b], static_cast<int64_t>(prompt.size()) + steps));
@@ -197,7 +202,8 @@ class FusedCpuDecode : public ::testing::TestWithParam<std::string> {
         EXPECT_EQ(actual.exits[b].exit_layer, expected.exits[b].exit_layer) << "row " << b;
         EXPECT_NEAR(actual.exits[b].confidence, expected.exits[b].confidence, 1e-4) << "row " << b;
         EXPECT_EQ(actual.exits[b].greedy_exit, expected.exits[b].greedy_exit) << "row " << b;
-        (expected.exits[b].exit_layer < reference.loaded_layers() ? outcome.early : outcome.full) += 1;
+        (expected.exits[b].exit_layer < reference.loaded_layers() ? outcome.early : outcome.full) +=
+            1;
         EXPECT_EQ(fused_seqs[b].length, ref_seqs[b].length);
       }
       const at::Tensor argmax = expected.logits.argmax(-1);
@@ -255,8 +261,8 @@ TEST(FusedCpuDecodeSelection, NamedKernelsMustExistAndNonFloatWeightsUseATen) {
   model::Transformer t(config, weights);
   EXPECT_TRUE(t.fused_cpu_decode());
   EXPECT_EQ(t.cpu_kernels(), cpu::available_kernels().front());
-  testing::expect_error([&] { t.set_fused_cpu_decode(true, "sse9"); },
-                        ErrorCode::kInvalidArgument, {"sse9", "not available"});
+  testing::expect_error([&] { t.set_fused_cpu_decode(true, "sse9"); }, ErrorCode::kInvalidArgument,
+                        {"sse9", "not available"});
   t.set_fused_cpu_decode(false);
   EXPECT_FALSE(t.fused_cpu_decode());
   EXPECT_EQ(t.cpu_kernels(), "");

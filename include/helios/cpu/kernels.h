@@ -13,17 +13,17 @@ namespace helios::cpu {
 
 // One query row's heads of one KV head group over a paged context.
 struct AttendArgs {
-  const float* q;             // [group, head_dim], the group's query heads, contiguous
-  const float* keys;          // the layer's key cache [slots, kv_heads, head_dim]
-  const float* values;        // the layer's value cache, same layout
-  const int32_t* block_table; // the row's blocks
-  int64_t block_size;         // positions per block
-  int64_t context;            // positions [0, context) are attended to
+  const float* q;                       // [group, head_dim], the group's query heads, contiguous
+  const float* keys;                    // the layer's key cache [slots, kv_heads, head_dim]
+  const float* values;                  // the layer's value cache, same layout
+  const int32_t* block_table;           // the row's blocks
+  int64_t block_size;                   // positions per block
+  int64_t context;                      // positions [0, context) are attended to
   int64_t kv_heads, head_dim, kv_head;  // which head of the cache is read
-  int64_t group;              // query heads per KV head
-  float scale;                // 1 / sqrt(head_dim)
-  float* scores;              // scratch [group, context]
-  float* out;                 // [group, head_dim]
+  int64_t group;                        // query heads per KV head
+  float scale;                          // 1 / sqrt(head_dim)
+  float* scores;                        // scratch [group, context]
+  float* out;                           // [group, head_dim]
 };
 
 struct Kernels {
