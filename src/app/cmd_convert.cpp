@@ -4,6 +4,7 @@
 #include "helios/common/dtype.h"
 #include "helios/common/error.h"
 #include "helios/model/checkpoint.h"
+#include "helios/model/gguf.h"
 
 namespace helios::app {
 namespace {
@@ -13,11 +14,31 @@ struct ConvertArgs {
   std::filesystem::path out_dir;
   std::string dtype = "f32";
   int64_t max_shard_bytes = 0;
+  std::string format = "safetensors";
 };
+
+// Writes the model as one GGUF file (llama.cpp's format) at --out.
+void run_convert_gguf(const ConvertArgs& args) {
+  if (args.dtype != "f32") {
+    throw Error(ErrorCode::kInvalidArgument, "--dtype: GGUF export writes f32 only");
+  }
+  if (args.max_shard_bytes != 0) {
+    throw Error(ErrorCode::kInvalidArgument, "--max-shard-bytes: GGUF export writes one file");
+  }
+  const model::LoadedModel loaded = model::load_model(args.model_dir);
+  model::save_gguf(args.out_dir, loaded.config, loaded.weights,
+                   std::filesystem::absolute(args.model_dir).lexically_normal().filename().string());
+  fmt::print("{} -> {} (GGUF, f32, {} bytes of weights)\n", args.model_dir.string(),
+             args.out_dir.string(), loaded.weights.resident_bytes());
+}
 
 // Rewrites a checkpoint in another dtype and/or shard layout. The tokenizer file, if any,
 // travels with it.
 void run_convert(const ConvertArgs& args) {
+  if (args.format == "gguf") {
+    run_convert_gguf(args);
+    return;
+  }
   if (std::filesystem::exists(args.out_dir) &&
       std::filesystem::equivalent(args.model_dir, args.out_dir)) {
     throw Error(ErrorCode::kInvalidArgument, "--out must differ from --model");
@@ -43,11 +64,18 @@ void run_convert(const ConvertArgs& args) {
 
 void add_convert_command(CLI::App& app) {
   auto args = std::make_shared<ConvertArgs>();
-  CLI::App* cmd = app.add_subcommand("convert", "Rewrite a model in another dtype or shard layout");
+  CLI::App* cmd = app.add_subcommand(
+      "convert", "Rewrite a model in another dtype or shard layout, or as GGUF (llama.cpp)");
   cmd->add_option("--model", args->model_dir, "Model directory")
       ->required()
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--out", args->out_dir, "Output model directory")->required();
+  cmd->add_option("--out", args->out_dir, "Output model directory (with --format gguf: the file)")
+      ->required();
+  cmd->add_option("--format", args->format,
+                  "safetensors (a model directory) or gguf (one llama.cpp file; byte-tokenizer "
+                  "models, f32)")
+      ->check(CLI::IsMember({"safetensors", "gguf"}))
+      ->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "Stored dtype")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->capture_default_str();
