@@ -13,6 +13,7 @@ std::unique_ptr<ModelInstance> ModelInstance::load(const std::filesystem::path& 
   instance->tokenizer_ = tokenizer::load_tokenizer(dir, instance->loaded_.config);
   instance->transformer_ =
       std::make_unique<model::Transformer>(instance->loaded_.config, instance->loaded_.weights);
+  instance->resident_bytes_ = instance->loaded_.weights.resident_bytes();
   instance->transformer_->set_cuda_graphs(options.cuda_graphs);
   return instance;
 }
@@ -33,6 +34,7 @@ std::unique_ptr<ModelInstance> ModelInstance::with_depth(const ModelInstance& ba
   instance->tokenizer_ = base.tokenizer_;
   instance->transformer_ =
       std::make_unique<model::Transformer>(instance->loaded_.config, instance->loaded_.weights);
+  instance->resident_bytes_ = instance->loaded_.weights.resident_bytes();
   instance->transformer_->set_cuda_graphs(options.cuda_graphs);
   return instance;
 }

@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cmath>
@@ -138,6 +139,22 @@ CpuDecode::CpuDecode(const Transformer& t, const cpu::Kernels& kernels)
 
 const char* CpuDecode::kernels_name() const {
   return k_.name;
+}
+
+at::Tensor CpuDecode::linear(const at::Tensor& x, const at::Tensor& w) const {
+  if (!usable(w) || w.dim() != 2 || !x.defined() || !x.device().is_cpu() ||
+      x.scalar_type() != at::kFloat || x.dim() < 1 || x.size(-1) != w.size(1)) {
+    return {};
+  }
+  const at::Tensor rows = x.reshape({-1, w.size(1)}).contiguous();
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = w.size(0);
+  at::Tensor y = at::empty({rows.size(0), w.size(0)}, x.options());
+  if (rows.size(0) > 0 && w.size(0) > 0) {
+    linear_multi(k_, ptr(rows), rows.size(0), w.size(1), w.size(1),
+                 {{ptr(w), w.size(0), y.data_ptr<float>(), w.size(0)}});
+  }
+  return y.view(sizes);
 }
 
 void CpuDecode::ensure_capacity(int64_t rows) {

@@ -44,6 +44,12 @@ class CpuDecode {
 
   const char* kernels_name() const;
 
+  // y = x @ w^T (at::linear without bias) through the same kernels, for the ops outside the
+  // decode step (prefill, prompt scoring, the exit head of a prefill): undefined when x or w
+  // is not a float32 CPU tensor, w not a contiguous [out, in] matrix or x's last size not in.
+  // Thread-safe (no workspace).
+  at::Tensor linear(const at::Tensor& x, const at::Tensor& w) const;
+
  private:
   struct Rows;
   void ensure_capacity(int64_t rows);

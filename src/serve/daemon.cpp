@@ -27,6 +27,7 @@
 #include "helios/metrics/http_endpoint.h"
 #include "helios/metrics/registry.h"
 #include "admin_service.h"
+#include "helios/cpu/blas_threads.h"
 #include "inference_service.h"
 #include "openai_service.h"
 
@@ -135,6 +136,9 @@ Daemon::~Daemon() {
 void Daemon::start() {
   check_admin_exposure(config_);
   read_admin_token(config_);
+  if (const int threads = cpu::match_blas_threads(); threads > 0) {
+    spdlog::info("OpenBLAS threads: {} (as ATen's intra-op pool)", threads);
+  }
   started_ = std::chrono::steady_clock::now();
   registry_ = std::make_unique<metrics::Registry>();
   services_ = std::make_unique<Services>();

@@ -7,6 +7,7 @@
 
 #include "helios/common/error.h"
 #include "helios/common/exception_message.h"
+#include "helios/serve/notify_thread.h"
 #include "helios/serve/request_validation.h"
 
 namespace helios::serve {
@@ -92,11 +93,12 @@ Ending ending_for(const engine::Update& update, bool client_cancelled) {
 template <typename Base>
 class ChannelReactor : public Base,
                        public engine::ResponseChannel::Listener,
+                       public NotifyThread::Task,
                        public std::enable_shared_from_this<ChannelReactor<Base>> {
  public:
   ChannelReactor(std::shared_ptr<engine::Request> request, engine::ServingEngine* engine,
-                 std::atomic<int64_t>& open_calls)
-      : request_(std::move(request)), engine_(engine), open_calls_(open_calls) {
+                 std::atomic<int64_t>& open_calls, NotifyThread& notify)
+      : request_(std::move(request)), engine_(engine), open_calls_(open_calls), notify_(notify) {
     open_calls_.fetch_add(1);
   }
 
@@ -105,7 +107,12 @@ class ChannelReactor : public Base,
     request_->channel().set_listener(this->weak_from_this());
   }
 
+  // On the engine thread (or whichever pushed): the write happens on the notify thread.
   void on_update() override {
+    if (!notify_.post(this->shared_from_this())) run();
+  }
+
+  void run() override {
     std::lock_guard lock(mutex_);
     pump();
   }
@@ -138,6 +145,7 @@ class ChannelReactor : public Base,
   std::shared_ptr<engine::Request> request_;
   engine::ServingEngine* engine_;
   std::atomic<int64_t>& open_calls_;
+  NotifyThread& notify_;
   std::shared_ptr<ChannelReactor> self_;
   bool client_cancelled_ = false;
   bool finish_called_ = false;
@@ -208,8 +216,9 @@ class GenerateReactor final : public ChannelReactor<grpc::ServerWriteReactor<grp
 class CompleteReactor final : public ChannelReactor<grpc::ServerUnaryReactor> {
  public:
   CompleteReactor(std::shared_ptr<engine::Request> request, engine::ServingEngine* engine,
-                  std::atomic<int64_t>& open_calls, grpc::ByteBuffer* response)
-      : ChannelReactor(std::move(request), engine, open_calls), response_(response) {
+                  std::atomic<int64_t>& open_calls, NotifyThread& notify,
+                  grpc::ByteBuffer* response)
+      : ChannelReactor(std::move(request), engine, open_calls, notify), response_(response) {
     message_.set_request_id(request_->spec().id);
   }
 
@@ -318,7 +327,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
   const grpc::Status status = admit(call, *request, admitted);
   if (!status.ok()) return new FailedWriteReactor(status);
   auto reactor = std::make_shared<GenerateReactor>(admitted, context_.served()->engine,
-                                                   context_.open_calls);
+                                                   context_.open_calls, notify_);
   reactor->begin();
   return reactor.get();
 }
@@ -334,7 +343,7 @@ grpc::ServerUnaryReactor* InferenceService::Complete(grpc::CallbackServerContext
     return reactor;
   }
   auto reactor = std::make_shared<CompleteReactor>(admitted, context_.served()->engine,
-                                                   context_.open_calls, response);
+                                                   context_.open_calls, notify_, response);
   reactor->begin();
   return reactor.get();
 }

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "helios/engine/serving_engine.h"
+#include "helios/serve/notify_thread.h"
 #include "helios/v1/inference.grpc.pb.h"
 #include "serving_context.h"
 
@@ -38,6 +39,9 @@ class InferenceService final : public RawInferenceBase {
                                            const ServingContext::Served& served);
 
   ServingContext& context_;
+  // Streams' writes, off the engine thread. Outlives the calls (gRPC shuts the server down,
+  // ending every call, before its services go).
+  NotifyThread notify_;
 };
 
 }  // namespace helios::serve

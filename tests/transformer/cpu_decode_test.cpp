@@ -2,12 +2,17 @@
 // set this CPU runs, then whole decode steps (logits, exits, and the keys/values written,
 // including those of the layers a row skipped) against the ATen step.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+
+#include <cstdlib>
 #include <numeric>
 #include <random>
 
 #include "common/expect_error.h"
+#include "helios/cpu/blas_threads.h"
 #include "helios/cpu/kernels.h"
 #include "helios/engine/memory_plan.h"
 #include "helios/model/transformer.h"
@@ -251,6 +256,46 @@ TEST_P(FusedCpuDecode, MatchesTheATenStepAtOddWidths) {
   compare(config, model::ExitPolicy{0.5}, 8);
 }
 
+// The prefill's projections and exit heads go through the same kernels when the fused step is
+// on (Transformer::linear): the prompt's last logits, its exit and its scores at every exit
+// point agree with the ATen ops'.
+TEST_P(FusedCpuDecode, PrefillAndPromptScoresMatchTheATenOps) {
+  const model::ModelConfig config = testing::tiny_config(4);
+  const model::ModelWeights weights = testing::peaked_weights(config, 5);
+  model::Transformer reference(config, weights), fused(config, weights);
+  reference.set_fused_cpu_decode(false);
+  fused.set_fused_cpu_decode(true, GetParam());
+  kv::KvCache ref_cache = engine::make_cache_for(reference, 1, 64, /*block_size=*/4);
+  kv::KvCache fused_cache = engine::make_cache_for(fused, 1, 64, /*block_size=*/4);
+  kv::SequenceKv ref_seq, fused_seq;
+  std::vector<int32_t> prompt;
+  for (int64_t i = 0; i < 29; ++i) prompt.push_back(static_cast<int32_t>((i * 5 + 3) % config.vocab_size));
+  ASSERT_TRUE(ref_cache.reserve(ref_seq, static_cast<int64_t>(prompt.size())));
+  ASSERT_TRUE(fused_cache.reserve(fused_seq, static_cast<int64_t>(prompt.size())));
+  const model::ExitPolicy policy{0.6};
+  const auto expected = reference.prefill(ref_cache, ref_seq, prompt, policy, true, {}, 7);
+  const auto actual = fused.prefill(fused_cache, fused_seq, prompt, policy, true, {}, 7);
+  expect_close(actual.logits, expected.logits, "logits", 10.0);
+  ASSERT_EQ(actual.exits.size(), expected.exits.size());
+  EXPECT_EQ(actual.exits[0].exit_layer, expected.exits[0].exit_layer);
+  EXPECT_NEAR(actual.exits[0].confidence, expected.exits[0].confidence, 1e-4);
+  const model::ExitScores& a = actual.prompt_scores;
+  const model::ExitScores& e = expected.prompt_scores;
+  EXPECT_EQ(a.tokens, e.tokens);
+  ASSERT_EQ(a.nll_sum.size(), e.nll_sum.size());
+  for (size_t i = 0; i < e.nll_sum.size(); ++i) {
+    EXPECT_NEAR(a.nll_sum[i], e.nll_sum[i], 1e-3 * std::max(1.0, std::abs(e.nll_sum[i]))) << i;
+    EXPECT_NEAR(a.policy_nll_sum[i], e.policy_nll_sum[i],
+                1e-3 * std::max(1.0, std::abs(e.policy_nll_sum[i]))) << i;
+  }
+  EXPECT_EQ(a.exit_histogram, e.exit_histogram);
+  for (int64_t l = 0; l < reference.loaded_layers(); ++l) {
+    expect_close(fused_cache.keys(l).index_select(0, fused_cache.slots(fused_seq, 0, fused_seq.length)),
+                 ref_cache.keys(l).index_select(0, ref_cache.slots(ref_seq, 0, ref_seq.length)),
+                 "keys of layer " + std::to_string(l), 10.0);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryInstructionSet, FusedCpuDecode,
                          ::testing::ValuesIn(cpu::available_kernels()),
                          [](const auto& info) { return info.param; });
@@ -276,4 +321,20 @@ TEST(FusedCpuDecodeSelection, NamedKernelsMustExistAndNonFloatWeightsUseATen) {
 }
 
 }  // namespace
+// The daemon sizes OpenBLAS's pool as ATen's, so that no idle BLAS worker spins on a core
+// the serving threads need.
+TEST(BlasThreads, OpenBlasGetsAsManyThreadsAsATen) {
+  using GetThreads = int (*)();
+  auto* get = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  const bool env = std::getenv("OPENBLAS_NUM_THREADS") != nullptr ||
+                   std::getenv("OMP_NUM_THREADS") != nullptr;
+  const int set = cpu::match_blas_threads();
+  if (get == nullptr || env) {
+    EXPECT_EQ(set, 0);
+    GTEST_SKIP() << (env ? "the environment sets the BLAS threads" : "libtorch's BLAS is not OpenBLAS");
+  }
+  EXPECT_EQ(set, std::max(1, at::get_num_threads()));
+  EXPECT_EQ(get(), set);
+}
+
 }  // namespace helios

@@ -34,8 +34,9 @@ class ModelInstance {
   // The options it was loaded with (reuse cleared: it is not kept).
   const model::LoadOptions& options() const { return options_; }
   // Bytes of its distinct weight storages; storage shared with another instance (with_depth)
-  // is counted by both.
-  int64_t resident_bytes() const { return loaded_.weights.resident_bytes(); }
+  // is counted by both. Counted once at load (the weights of an instance never change); the
+  // engine reads it every step.
+  int64_t resident_bytes() const { return resident_bytes_; }
 
  private:
   ModelInstance() = default;
@@ -43,6 +44,7 @@ class ModelInstance {
   model::LoadOptions options_;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
   std::unique_ptr<model::Transformer> transformer_;
+  int64_t resident_bytes_ = 0;
 };
 
 }  // namespace helios::engine

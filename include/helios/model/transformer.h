@@ -182,6 +182,12 @@ class Transformer {
   // it is off.
   std::string cpu_kernels() const;
 
+  // x @ w^T (at::linear, no bias). With the fused CPU decode on, the inference ops outside the
+  // decode step (prefill, prompt scoring) run their projections through its kernels too, on
+  // ATen's intra-op threads rather than the BLAS library's; with autograd on, or for tensors
+  // the kernels do not take, it is at::linear.
+  at::Tensor linear(const at::Tensor& x, const at::Tensor& w) const;
+
  private:
   // The steps of decode, shared with the graphed path (src/model/decode_steps.h).
   friend struct DecodeSteps;
