@@ -19,7 +19,7 @@
 # the phases' best models and what its profiling cost.
 #
 #   bash bench/compare.sh           # full mode: zoo/, 4 x 12 s phases at 60 req/s, 3 repeats;
-#                                   # about 48 min here (2884 s measured; see the estimate below)
+#                                   # about 36 min here (2128 s measured; see the estimate below)
 #   bash bench/compare.sh --quick   # quick mode: build/zoo-micro, 4 x 5 s phases at 40 req/s,
 #                                   # 1 repeat, 64 workers, 3 runs at once; about 2 min
 #
@@ -44,8 +44,9 @@
 # each run lasts the 48 s trace plus its backlog (mix-l, the slowest static, keeps up with half
 # the rate: about 100 s), about 6.5 min for the six runs; at saturation each run takes the
 # trace's 138,000 tokens at its capacity (1,400-4,000 tokens/s: 35-100 s), about 5.5 min; with
-# start-ups and reports about 12.5 min a repeat, 35-40 min for three (measured: 2864-2884 s, the
-# backlogs of the slower static runs at the rate point take longer than this estimate).
+# start-ups and reports about 12.5 min a repeat, 35-40 min for three (measured: 2128 s on the
+# fused CPU path; 2864-2884 s on the ATen ops, whose slower static runs' backlogs at the rate
+# point took longer than this estimate).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${HELIOS_BUILD_DIR:-$ROOT/build}"
