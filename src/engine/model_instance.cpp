@@ -4,6 +4,12 @@
 
 namespace helios::engine {
 
+void ModelInstance::finish_load() {
+  transformer_ = std::make_unique<model::Transformer>(loaded_.config, loaded_.weights);
+  resident_bytes_ = loaded_.weights.resident_bytes();
+  transformer_->set_cuda_graphs(options_.cuda_graphs);
+}
+
 std::unique_ptr<ModelInstance> ModelInstance::load(const std::filesystem::path& dir,
                                                    const model::LoadOptions& options) {
   std::unique_ptr<ModelInstance> instance(new ModelInstance());
@@ -11,10 +17,7 @@ std::unique_ptr<ModelInstance> ModelInstance::load(const std::filesystem::path& 
   instance->options_ = options;
   instance->options_.reuse = nullptr;
   instance->tokenizer_ = tokenizer::load_tokenizer(dir, instance->loaded_.config);
-  instance->transformer_ =
-      std::make_unique<model::Transformer>(instance->loaded_.config, instance->loaded_.weights);
-  instance->resident_bytes_ = instance->loaded_.weights.resident_bytes();
-  instance->transformer_->set_cuda_graphs(options.cuda_graphs);
+  instance->finish_load();
   return instance;
 }
 
@@ -32,10 +35,7 @@ std::unique_ptr<ModelInstance> ModelInstance::with_depth(const ModelInstance& ba
   instance->options_ = options;
   instance->options_.reuse = nullptr;
   instance->tokenizer_ = base.tokenizer_;
-  instance->transformer_ =
-      std::make_unique<model::Transformer>(instance->loaded_.config, instance->loaded_.weights);
-  instance->resident_bytes_ = instance->loaded_.weights.resident_bytes();
-  instance->transformer_->set_cuda_graphs(options.cuda_graphs);
+  instance->finish_load();
   return instance;
 }
 

@@ -78,7 +78,7 @@ kv::KvCacheShape Transformer::kv_shape(int64_t block_size) const {
 
 at::Tensor Transformer::exit_logits(const at::Tensor& hidden) const {
   return linear(ops::rms_norm(hidden, weights_.final_norm, config_.rms_norm_eps),
-                    weights_.lm_head);
+                weights_.lm_head);
 }
 
 at::Tensor Transformer::linear(const at::Tensor& x, const at::Tensor& w) const {
@@ -104,55 +104,56 @@ at::Tensor Transformer::confidence_of(const ops::ExitHeadStats& stats, Confidenc
 at::Tensor Transformer::mlp(const LayerWeights& layer, const at::Tensor& h) const {
   const at::Tensor x = ops::rms_norm(h, layer.post_norm, config_.rms_norm_eps);
   return linear(at::silu(linear(x, layer.gate_proj)) * linear(x, layer.up_proj),
-                    layer.down_proj);
+                layer.down_proj);
 }
 
 namespace {
 
 // Keys and values of `layer` from its normalised input x. Shared by the layer's own forward
 // and by the fill of layers an exited token skipped, so both write identical cache entries.
-Kv project_kv(const Transformer& t, const ModelConfig& config, const ops::RotaryEmbedding& rotary,
-              const LayerWeights& layer, const at::Tensor& x, const at::Tensor& positions) {
+Kv project_kv(const Transformer& t, const LayerWeights& layer, const at::Tensor& x,
+              const at::Tensor& positions) {
+  const ModelConfig& config = t.config();
+  const ops::RotaryEmbedding& rotary = t.rotary();
   const int64_t rows = x.size(0), hd = config.head_dim();
   return Kv{rotary.apply(t.linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd}),
                          positions),
             t.linear(x, layer.v_proj).view({rows, config.num_key_value_heads, hd})};
 }
 
-Qkv project_qkv(const Transformer& t, const ModelConfig& config,
-                const ops::RotaryEmbedding& rotary, const LayerWeights& layer, const at::Tensor& h,
+Qkv project_qkv(const Transformer& t, const LayerWeights& layer, const at::Tensor& h,
                 const at::Tensor& positions) {
+  const ModelConfig& config = t.config();
   const int64_t rows = h.size(0), hd = config.head_dim();
   const at::Tensor x = ops::rms_norm(h, layer.input_norm, config.rms_norm_eps);
-  Kv kv = project_kv(t, config, rotary, layer, x, positions);
-  return Qkv{rotary.apply(t.linear(x, layer.q_proj).view({rows, config.num_attention_heads, hd}),
-                          positions),
-             std::move(kv.k), std::move(kv.v)};
+  Kv kv = project_kv(t, layer, x, positions);
+  const at::Tensor q = t.linear(x, layer.q_proj).view({rows, config.num_attention_heads, hd});
+  return Qkv{t.rotary().apply(q, positions), std::move(kv.k), std::move(kv.v)};
 }
 
 // Inference: the layer's keys/values of normalised rows x, rotated and written to the cache
 // at `slots`, through the device ops (one rotary and one cache-write kernel on CUDA). With q
 // (query projection, [N, heads, hd]) it is rotated in the same launch. Decode, prefill and
 // the fill of skipped layers all write through here, so their cache entries agree exactly.
-void cache_kv(const Transformer& t, const ModelConfig& config, const ops::RotaryEmbedding& rotary,
-              const LayerWeights& layer, const at::Tensor& x, const at::Tensor& positions,
-              const at::Tensor& slots, kv::KvCache& cache, int64_t l, at::Tensor& q) {
+void cache_kv(const Transformer& t, const LayerWeights& layer, const at::Tensor& x,
+              const at::Tensor& positions, const at::Tensor& slots, kv::KvCache& cache, int64_t l,
+              at::Tensor& q) {
+  const ModelConfig& config = t.config();
   const int64_t rows = x.size(0), hd = config.head_dim();
   at::Tensor k = t.linear(x, layer.k_proj).view({rows, config.num_key_value_heads, hd});
   const at::Tensor v = t.linear(x, layer.v_proj);
-  rotary.rotate(q, k, positions);
+  t.rotary().rotate(q, k, positions);
   ops::write_kv(cache.keys(l), cache.values(l), k, v, slots);
 }
 
 // Query of rows x, rotated, with the layer's keys/values cached: [N, heads, hd].
-at::Tensor query_and_cache(const Transformer& t, const ModelConfig& config,
-                           const ops::RotaryEmbedding& rotary,
-                           const LayerWeights& layer, const at::Tensor& x,
+at::Tensor query_and_cache(const Transformer& t, const LayerWeights& layer, const at::Tensor& x,
                            const at::Tensor& positions, const at::Tensor& slots,
                            kv::KvCache& cache, int64_t l) {
+  const ModelConfig& config = t.config();
   at::Tensor q =
       t.linear(x, layer.q_proj).view({x.size(0), config.num_attention_heads, config.head_dim()});
-  cache_kv(t, config, rotary, layer, x, positions, slots, cache, l, q);
+  cache_kv(t, layer, x, positions, slots, cache, l, q);
   return q;
 }
 
@@ -188,7 +189,7 @@ at::Tensor Transformer::forward_layer(const LayerWeights& layer, const at::Tenso
   const int64_t batch = h.size(0), time = h.size(1);
   const WindowInputs in = window_inputs(batch, time, h.device());
   const at::Tensor rows = h.reshape({batch * time, -1});
-  const Qkv qkv = project_qkv(*this, config_, rotary_, layer, rows, in.positions);
+  const Qkv qkv = project_qkv(*this, layer, rows, in.positions);
   if (kv != nullptr) {
     kv->k = qkv.k.view({batch, time, config_.num_key_value_heads, -1});
     kv->v = qkv.v.view({batch, time, config_.num_key_value_heads, -1});
@@ -205,7 +206,7 @@ at::Tensor Transformer::forward_layer(const LayerWeights& layer, const at::Tenso
 
 Transformer::LayerKv Transformer::layer_kv(const LayerWeights& layer, const at::Tensor& h,
                                            const at::Tensor& positions) const {
-  Kv kv = project_kv(*this, config_, rotary_, layer,
+  Kv kv = project_kv(*this, layer,
                      ops::rms_norm(h, layer.input_norm, config_.rms_norm_eps), positions);
   return LayerKv{std::move(kv.k), std::move(kv.v)};
 }
@@ -215,7 +216,7 @@ at::Tensor Transformer::forward_layer_cached(const LayerWeights& layer, const at
                                              int64_t context, at::Tensor& keys,
                                              at::Tensor& values) const {
   const int64_t batch = h.size(0);
-  const Qkv qkv = project_qkv(*this, config_, rotary_, layer, h, positions);
+  const Qkv qkv = project_qkv(*this, layer, h, positions);
   keys.index_put_({rows, positions}, qkv.k);
   values.index_put_({rows, positions}, qkv.v);
   // Row b's query sees keys [0, positions[b]]; the later ones (other rows' longer contexts,
@@ -254,7 +255,7 @@ void DecodeSteps::fill_skipped_layers(const Transformer& t, kv::KvCache& cache, 
     const LayerWeights& layer = t.weights_.layers[l];
     const at::Tensor x = ops::rms_norm(hidden, layer.input_norm, t.config_.rms_norm_eps);
     at::Tensor no_query;
-    cache_kv(t, t.config_, t.rotary_, layer, x, positions, slots, cache, l, no_query);
+    cache_kv(t, layer, x, positions, slots, cache, l, no_query);
   }
 }
 
@@ -375,11 +376,11 @@ StepOutput Transformer::prefill(kv::KvCache& cache, kv::SequenceKv& sequence,
     // values are all that is left to write.
     if (l >= deepest) {
       at::Tensor no_query;
-      cache_kv(*this, config_, rotary_, layer, x, positions, new_slots, cache, l, no_query);
+      cache_kv(*this, layer, x, positions, new_slots, cache, l, no_query);
       continue;
     }
     const at::Tensor q =
-        query_and_cache(*this, config_, rotary_, layer, x, positions, new_slots, cache, l);
+        query_and_cache(*this, layer, x, positions, new_slots, cache, l);
     const at::Tensor keys = cache.keys(l)
                                 .index_select(0, all_slots)
                                 .view({1, total, config_.num_key_value_heads, -1});
@@ -495,7 +496,7 @@ void DecodeSteps::run_layers(const Transformer& t, int64_t begin, int64_t end, a
     const at::Tensor x = pending.defined() ? ops::add_rms_norm(h, pending, layer.input_norm, eps)
                                            : ops::rms_norm(h, layer.input_norm, eps);
     const at::Tensor q =
-        query_and_cache(t, t.config_, t.rotary_, layer, x, positions, slots, cache, l);
+        query_and_cache(t, layer, x, positions, slots, cache, l);
     const at::Tensor attended =
         ops::paged_decode_attention(q, cache.keys(l), cache.values(l), batch, t.attention_scale_);
     const at::Tensor post =

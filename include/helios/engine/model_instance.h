@@ -40,6 +40,8 @@ class ModelInstance {
 
  private:
   ModelInstance() = default;
+  // What follows loaded_ and options_: the transformer over the weights, their byte count.
+  void finish_load();
   model::LoadedModel loaded_;
   model::LoadOptions options_;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;

@@ -65,6 +65,8 @@ class Transformer {
   Transformer(const ModelConfig& config, const ModelWeights& weights);
 
   const ModelConfig& config() const { return config_; }
+  // The rotary tables, sized to max_position_embeddings.
+  const ops::RotaryEmbedding& rotary() const { return rotary_; }
   const ModelWeights& weights() const { return weights_; }
   int64_t loaded_layers() const { return weights_.loaded_layers(); }
   // The layer counts at which a token may exit within the loaded depth: the configured exit

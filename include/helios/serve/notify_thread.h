@@ -36,7 +36,7 @@ class NotifyThread {
   // skipped. False once the thread is stopping: the caller runs the task itself.
   bool post(const std::shared_ptr<Task>& task);
 
-  // Runs so far (for tests and metrics).
+  // Tasks run so far.
   int64_t runs() const;
 
  private:
