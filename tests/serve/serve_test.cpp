@@ -151,31 +151,47 @@ TEST(Serve, FullQueueRejectsAtOnce) {
   ASSERT_TRUE(daemon.wait_ready());
   auto stub = daemon.inference();
   const std::vector<std::string> prompts = test_prompts(3);
-  std::vector<std::future<StreamResult>> accepted;
-  accepted.push_back(std::async(std::launch::async, [&] {
-    return generate(*stub, greedy_request(prompts[0], 190));
-  }));
-  // Once the first runs, two more fill the queue.
-  const auto until = std::chrono::steady_clock::now() + 5s;
-  while (daemon.status().running_requests() < 1 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(1ms);
-  }
-  for (int i = 1; i <= 2; ++i) {
-    accepted.push_back(std::async(std::launch::async, [&, i] {
-      return generate(*stub, greedy_request(prompts[i], 190));
+  // One request runs and two wait while the probe goes out. The running one may finish before
+  // the other two are queued (190 tokens of the micro model take tens of milliseconds), so the
+  // scene is set up again when the queue never showed two waiting.
+  struct Probe {
+    StreamResult rejected;
+    std::chrono::steady_clock::duration took{};
+  };
+  const auto probe_at_full_queue = [&]() -> std::optional<Probe> {
+    std::vector<std::future<StreamResult>> accepted;
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    accepted.push_back(std::async(std::launch::async, [&] {
+      return generate(*stub, greedy_request(prompts[0], 190));
     }));
-  }
-  while (daemon.status().waiting_requests() < 2 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(1ms);
-  }
-  ASSERT_EQ(daemon.status().waiting_requests(), 2u);
-  const auto t0 = std::chrono::steady_clock::now();
-  const StreamResult rejected = generate(*stub, greedy_request("The man", 4));
-  EXPECT_EQ(rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(rejected.status.error_message().find("max_queued_requests"), std::string::npos)
-      << rejected.status.error_message();
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);  // refused at once, not after a wait
-  for (auto& f : accepted) EXPECT_TRUE(f.get().status.ok());
+    while (daemon.status().running_requests() < 1 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(1ms);
+    }
+    for (int i = 1; i <= 2; ++i) {
+      accepted.push_back(std::async(std::launch::async, [&, i] {
+        return generate(*stub, greedy_request(prompts[i], 190));
+      }));
+    }
+    while (daemon.status().waiting_requests() < 2 && daemon.status().running_requests() > 0 &&
+           std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(1ms);
+    }
+    std::optional<Probe> probe;
+    if (daemon.status().waiting_requests() == 2) {
+      const auto t0 = std::chrono::steady_clock::now();
+      probe = Probe{generate(*stub, greedy_request("The man", 4))};
+      probe->took = std::chrono::steady_clock::now() - t0;
+    }
+    for (auto& f : accepted) EXPECT_TRUE(f.get().status.ok());
+    return probe;
+  };
+  std::optional<Probe> probe;
+  for (int attempt = 0; attempt < 5 && !probe; ++attempt) probe = probe_at_full_queue();
+  ASSERT_TRUE(probe.has_value()) << "never saw two requests waiting";
+  EXPECT_EQ(probe->rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(probe->rejected.status.error_message().find("max_queued_requests"), std::string::npos)
+      << probe->rejected.status.error_message();
+  EXPECT_LT(probe->took, 2s);  // refused at once, not after a wait
   EXPECT_EQ(daemon.stop(), 0) << daemon.log();
 }
 
